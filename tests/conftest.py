@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny image folders in tmp_path and CLI overrides for fast CPU runs."""
+
+from __future__ import annotations
+
+import os
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def write_class_folder(root: Path, classes=("cat", "dog"), per_class: int = 6, size: int = 32,
+                       splits: tuple[str, ...] | None = None, seed: int = 0) -> Path:
+    """<root>/<class>/<i>.png (or <root>/<split>/<class>/...) with class-dependent colours."""
+    rng = np.random.default_rng(seed)
+    for split, (label, name), i in product(splits or ("",), enumerate(classes), range(per_class)):
+        folder = root / split / name if split else root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+        pixels[..., label % 3] += 150  # a learnable signal: the dominant channel
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_class_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def fast(tmp_path: Path) -> list[str]:
+    """Overrides that make any recipe a seconds-long CPU run writing into tmp_path."""
+    return [
+        "model.backbone=test_resnet", "model.weights=none", "model.in_chans=3",
+        "data.image_size=32", "data.batch_size=4", "data.num_workers=0",
+        "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=1",
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        f"run_dir={tmp_path / 'run'}",
+    ]

@@ -1,0 +1,75 @@
+"""The command line: composition, recipes, Trainer flags, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from transferkit import cli
+
+
+def test_compose_defaults_has_public_contract():
+    cfg = cli.compose_config([])
+    for key in ("root", "image_size", "batch_size", "num_workers"):
+        assert key in cfg.data
+    assert {"backbone", "weights"} <= set(cfg.model)
+    assert cfg.finetune.strategy in ("freeze", "partial", "full", "auto")
+    assert "seed" in cfg and "max_epochs" in cfg.trainer
+
+
+def test_recipe_selects_group_options_and_values():
+    cfg = cli.compose_config(["recipe=small_similar"])
+    assert cfg.finetune.strategy == "freeze"
+    assert cfg.model.weights == "charnet"
+    assert cfg.recipe == "small_similar"
+
+
+def test_command_line_beats_recipe():
+    cfg = cli.compose_config(["recipe=small_similar", "trainer.max_epochs=3", "finetune=full"])
+    assert cfg.trainer.max_epochs == 3
+    assert cfg.finetune.strategy == "full"
+
+
+def test_any_trainer_flag_is_reachable():
+    cfg = cli.compose_config(["trainer.detect_anomaly=true", "trainer.devices=4", "trainer.strategy=ddp"])
+    assert cfg.trainer.detect_anomaly is True
+    assert cfg.trainer.devices == 4 and cfg.trainer.strategy == "ddp"
+
+
+def test_typo_fails_naming_the_key():
+    with pytest.raises(Exception, match="batchsize"):
+        cli.compose_config(["data.batchsize=3"])
+
+
+def test_unknown_recipe_lists_recipes(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "recipe=small_simlar"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "small_simlar" in err and "small_similar" in err and "Traceback" not in err
+
+
+def test_unknown_command_suggests(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["fitt"])
+    assert "Did you mean 'fit'" in capsys.readouterr().err
+
+
+def test_bad_trainer_flag_is_named():
+    from omegaconf import OmegaConf
+
+    from transferkit.builders import build_trainer
+
+    cfg = cli.compose_config([])
+    OmegaConf.set_struct(cfg, False)
+    cfg.trainer.max_epoch = 3
+    with pytest.raises(ValueError, match="trainer.max_epoch .*max_epochs"):
+        build_trainer(cfg, run_dir=__import__("pathlib").Path("."), monitor="val/acc", mode="max")
+
+
+def test_module_entry_point_prints_usage():
+    proc = subprocess.run([sys.executable, "-m", "transferkit"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "usage: python -m transferkit" in proc.stderr and "fit" in proc.stderr

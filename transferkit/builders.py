@@ -1,0 +1,158 @@
+"""Turn config groups into objects: datamodule, task, trainer. Only commands call these."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from transferkit.errors import ConfigError, did_you_mean, lookup
+from transferkit.models.backbones import backbone_data_config, check_backbone_name, create_backbone
+from transferkit.models.weights import house_backbones, house_data_config, init_backbone_weights
+
+log = logging.getLogger(__name__)
+
+
+def task_classes() -> dict[str, type]:
+    from transferkit.tasks.classification import ClassificationTask
+
+    table: dict[str, type] = {"classification": ClassificationTask}
+    try:
+        from transferkit.tasks.segmentation import SegmentationTask
+    except ImportError:  # segmentation extras not importable: classification still works
+        return table
+    table["segmentation"] = SegmentationTask
+    return table
+
+
+def container(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def resolve_house_backbone(cfg: DictConfig) -> None:
+    """A house backbone fixes the architecture and channels: fill them in when left at defaults."""
+    meta = house_backbones().get(str(cfg.model.weights))
+    if meta and cfg.model.backbone in (None, "auto"):
+        cfg.model.backbone = meta["backbone"]
+    if meta and cfg.model.in_chans in (None, "auto"):
+        cfg.model.in_chans = meta["in_chans"]
+    if cfg.model.in_chans in (None, "auto"):
+        cfg.model.in_chans = 3
+
+
+def normalization(cfg: DictConfig) -> dict[str, list[float]]:
+    """Mean/std for the inputs: the house backbone's record, else timm's pretrained config."""
+    house = house_data_config(cfg.model.weights)
+    if house:
+        from transferkit.models.backbones import match_channels
+
+        return {k: match_channels(v, cfg.model.in_chans) for k, v in house.items()}
+    probe = create_backbone(cfg.model.backbone, in_chans=cfg.model.in_chans)
+    return backbone_data_config(probe, cfg.model.in_chans)
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    resolve_house_backbone(cfg)
+    check_backbone_name(cfg.model.backbone)
+    data = container(cfg.data)
+    kind = cfg.task.kind
+    stats = normalization(cfg)
+    extra = {"seed": cfg.seed, "in_chans": cfg.model.in_chans, "augment": cfg.augment.name, **stats}
+    if kind == "segmentation":
+        from transferkit.data.segmentation import SegmentationDataModule
+
+        return construct(SegmentationDataModule, {**data, **extra}, "data")
+    from transferkit.data.datamodule import ClassificationDataModule
+
+    return construct(ClassificationDataModule, {**data, **extra}, "data")
+
+
+def construct(cls: type, kwargs: dict, group: str):
+    """Call `cls(**kwargs)`, turning an unknown keyword into an error that names the config key."""
+    params = inspect.signature(cls).parameters
+    for key in kwargs:
+        if key not in params:
+            raise ConfigError(f"{group}.{key} is not an option of {cls.__name__}; "
+                              f"valid keys: {sorted(p for p in params if p != 'self')}."
+                              f"{did_you_mean(key, params)}")
+    return cls(**kwargs)
+
+
+def build_task(cfg: DictConfig, datamodule, finetune: dict | None = None):
+    """Build the task for `cfg.task.kind` and load the pretrained backbone weights."""
+    task_cfg = container(cfg.task)
+    cls = lookup(task_classes(), task_cfg.pop("kind"), "task.kind")
+    kwargs = {
+        **task_cfg,
+        "num_classes": len(datamodule.class_names),
+        "class_names": list(datamodule.class_names),
+        "model": container(cfg.model),
+        "finetune": finetune if finetune is not None else container(cfg.finetune),
+        "optimizer": container(cfg.optimizer),
+        "scheduler": container(cfg.scheduler),
+        "data_config": {"image_size": cfg.data.image_size, "in_chans": cfg.model.in_chans,
+                        "mean": list(datamodule.mean), "std": list(datamodule.std)},
+    }
+    params = inspect.signature(cls).parameters
+    augment = container(cfg.augment)
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if key in params and key in augment:
+            kwargs[key] = augment[key]
+    if "class_weights" in params and hasattr(datamodule, "class_weights"):
+        kwargs["class_weights"] = datamodule.class_weights()
+    task = construct(cls, kwargs, "task")
+    task.weights_report = init_backbone_weights(
+        task.encoder, cfg.model.weights, backbone_name=cfg.model.backbone,
+        in_chans=cfg.model.in_chans, features_only=cls.__name__ != "ClassificationTask")
+    return task
+
+
+def trainer_flags() -> set[str]:
+    return {n for n in inspect.signature(pl.Trainer.__init__).parameters if n != "self"}
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> list[pl.Callback]:
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
+                                 mode=mode, save_last=True, auto_insert_metric_name=False,
+                                 enable_version_counter=False)
+    callbacks: list[pl.Callback] = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    patience = cfg.early_stopping.patience
+    if patience:
+        callbacks.append(EarlyStopping(monitor=cfg.early_stopping.monitor or monitor, mode=mode,
+                                       patience=patience, min_delta=cfg.early_stopping.min_delta))
+    return callbacks
+
+
+def build_loggers(run_dir: Path) -> list:
+    from pytorch_lightning.loggers import CSVLogger
+
+    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    try:
+        from pytorch_lightning.loggers import TensorBoardLogger
+        from pytorch_lightning.loggers.tensorboard import _TENSORBOARD_AVAILABLE
+
+        if _TENSORBOARD_AVAILABLE:
+            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
+    except ImportError:
+        pass
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, monitor: str, mode: str,
+                  extra_callbacks: list | None = None) -> pl.Trainer:
+    flags = container(cfg.trainer)
+    valid = trainer_flags()
+    for key in flags:
+        if key not in valid:
+            raise ConfigError(f"trainer.{key} is not a Lightning Trainer flag.{did_you_mean(key, valid)}")
+    for key in ("callbacks", "logger", "default_root_dir"):
+        if key in flags:
+            raise ConfigError(f"trainer.{key} is managed by transferkit (run_dir=..., early_stopping.*).")
+    callbacks = build_callbacks(cfg, run_dir, monitor, mode) + list(extra_callbacks or [])
+    return pl.Trainer(**flags, default_root_dir=str(run_dir), callbacks=callbacks,
+                      logger=build_loggers(run_dir))

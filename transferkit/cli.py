@@ -1,0 +1,152 @@
+"""`python -m transferkit <command> key=value ...`: compose the Hydra config and run a command.
+
+This is the only module that uses Hydra. Recipes in `recipes/` are registered as the
+`recipe` group, so `recipe=small_similar` selects `recipes/small_similar.yaml`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("transferkit")
+
+COMMANDS: dict[str, str] = {
+    "fit": "transferkit.commands.fit",
+    "test": "transferkit.commands.test",
+    "predict": "transferkit.commands.predict",
+    "pretrain": "transferkit.commands.pretrain",
+    "advise": "transferkit.commands.advise",
+    "show-augs": "transferkit.commands.show_augs",
+    "plot-lr": "transferkit.commands.plot_lr",
+}
+USAGE = (
+    "usage: python -m transferkit <command> [key=value ...]\n"
+    f"commands: {', '.join(COMMANDS)}\n"
+    "examples:\n"
+    "  python -m transferkit fit recipe=small_similar\n"
+    "  python -m transferkit fit recipe=small_similar data.root=/path/to/images trainer.max_epochs=5\n"
+    "  python -m transferkit predict ckpt_path=outputs/.../checkpoints/best.ckpt input=/path/to/images\n"
+    "See README.md for the config keys."
+)
+
+
+class UsageError(ValueError):
+    """The command line itself is wrong (unknown command, malformed override)."""
+
+
+def package_dir(name: str) -> Path:
+    """`conf/` or `recipes/`: inside the installed package, else at the top of the source tree."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / name, here.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"transferkit's {name}/ folder is missing; reinstall with `pip install .`.")
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in package_dir("recipes").glob("*.yaml"))
+
+
+def register_recipes() -> None:
+    """Expose every `recipes/*.yaml` as an option of the `recipe` group."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for path in sorted(package_dir("recipes").glob("*.yaml")):
+        store.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
+
+
+def trainer_keys_in_config() -> set[str]:
+    keys: set[str] = set()
+    for path in package_dir("conf").joinpath("trainer").glob("*.yaml"):
+        keys |= set(OmegaConf.load(path).keys())
+    return keys
+
+
+def expand_trainer_overrides(overrides: list[str]) -> list[str]:
+    """Let any Lightning Trainer flag be set as `trainer.<flag>=...` without Hydra's `+` prefix."""
+    from transferkit.builders import trainer_flags
+
+    known, flags = trainer_keys_in_config(), trainer_flags()
+    expanded = []
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if key.startswith("trainer.") and key.count(".") == 1:
+            flag = key.split(".", 1)[1]
+            if flag not in known and flag in flags:
+                item = "+" + item
+        expanded.append(item)
+    return expanded
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """Compose `conf/config.yaml` with the recipe and the command-line overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"{item!r} is not a key=value override (e.g. trainer.max_epochs=5).")
+    register_recipes()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(package_dir("conf")), version_base="1.3"):
+        cfg = compose("config", overrides=expand_trainer_overrides(overrides))
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def configure_logging(debug: bool) -> None:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must not phone home
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
+
+
+def explain_config_error(err: Exception) -> str:
+    """One line from Hydra/OmegaConf's composition error, with the valid recipes when relevant."""
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    cause = err.__cause__ or err.__context__
+    if cause is not None and str(cause).strip():
+        message += f" ({str(cause).strip().splitlines()[0]})"
+    if "recipe" in message:
+        message += f" Available recipes: {recipe_names()}."
+    return message
+
+
+def run(argv: list[str]) -> dict:
+    """Run one command; returns the command's result dict (used by tests)."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        raise UsageError(USAGE)
+    command, overrides = argv[0], argv[1:]
+    if command not in COMMANDS:
+        from transferkit.errors import did_you_mean
+
+        raise UsageError(f"unknown command {command!r}.{did_you_mean(command, COMMANDS)}\n{USAGE}")
+    cfg = compose_config(overrides)
+    module = importlib.import_module(COMMANDS[command])
+    return module.run(cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = any(a in ("debug=true", "debug=True") for a in argv) or os.environ.get("TRANSFERKIT_DEBUG") == "1"
+    configure_logging(debug)
+    try:
+        run(argv)
+    except UsageError as err:
+        sys.stderr.write(f"{err}\n")
+        raise SystemExit(2) from None
+    except Exception as err:  # noqa: BLE001 - one clear line for users, traceback on request
+        if debug:
+            raise
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        config_error = isinstance(err, (HydraException, OmegaConfBaseException))
+        text = explain_config_error(err) if config_error else f"{type(err).__name__}: {err}"
+        sys.stderr.write(f"transferkit: error: {text}\n(add debug=true for the full traceback)\n")
+        raise SystemExit(2 if config_error else 1) from None

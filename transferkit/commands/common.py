@@ -1,0 +1,88 @@
+"""Pieces every training command shares: train + test + results.json."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from transferkit.builders import build_datamodule, build_task, build_trainer, container
+from transferkit.rundir import create_run_dir, write_config, write_json
+
+log = logging.getLogger("transferkit")
+
+
+def resolve_finetune(cfg: DictConfig, datamodule) -> tuple[dict, dict | None]:
+    """The finetune settings to use; `strategy=auto` measures the data first (see `advise`)."""
+    finetune = container(cfg.finetune)
+    if finetune.get("strategy") != "auto":
+        return finetune, None
+    from transferkit.commands.advise import resolve_auto_finetune
+
+    return resolve_auto_finetune(cfg, datamodule)
+
+
+def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, object, object, Path]:
+    """Fit the configured task, evaluate the best checkpoint, write results.json."""
+    start = time.time()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    datamodule.scan()
+    finetune, advice = resolve_finetune(cfg, datamodule)
+    task = build_task(cfg, datamodule, finetune)
+    run_dir = create_run_dir(cfg.run_dir)
+    trainer = build_trainer(cfg, run_dir, task.monitor, task.monitor_mode)
+    if trainer.is_global_zero:
+        log.info("Run directory: %s", run_dir)
+        write_config(cfg, run_dir)
+        write_json(datamodule.split_record, run_dir / "splits.json")
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    tested = trainer.test(task, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
+    results = collect_results(cfg, command, task, datamodule, trainer, tested, run_dir, start)
+    results["finetune"] = finetune
+    if advice is not None:
+        results["advice"] = advice
+    if trainer.is_global_zero:
+        write_json(results, run_dir / "results.json")
+        log.info("%s", metrics_table(results["metrics"]))
+        log.info("Results: %s", run_dir / "results.json")
+    return results, trainer, task, datamodule, run_dir
+
+
+def collect_results(cfg, command, task, datamodule, trainer, tested, run_dir, start) -> dict:
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    for row in tested or []:
+        metrics.update({k: float(v) for k, v in row.items()})
+    callback = trainer.checkpoint_callback
+    sizes = datamodule.sizes()
+    return {
+        "command": command,
+        "task": cfg.task.kind,
+        "recipe": cfg.get("recipe"),
+        "strategy": task.plan.strategy,
+        "backbone": cfg.model.backbone,
+        "weights": str(cfg.model.weights),
+        "data": {"root": cfg.data.root, "embedded": None if cfg.data.root else cfg.data.get("embedded"),
+                 "num_classes": len(datamodule.class_names), "class_names": list(datamodule.class_names),
+                 "train_size": sizes.get("train", 0), "val_size": sizes.get("val", 0),
+                 "test_size": sizes.get("test", 0),
+                 "skipped_files": [[str(p), r] for p, r in getattr(datamodule, "skipped", [])]},
+        "params": task.num_params(),
+        "metrics": metrics,
+        "best_checkpoint": callback.best_model_path if callback else None,
+        "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt") if callback else None,
+        "epochs": trainer.current_epoch,
+        "wall_seconds": round(time.time() - start, 2),
+        "run_dir": str(run_dir),
+    }
+
+
+def metrics_table(metrics: dict[str, float]) -> str:
+    width = max((len(k) for k in metrics), default=6)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    lines += [f"{k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())]
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""`python -m transferkit pretrain recipe=house_charnet`: train on a source task, export the backbone.
+
+The exported `backbone.safetensors` (+ `backbone.json`, its record) loads anywhere through
+`model.weights=/path/to/backbone.safetensors`; copied into `transferkit/assets/` it
+becomes a house backbone selectable by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from transferkit.commands.common import train_and_test
+from transferkit.rundir import write_json
+
+log = logging.getLogger("transferkit")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def export_backbone(task, path: Path, dtype: str) -> Path:
+    """Save the encoder's state dict as safetensors in `dtype` (float16 halves the file)."""
+    from safetensors.torch import save_file
+
+    from transferkit.errors import lookup
+
+    target = lookup(DTYPES, dtype, "export_dtype")
+    state = {k: (v.to(target) if v.is_floating_point() else v).contiguous()
+             for k, v in task.encoder.state_dict().items()}
+    save_file(state, str(path))
+    return path
+
+
+def run(cfg: DictConfig) -> dict:
+    results, trainer, task, datamodule, run_dir = train_and_test(cfg, "pretrain")
+    if not trainer.is_global_zero:
+        return results
+    weights = export_backbone(task, run_dir / "backbone.safetensors", cfg.export_dtype)
+    record = {
+        "backbone": cfg.model.backbone,
+        "in_chans": cfg.model.in_chans,
+        "image_size": cfg.data.image_size,
+        "mean": list(datamodule.mean),
+        "std": list(datamodule.std),
+        "source_data": datamodule.describe(),
+        "source_classes": list(datamodule.class_names),
+        "source_sizes": datamodule.sizes(),
+        "epochs": results["epochs"] + 1,
+        "source_metrics": {k: v for k, v in results["metrics"].items() if k.startswith("test/")},
+        "dtype": cfg.export_dtype,
+        "recipe": cfg.get("recipe"),
+        "date": date.today().isoformat(),
+        "file_bytes": weights.stat().st_size,
+    }
+    write_json(record, run_dir / "backbone.json")
+    results["exported_backbone"] = str(weights)
+    write_json(results, run_dir / "results.json")
+    log.info("Backbone weights: %s (%.1f MB); use model.weights=%s", weights,
+             weights.stat().st_size / 1e6, weights)
+    return results

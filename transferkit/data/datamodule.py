@@ -1,0 +1,167 @@
+"""`ClassificationDataModule`: an image folder or an embedded dataset, split, transformed, batched."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+from transferkit.data.sources import ArraySource, FileSource, TransformedDataset
+from transferkit.errors import lookup
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = ("digits", "fonts")
+BALANCE = ("none", "weights", "sampler")
+SPLITS = ("train", "val", "test")
+
+
+class ClassificationDataModule(pl.LightningDataModule):
+    """Classification data from `root` (image folder) or, with `root=None`, the `embedded` dataset.
+
+    Call `scan()` before building the task: it fixes class names and split membership.
+    """
+
+    def __init__(self, root: str | None = None, embedded: str = "digits", image_size: int = 32,
+                 batch_size: int = 64, num_workers: int = 2, val_fraction: float = 0.15,
+                 test_fraction: float = 0.15, max_bad_fraction: float = 0.05,
+                 manifest: str | None = None, balance: str = "none", fold: int | None = None,
+                 num_folds: int | None = None, cache: bool = False,
+                 background: tuple[int, int, int] = (255, 255, 255), embedded_length: int = 20000,
+                 seed: int = 0, in_chans: int = 3, mean: tuple[float, ...] = (0.5,),
+                 std: tuple[float, ...] = (0.5,), augment: str = "light",
+                 cache_dir: str | None = None) -> None:
+        super().__init__()
+        if root is None:
+            lookup({k: k for k in EMBEDDED}, embedded, "data.embedded")
+        lookup({k: k for k in BALANCE}, balance, "data.balance")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size!r} must be >= 1.")
+        self.root, self.embedded, self.image_size = root, embedded, image_size
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.max_bad_fraction, self.manifest = max_bad_fraction, manifest
+        self.balance, self.fold, self.num_folds = balance, fold, num_folds
+        self.cache, self.cache_dir = cache, cache_dir
+        self.background, self.embedded_length = tuple(background), embedded_length
+        self.seed, self.in_chans = seed, in_chans
+        self.mean, self.std, self.augment = list(mean), list(std), augment
+        self.class_names: list[str] = []
+        self.sources: dict[str, Dataset] = {}
+        self.split_record: dict = {}
+        self.skipped: list[tuple[Path, str]] = []
+
+    # -- scanning -----------------------------------------------------------------
+    def scan(self) -> None:
+        """Find classes and split membership (idempotent; never writes into `root`)."""
+        if self.sources:
+            return
+        if self.root is not None:
+            self._scan_folder()
+        elif self.embedded == "digits":
+            self._load_digits()
+        else:
+            self._load_fonts()
+        sizes = {split: len(src) for split, src in self.sources.items()}
+        log.info("Data: %s, %d classes, sizes %s", self.describe(), len(self.class_names), sizes)
+
+    def _scan_folder(self) -> None:
+        from transferkit.data.folders import scan_image_folder
+
+        scan = scan_image_folder(self.root, val_fraction=self.val_fraction,
+                                 test_fraction=self.test_fraction, seed=self.seed,
+                                 max_bad_fraction=self.max_bad_fraction, manifest=self.manifest,
+                                 fold=self.fold, num_folds=self.num_folds)
+        log.info("\n%s", scan.summary_table())
+        for warning in scan.warnings:
+            log.warning(warning)
+        self.class_names, self.skipped = list(scan.class_names), list(scan.skipped)
+        self.split_record = scan.to_json()
+        self.sources = {split: self._file_source(scan.splits.get(split, [])) for split in SPLITS}
+
+    def _file_source(self, items: list[tuple[Path, int]]) -> Dataset:
+        source = FileSource(items, in_chans=self.in_chans, background=self.background)
+        if not self.cache or not items:
+            return source
+        from transferkit.data.image_cache import DecodedImageCache
+
+        return DecodedImageCache(source, image_size=self.image_size, directory=self.cache_dir)
+
+    def _load_digits(self) -> None:
+        from transferkit.data.digits import DIGIT_CLASS_NAMES, load_digits_splits
+
+        splits = load_digits_splits(seed=0, val_fraction=self.val_fraction,
+                                    test_fraction=self.test_fraction)
+        self.class_names = list(DIGIT_CLASS_NAMES)
+        self.sources = {s: ArraySource(*splits[s], in_chans=self.in_chans) for s in SPLITS}
+        self.split_record = {"embedded": "digits", "split_seed": 0,
+                             "sizes": {s: len(splits[s][1]) for s in SPLITS}}
+
+    def _load_fonts(self) -> None:
+        from transferkit.data.fonts import FontCharDataset
+
+        n = self.embedded_length
+        seeds = {"train": self.seed, "val": self.seed + 10_000, "test": self.seed + 20_000}
+        lengths = {"train": n, "val": max(500, n // 10), "test": max(500, n // 10)}
+        self.sources = {s: FontCharDataset(lengths[s], image_size=self.image_size, seed=seeds[s],
+                                           in_chans=self.in_chans) for s in SPLITS}
+        self.class_names = list(self.sources["train"].class_names)
+        self.split_record = {"embedded": "fonts", "seeds": seeds, "sizes": lengths}
+
+    def describe(self) -> str:
+        return str(self.root) if self.root is not None else f"embedded:{self.embedded}"
+
+    # -- what the task needs --------------------------------------------------------
+    def labels(self, split: str = "train") -> np.ndarray:
+        source = self.sources[split]
+        if isinstance(source, ArraySource):
+            return source.labels
+        items = getattr(source, "items", None) or getattr(getattr(source, "source", None), "items", None)
+        if items is not None:
+            return np.asarray([label for _, label in items], dtype=np.int64)
+        return np.asarray([source[i][1] for i in range(len(source))], dtype=np.int64)
+
+    def class_weights(self) -> list[float] | None:
+        if self.balance != "weights":
+            return None
+        from transferkit.data.balance import class_weights
+
+        return class_weights(self.labels("train"), len(self.class_names)).tolist()
+
+    def sizes(self) -> dict[str, int]:
+        return {split: len(self.sources.get(split, ())) for split in SPLITS}
+
+    # -- Lightning hooks ------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        self.scan()
+
+    def transform(self, train: bool):
+        from transferkit.data.transforms import build_transforms
+
+        name = self.augment if train else "none"
+        return build_transforms(name, train=train, image_size=self.image_size, mean=self.mean,
+                                std=self.std, in_chans=self.in_chans)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = TransformedDataset(self.sources[split], self.transform(train))
+        sampler = None
+        if train and self.balance == "sampler":
+            from transferkit.data.balance import build_weighted_sampler
+
+            sampler = build_weighted_sampler(self.labels("train"), len(self.class_names), self.seed)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train and sampler is None,
+                          sampler=sampler, num_workers=self.num_workers, drop_last=False,
+                          persistent_workers=self.num_workers > 0, pin_memory=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        split = "test" if len(self.sources["test"]) else "val"
+        return self._loader(split, train=False)

@@ -1,0 +1,131 @@
+"""The single decode path: image files to ``uint8`` ``H x W x C`` arrays (masks: see ``masks.py``)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+)
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+class UnreadableImageError(OSError):
+    """A file that cannot be decoded; ``reason`` is a short, human-readable cause."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{str(path)!r}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+def open_image(path: Path | str, min_size: int | None = None) -> Image.Image:
+    """Open and fully decode the first frame of ``path``; EXIF orientation applied.
+
+    ``min_size`` lets JPEGs decode at a reduced scale (DCT scaling) while keeping
+    both sides at least ``min_size`` pixels: much faster when the result is resized.
+
+    Pillow's decompression-bomb guard stays on: an oversized image raises
+    :class:`UnreadableImageError` that says how to lift the limit on purpose.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.seek(0)
+                if min_size is not None:
+                    image.draft(None, (min_size, min_size))
+                image.load()
+                return ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UnreadableImageError(
+            path,
+            f"larger than Pillow's decompression-bomb limit ({error}); if the file is "
+            f"trusted, raise PIL.Image.MAX_IMAGE_PIXELS before loading, or downscale it.",
+        ) from error
+    except FileNotFoundError as error:
+        raise UnreadableImageError(path, "file not found") from error
+    except UnidentifiedImageError as error:
+        raise UnreadableImageError(path, "not an image Pillow can identify") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        # Truncated JPEG/PNG data, bad CRCs, broken headers.
+        raise UnreadableImageError(path, f"{type(error).__name__}: {error}") from error
+
+
+def high_depth_to_8bit(image: Image.Image) -> Image.Image:
+    """Scale a 16-bit / 32-bit integer or float grayscale image to 8-bit ``L``."""
+    values = np.asarray(image)
+    if image.mode == "F":
+        values = values.astype(np.float64)
+        peak = 1.0 if values.max(initial=0.0) <= 1.0 else 255.0
+        scaled = np.clip(values / peak * 255.0, 0, 255)
+    else:
+        # 16-bit data: 257 maps 0x0101 * k exactly onto k, so 65535 -> 255.
+        scaled = np.clip(values.astype(np.float64), 0, 65535) / 257.0
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+
+
+def composite_on_background(image: Image.Image, background: Sequence[int]) -> Image.Image:
+    """Flatten an image with transparency onto an opaque RGB ``background``."""
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+    alpha = rgba[..., 3:] / 255.0
+    backdrop = np.asarray(background, dtype=np.float32).reshape(1, 1, 3)
+    blended = rgba[..., :3] * alpha + backdrop * (1.0 - alpha)
+    return Image.fromarray(np.rint(blended).astype(np.uint8), mode="RGB")
+
+
+def has_transparency(image: Image.Image) -> bool:
+    """Whether ``image`` carries an alpha channel or a transparent palette entry."""
+    return image.mode in _ALPHA_MODES or "transparency" in image.info
+
+
+def to_array(
+    image: Image.Image, in_chans: int = 3, background: Sequence[int] = (255, 255, 255)
+) -> np.ndarray:
+    """Convert any Pillow mode to a ``uint8`` ``H x W x in_chans`` array."""
+    if in_chans not in (1, 3):
+        raise ValueError(f"model.in_chans={in_chans!r} is not supported; use 1 or 3.")
+    if len(background) != 3 or not all(0 <= int(v) <= 255 for v in background):
+        raise ValueError(
+            f"data.background={tuple(background)!r} is not an RGB colour; use three ints in 0..255."
+        )
+    if image.mode in _HIGH_DEPTH_MODES:
+        image = high_depth_to_8bit(image)
+    if has_transparency(image):
+        image = composite_on_background(image, background)
+    if image.mode not in ("L", "RGB"):
+        # CMYK, YCbCr, P, 1, LAB, HSV go through RGB; "1" becomes 0/255.
+        image = image.convert("RGB")
+    target = "L" if in_chans == 1 else "RGB"
+    if image.mode != target:
+        image = image.convert(target)
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[..., None]
+    return np.ascontiguousarray(array)
+
+
+def load_image(
+    path: Path | str,
+    in_chans: int = 3,
+    background: Sequence[int] = (255, 255, 255),
+    min_size: int | None = None,
+) -> np.ndarray:
+    """Decode ``path`` to a ``uint8`` ``H x W x in_chans`` array (fit, test and predict all use this).
+
+    ``min_size`` (JPEG only) decodes at a reduced scale that keeps both sides >= ``min_size``.
+
+    Raises:
+        UnreadableImageError: missing, corrupt, truncated or oversized files.
+    """
+    return to_array(open_image(path, min_size), in_chans=in_chans, background=background)
+

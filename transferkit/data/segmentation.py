@@ -1,0 +1,278 @@
+"""Segmentation data: image/mask folders matched by file stem, or the embedded scenes; joint transforms.
+
+Layouts under ``data.root``:
+
+* ``<root>/images/*`` + ``<root>/masks/*`` (split with ``data.val_fraction`` / ``data.test_fraction``
+  from ``seed``), or
+* ``<root>/{train,val,test}/{images,masks}/*`` (``test`` optional).
+
+A mask has the same stem as its image (``cat_01.jpg`` -> ``cat_01.png``) and holds class ids; see
+:mod:`transferkit.data.masks`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from albumentations.pytorch import ToTensorV2
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from transferkit.data.decode import IMAGE_EXTENSIONS, load_image
+from transferkit.data.masks import load_mask
+from transferkit.data.scenes import SCENE_CLASSES, SceneDataset
+from transferkit.data.sources import match_image_channels
+
+log = logging.getLogger(__name__)
+
+Pair = tuple[Path, Path]
+SPLITS = ("train", "val", "test")
+EMBEDDED = ("scenes",)
+AUGMENTS = ("none", "light", "medium")
+
+
+def list_images(folder: Path) -> dict[str, Path]:
+    """``stem -> path`` for the image files directly in ``folder``; two files per stem raise."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
+            if path.stem in found:
+                raise ValueError(
+                    f"{str(found[path.stem])!r} and {str(path)!r} share the stem {path.stem!r}; "
+                    "images and masks are matched by stem, so rename or remove one."
+                )
+            found[path.stem] = path
+    return found
+
+
+def pair_folder(folder: Path) -> list[Pair]:
+    """Match ``folder/images/*`` with ``folder/masks/*`` by stem; a missing mask raises naming it."""
+    images, masks = list_images(folder / "images"), list_images(folder / "masks")
+    missing = [images[s] for s in images if s not in masks]
+    if missing:
+        raise FileNotFoundError(
+            f"no mask for image {str(missing[0])!r} ({len(missing)} image(s) without one); expected "
+            f"{str(folder / 'masks' / (missing[0].stem + '.png'))!r}. Add the mask or remove the image."
+        )
+    orphans = sorted(set(masks) - set(images))
+    if orphans:
+        log.warning("%d mask(s) in %s have no image and are ignored, e.g. %s",
+                    len(orphans), folder / "masks", masks[orphans[0]].name)
+    if not images:
+        raise FileNotFoundError(f"{str(folder / 'images')!r} holds no images.")
+    return [(images[s], masks[s]) for s in sorted(images)]
+
+
+def check_pair_sizes(pairs: Sequence[Pair]) -> None:
+    """Raise naming both files when a mask's size differs from its image's (reads headers only)."""
+    for image_path, mask_path in pairs:
+        with Image.open(image_path) as image, Image.open(mask_path) as mask:
+            if image.size != mask.size:
+                raise ValueError(
+                    f"mask {str(mask_path)!r} is {mask.size[0]}x{mask.size[1]} but its image "
+                    f"{str(image_path)!r} is {image.size[0]}x{image.size[1]} (width x height); "
+                    "masks must have their image's size."
+                )
+
+
+def split_pairs(pairs: Sequence[Pair], val_fraction: float, test_fraction: float,
+                seed: int) -> dict[str, list[Pair]]:
+    """Seeded random train/val/test split; val and test get at least one pair when asked for."""
+    for key, value in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{key}={value!r} is out of range; use a fraction in [0, 1).")
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = max(1, round(val_fraction * len(pairs))) if val_fraction else 0
+    n_test = max(1, round(test_fraction * len(pairs))) if test_fraction else 0
+    if n_val + n_test >= len(pairs):
+        raise ValueError(
+            f"{len(pairs)} images cannot give data.val_fraction={val_fraction!r} and "
+            f"data.test_fraction={test_fraction!r} and still leave training images; add images."
+        )
+    chosen = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
+    return {split: [pairs[i] for i in sorted(idx)] for split, idx in chosen.items()}
+
+
+def scan_segmentation_folder(root: Path | str, val_fraction: float = 0.15,
+                             test_fraction: float = 0.15, seed: int = 0) -> dict[str, list[Pair]]:
+    """Find image/mask pairs under ``root`` and split them (see the module docstring)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root={str(root)!r} is not a folder.")
+    if (root / "images").is_dir():
+        pairs = pair_folder(root)
+        check_pair_sizes(pairs)
+        return split_pairs(pairs, val_fraction, test_fraction, seed)
+    if (root / "train" / "images").is_dir():
+        splits = {s: pair_folder(root / s) for s in SPLITS if (root / s / "images").is_dir()}
+        if "val" not in splits:
+            rest = split_pairs(splits["train"], val_fraction or 0.15, 0.0, seed)
+            splits["train"], splits["val"] = rest["train"], rest["val"]
+        for pairs in splits.values():
+            check_pair_sizes(pairs)
+        return {s: splits.get(s, []) for s in SPLITS}
+    raise FileNotFoundError(
+        f"data.root={str(root)!r} has neither images/ and masks/ nor train/images/ and train/masks/. "
+        "Put images in <root>/images and masks with the same file stems in <root>/masks."
+    )
+
+
+class MaskFileSource(Dataset):
+    """``(uint8 H x W x C image, int64 H x W mask)`` pairs read from disk."""
+
+    def __init__(self, pairs: Sequence[Pair], num_classes: int, ignore_index: int = 255,
+                 mask_palette: Mapping | None = None, in_chans: int = 3) -> None:
+        self.pairs = list(pairs)
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.mask_palette, self.in_chans = mask_palette, in_chans
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image_path, mask_path = self.pairs[index]
+        image = load_image(image_path, in_chans=self.in_chans)
+        mask = load_mask(mask_path, self.num_classes, self.ignore_index, self.mask_palette)
+        if image.shape[:2] != mask.shape:
+            raise ValueError(f"mask {str(mask_path)!r} has shape {mask.shape} but its image "
+                             f"{str(image_path)!r} is {image.shape[:2]}; masks must match their image.")
+        return image, mask
+
+
+class JointTransformDataset(Dataset):
+    """Apply an albumentations pipeline to image and mask together -> ``(float C x H x W, long H x W)``."""
+
+    def __init__(self, source: Dataset, transform: Callable, in_chans: int = 3) -> None:
+        self.source, self.transform, self.in_chans = source, transform, in_chans
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.source[index]
+        out = self.transform(image=match_image_channels(image, self.in_chans), mask=mask)
+        return out["image"], out["mask"].long()
+
+
+def build_joint_transforms(augment: str, train: bool, image_size: int, mean: Sequence[float],
+                           std: Sequence[float], ignore_index: int = 255) -> A.Compose:
+    """Resize (nearest for masks) + optional flips/affine/colour, normalise, to tensors."""
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment.name={augment!r} has no segmentation pipeline; use one of {list(AUGMENTS)}.")
+    steps: list = [A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR,
+                            mask_interpolation=cv2.INTER_NEAREST)]
+    if train and augment != "none":
+        steps.append(A.HorizontalFlip(p=0.5))
+        steps.append(A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), p=0.5,
+                              fill=0, fill_mask=ignore_index))
+        if augment == "medium":
+            steps.append(A.VerticalFlip(p=0.5))
+        steps.append(A.ColorJitter(0.2, 0.2, 0.2, 0.02, p=0.5))
+    steps += [A.Normalize(mean=list(mean), std=list(std), max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(steps)
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Segmentation data from ``root`` or, with ``root=None``, the ``embedded`` scenes.
+
+    Call ``scan()`` before building the task: it fixes class names and split membership.
+    """
+
+    def __init__(self, root: str | None = None, embedded: str = "scenes", image_size: int = 64,
+                 batch_size: int = 8, num_workers: int = 0, num_classes: int | None = None,
+                 class_names: list[str] | None = None, ignore_index: int = 255,
+                 mask_palette: dict | None = None, val_fraction: float = 0.15,
+                 test_fraction: float = 0.15, embedded_length: int = 512,
+                 seed: int = 0, in_chans: int = 3, mean: Sequence[float] = (0.5, 0.5, 0.5),
+                 std: Sequence[float] = (0.5, 0.5, 0.5), augment: str = "light") -> None:
+        super().__init__()
+        if root is None and embedded not in EMBEDDED:
+            raise ValueError(f"data.embedded={embedded!r} is not a segmentation dataset; use one of {list(EMBEDDED)}.")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size!r} must be >= 1.")
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment.name={augment!r} has no segmentation pipeline; use one of {list(AUGMENTS)}.")
+        self.root, self.embedded, self.image_size = root, embedded, image_size
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.ignore_index, self.mask_palette = ignore_index, mask_palette
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.embedded_length, self.seed, self.in_chans = embedded_length, seed, in_chans
+        self.mean, self.std, self.augment = list(mean), list(std), augment
+        self.class_names = self._class_names(root, num_classes, class_names)
+        self.sources: dict[str, Dataset] = {}
+        self.split_record: dict = {}
+
+    @staticmethod
+    def _class_names(root: str | None, num_classes: int | None, class_names: list[str] | None) -> list[str]:
+        if root is None:
+            return list(class_names or SCENE_CLASSES)
+        if class_names and num_classes is not None and len(class_names) != num_classes:
+            raise ValueError(f"data.class_names has {len(class_names)} names but data.num_classes="
+                             f"{num_classes!r}; make them agree or drop data.num_classes.")
+        if class_names:
+            return list(class_names)
+        if num_classes is None or num_classes < 2:
+            raise ValueError(f"data.num_classes={num_classes!r}: with data.root set, give the number of "
+                             "classes (>= 2, background included) or data.class_names.")
+        return [f"class_{i}" for i in range(num_classes)]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def scan(self) -> None:
+        """Fix split membership (idempotent; never writes into ``root``)."""
+        if self.sources:
+            return
+        if self.root is None:
+            self._make_scenes()
+        else:
+            splits = scan_segmentation_folder(self.root, self.val_fraction, self.test_fraction, self.seed)
+            self.sources = {s: MaskFileSource(p, self.num_classes, self.ignore_index, self.mask_palette,
+                                              self.in_chans) for s, p in splits.items()}
+            self.split_record = {s: [[str(i), str(m)] for i, m in p] for s, p in splits.items()}
+        log.info("Data: %s, %d classes, sizes %s", self.describe(), self.num_classes, self.sizes())
+
+    def _make_scenes(self) -> None:
+        n = self.embedded_length
+        seeds = {"train": self.seed, "val": self.seed + 10_000, "test": self.seed + 20_000}
+        lengths = {"train": n, "val": max(32, n // 8), "test": max(64, n // 4)}
+        self.sources = {s: SceneDataset(lengths[s], self.image_size, seeds[s]) for s in SPLITS}
+        self.split_record = {"embedded": "scenes", "seeds": seeds, "sizes": lengths}
+
+    def describe(self) -> str:
+        return str(self.root) if self.root is not None else f"embedded:{self.embedded}"
+
+    def sizes(self) -> dict[str, int]:
+        return {split: len(self.sources.get(split, ())) for split in SPLITS}
+
+    def setup(self, stage: str | None = None) -> None:
+        self.scan()
+
+    def transform(self, train: bool) -> A.Compose:
+        return build_joint_transforms(self.augment if train else "none", train, self.image_size,
+                                      self.mean, self.std, self.ignore_index)
+
+    def dataset(self, split: str, train: bool = False) -> JointTransformDataset:
+        self.scan()
+        return JointTransformDataset(self.sources[split], self.transform(train), self.in_chans)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        return DataLoader(self.dataset(split, train), batch_size=self.batch_size, shuffle=train,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test" if len(self.sources.get("test", ())) else "val", train=False)

@@ -1,0 +1,75 @@
+"""Map-style datasets of raw samples `(uint8 H x W x C image, label)` and their transformed view."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from transferkit.data.decode import load_image
+
+
+def match_image_channels(image: np.ndarray, in_chans: int) -> np.ndarray:
+    """Return `image` as H x W x in_chans (grey repeated to RGB, RGB averaged to grey)."""
+    if image.ndim == 2:
+        image = image[..., None]
+    channels = image.shape[-1]
+    if channels == in_chans:
+        return image
+    if in_chans == 1:
+        return image.mean(axis=-1, keepdims=True).round().astype(np.uint8)
+    if channels == 1:
+        return np.repeat(image, in_chans, axis=-1)
+    return np.concatenate([image] * (in_chans // channels + 1), axis=-1)[..., :in_chans]
+
+
+class FileSource(Dataset):
+    """Images read from disk through the one decode path (`data.decode.load_image`)."""
+
+    def __init__(self, items: Sequence[tuple[Path, int]], in_chans: int = 3,
+                 background: tuple[int, int, int] = (255, 255, 255)) -> None:
+        self.items = list(items)
+        self.in_chans = in_chans
+        self.background = tuple(background)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        path, label = self.items[index]
+        return load_image(path, in_chans=self.in_chans, background=self.background), label
+
+
+class ArraySource(Dataset):
+    """Images held in memory as a uint8 array N x H x W x C."""
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int], in_chans: int = 3) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels.")
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.in_chans = in_chans
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return match_image_channels(self.images[index], self.in_chans), int(self.labels[index])
+
+
+class TransformedDataset(Dataset):
+    """Apply an albumentations pipeline to a source; yields `(float tensor C x H x W, label)`."""
+
+    def __init__(self, source: Dataset, transform: Callable) -> None:
+        self.source = source
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.source[index]
+        return self.transform(image=image)["image"], label

@@ -1,0 +1,163 @@
+"""Up-front checks before training: unreadable files, class problems, duplicates, a summary table."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+from transferkit.data.decode import UnreadableImageError, open_image
+from transferkit.data.discover import Item
+
+log = logging.getLogger(__name__)
+
+# Imbalance beyond this max/min class ratio earns a hint about data.balance.
+IMBALANCE_HINT_RATIO = 10.0
+# Decoding at this size is enough to prove a JPEG is intact, and much faster.
+CHECK_DECODE_SIZE = 32
+
+
+class BadFile(NamedTuple):
+    """An unusable file and why; unpacks as ``(path, reason)``."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def check_image(path: Path) -> BadFile | None:
+    """Decode ``path`` completely; return why it is unusable, or ``None`` when it is fine."""
+    try:
+        open_image(path, min_size=CHECK_DECODE_SIZE)
+    except UnreadableImageError as error:
+        return BadFile(path, error.reason)
+    return None
+
+
+def find_unreadable(paths: Sequence[Path], num_workers: int = 0) -> list[BadFile]:
+    """Every file in ``paths`` that cannot be decoded, in input order (threads decode in parallel)."""
+    if num_workers > 1:
+        with ThreadPoolExecutor(max_workers=num_workers) as pool:
+            results = list(pool.map(check_image, paths, chunksize=16))
+    else:
+        results = [check_image(path) for path in paths]
+    return [bad for bad in results if bad is not None]
+
+
+def drop_unreadable(
+    splits: dict[str, list[Item]], bad: Sequence[BadFile], max_bad_fraction: float = 0.05
+) -> dict[str, list[Item]]:
+    """Skip the ``bad`` files when they are at most ``max_bad_fraction`` of all; otherwise stop.
+
+    Raises:
+        ValueError: listing every bad file, when there are too many to skip.
+    """
+    if not 0.0 <= max_bad_fraction <= 1.0:
+        raise ValueError(
+            f"data.max_bad_fraction={max_bad_fraction!r} is out of range; use a fraction in [0, 1]."
+        )
+    if not bad:
+        return splits
+    total = sum(len(items) for items in splits.values())
+    listing = "\n".join(f"  {item}" for item in bad)
+    if len(bad) > max_bad_fraction * total:
+        raise ValueError(
+            f"{len(bad)} of {total} images ({len(bad) / total:.1%}) cannot be read, more than "
+            f"data.max_bad_fraction={max_bad_fraction}. Fix or remove them, or raise "
+            f"data.max_bad_fraction to skip them:\n{listing}"
+        )
+    log.warning(
+        "Skipping %d of %d images (%.1f%%) that cannot be read:\n%s",
+        len(bad), total, 100 * len(bad) / total, listing,
+    )
+    dropped = {item.path for item in bad}
+    return {name: [it for it in items if it[0] not in dropped] for name, items in splits.items()}
+
+
+def class_counts(splits: dict[str, list[Item]], num_classes: int) -> dict[str, list[int]]:
+    """``split -> [count of class 0, count of class 1, ...]``."""
+    counts = {name: [0] * num_classes for name in splits}
+    for name, items in splits.items():
+        for _, label in items:
+            counts[name][label] += 1
+    return counts
+
+
+def summary_table(classes: Sequence[str], counts: dict[str, list[int]]) -> str:
+    """A plain-text table: one row per class, one column per split, plus totals."""
+    names = list(counts)
+    width = max([len("class"), len("total"), *(len(c) for c in classes)])
+    header = f"{'class':<{width}} " + " ".join(f"{n:>7}" for n in names)
+    rows = [header, "-" * len(header)]
+    for label, name in enumerate(classes):
+        rows.append(f"{name:<{width}} " + " ".join(f"{counts[n][label]:>7}" for n in names))
+    rows.append(f"{'total':<{width}} " + " ".join(f"{sum(counts[n]):>7}" for n in names))
+    return "\n".join(rows)
+
+
+def check_classes(
+    classes: Sequence[str], counts: dict[str, list[int]], empty_folders: Sequence[str] = ()
+) -> list[str]:
+    """Raise for problems that make training meaningless; return warnings for the rest."""
+    train = counts["train"]
+    if sum(1 for n in train if n > 0) < 2:
+        raise ValueError(
+            f"Only one class with images was found ({[c for c, n in zip(classes, train) if n]}); "
+            f"classification needs at least 2 class folders. Add a folder per class."
+        )
+    notes = [
+        f"Class folder {folder!r} has no images and is ignored; add images or remove it."
+        for folder in empty_folders
+    ]
+    for split in ("val", "test"):
+        missing = [c for c, n in zip(classes, counts.get(split, [])) if n == 0]
+        if missing:
+            notes.append(
+                f"{split} has no images of classes {missing}; their {split} metrics are "
+                f"undefined. Add images to {split}/<class> or let a fraction be split off."
+            )
+    largest, smallest = max(train), min(n for n in train if n > 0)
+    if largest / smallest >= IMBALANCE_HINT_RATIO:
+        notes.append(
+            f"Classes are imbalanced {largest}:{smallest} (largest:smallest in train); consider "
+            f"data.balance=weights or data.balance=sampler."
+        )
+    return notes
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+
+
+def find_cross_split_duplicates(splits: dict[str, list[Item]]) -> list[tuple[Path, Path]]:
+    """Pairs ``(earlier split's file, later split's file)`` with identical bytes: leaked examples."""
+    by_size: dict[int, list[tuple[str, Path]]] = defaultdict(list)
+    for name, items in splits.items():
+        for path, _ in items:
+            by_size[path.stat().st_size].append((name, path))
+    pairs: list[tuple[Path, Path]] = []
+    for group in by_size.values():
+        if len({name for name, _ in group}) < 2:
+            continue
+        first_seen: dict[str, tuple[str, Path]] = {}
+        for name, path in group:
+            digest = file_digest(path)
+            if digest in first_seen and first_seen[digest][0] != name:
+                pairs.append((first_seen[digest][1], path))
+            first_seen.setdefault(digest, (name, path))
+    return sorted(pairs)
+
+
+def duplicate_notes(pairs: Sequence[tuple[Path, Path]], shown: int = 5) -> list[str]:
+    if not pairs:
+        return []
+    examples = "; ".join(f"{a} == {b}" for a, b in pairs[:shown])
+    return [
+        f"{len(pairs)} file(s) appear in more than one split with identical bytes, which leaks "
+        f"them into evaluation (e.g. {examples}). Remove each from one of its splits."
+    ]

@@ -1,0 +1,28 @@
+"""User-facing errors and the one name-lookup helper used by every builder."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key and says what to do."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ' Did you mean X?' for the closest choice, or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def lookup(table: Mapping[str, T], name: str, key: str) -> T:
+    """Look `name` up in `table`, failing with a message that names the config `key`."""
+    if name not in table:
+        raise ConfigError(
+            f"{key}={name!r} is unknown; use one of {sorted(table)}.{did_you_mean(str(name), table)}"
+        )
+    return table[name]

@@ -1,0 +1,242 @@
+"""Fine-tuning strategies: which backbone stages train, frozen norms, and optimizer param groups.
+
+Stages are found with timm's `group_matcher(coarse=True)` (stem, then one group per stage or
+block), never by counting leaf modules. No Lightning here: tasks wire these functions into hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from timm.models import group_parameters
+
+from transferkit.errors import ConfigError, lookup
+
+log = logging.getLogger(__name__)
+
+STRATEGIES: tuple[str, ...] = ("freeze", "partial", "full")
+PLAN_STRATEGIES: tuple[str, ...] = (*STRATEGIES, "auto")
+
+# What each quadrant of the size x similarity matrix trains (see docs and recipes/<quadrant>.yaml).
+QUADRANT_STRATEGIES: dict[str, str] = {
+    "small_similar": "freeze",
+    "small_different": "partial",
+    "large_similar": "partial",
+    "large_different": "full",
+}
+
+# A parameter name no model has: it lands in timm's "unmatched" group (ordinal inf), which
+# tells us which real parameters (neck, final norm) are unmatched too.
+_SENTINEL = "\x00transferkit.unmatched"
+
+
+@dataclass(frozen=True)
+class FinetunePlan:
+    """The `finetune` config group: what trains, and at which learning-rate scale."""
+
+    strategy: str = "freeze"
+    trainable_stages: int = 2
+    backbone_lr_scale: float = 0.1
+    layer_decay: float | None = None
+    unfreeze_at_epoch: int | None = None
+    cache_features: bool | None = None
+
+    def __post_init__(self) -> None:
+        lookup(dict.fromkeys(PLAN_STRATEGIES), self.strategy, key="finetune.strategy")
+        if int(self.trainable_stages) != self.trainable_stages or self.trainable_stages < 1:
+            raise ConfigError(
+                f"finetune.trainable_stages={self.trainable_stages!r} must be an integer >= 1; "
+                "use strategy=freeze to train no backbone stage."
+            )
+        if not self.backbone_lr_scale > 0:
+            raise ConfigError(
+                f"finetune.backbone_lr_scale={self.backbone_lr_scale!r} must be > 0 "
+                "(backbone LR = head LR x this); use strategy=freeze to keep the backbone fixed."
+            )
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError(
+                f"finetune.layer_decay={self.layer_decay!r} must lie in (0, 1] (e.g. 0.75), or be null."
+            )
+        if self.unfreeze_at_epoch is not None:
+            if self.unfreeze_at_epoch < 0:
+                raise ConfigError(f"finetune.unfreeze_at_epoch={self.unfreeze_at_epoch!r} must be >= 0 or null.")
+            if self.strategy == "freeze":
+                raise ConfigError(
+                    f"finetune.unfreeze_at_epoch={self.unfreeze_at_epoch!r} needs strategy partial or full "
+                    "(what to unfreeze); with strategy=freeze set it to null."
+                )
+
+
+def choose_strategy(quadrant: str) -> str:
+    """The strategy a quadrant of the size x similarity matrix calls for."""
+    return lookup(QUADRANT_STRATEGIES, quadrant, key="quadrant")
+
+
+def active_strategy(plan: FinetunePlan, epoch: int = 0) -> str:
+    """The strategy in force at `epoch`: `freeze` before `unfreeze_at_epoch`, then `plan.strategy`."""
+    if plan.strategy == "auto":
+        raise ConfigError(
+            "finetune.strategy='auto' must be resolved (transferkit.commands.advise) before it is applied."
+        )
+    if plan.unfreeze_at_epoch is not None and epoch < plan.unfreeze_at_epoch:
+        return "freeze"
+    return plan.strategy
+
+
+def _grouping_module(backbone: nn.Module) -> tuple[nn.Module, str] | None:
+    """The module that has timm's `group_matcher` (features_only wrappers keep it in `.model`)."""
+    if hasattr(backbone, "group_matcher"):
+        return backbone, ""
+    inner = getattr(backbone, "model", None)
+    if isinstance(inner, nn.Module) and hasattr(inner, "group_matcher"):
+        return inner, "model."
+    return None
+
+
+def _children_groups(backbone: nn.Module) -> list[list[str]]:
+    """Fallback without a group_matcher: each top-level child with parameters is one stage."""
+    groups = [[n for n, _ in backbone.named_parameters(recurse=False)]]
+    for child_name, child in backbone.named_children():
+        names = [f"{child_name}.{n}" for n, _ in child.named_parameters()]
+        if names:
+            groups.append(names)
+    return [g for g in groups if g]
+
+
+def backbone_groups(backbone: nn.Module, coarse: bool = True) -> list[list[str]]:
+    """Parameter names per group, bottom (stem) first, from timm's `group_matcher`.
+
+    Parameters no matcher pattern covers (a neck or final norm) join the top group, so they
+    train whenever the top stage trains.
+    """
+    found = _grouping_module(backbone)
+    if found is None:
+        return _children_groups(backbone)
+    module, prefix = found
+    matcher = module.group_matcher(coarse=coarse)
+    names = [n for n, _ in module.named_parameters()]
+    try:
+        reverse = group_parameters(_NamedOnly(names + [_SENTINEL]), matcher, reverse=True)
+    except (TypeError, ValueError, AttributeError, IndexError):  # callable matchers may reject the probe
+        reverse = group_parameters(module, matcher, reverse=True)
+    unmatched = reverse.pop(_SENTINEL, None)
+    matched = {reverse[n] for n in names} - {unmatched}
+    by_id: dict[int, list[str]] = {}
+    for name in names:
+        gid = reverse[name]
+        if gid == unmatched and matched:
+            gid = max(matched)
+        by_id.setdefault(gid, []).append(prefix + name)
+    return [by_id[k] for k in sorted(by_id)]
+
+
+class _NamedOnly:
+    """Stand-in exposing `named_parameters()` over bare names, for timm's grouping helpers."""
+
+    def __init__(self, names: list[str]) -> None:
+        self._names = names
+
+    def named_parameters(self):  # noqa: ANN201 - mirrors nn.Module
+        return ((n, None) for n in self._names)
+
+
+def trainable_names(backbone: nn.Module, strategy: str, trainable_stages: int = 2) -> set[str]:
+    """Names of backbone parameters that train under `strategy`."""
+    match strategy:
+        case "freeze":
+            return set()
+        case "partial":
+            groups = backbone_groups(backbone, coarse=True)
+            return {n for g in groups[-trainable_stages:] for n in g}
+        case "full":
+            return {n for n, _ in backbone.named_parameters()}
+        case _:
+            raise ConfigError(f"finetune.strategy={strategy!r} is unknown; use one of {list(STRATEGIES)}.")
+
+
+def apply_strategy(backbone: nn.Module, plan: FinetunePlan, epoch: int = 0) -> None:
+    """Set `requires_grad` for the strategy in force at `epoch`; frozen norm layers go to eval mode."""
+    strategy = active_strategy(plan, epoch)
+    keep = trainable_names(backbone, strategy, plan.trainable_stages)
+    for name, param in backbone.named_parameters():
+        param.requires_grad_(name in keep)
+    for module in backbone.modules():
+        if _has_running_stats(module):
+            module.train(backbone.training and not _is_frozen(module, backbone))
+    n_train = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in backbone.parameters())
+    log.info("finetune: strategy %s at epoch %d trains %d of %d backbone parameters", strategy, epoch, n_train, n_all)
+
+
+def _has_running_stats(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats
+
+
+def _is_frozen(norm: nn.Module, backbone: nn.Module) -> bool:
+    """A norm is frozen when all its parameters are; one without parameters, when the whole backbone is."""
+    params = list(norm.parameters())
+    if params:
+        return not any(p.requires_grad for p in params)
+    return not any(p.requires_grad for p in backbone.parameters())
+
+
+def keep_frozen_norms_eval(backbone: nn.Module) -> None:
+    """Put every frozen norm layer with running stats back in eval mode (call after `model.train()`)."""
+    for module in backbone.modules():
+        if _has_running_stats(module) and _is_frozen(module, backbone):
+            module.eval()
+
+
+def _no_decay_names(module: nn.Module, prefix: str = "") -> set[str]:
+    """Parameters without weight decay: norms and biases (ndim <= 1) plus timm's `no_weight_decay()`."""
+    names = {n for n, p in module.named_parameters() if p.ndim <= 1}
+    found = _grouping_module(module)
+    if found is not None and hasattr(found[0], "no_weight_decay"):
+        skip = set(found[0].no_weight_decay())
+        names |= {n for n, _ in module.named_parameters() if n.removeprefix(found[1]) in skip}
+    return names
+
+
+def _split_decay(name: str, params: list[torch.Tensor], no_decay: list[bool], weight_decay: float, lr_scale: float) -> list[dict]:
+    decay = [p for p, nd in zip(params, no_decay) if not nd]
+    plain = [p for p, nd in zip(params, no_decay) if nd]
+    groups = []
+    if decay:
+        groups.append({"name": name, "params": decay, "weight_decay": weight_decay, "lr_scale": lr_scale})
+    if plain:
+        groups.append({"name": f"{name}_no_decay", "params": plain, "weight_decay": 0.0, "lr_scale": lr_scale})
+    return groups
+
+
+def build_param_groups(backbone: nn.Module, head: nn.Module, plan: FinetunePlan, weight_decay: float) -> list[dict]:
+    """Optimizer param groups: the head at `lr_scale` 1, each trainable backbone group below it.
+
+    Backbone parameters are chosen by the plan's target strategy, so with `unfreeze_at_epoch` the
+    groups exist from the first step (their parameters simply get no gradient while frozen) and
+    never change under a live scheduler. Without layer decay there is one group per coarse stage at
+    `backbone_lr_scale`; with it, one per fine group at `backbone_lr_scale * layer_decay**(top - depth)`.
+    """
+    groups: list[dict] = []
+    head_named = [(n, p) for n, p in head.named_parameters() if p.requires_grad]
+    head_nd = _no_decay_names(head)
+    groups += _split_decay("head", [p for _, p in head_named], [n in head_nd for n, _ in head_named], weight_decay, 1.0)
+    strategy = plan.strategy if plan.strategy != "auto" else active_strategy(plan)
+    wanted = trainable_names(backbone, strategy, plan.trainable_stages)
+    if not wanted:
+        return groups
+    params = dict(backbone.named_parameters())
+    backbone_nd = _no_decay_names(backbone)
+    layered = backbone_groups(backbone, coarse=plan.layer_decay is None)
+    top = len(layered) - 1
+    for depth, names in enumerate(layered):
+        names = [n for n in names if n in wanted]
+        if not names:
+            continue
+        scale = plan.backbone_lr_scale * (plan.layer_decay ** (top - depth) if plan.layer_decay else 1.0)
+        groups += _split_decay(
+            f"backbone.{depth}", [params[n] for n in names], [n in backbone_nd for n in names], weight_decay, scale
+        )
+    return groups

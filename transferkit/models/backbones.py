@@ -1,0 +1,67 @@
+"""The one place that calls `timm.create_model`."""
+
+from __future__ import annotations
+
+import logging
+
+import timm
+import torch.nn as nn
+
+from transferkit.errors import ConfigError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+
+def check_backbone_name(name: str) -> None:
+    """Fail early, naming `model.backbone`, when timm has no such architecture."""
+    if not timm.is_model(name):
+        raise ConfigError(
+            f"model.backbone={name!r} is not a timm architecture.{did_you_mean(name, timm.list_models())} "
+            "List them with `python -c \"import timm; print(timm.list_models('resnet*'))\"`."
+        )
+
+
+def create_backbone(
+    name: str,
+    *,
+    in_chans: int = 3,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    pretrained: bool = False,
+) -> nn.Module:
+    """Create a timm backbone without its classifier (`num_classes=0`), or a feature pyramid.
+
+    `pretrained=True` downloads from the timm hub; callers go through
+    `transferkit.models.weights` which checks connectivity first.
+    """
+    check_backbone_name(name)
+    kwargs: dict = {"in_chans": in_chans, "pretrained": pretrained}
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if features_only:
+        kwargs["features_only"] = True
+        if out_indices is not None:
+            kwargs["out_indices"] = tuple(out_indices)
+    else:
+        kwargs["num_classes"] = 0
+        if drop_rate:
+            kwargs["drop_rate"] = drop_rate
+    return timm.create_model(name, **kwargs)
+
+
+def backbone_data_config(backbone: nn.Module, in_chans: int) -> dict[str, list[float]]:
+    """Input normalisation (mean/std, one value per input channel) the backbone was pretrained with."""
+    cfg = timm.data.resolve_model_data_config(backbone)
+    return {"mean": match_channels(cfg["mean"], in_chans), "std": match_channels(cfg["std"], in_chans)}
+
+
+def match_channels(values: tuple[float, ...] | list[float], in_chans: int) -> list[float]:
+    """Adapt per-channel statistics to `in_chans` (grey = average of RGB, extra channels repeat)."""
+    values = [float(v) for v in values]
+    if len(values) == in_chans:
+        return values
+    if in_chans == 1:
+        return [sum(values) / len(values)]
+    return [values[i % len(values)] for i in range(in_chans)]

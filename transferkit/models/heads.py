@@ -1,0 +1,47 @@
+"""Classifier heads put on top of a pooled backbone (the backbone keeps its GAP)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch.nn as nn
+
+Init = Literal["kaiming", "xavier"]
+
+
+def create_head(in_features: int, num_classes: int, *, dropout: float = 0.0,
+                hidden_dim: int | None = None, init: Init = "kaiming") -> nn.Sequential:
+    """Dropout -> Linear, or Dropout -> Linear -> ReLU -> Dropout -> Linear when `hidden_dim` is set.
+
+    `init="kaiming"` uses He initialisation for layers followed by ReLU (the right
+    scale for ReLU nets); `init="xavier"` uses Glorot for all layers. The output
+    layer always starts small so the first logits are near uniform.
+    """
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"model.dropout={dropout!r} must be in [0, 1).")
+    layers: list[nn.Module] = [nn.Dropout(dropout)]
+    width = in_features
+    if hidden_dim:
+        hidden = nn.Linear(in_features, hidden_dim)
+        init_linear(hidden, init, relu=True)
+        layers += [hidden, nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        width = hidden_dim
+    out = nn.Linear(width, num_classes)
+    init_linear(out, init, relu=False)
+    layers.append(out)
+    return nn.Sequential(*layers)
+
+
+def init_linear(layer: nn.Linear, init: Init, relu: bool) -> None:
+    match init:
+        case "kaiming":
+            if relu:
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            else:
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="linear")
+                layer.weight.data.mul_(0.1)
+        case "xavier":
+            nn.init.xavier_uniform_(layer.weight)
+        case _:
+            raise ValueError(f"model.init={init!r} is unknown; use 'kaiming' or 'xavier'.")
+    nn.init.zeros_(layer.bias)

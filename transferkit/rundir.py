@@ -1,0 +1,57 @@
+"""The run directory: where every run writes its config, checkpoints, metrics and results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+ENV_RUN_DIR = "TRANSFERKIT_RUN_DIR"
+
+
+def is_ddp_child() -> bool:
+    """True inside processes that Lightning's DDP launcher started (local rank > 0)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 and ENV_RUN_DIR in os.environ
+
+
+def default_run_dir(now: datetime | None = None, base: Path = Path("outputs")) -> Path:
+    now = now or datetime.now()
+    return base / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")
+
+
+def create_run_dir(run_dir: str | None) -> Path:
+    """Create a fresh run directory (never reusing one that has files in it).
+
+    DDP children get their parent's directory through `TRANSFERKIT_RUN_DIR`, so one
+    run writes exactly one directory however many processes it spans.
+    """
+    if is_ddp_child():
+        return Path(os.environ[ENV_RUN_DIR])
+    path = Path(run_dir).expanduser() if run_dir else default_run_dir()
+    candidate, n = path, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        candidate = path.with_name(f"{path.name}-{n}")
+        n += 1
+    candidate.mkdir(parents=True, exist_ok=True)
+    candidate = candidate.resolve()
+    os.environ[ENV_RUN_DIR] = str(candidate)
+    return candidate
+
+
+def write_config(cfg: DictConfig, run_dir: Path) -> Path:
+    path = run_dir / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return path
+
+
+def write_json(data: dict, path: Path) -> Path:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)  # atomic: a killed run never leaves half a results.json
+    return path

@@ -1,0 +1,76 @@
+"""What every task shares: fine-tuning plan, frozen norms, optimizer and scheduler wiring."""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch.nn as nn
+
+from transferkit.finetune import FinetunePlan, apply_strategy, build_param_groups, keep_frozen_norms_eval
+from transferkit.optim import build_optimizer
+from transferkit.schedulers import build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class BaseTask(pl.LightningModule):
+    """A LightningModule with an `encoder` (the pretrained backbone) and a `head` (always trained).
+
+    Subclasses build `self.encoder` and `self.head` and then call `self.setup_finetuning()`.
+    """
+
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"
+
+    def __init__(self, finetune: dict | None = None, optimizer: dict | None = None,
+                 scheduler: dict | None = None) -> None:
+        super().__init__()
+        self.plan = FinetunePlan(**(finetune or {}))
+        if self.plan.strategy == "auto":
+            raise ValueError(
+                "finetune.strategy='auto' must be resolved before the task is built "
+                "(the fit command measures the data and picks freeze/partial/full)."
+            )
+        self.optimizer_cfg = dict(optimizer or {})
+        self.scheduler_cfg = dict(scheduler or {})
+
+    encoder: nn.Module
+    head: nn.Module
+
+    def setup_finetuning(self) -> None:
+        """Apply the strategy: set `requires_grad` and put frozen norms in eval mode."""
+        apply_strategy(self.encoder, self.plan)
+
+    def train(self, mode: bool = True) -> "BaseTask":
+        # Frozen BatchNorm must stay in inference mode even when Lightning calls model.train().
+        super().train(mode)
+        if mode:
+            keep_frozen_norms_eval(self.encoder)
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["transferkit_task"] = type(self).__name__  # lets `load_task` pick the class
+
+    def num_params(self) -> dict[str, int]:
+        params = list(self.parameters())
+        return {"total": sum(p.numel() for p in params),
+                "trainable": sum(p.numel() for p in params if p.requires_grad)}
+
+    def steps_per_epoch(self) -> tuple[int, int]:
+        """(max_epochs, optimizer steps per epoch) as the trainer will run them."""
+        trainer = self.trainer
+        total = int(trainer.estimated_stepping_batches)
+        max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+        return max_epochs, max(1, total // max_epochs)
+
+    def configure_optimizers(self):
+        weight_decay = self.optimizer_cfg.get("weight_decay", 0.0)
+        groups = build_param_groups(self.encoder, self.head, self.plan, weight_decay=weight_decay)
+        optimizer = build_optimizer(groups, **self.optimizer_cfg)
+        max_epochs, steps_per_epoch = self.steps_per_epoch()
+        scheduler = build_scheduler(optimizer, **self.scheduler_cfg, max_epochs=max_epochs,
+                                    steps_per_epoch=steps_per_epoch)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,0 +1,102 @@
+"""Image classification: a timm backbone (`num_classes=0`, global pooling) plus a new head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from transferkit.models.backbones import create_backbone
+from transferkit.models.heads import create_head
+from transferkit.tasks.base import BaseTask
+
+MODEL_DEFAULTS = {"backbone": "resnet10t", "weights": "none", "in_chans": 3, "dropout": 0.0,
+                  "hidden_dim": None, "init": "kaiming", "drop_rate": 0.0, "drop_path_rate": 0.0}
+
+
+class ClassificationTask(BaseTask):
+    """Classifier on a pretrained backbone; reloads with `ClassificationTask.load_from_checkpoint`."""
+
+    monitor = "val/acc"
+    monitor_mode = "max"
+
+    def __init__(self, num_classes: int, class_names: list[str] | None = None,
+                 model: dict | None = None, finetune: dict | None = None,
+                 optimizer: dict | None = None, scheduler: dict | None = None,
+                 label_smoothing: float = 0.0, top_k: int = 5,
+                 class_weights: list[float] | None = None, mixup_alpha: float = 0.0,
+                 cutmix_alpha: float = 0.0, data_config: dict | None = None) -> None:
+        super().__init__(finetune=finetune, optimizer=optimizer, scheduler=scheduler)
+        self.save_hyperparameters()
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes!r}: classification needs at least 2 classes.")
+        unknown = set(model or {}) - set(MODEL_DEFAULTS) - {"head"}
+        if unknown:
+            raise TypeError(f"model.{sorted(unknown)[0]} is not a classification model option; "
+                            f"use {sorted(MODEL_DEFAULTS)}.")
+        spec = {**MODEL_DEFAULTS, **(model or {})}
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.encoder = create_backbone(spec["backbone"], in_chans=spec["in_chans"],
+                                       drop_rate=spec["drop_rate"], drop_path_rate=spec["drop_path_rate"])
+        self.head = create_head(self.encoder.num_features, num_classes, dropout=spec["dropout"],
+                                hidden_dim=spec["hidden_dim"], init=spec["init"])
+        self.setup_finetuning()
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.label_smoothing = label_smoothing
+        self.mix = self._build_mix(mixup_alpha, cutmix_alpha, num_classes, label_smoothing)
+        metrics = build_metrics(num_classes, top_k)
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    @staticmethod
+    def _build_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int, label_smoothing: float):
+        if not (mixup_alpha or cutmix_alpha):
+            return None
+        from transferkit.data.transforms import build_batch_mix
+
+        return build_batch_mix(mixup_alpha, cutmix_alpha, num_classes, label_smoothing)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.ndim == 2:  # soft targets from mixup/cutmix
+            return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits, target, weight=self.class_weights,
+                               label_smoothing=self.label_smoothing)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.mix is not None and x.shape[0] % 2 == 0:
+            x, y = self.mix(x, y)
+        loss = self.loss(self(x), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def _eval_step(self, batch, metrics: MetricCollection, stage: str) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True,
+                 prog_bar=stage == "val", batch_size=x.shape[0])
+        metrics.update(logits, y)
+        self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0])
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return torch.softmax(self(x), dim=-1)
+
+
+def build_metrics(num_classes: int, top_k: int) -> MetricCollection:
+    metrics = {"acc": MulticlassAccuracy(num_classes, average="micro"),
+               "f1": MulticlassF1Score(num_classes, average="macro")}
+    if 1 < top_k < num_classes:
+        metrics[f"acc_top{top_k}"] = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
+    return MetricCollection(metrics)
