@@ -1,4 +1,4 @@
-"""Up-front validation: bad files skipped or fatal, class checks, duplicates, summary table."""
+"""scan_image_folder validates up front: bad files skipped or fatal, class checks, duplicates, summary table."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferkit.data.prepare import prepare_image_folder
+from transferkit.data.folders import scan_image_folder
 from transferkit.data.validate import (
     BadFile,
     check_classes,
@@ -44,24 +44,27 @@ def make_folder(root: Path, counts: dict[str, int], corrupt: int = 0) -> list[Pa
 def test_three_percent_corrupt_is_skipped_and_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     broken = make_folder(tmp_path, {"a": 50, "b": 50}, corrupt=3)
     with caplog.at_level(logging.WARNING):
-        prepared = prepare_image_folder(tmp_path, val_fraction=0.2, seed=0)
-    assert [bad.path for bad in prepared.bad_files] == broken
-    assert prepared.bad_files[0].reason == "not an image Pillow can identify"
-    assert "truncated" in prepared.bad_files[1].reason.lower()
-    used = {path for items in prepared.splits.values() for path, _ in items}
+        scan = scan_image_folder(tmp_path, val_fraction=0.2, seed=0)
+    assert [bad.path for bad in scan.skipped] == broken
+    assert scan.skipped[0].reason == "not an image Pillow can identify"
+    assert "truncated" in scan.skipped[1].reason.lower()
+    used = {path for items in scan.splits.values() for path, _ in items}
     assert used.isdisjoint(broken) and len(used) == 97
-    assert prepared.counts == {"train": [38, 40], "val": [9, 10]}
+    assert scan.counts == {"train": [38, 40], "val": [9, 10]}
     assert "Skipping 3 of 100 images (3.0%) that cannot be read" in caplog.text
     assert str(broken[2]) in caplog.text
-    report = prepared.report()
-    assert report["counts"]["val"] == {"a": 9, "b": 10}
-    assert report["skipped_files"][0] == {"path": str(broken[0]), "reason": "not an image Pillow can identify"}
+    record = scan.to_json()
+    assert record["counts"]["val"] == {"a": 9, "b": 10}
+    assert record["skipped"][0] == {"path": str(broken[0]), "reason": "not an image Pillow can identify"}
+    assert len(record["splits"]["train"]) == 78
+    path, reason = scan.skipped[2]
+    assert path == broken[2] and reason == "not an image Pillow can identify"
 
 
 def test_half_corrupt_stops_with_the_full_list(tmp_path: Path) -> None:
     broken = make_folder(tmp_path, {"a": 4, "b": 4}, corrupt=4)
     with pytest.raises(ValueError, match=r"4 of 8 images \(50.0%\) cannot be read.*data.max_bad_fraction=0.05") as info:
-        prepare_image_folder(tmp_path)
+        scan_image_folder(tmp_path)
     for path in broken:
         assert f"  {path}: " in str(info.value)
 
@@ -69,10 +72,10 @@ def test_half_corrupt_stops_with_the_full_list(tmp_path: Path) -> None:
 def test_threshold_is_configurable(tmp_path: Path) -> None:
     make_folder(tmp_path, {"a": 6, "b": 4}, corrupt=4)
     with pytest.raises(ValueError, match="40.0%"):
-        prepare_image_folder(tmp_path, max_bad_fraction=0.3)
-    prepared = prepare_image_folder(tmp_path, max_bad_fraction=0.4, val_fraction=0.0)
-    assert prepared.counts == {"train": [2, 4]}
-    assert len(prepared.bad_files) == 4
+        scan_image_folder(tmp_path, max_bad_fraction=0.3)
+    scan = scan_image_folder(tmp_path, max_bad_fraction=0.4, val_fraction=0.0)
+    assert scan.counts == {"train": [2, 4]}
+    assert len(scan.skipped) == 4
     with pytest.raises(ValueError, match=r"data.max_bad_fraction=1.5 is out of range"):
         drop_unreadable({"train": []}, [BadFile(Path("x"), "y")], 1.5)
 
@@ -99,16 +102,16 @@ def test_summary_table_text() -> None:
 def test_single_class_is_an_error(tmp_path: Path) -> None:
     make_folder(tmp_path, {"only": 3})
     with pytest.raises(ValueError, match=r"Only one class with images was found \(\['only'\]\); classification needs at least 2"):
-        prepare_image_folder(tmp_path)
+        scan_image_folder(tmp_path)
 
 
 def test_imbalance_empty_folder_and_missing_val_class_warnings(tmp_path: Path) -> None:
     make_folder(tmp_path / "train", {"common": 100, "rare": 1})
     make_folder(tmp_path / "val", {"common": 2})
     (tmp_path / "train" / "nothing").mkdir()
-    prepared = prepare_image_folder(tmp_path)
-    assert prepared.classes == ("common", "rare")
-    assert prepared.warnings == (
+    scan = scan_image_folder(tmp_path)
+    assert scan.class_names == ("common", "rare")
+    assert scan.warnings == (
         "Class folder 'train/nothing' has no images and is ignored; add images or remove it.",
         "val has no images of classes ['rare']; their val metrics are undefined. "
         "Add images to val/<class> or let a fraction be split off.",
@@ -121,7 +124,7 @@ def test_balanced_classes_give_no_warnings() -> None:
     assert check_classes(("a", "b"), {"train": [5, 6], "val": [1, 1]}) == []
 
 
-def test_cross_split_duplicates_are_found(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_cross_split_duplicates_are_found(tmp_path: Path) -> None:
     a = write_image(tmp_path / "train" / "x" / "1.png", seed=1)
     b = write_image(tmp_path / "val" / "x" / "copy.png", seed=1)
     write_image(tmp_path / "train" / "x" / "same_split_copy.png", seed=1)
@@ -132,7 +135,6 @@ def test_cross_split_duplicates_are_found(tmp_path: Path, caplog: pytest.LogCapt
         "val": [(b, 0), (tmp_path / "val/y/3.png", 1)],
     }
     assert find_cross_split_duplicates(splits) == [(a, b)]
-    with caplog.at_level(logging.WARNING):
-        prepared = prepare_image_folder(tmp_path)
-    assert any(w.startswith("1 file(s) appear in more than one split") for w in prepared.warnings)
-    assert f"{a} == {b}" in caplog.text
+    (warning,) = scan_image_folder(tmp_path).warnings
+    assert warning.startswith("1 file(s) appear in more than one split")
+    assert f"{a} == {b}" in warning

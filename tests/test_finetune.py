@@ -197,3 +197,14 @@ def test_choose_strategy_over_matrix(quadrant: str) -> None:
 def test_choose_strategy_unknown_quadrant() -> None:
     with pytest.raises(ValueError, match="quadrant='tiny'"):
         choose_strategy("tiny")
+
+
+@pytest.mark.parametrize("strategy", ["freeze", "partial", "full", "auto"])
+def test_config_files_hold_exactly_the_plan(strategy: str) -> None:
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parents[1] / "conf" / "finetune" / f"{strategy}.yaml"
+    plan = FinetunePlan(**OmegaConf.to_container(OmegaConf.load(path)))
+    assert plan.strategy == strategy

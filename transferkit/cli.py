@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("transferkit")
 
@@ -98,6 +98,9 @@ def compose_config(overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(package_dir("conf")), version_base="1.3"):
         cfg = compose("config", overrides=expand_trainer_overrides(overrides))
     GlobalHydra.instance().clear()
+    recipe = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "recipe"]
+    with open_dict(cfg):
+        cfg.recipe = recipe[-1] if recipe else None  # recorded in config.yaml and results.json
     return cfg
 
 

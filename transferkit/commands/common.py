@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -39,10 +40,16 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
         log.info("Run directory: %s", run_dir)
         write_config(cfg, run_dir)
         write_json(datamodule.split_record, run_dir / "splits.json")
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    tested = trainer.test(task, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
-    results = collect_results(cfg, command, task, datamodule, trainer, tested, run_dir, start)
+    with warnings.catch_warnings():
+        # Frozen BatchNorm layers are in eval mode on purpose (see finetune.keep_frozen_norms_eval),
+        # and the CSV logger shares the run directory with config.yaml by design.
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        tested = trainer.test(task, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
+    results = collect_results(cfg, command, task, datamodule, trainer, val_metrics, tested, run_dir, start)
     results["finetune"] = finetune
     if advice is not None:
         results["advice"] = advice
@@ -53,11 +60,13 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
     return results, trainer, task, datamodule, run_dir
 
 
-def collect_results(cfg, command, task, datamodule, trainer, tested, run_dir, start) -> dict:
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+def collect_results(cfg, command, task, datamodule, trainer, val_metrics, tested, run_dir, start) -> dict:
+    metrics = dict(val_metrics)
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.best_model_score is not None:
+        metrics[f"best/{callback.monitor}"] = float(callback.best_model_score)
     for row in tested or []:
         metrics.update({k: float(v) for k, v in row.items()})
-    callback = trainer.checkpoint_callback
     sizes = datamodule.sizes()
     return {
         "command": command,

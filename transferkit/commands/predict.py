@@ -21,7 +21,7 @@ log = logging.getLogger("transferkit")
 
 def list_inputs(path: Path) -> list[Path]:
     """One image file, or every image under a folder (hidden files and junk skipped)."""
-    from transferkit.data.folders import is_image_file, walk_images
+    from transferkit.data.discover import is_image_file, walk_images
 
     if path.is_file():
         if not is_image_file(path.name):

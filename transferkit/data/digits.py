@@ -83,10 +83,12 @@ def subsample_per_class(
 
 
 def upsample(images: np.ndarray, size: int) -> np.ndarray:
-    """Resize uint8 ``N x h x w x C`` images to ``N x size x size x C`` with bilinear filtering."""
-    import torch
-    import torch.nn.functional as F
+    """Resize uint8 ``N x h x w x C`` images to ``N x size x size x C``.
 
-    batch = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    resized = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)
-    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    Uses OpenCV's bilinear filter, as the eval transforms (``A.Resize``) do, so that features
+    computed on these arrays match what a model sees through the datamodule.
+    """
+    import cv2
+
+    resized = [cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR) for image in images]
+    return np.stack(resized).reshape(len(images), size, size, images.shape[-1])

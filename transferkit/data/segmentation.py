@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 Pair = tuple[Path, Path]
 SPLITS = ("train", "val", "test")
 EMBEDDED = ("scenes",)
-AUGMENTS = ("none", "light", "medium")
+AUGMENTS = ("none", "light", "strong")
 
 
 def list_images(folder: Path) -> dict[str, Path]:
@@ -172,7 +172,7 @@ def build_joint_transforms(augment: str, train: bool, image_size: int, mean: Seq
         steps.append(A.HorizontalFlip(p=0.5))
         steps.append(A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), p=0.5,
                               fill=0, fill_mask=ignore_index))
-        if augment == "medium":
+        if augment == "strong":
             steps.append(A.VerticalFlip(p=0.5))
         steps.append(A.ColorJitter(0.2, 0.2, 0.2, 0.02, p=0.5))
     steps += [A.Normalize(mean=list(mean), std=list(std), max_pixel_value=255.0), ToTensorV2()]

@@ -167,28 +167,35 @@ class FCNDecoder(nn.Module):
         return self.final_upsampler(score)
 
 
-class FCNSegmentationModel(nn.Module):
-    """Encoder (timm ``features_only`` backbone) + :class:`FCNDecoder`; output size = input size.
+def fcn_forward(
+    encoder: nn.Module, decoder: FCNDecoder, feature_indices: Sequence[int], x: torch.Tensor
+) -> torch.Tensor:
+    """Logits of the same height and width as ``x``, whatever its size.
 
-    Inputs of any size are zero-padded at the bottom/right to a multiple of the coarsest stride,
-    so every feature map divides evenly, and the logits are cropped back.
+    ``x`` is zero-padded at the bottom/right to a multiple of the coarsest stride, so every
+    feature map divides evenly, and the logits are cropped back.
     """
+    height, width = x.shape[-2:]
+    multiple = max(decoder.reductions)
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+    features = encoder(x)
+    logits = decoder([features[i] for i in feature_indices])
+    return match_size(logits, height, width)
+
+
+class FCNSegmentationModel(nn.Module):
+    """Encoder (timm ``features_only`` backbone) + :class:`FCNDecoder`; output size = input size."""
 
     def __init__(self, encoder: nn.Module, decoder: FCNDecoder, feature_indices: list[int]) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.feature_indices = list(feature_indices)
-        self.pad_multiple = max(decoder.reductions)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        pad_h, pad_w = -height % self.pad_multiple, -width % self.pad_multiple
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        features = self.encoder(x)
-        logits = self.decoder([features[i] for i in self.feature_indices])
-        return match_size(logits, height, width)
+        return fcn_forward(self.encoder, self.decoder, self.feature_indices, x)
 
 
 def create_segmentation_model(

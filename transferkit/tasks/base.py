@@ -69,8 +69,20 @@ class BaseTask(pl.LightningModule):
         groups = build_param_groups(self.encoder, self.head, self.plan, weight_decay=weight_decay)
         optimizer = build_optimizer(groups, **self.optimizer_cfg)
         max_epochs, steps_per_epoch = self.steps_per_epoch()
-        scheduler = build_scheduler(optimizer, **self.scheduler_cfg, max_epochs=max_epochs,
+        schedule = fit_warmup(self.scheduler_cfg, max_epochs)
+        scheduler = build_scheduler(optimizer, **schedule, max_epochs=max_epochs,
                                     steps_per_epoch=steps_per_epoch)
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def fit_warmup(schedule: dict, max_epochs: int) -> dict:
+    """Shorten a warm-up that would fill the whole run (e.g. a quick `trainer.max_epochs=1`)."""
+    warmup = schedule.get("warmup_epochs") or 0
+    if warmup < max_epochs:
+        return schedule
+    shorter = max_epochs / 4
+    log.warning("scheduler.warmup_epochs=%s >= trainer.max_epochs=%s; warming up for %.2f epochs instead.",
+                warmup, max_epochs, shorter)
+    return {**schedule, "warmup_epochs": shorter}

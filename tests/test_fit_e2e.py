@@ -1,0 +1,86 @@
+"""End to end through the CLI, as a user runs it: fit -> results.json -> predict / test."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from transferkit import cli
+from transferkit.tasks.classification import ClassificationTask
+
+pytestmark = pytest.mark.slow
+
+RESULT_KEYS = {"task", "recipe", "strategy", "backbone", "weights", "data", "params", "metrics",
+               "best_checkpoint", "wall_seconds"}
+
+
+def test_fit_writes_run_directory_then_predict_and_test(image_folder, fast, tmp_path):
+    results = cli.run(["fit", "recipe=small_similar", f"data.root={image_folder}", *fast])
+    run_dir = Path(results["run_dir"])
+    for name in ("config.yaml", "results.json", "metrics.csv", "splits.json",
+                 "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+        assert (run_dir / name).is_file(), name
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert RESULT_KEYS <= set(saved)
+    assert saved["recipe"] == "small_similar" and saved["strategy"] == "freeze"
+    assert saved["data"]["class_names"] == ["cat", "dog"]
+    assert saved["data"]["train_size"] + saved["data"]["val_size"] + saved["data"]["test_size"] == 12
+    assert "test/acc" in saved["metrics"]
+    head = sum(p.numel() for p in ClassificationTask.load_from_checkpoint(saved["best_checkpoint"]).head.parameters())
+    assert saved["params"]["trainable"] == head < saved["params"]["total"]
+
+    out = tmp_path / "preds.csv"
+    cli.run(["predict", f"ckpt_path={saved['best_checkpoint']}", f"input={image_folder}",
+             f"output={out}", "top_k=2", f"run_dir={tmp_path / 'pred'}"])
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 12
+    assert {r["label"] for r in rows} <= {"cat", "dog"}
+    assert all(len(r["top_k"].split(";")) == 2 for r in rows)
+
+    tested = cli.run(["test", f"ckpt_path={saved['best_checkpoint']}", "recipe=small_similar",
+                      f"data.root={image_folder}", *fast[:-1], f"run_dir={tmp_path / 'test'}"])
+    assert tested["metrics"]["test/acc"] == pytest.approx(saved["metrics"]["test/acc"])
+
+
+def test_checkpoint_reloads_without_hydra_and_predicts_the_same(image_folder, fast):
+    results = cli.run(["fit", f"data.root={image_folder}", *fast])
+    task = ClassificationTask.load_from_checkpoint(results["last_checkpoint"]).eval()
+    again = ClassificationTask.load_from_checkpoint(results["last_checkpoint"]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(task(x), again(x))
+    assert task.class_names == ["cat", "dog"]
+
+
+def test_predict_never_overwrites(image_folder, fast, tmp_path):
+    results = cli.run(["fit", f"data.root={image_folder}", *fast])
+    out = tmp_path / "exists.csv"
+    out.write_text("mine")
+    with pytest.raises(FileExistsError, match="exists.csv"):
+        cli.run(["predict", f"ckpt_path={results['best_checkpoint']}", f"input={image_folder}",
+                 f"output={out}", f"run_dir={tmp_path / 'p'}"])
+    assert out.read_text() == "mine"
+
+
+def test_two_process_cpu_ddp_writes_one_run_directory(image_folder, tmp_path):
+    outputs = tmp_path / "cwd"
+    outputs.mkdir()
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("TRANSFERKIT_RUN_DIR", None)
+    cmd = [sys.executable, "-m", "transferkit", "fit", f"data.root={image_folder}",
+           "model.backbone=test_resnet", "data.batch_size=2", "data.num_workers=0",
+           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+           "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    proc = subprocess.run(cmd, cwd=outputs, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [p.parent for p in outputs.glob("outputs/*/*/results.json")]
+    assert len(runs) == 1, list(outputs.rglob("*"))
+    assert len(list(outputs.glob("outputs/*/*"))) == 1
+    results = json.loads((runs[0] / "results.json").read_text())
+    assert "test/acc" in results["metrics"]

@@ -1,0 +1,143 @@
+"""Segmentation task and data: scores, losses, finetuning, folder scanning, one short fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from transferkit.data.masks import MaskError, write_index_png
+from transferkit.data.segmentation import SegmentationDataModule, scan_segmentation_folder
+from transferkit.tasks.segmentation import SegmentationTask, metric_name, scores_from_confusion, soft_dice_loss
+
+TASK_ARGS = {
+    "finetune": {"strategy": "freeze"},
+    "optimizer": {"name": "adamw", "lr": 1e-2},
+    "scheduler": {"name": "constant"},
+}
+
+
+def make_task(**kwargs) -> SegmentationTask:
+    args = {"num_classes": 3, "model": {"backbone": "test_resnet", "head": "fcn8s"}, **TASK_ARGS, **kwargs}
+    return SegmentationTask(**args)
+
+
+def test_scores_from_confusion() -> None:
+    # truth x prediction; class 3 never occurs and must not drag the mean down.
+    confmat = torch.tensor([[8, 2, 0, 0], [1, 4, 0, 0], [0, 0, 5, 0], [0, 0, 0, 0]])
+    iou, miou, pixel_acc = scores_from_confusion(confmat)
+    torch.testing.assert_close(iou[:3], torch.tensor([8 / 11, 4 / 7, 1.0]))
+    assert iou[3].isnan()
+    torch.testing.assert_close(miou, torch.tensor((8 / 11 + 4 / 7 + 1.0) / 3))
+    torch.testing.assert_close(pixel_acc, torch.tensor(17 / 20))
+
+
+def test_soft_dice_is_zero_for_confident_truth_and_ignores_ignored_pixels() -> None:
+    target = torch.tensor([[[0, 1], [2, 255]]])
+    logits = torch.nn.functional.one_hot(target.clamp(max=2), 3).permute(0, 3, 1, 2).float() * 50
+    logits[0, :, 1, 1] = torch.tensor([0.0, 0.0, 50.0])  # wrong where ignored: must not count
+    assert soft_dice_loss(logits, target, 255).item() < 1e-3
+    # All wrong: each class gets probability 1 spread over two pixels, overlap 0, smoothing 1:
+    # Dice = (0 + 1) / (1 + 1 + 1) per class.
+    assert soft_dice_loss(-logits, target, 255).item() == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_loss_ignores_ignore_index_and_handles_all_ignored() -> None:
+    task = make_task(dice_weight=0.5)
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    target = torch.randint(0, 3, (2, 4, 4))
+    changed = target.clone()
+    changed[:, 0] = 255
+    assert not torch.isclose(task.loss(logits, target), task.loss(logits, changed))
+    empty = task.loss(logits, torch.full((2, 4, 4), 255))
+    assert empty.item() == 0.0
+    empty.backward()
+
+
+def test_forward_keeps_size_and_freeze_trains_only_the_head() -> None:
+    task = make_task()
+    assert task(torch.randn(2, 3, 37, 45)).shape == (2, 3, 37, 45)
+    assert not any(p.requires_grad for p in task.encoder.parameters())
+    assert all(p.requires_grad for p in task.head.parameters())
+    task.train()
+    assert not any(m.training for m in task.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_predict_step_returns_index_masks() -> None:
+    masks = make_task().predict_step(torch.randn(2, 3, 33, 40), 0)
+    assert masks.shape == (2, 33, 40) and masks.dtype == torch.int64
+
+
+def test_bad_task_options_name_their_key() -> None:
+    with pytest.raises(TypeError, match="model.heads"):
+        make_task(model={"backbone": "test_resnet", "heads": "fcn8s"})
+    with pytest.raises(ValueError, match="model.head='fcn4s'"):
+        make_task(model={"backbone": "test_resnet", "head": "fcn4s"})
+    with pytest.raises(ValueError, match="task.class_weights"):
+        make_task(class_weights=[1.0, 2.0])
+    assert metric_name("traffic light") == "traffic_light"
+
+
+# -- folders ----------------------------------------------------------------------------
+@pytest.fixture
+def seg_folder(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.jpg")
+        write_index_png(rng.integers(0, 3, (20, 24)), tmp_path / "masks" / f"{i}.png")
+    return tmp_path
+
+
+def test_folder_is_paired_by_stem_and_split_by_seed(seg_folder: Path) -> None:
+    splits = scan_segmentation_folder(seg_folder, val_fraction=0.2, test_fraction=0.1, seed=1)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [7, 2, 1]
+    assert all(image.stem == mask.stem for pairs in splits.values() for image, mask in pairs)
+    assert splits == scan_segmentation_folder(seg_folder, val_fraction=0.2, test_fraction=0.1, seed=1)
+
+
+def test_missing_mask_names_the_image(seg_folder: Path) -> None:
+    (seg_folder / "masks" / "3.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no mask for image .*3\.jpg"):
+        scan_segmentation_folder(seg_folder)
+
+
+def test_size_mismatch_names_both_files(seg_folder: Path) -> None:
+    write_index_png(np.zeros((10, 10)), seg_folder / "masks" / "4.png")
+    with pytest.raises(ValueError, match=r"mask .*4\.png' is 10x10 but its image .*4\.jpg' is 24x20"):
+        scan_segmentation_folder(seg_folder)
+
+
+def test_datamodule_batches_and_bad_values(seg_folder: Path) -> None:
+    dm = SegmentationDataModule(str(seg_folder), image_size=32, batch_size=2, num_classes=3,
+                                val_fraction=0.2, test_fraction=0.2)
+    dm.setup()
+    images, masks = next(iter(dm.train_dataloader()))
+    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
+    assert masks.shape == (2, 32, 32) and masks.dtype == torch.int64
+    assert set(masks.unique().tolist()) <= {0, 1, 2, 255}
+    small = SegmentationDataModule(str(seg_folder), image_size=32, batch_size=2, num_classes=2)
+    small.setup()
+    with pytest.raises(MaskError, match=r"class ids \[2\].*data\.num_classes=2"):
+        next(iter(small.val_dataloader()))
+
+
+def test_datamodule_needs_num_classes_for_folders(seg_folder: Path) -> None:
+    with pytest.raises(ValueError, match="data.num_classes=None"):
+        SegmentationDataModule(str(seg_folder))
+    with pytest.raises(ValueError, match="data.embedded='digits'"):
+        SegmentationDataModule(None, embedded="digits")
+
+
+def test_scenes_datamodule_and_joint_augmentation() -> None:
+    dm = SegmentationDataModule(None, image_size=48, batch_size=4, embedded_length=16, augment="strong")
+    dm.setup()
+    assert dm.class_names[0] == "background" and dm.sizes() == {"train": 16, "val": 32, "test": 64}
+    images, masks = next(iter(dm.train_dataloader()))
+    assert images.shape == (4, 3, 48, 48) and masks.shape == (4, 48, 48)
+    # Nearest-neighbour masks: only real ids (or the ignore fill), never blended values.
+    assert set(masks.unique().tolist()) <= set(range(5)) | {255}

@@ -1,0 +1,90 @@
+"""Scan an image folder into checked, complete splits: discover, validate, split, summarise.
+
+Every problem is found here, before the first batch; nothing is written into ``data.root``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transferkit.data.discover import Item, discover_images
+from transferkit.data.splits import make_splits, splits_record
+from transferkit.data.validate import (
+    BadFile,
+    check_classes,
+    class_counts,
+    drop_unreadable,
+    duplicate_notes,
+    find_cross_split_duplicates,
+    find_unreadable,
+    summary_table,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """Class names (index = label), the final splits, and what the checks found."""
+
+    root: Path
+    layout: str
+    class_names: tuple[str, ...]
+    splits: dict[str, list[Item]]
+    counts: dict[str, list[int]]
+    skipped: tuple[BadFile, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def summary_table(self) -> str:
+        """Class → image count per split, as plain text."""
+        return summary_table(self.class_names, self.counts)
+
+    def to_json(self) -> dict[str, Any]:
+        """Split membership (for ``splits.json``) plus counts, skipped files and warnings."""
+        record = splits_record(self.root, self.class_names, self.splits)
+        record["counts"] = {
+            split: dict(zip(self.class_names, counts)) for split, counts in self.counts.items()
+        }
+        record["skipped"] = [{"path": str(path), "reason": reason} for path, reason in self.skipped]
+        record["warnings"] = list(self.warnings)
+        return record
+
+
+def scan_image_folder(
+    root: Path | str,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    max_bad_fraction: float = 0.05,
+    manifest: Path | str | None = None,
+    fold: int | None = None,
+    num_folds: int | None = None,
+    num_workers: int = 0,
+) -> FolderScan:
+    """Find the images, drop unreadable ones (or stop), complete the splits and check them.
+
+    Args:
+        root: ``<root>/<class>/…`` or ``<root>/{train,val,test}/<class>/…``; manifest paths are relative to it.
+        val_fraction, test_fraction: stratified share carved from train for splits that have no folder.
+        max_bad_fraction: above this share of unreadable files the scan stops and lists them all.
+        fold, num_folds: stratified k-fold over train+val; fold ``fold`` becomes val.
+        num_workers: threads that decode files to check them.
+
+    Raises:
+        FileNotFoundError, NotADirectoryError, ValueError: with the config key and what to do.
+    """
+    listing = discover_images(root, manifest=manifest)
+    paths = [path for items in listing.splits.values() for path, _ in items]
+    bad = find_unreadable(paths, num_workers=num_workers)
+    readable = drop_unreadable(listing.splits, bad, max_bad_fraction)
+    classes = listing.classes
+    splits = make_splits(readable, classes, val_fraction, test_fraction, seed, num_folds, fold)
+    counts = class_counts(splits, len(classes))
+    notes = check_classes(classes, counts, listing.empty_folders)
+    notes += duplicate_notes(find_cross_split_duplicates(splits))
+    scan = FolderScan(listing.root, listing.layout, classes, splits, counts, tuple(bad), tuple(notes))
+    log.debug("Data in %s (%s layout):\n%s", scan.root, scan.layout, scan.summary_table())
+    return scan
