@@ -125,8 +125,13 @@ def test_truncated_and_corrupt_files_raise_with_reason(tmp_path: Path) -> None:
 
 def test_decompression_bomb_guard_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = save(tmp_path, "big.png", Image.new("RGB", (40, 40)))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 px: over twice the limit
     with pytest.raises(UnreadableImageError, match="decompression-bomb limit.*MAX_IMAGE_PIXELS"):
+        load_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # between 1x and 2x: Pillow only warns
+    with pytest.warns(Image.DecompressionBombWarning), pytest.raises(
+        UnreadableImageError, match=r"40 x 40 = 1600 pixels > 1000"
+    ):
         load_image(path)
 
 

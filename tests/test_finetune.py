@@ -208,3 +208,69 @@ def test_config_files_hold_exactly_the_plan(strategy: str) -> None:
     path = Path(__file__).resolve().parents[1] / "conf" / "finetune" / f"{strategy}.yaml"
     plan = FinetunePlan(**OmegaConf.to_container(OmegaConf.load(path)))
     assert plan.strategy == strategy
+
+
+def _unfreeze_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """Train with a gradual unfreeze under DDP, with and without syncing the late-unfrozen grads."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from transferkit.finetune import sync_untracked_grads, tracked_param_ids
+    from transferkit.optim import build_optimizer
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    results = {}
+    for sync in (True, False):
+        torch.manual_seed(rank)  # different init per rank: DDP's broadcast must make them equal
+        net = nn.ModuleDict({"encoder": timm.create_model("test_resnet", pretrained=False, num_classes=0),
+                             "head": nn.Linear(32, 2)})
+        plan = FinetunePlan(strategy="partial", trainable_stages=1, unfreeze_at_epoch=1)
+        apply_strategy(net["encoder"], plan, epoch=0)
+        ddp = DistributedDataParallel(_Forward(net))
+        tracked = tracked_param_ids(net)
+        opt = build_optimizer(build_param_groups(net["encoder"], net["head"], plan, 0.0), name="sgd", lr=0.5)
+        start = torch.cat([p.detach().flatten() for p in net["encoder"].layer4.parameters()]).clone()
+        gen = torch.Generator().manual_seed(100 + rank)  # different data per rank
+        for epoch in range(2):
+            apply_strategy(net["encoder"], plan, epoch=epoch)
+            ddp.train()
+            keep_frozen_norms_eval(net["encoder"])
+            for _ in range(2):
+                x, y = torch.randn(2, 3, 32, 32, generator=gen), torch.randint(0, 2, (2,), generator=gen)
+                loss = nn.functional.cross_entropy(ddp(x), y)
+                opt.zero_grad()
+                loss.backward()
+                if sync:
+                    sync_untracked_grads(net, tracked)
+                opt.step()
+        results[sync] = {"layer4": torch.cat([p.detach().flatten() for p in net["encoder"].layer4.parameters()]),
+                         "start": start, "stem": net["encoder"].conv1[0].weight.detach().clone(),
+                         "requires_grad": sorted(trainable(net["encoder"]))}
+    torch.save(results, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+class _Forward(nn.Module):
+    def __init__(self, net: nn.ModuleDict) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net["head"](self.net["encoder"](x))
+
+
+@pytest.mark.slow
+def test_gradual_unfreeze_under_ddp_keeps_ranks_equal(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_unfreeze_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    synced = [r[True] for r in ranks]
+    assert torch.equal(synced[0]["start"], synced[1]["start"])  # DDP broadcast the frozen stage too
+    assert not torch.equal(synced[0]["layer4"], synced[0]["start"])  # it was unfrozen and trained
+    assert torch.allclose(synced[0]["layer4"], synced[1]["layer4"], atol=1e-6)
+    assert torch.equal(synced[0]["stem"], synced[1]["stem"])
+    assert {n.split(".")[0] for n in synced[0]["requires_grad"]} == {"layer4"}
+    unsynced = [r[False] for r in ranks]
+    assert not torch.allclose(unsynced[0]["layer4"], unsynced[1]["layer4"], atol=1e-4)  # the bug, reproduced

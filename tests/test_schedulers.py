@@ -167,3 +167,27 @@ def test_every_config_file_builds(path: Path) -> None:
 
 def test_every_scheduler_has_a_config_file() -> None:
     assert sorted(p.stem for p in CONF.glob("*.yaml")) == sorted(SCHEDULERS)
+
+
+def test_steps_per_epoch_counts_like_lightning() -> None:
+    from transferkit.commands.plot_lr import steps_per_epoch
+
+    assert steps_per_epoch(10, 4, {}) == 3
+    assert steps_per_epoch(10, 4, {"accumulate_grad_batches": 2}) == 2
+    assert steps_per_epoch(100, 4, {"limit_train_batches": 5}) == 5
+    assert steps_per_epoch(100, 4, {"limit_train_batches": 0.2}) == 5
+
+
+def test_plot_lr_command(image_folder, fast) -> None:
+    import csv
+
+    from transferkit.cli import run
+
+    result = run(["plot-lr", f"data.root={image_folder}", *fast, "finetune=partial", "trainer.max_epochs=3",
+                  "scheduler=cosine", "scheduler.warmup_epochs=1", "optimizer.lr=0.001"])
+    assert Path(result["png"]).stat().st_size > 1000
+    assert result["groups"][:2] == ["head", "head_no_decay"] and result["groups"][2].startswith("backbone.")
+    assert result["lr_first"][0] == pytest.approx(1e-5) and result["lr_first"][2] == pytest.approx(1e-6)
+    assert result["lr_max"][0] == pytest.approx(1e-3) and result["lr_max"][2] == pytest.approx(1e-4)
+    rows = list(csv.reader(open(result["csv"])))
+    assert len(rows) == 1 + 3 * result["steps_per_epoch"]

@@ -116,3 +116,34 @@ def test_measure_end_to_end() -> None:
     assert advice.knn_accuracy == pytest.approx(1.0) and advice.logme_gain > 0
     noisy = measure(noise_like(f), labels)
     assert noisy.quadrant == "small_different" and noisy.similarity < 0.3
+
+
+def test_advise_command_writes_advice_and_plot(image_folder, fast) -> None:
+    import json
+
+    from transferkit.cli import run
+
+    result = run(["advise", f"data.root={image_folder}", *fast])
+    saved = json.loads(open(result["advice_json"]).read())
+    assert saved["quadrant"] == result["quadrant"] and saved["quadrant"].startswith("small_")
+    assert saved["recipe"] == saved["quadrant"] and saved["num_classes"] == 2
+    assert saved["num_images"] == sum(1 for _ in (image_folder).rglob("*.png")) - 4  # 2 val + 2 test held out
+    assert 0 <= saved["knn_accuracy"] <= 1 and saved["logme"] is not None
+    from PIL import Image
+
+    assert Image.open(result["advice_png"]).size[0] > 100
+
+
+def test_auto_finetune_takes_quadrant_settings_but_keeps_explicit_keys(image_folder, fast) -> None:
+    from transferkit.builders import build_datamodule
+    from transferkit.cli import compose_config
+    from transferkit.commands.advise import resolve_auto_finetune
+    from transferkit.finetune import FinetunePlan, choose_strategy
+
+    cfg = compose_config([f"data.root={image_folder}", *fast, "finetune=auto", "finetune.backbone_lr_scale=0.05"])
+    datamodule = build_datamodule(cfg)
+    datamodule.scan()
+    finetune, advice = resolve_auto_finetune(cfg, datamodule)
+    assert finetune["strategy"] == choose_strategy(advice["quadrant"])
+    assert finetune["backbone_lr_scale"] == 0.05 and advice["explicit_keys"] == ["backbone_lr_scale"]
+    FinetunePlan(**finetune)  # a valid plan

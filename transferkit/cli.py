@@ -130,6 +130,10 @@ def run(argv: list[str]) -> dict:
 
         raise UsageError(f"unknown command {command!r}.{did_you_mean(command, COMMANDS)}\n{USAGE}")
     cfg = compose_config(overrides)
+    if str(cfg.model.get("weights")) == "hub" and command in ("fit", "pretrain", "advise"):
+        from transferkit.network import check_hub_reachable
+
+        check_hub_reachable(str(cfg.model.backbone))  # before torch loads: offline fails in seconds
     module = importlib.import_module(COMMANDS[command])
     return module.run(cfg)
 

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from timm.models import group_parameters
 
@@ -240,3 +241,35 @@ def build_param_groups(backbone: nn.Module, head: nn.Module, plan: FinetunePlan,
             f"backbone.{depth}", [params[n] for n in names], [n in backbone_nd for n in names], weight_decay, scale
         )
     return groups
+
+
+# Gradual unfreezing under DDP. DDP registers, once, the parameters that require grad when it
+# wraps the model; parameters unfrozen later get only local gradients and ranks drift apart
+# (Lightning #20340). Instead of re-wrapping, the task averages those gradients itself:
+# record `tracked_param_ids(model)` in `on_fit_start` (DDP has wrapped by then) and call
+# `sync_untracked_grads(model, tracked)` in `on_after_backward`.
+
+
+def tracked_param_ids(module: nn.Module) -> set[int]:
+    """Ids of the parameters that require grad now, i.e. those DDP tracks if it wrapped `module` now."""
+    return {id(p) for p in module.parameters() if p.requires_grad}
+
+
+def sync_untracked_grads(module: nn.Module, tracked: set[int]) -> int:
+    """Average across ranks the gradients of trainable parameters DDP does not track.
+
+    A no-op outside torch.distributed; returns how many gradients were averaged.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 0
+    grads = [p.grad for p in module.parameters() if p.grad is not None and id(p) not in tracked]
+    if not grads:
+        return 0
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+    return len(grads)

@@ -129,7 +129,7 @@ def plot_matrix(advice: Advice, path: Path, name: str = "dataset") -> Path:
     ax.axhline(sim_t, color="grey", linestyle="--")
     for quadrant in QUADRANTS:
         qx = (lo * size_t) ** 0.5 if quadrant.startswith("small") else (size_t * hi) ** 0.5
-        qy = (1 + sim_t) / 2 if quadrant.endswith("similar") and "different" not in quadrant else sim_t / 2
+        qy = (1 + sim_t) / 2 if quadrant.endswith("_similar") else sim_t / 2
         weight = "bold" if quadrant == advice.quadrant else "normal"
         ax.text(qx, qy, quadrant, ha="center", va="center", fontweight=weight, alpha=0.7)
     ax.plot([x], [advice.similarity], marker="*", markersize=18, color="crimson")

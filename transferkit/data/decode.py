@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -28,6 +27,25 @@ class UnreadableImageError(OSError):
         self.reason = reason
 
 
+def bomb_reason(detail: str) -> str:
+    return (
+        f"larger than Pillow's decompression-bomb limit ({detail}); if the file is trusted, "
+        f"raise PIL.Image.MAX_IMAGE_PIXELS before loading, or downscale it."
+    )
+
+
+def check_pixel_limit(size: tuple[int, int], path: Path | str) -> None:
+    """Refuse images above ``PIL.Image.MAX_IMAGE_PIXELS``, where Pillow itself only warns.
+
+    Pillow raises only above twice the limit; a thread-safe check replaces turning its
+    warning into an error (``warnings.catch_warnings`` is not thread-safe).
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and size[0] * size[1] > limit:
+        detail = f"{size[0]} x {size[1]} = {size[0] * size[1]} pixels > {limit}"
+        raise UnreadableImageError(path, bomb_reason(detail))
+
+
 def open_image(path: Path | str, min_size: int | None = None) -> Image.Image:
     """Open and fully decode the first frame of ``path``; EXIF orientation applied.
 
@@ -38,20 +56,15 @@ def open_image(path: Path | str, min_size: int | None = None) -> Image.Image:
     :class:`UnreadableImageError` that says how to lift the limit on purpose.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.seek(0)
-                if min_size is not None:
-                    image.draft(None, (min_size, min_size))
-                image.load()
-                return ImageOps.exif_transpose(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise UnreadableImageError(
-            path,
-            f"larger than Pillow's decompression-bomb limit ({error}); if the file is "
-            f"trusted, raise PIL.Image.MAX_IMAGE_PIXELS before loading, or downscale it.",
-        ) from error
+        with Image.open(path) as image:
+            check_pixel_limit(image.size, path)
+            image.seek(0)
+            if min_size is not None:
+                image.draft(None, (min_size, min_size))
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as error:
+        raise UnreadableImageError(path, bomb_reason(str(error))) from error
     except FileNotFoundError as error:
         raise UnreadableImageError(path, "file not found") from error
     except UnidentifiedImageError as error:

@@ -162,23 +162,25 @@ def check_split_classes(root: Path, folders: dict[str, dict[str, list[Path]]]) -
             )
 
 
+def non_split_folders(root: Path) -> list[str]:
+    """Visible folders under ``root`` that are not train/val/test (or their aliases)."""
+    return sorted(
+        e.name
+        for e in root.iterdir()
+        if e.is_dir() and not is_ignored(e.name) and e.name.lower() not in SPLIT_ALIASES
+    )
+
+
 def scan_folders(root: Path, ignored: Counter[str]) -> tuple[str, dict[str, dict[str, list[Path]]]]:
+    """Choose the layout (``splits`` when train/ exists, else ``classes``) and scan its class folders."""
     split_folders = find_split_folders(root)
+    others = non_split_folders(root)
     if "train" in split_folders:
-        others = [
-            e.name
-            for e in root.iterdir()
-            if e.is_dir() and not is_ignored(e.name) and e.name.lower() not in SPLIT_ALIASES
-        ]
         if others:
-            log.warning("data.root=%r: folders %s beside train/ are ignored.", str(root), sorted(others))
+            log.warning("data.root=%r: folders %s beside train/ are ignored.", str(root), others)
         folders = {s: scan_class_folders(split_folders[s], ignored) for s in SPLITS if s in split_folders}
         return "splits", folders
-    has_other_dirs = any(
-        e.is_dir() and not is_ignored(e.name) and e.name.lower() not in SPLIT_ALIASES
-        for e in root.iterdir()
-    )
-    if split_folders and not has_other_dirs:
+    if split_folders and not others:
         names = sorted(f"{p.name}/" for p in split_folders.values())
         raise FileNotFoundError(
             f"data.root={str(root)!r} has {names} but no train/ folder. {EXPECTED_LAYOUT}."

@@ -21,16 +21,11 @@ import torch
 import torch.nn as nn
 
 from transferkit.errors import ConfigError, did_you_mean
+from transferkit.network import WeightsUnavailableError, check_hub_reachable  # noqa: F401 (re-export)
 
 log = logging.getLogger(__name__)
 
-HUB_HOST = "huggingface.co"
-HUB_TIMEOUT_S = 5.0
 PREFIXES = ("state_dict.", "model.", "module.", "backbone.", "encoder.", "_orig_mod.")
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights were asked for but cannot be had (offline, missing file)."""
 
 
 @dataclass
@@ -81,21 +76,6 @@ def classify_weights(weights: str | None) -> str:
         f"model.weights={weights!r} is neither a file, `hub`, `none` nor a house backbone; "
         f"house backbones: {sorted(house_backbones())}.{did_you_mean(weights, house_backbones())}"
     )
-
-
-def check_hub_reachable(backbone: str, host: str = HUB_HOST, timeout_s: float = HUB_TIMEOUT_S) -> None:
-    """Fail within `timeout_s` with one clear line when the weights hub cannot be reached."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return  # the user asked for the local Hugging Face cache only
-    try:
-        socket.create_connection((host, 443), timeout=timeout_s).close()
-    except OSError as err:
-        raise WeightsUnavailableError(
-            f"model.weights=hub: cannot download pretrained {backbone!r} weights from {host} "
-            f"({type(err).__name__}: {err}); this machine looks offline. Pass a local file with "
-            "model.weights=/path/to/weights.safetensors, use a house backbone (model.weights=charnet), "
-            "or set HF_HUB_OFFLINE=1 if the weights are already in your Hugging Face cache."
-        ) from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -170,6 +150,12 @@ def log_report(report: LoadReport) -> None:
                         ("shape-mismatched", report.mismatched)):
         if keys:
             log.info("  %d %s keys (e.g. %s)", len(keys), label, ", ".join(keys[:4]))
+
+
+def preflight_weights(cfg) -> None:
+    """Check `model.weights` before any data is read: a missing file or no network fails at once."""
+    if classify_weights(cfg.model.weights) == "hub":
+        check_hub_reachable(cfg.model.backbone)
 
 
 def init_backbone_weights(backbone: nn.Module, weights: str | None, *, backbone_name: str,

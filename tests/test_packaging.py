@@ -1,0 +1,28 @@
+"""`pip install .` (not editable) ships conf/ and recipes/ inside the package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_installed_package_finds_conf_and_recipes(tmp_path):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(repo)], check=True, capture_output=True, timeout=300)
+    code = ("from transferkit import cli; import transferkit; "
+            "print(transferkit.__file__); print(cli.package_dir('conf')); print(cli.recipe_names()); "
+            "print(cli.compose_config(['recipe=small_similar']).finetune.strategy)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    module_file, conf_dir, recipes, strategy = out.stdout.strip().splitlines()[-4:]
+    assert module_file.startswith(str(target)) and conf_dir.startswith(str(target))
+    assert "small_similar" in recipes and strategy == "freeze"
