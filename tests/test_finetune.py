@@ -223,8 +223,8 @@ def _unfreeze_worker(rank: int, world: int, init_file: str, out_dir: str) -> Non
     results = {}
     for sync in (True, False):
         torch.manual_seed(rank)  # different init per rank: DDP's broadcast must make them equal
-        net = nn.ModuleDict({"encoder": timm.create_model("test_resnet", pretrained=False, num_classes=0),
-                             "head": nn.Linear(32, 2)})
+        encoder = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+        net = nn.ModuleDict({"encoder": encoder, "head": nn.Linear(encoder.num_features, 2)})
         plan = FinetunePlan(strategy="partial", trainable_stages=1, unfreeze_at_epoch=1)
         apply_strategy(net["encoder"], plan, epoch=0)
         ddp = DistributedDataParallel(_Forward(net))
@@ -274,3 +274,25 @@ def test_gradual_unfreeze_under_ddp_keeps_ranks_equal(tmp_path) -> None:
     assert {n.split(".")[0] for n in synced[0]["requires_grad"]} == {"layer4"}
     unsynced = [r[False] for r in ranks]
     assert not torch.allclose(unsynced[0]["layer4"], unsynced[1]["layer4"], atol=1e-4)  # the bug, reproduced
+
+
+@pytest.mark.slow
+def test_resume_after_unfreeze_keeps_requires_grad_and_lrs(image_folder, fast, tmp_path) -> None:
+    from transferkit.cli import compose_config
+    from transferkit.commands.common import train_and_test
+
+    common = [f"data.root={image_folder}", *fast, "finetune=partial", "finetune.trainable_stages=1",
+              "finetune.unfreeze_at_epoch=1", "scheduler=step", "scheduler.interval=epoch",
+              "scheduler.step_size=1", "scheduler.gamma=0.5", "optimizer.lr=0.001",
+              "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
+    first, *_ = train_and_test(compose_config([*common, "trainer.max_epochs=2"]), "fit")
+    saved = torch.load(first["last_checkpoint"], weights_only=False)
+    assert saved["epoch"] == 1 and len(saved["optimizer_states"][0]["state"]) > 4  # layer4 trained in epoch 1
+    cfg = compose_config([*common, "trainer.max_epochs=3", f"ckpt_path={first['last_checkpoint']}",
+                          f"run_dir={tmp_path / 'resumed'}"])
+    _, trainer, task, *_ = train_and_test(cfg, "fit")
+    assert trainer.current_epoch == 3
+    assert {n.split(".")[0] for n in trainable(task.encoder)} == {"layer4"}
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}
+    assert lrs["head"] == pytest.approx(1e-3 * 0.5**3)  # three epoch steps, two before the resume
+    assert lrs["backbone.4"] == pytest.approx(1e-4 * 0.5**3)

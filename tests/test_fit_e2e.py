@@ -44,8 +44,8 @@ def test_fit_writes_run_directory_then_predict_and_test(image_folder, fast, tmp_
     assert {r["label"] for r in rows} <= {"cat", "dog"}
     assert all(len(r["top_k"].split(";")) == 2 for r in rows)
 
-    tested = cli.run(["test", f"ckpt_path={saved['best_checkpoint']}", "recipe=small_similar",
-                      f"data.root={image_folder}", *fast[:-1], f"run_dir={tmp_path / 'test'}"])
+    # `test` reuses the config saved in the checkpoint's run: same data, model and split.
+    tested = cli.run(["test", f"ckpt_path={saved['best_checkpoint']}", f"run_dir={tmp_path / 'test'}"])
     assert tested["metrics"]["test/acc"] == pytest.approx(saved["metrics"]["test/acc"])
 
 

@@ -118,9 +118,13 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
-                                 mode=mode, save_last=True, auto_insert_metric_name=False,
+                                 mode=mode, save_last=False, auto_insert_metric_name=False,
                                  enable_version_counter=False)
-    callbacks: list[pl.Callback] = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    # save_last=True would refresh last.ckpt only when best.ckpt is saved (Lightning 2.6), so a
+    # resume from last.ckpt could lose epochs; this one is overwritten after every epoch.
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+    callbacks: list[pl.Callback] = [checkpoint, last, LearningRateMonitor(logging_interval="epoch")]
     patience = cfg.early_stopping.patience
     if patience:
         callbacks.append(EarlyStopping(monitor=cfg.early_stopping.monitor or monitor, mode=mode,

@@ -104,6 +104,23 @@ def compose_config(overrides: list[str]) -> DictConfig:
     return cfg
 
 
+def config_of_checkpoint_run(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """Start from the config saved beside a checkpoint (its run's data, model, recipe),
+    then apply this command line's `key=value` overrides on top."""
+    saved = Path(str(cfg.ckpt_path)).expanduser().resolve().parent.parent / "config.yaml"
+    if not saved.is_file():
+        return cfg
+    base = OmegaConf.load(saved)
+    explicit = [o.lstrip("+") for o in overrides
+                if "." in o.split("=", 1)[0] or o.split("=", 1)[0] in cfg and not isinstance(cfg.get(o.split("=", 1)[0]), DictConfig)]
+    merged = OmegaConf.merge(base, OmegaConf.from_dotlist(explicit))
+    with open_dict(merged):
+        merged.run_dir = cfg.run_dir
+        merged.ckpt_path = cfg.ckpt_path
+    log.info("Using the config of the checkpoint's run: %s", saved)
+    return merged
+
+
 def configure_logging(debug: bool) -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must not phone home
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
@@ -130,6 +147,8 @@ def run(argv: list[str]) -> dict:
 
         raise UsageError(f"unknown command {command!r}.{did_you_mean(command, COMMANDS)}\n{USAGE}")
     cfg = compose_config(overrides)
+    if command in ("test", "advise", "show-augs") and cfg.ckpt_path:
+        cfg = config_of_checkpoint_run(cfg, overrides)
     if str(cfg.model.get("weights")) == "hub" and command in ("fit", "pretrain", "advise"):
         from transferkit.network import check_hub_reachable
 

@@ -38,6 +38,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         if root is None:
             lookup({k: k for k in EMBEDDED}, embedded, "data.embedded")
         lookup({k: k for k in BALANCE}, balance, "data.balance")
+        from transferkit.data.transforms import TRAIN_PIPELINES
+
+        lookup(TRAIN_PIPELINES, augment, "augment.name")  # fail before scanning, not at the first batch
         if batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size!r} must be >= 1.")
         self.root, self.embedded, self.image_size = root, embedded, image_size
@@ -141,8 +144,8 @@ class ClassificationDataModule(pl.LightningDataModule):
     def transform(self, train: bool):
         from transferkit.data.transforms import build_transforms
 
-        name = self.augment if train else "none"
-        return build_transforms(name, train=train, image_size=self.image_size, mean=self.mean,
+        # Eval pipelines never augment, but keep the recipe's normalisation (cifar: per image).
+        return build_transforms(self.augment, train=train, image_size=self.image_size, mean=self.mean,
                                 std=self.std, in_chans=self.in_chans)
 
     def _loader(self, split: str, train: bool) -> DataLoader:

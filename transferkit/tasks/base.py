@@ -7,7 +7,14 @@ import logging
 import pytorch_lightning as pl
 import torch.nn as nn
 
-from transferkit.finetune import FinetunePlan, apply_strategy, build_param_groups, keep_frozen_norms_eval
+from transferkit.finetune import (
+    FinetunePlan,
+    apply_strategy,
+    build_param_groups,
+    keep_frozen_norms_eval,
+    sync_untracked_grads,
+    tracked_param_ids,
+)
 from transferkit.optim import build_optimizer
 from transferkit.schedulers import build_scheduler
 
@@ -48,6 +55,20 @@ class BaseTask(pl.LightningModule):
         if mode:
             keep_frozen_norms_eval(self.encoder)
         return self
+
+    # Gradual unfreezing (finetune.unfreeze_at_epoch): param groups exist from the start (see
+    # build_param_groups), requires_grad follows the epoch (so a resume restores it), and the
+    # gradients of stages unfrozen after DDP wrapped the model are averaged here.
+    def on_fit_start(self) -> None:
+        self._ddp_tracked = tracked_param_ids(self)
+
+    def on_train_epoch_start(self) -> None:
+        if self.plan.unfreeze_at_epoch is not None:
+            apply_strategy(self.encoder, self.plan, epoch=self.current_epoch)
+
+    def on_after_backward(self) -> None:
+        if self.plan.unfreeze_at_epoch is not None:
+            sync_untracked_grads(self, getattr(self, "_ddp_tracked", tracked_param_ids(self)))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["transferkit_task"] = type(self).__name__  # lets `load_task` pick the class
