@@ -189,7 +189,7 @@ def test_auto_must_be_resolved_before_apply() -> None:
 
 @pytest.mark.parametrize("quadrant", sorted(QUADRANT_STRATEGIES))
 def test_choose_strategy_over_matrix(quadrant: str) -> None:
-    expected = {"small_similar": "freeze", "small_different": "partial", "large_similar": "partial",
+    expected = {"small_similar": "freeze", "small_different": "partial", "large_similar": "full",
                 "large_different": "full"}
     assert choose_strategy(quadrant) == expected[quadrant]
 

@@ -87,7 +87,7 @@ def test_normalise_accuracy_against_chance() -> None:
 @pytest.mark.parametrize(
     ("per_class", "similarity", "quadrant", "strategy"),
     [(50, 0.9, "small_similar", "freeze"), (50, 0.2, "small_different", "partial"),
-     (2000, 0.9, "large_similar", "partial"), (2000, 0.2, "large_different", "full")],
+     (2000, 0.9, "large_similar", "full"), (2000, 0.2, "large_different", "full")],
 )
 def test_place_in_matrix(per_class: float, similarity: float, quadrant: str, strategy: str) -> None:
     advice = place_in_matrix(per_class * 10, per_class, similarity, num_classes=10)

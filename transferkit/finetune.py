@@ -25,7 +25,7 @@ PLAN_STRATEGIES: tuple[str, ...] = (*STRATEGIES, "auto")
 QUADRANT_STRATEGIES: dict[str, str] = {
     "small_similar": "freeze",
     "small_different": "partial",
-    "large_similar": "partial",
+    "large_similar": "full",  # most or all layers at a low LR (backbone_lr_scale),
     "large_different": "full",
 }
 

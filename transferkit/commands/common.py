@@ -50,7 +50,7 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        tested = trainer.test(task, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
+        tested = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     results = collect_results(cfg, command, task, datamodule, trainer, val_metrics, tested, run_dir, start)
     results["finetune"] = finetune
     if advice is not None:
