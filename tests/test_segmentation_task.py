@@ -81,6 +81,38 @@ def test_bad_task_options_name_their_key() -> None:
     assert metric_name("traffic light") == "traffic_light"
 
 
+def test_predict_image_and_prediction_pngs(tmp_path: Path) -> None:
+    from transferkit.data.masks import load_mask
+    from transferkit.reports.seg_grid import overlay, save_prediction_pngs
+
+    config = {"image_size": 32, "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
+    task = make_task(data_config=config).eval()
+    image = np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    mask = task.predict_image(image)
+    # Zero-initialised score layers: every logit is 0, so the argmax is class 0 everywhere.
+    assert mask.shape == (45, 70) and mask.dtype == np.int64 and not mask.any()
+    mask[10:20, 5:9] = 1
+    mask_path, overlay_path = save_prediction_pngs(image, mask, tmp_path, "x")
+    np.testing.assert_array_equal(load_mask(mask_path, num_classes=3), mask)
+    blended = np.asarray(Image.open(overlay_path))
+    np.testing.assert_array_equal(blended[mask == 0], image[mask == 0])
+    expected = np.rint((image[12, 6].astype(float) + (128, 0, 0)) / 2)
+    np.testing.assert_array_equal(blended[12, 6], expected)
+    np.testing.assert_array_equal(overlay(image, mask), blended)
+
+
+def test_denormalize_and_grid(tmp_path: Path) -> None:
+    from transferkit.reports.seg_grid import denormalize, save_segmentation_grid
+
+    images = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    normalised = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - 0.4) / 0.2
+    np.testing.assert_array_equal(denormalize(normalised, [0.4] * 3, [0.2] * 3), images)
+    masks = np.zeros((2, 8, 8), dtype=np.int64)
+    path = save_segmentation_grid(images, masks, masks + 1, tmp_path / "grid.png", class_names=["a", "b"])
+    with Image.open(path) as grid:
+        assert grid.size[0] > 100 and grid.size[1] > 100
+
+
 # -- folders ----------------------------------------------------------------------------
 @pytest.fixture
 def seg_folder(tmp_path: Path) -> Path:
@@ -141,3 +173,22 @@ def test_scenes_datamodule_and_joint_augmentation() -> None:
     assert images.shape == (4, 3, 48, 48) and masks.shape == (4, 48, 48)
     # Nearest-neighbour masks: only real ids (or the ignore fill), never blended values.
     assert set(masks.unique().tolist()) <= set(range(5)) | {255}
+
+
+@pytest.mark.slow
+def test_fcn8s_recipe_fits_a_folder_and_reloads(seg_folder: Path, fast: list[str]) -> None:
+    from transferkit import cli
+
+    results = cli.run(["fit", "recipe=fcn8s", f"data.root={seg_folder}", "data.num_classes=3", *fast,
+                       "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                       "trainer.limit_test_batches=1"])
+    metrics = results["metrics"]
+    assert results["task"] == "segmentation" and results["data"]["num_classes"] == 3
+    assert 0.0 <= metrics["test/miou"] <= 1.0 and 0.0 <= metrics["test/pixel_acc"] <= 1.0
+    assert {"val/miou", "test/iou_class_0"} <= set(metrics)
+    run_dir = Path(results["run_dir"])
+    assert (run_dir / "seg_grid.png").is_file()
+    task = SegmentationTask.load_from_checkpoint(results["best_checkpoint"], map_location="cpu").eval()
+    assert task.hparams.model["head"] == "fcn8s" and task.feature_indices == [2, 3, 4]
+    with torch.no_grad():
+        assert task(torch.randn(1, 3, 29, 35)).shape == (1, 3, 29, 35)

@@ -90,6 +90,14 @@ def half_bright_pair(h: int = 40, w: int = 48) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
+def interior(mask: np.ndarray) -> np.ndarray:
+    """Pixels whose 3 x 3 neighbourhood has one label (the image is blended at label edges)."""
+    padded = np.pad(mask, 1, mode="edge")
+    h, w = mask.shape
+    shifts = [padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+    return np.all([s == mask for s in shifts], axis=0)
+
+
 def bright(out: torch.Tensor, name: str) -> np.ndarray:
     """Pixels that were white before normalisation (per-image standardised: above the mean)."""
     if name == "cifar":
@@ -110,9 +118,9 @@ def test_mask_moves_with_the_image_and_keeps_its_values(name):
         out_mask = out["mask"].numpy()
         assert out_mask.shape == (32, 32)
         assert set(np.unique(out_mask)) <= {0, 3}  # nearest only: no 1s or 2s from blending
-        white = bright(out["image"], name)
-        assert (out_mask[white] == 3).mean() >= 0.95  # white pixels carry the white label
-        assert (~white[out_mask == 0]).mean() >= 0.95  # background pixels stayed dark
+        white, inside = bright(out["image"], name), interior(out_mask)
+        assert np.all(out_mask[white & inside] == 3)  # white pixels carry the white label
+        assert not np.any(white[inside & (out_mask == 0)])  # background pixels stayed dark
         columns = np.nonzero(out_mask == 3)[1]
         flipped += bool(len(columns)) and columns.mean() < 16
     if name == "none":
@@ -132,7 +140,8 @@ def test_fill_mask_marks_padding():
 
 
 def test_unknown_name_names_the_key_and_lists_choices():
-    with pytest.raises(ValueError, match=r"augment.name='fancy' is unknown; use one of \['cifar', 'light', 'none', 'strong'\]"):
+    choices = r"\['cifar', 'light', 'none', 'strong'\]"
+    with pytest.raises(ValueError, match=rf"augment.name='fancy' is unknown; use one of {choices}"):
         build_transforms("fancy", train=True, image_size=32, mean=MEAN, std=STD)
 
 
@@ -181,7 +190,7 @@ def test_mixup_blends_images_and_targets_with_one_lambda():
 
 
 def test_cutmix_pastes_a_box_and_targets_follow_its_area():
-    np.random.seed(1)
+    np.random.seed(0)  # a seed whose box is not empty (an empty box leaves lam = 1)
     mix = build_batch_mix(0.0, 1.0, num_classes=2)
     x = torch.stack([torch.zeros(1, 16, 16), torch.ones(1, 16, 16)])
     mixed, target = mix(x.clone(), torch.tensor([0, 1]))
@@ -191,6 +200,7 @@ def test_cutmix_pastes_a_box_and_targets_follow_its_area():
     assert float(target[0, 1]) == pytest.approx(pasted, abs=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_training_step_trains_on_mixed_soft_targets():
     from transferkit.tasks.classification import ClassificationTask
 
@@ -204,4 +214,17 @@ def test_training_step_trains_on_mixed_soft_targets():
     expected = torch.sum(-soft * torch.log_softmax(task(mixed), -1), -1).mean()
     plain = torch.nn.functional.cross_entropy(task(x), y)
     torch.testing.assert_close(loss, expected)
-    assert abs(float(loss) - float(plain)) > 1e-4
+    assert abs(float(loss.detach()) - float(plain.detach())) > 1e-4
+
+
+def test_datamodule_checks_the_recipe_and_keeps_cifar_normalisation_for_eval():
+    from transferkit.data.datamodule import ClassificationDataModule
+
+    with pytest.raises(ValueError, match="augment.name='fancy'"):
+        ClassificationDataModule(root=None, augment="fancy")
+    datamodule = ClassificationDataModule(root=None, augment="cifar", mean=MEAN, std=STD)
+    eval_pipeline = datamodule.transform(train=False)
+    photo = random_image(32, 32, 3)
+    out = eval_pipeline(image=photo)["image"]  # standardised like training, not with MEAN/STD
+    assert abs(float(out.mean())) < 1e-4
+    assert float(out.std(unbiased=False)) == pytest.approx(1.0, abs=1e-3)

@@ -94,7 +94,8 @@ def build_task(cfg: DictConfig, datamodule, finetune: dict | None = None):
         "optimizer": container(cfg.optimizer),
         "scheduler": container(cfg.scheduler),
         "data_config": {"image_size": cfg.data.image_size, "in_chans": cfg.model.in_chans,
-                        "mean": list(datamodule.mean), "std": list(datamodule.std)},
+                        "mean": list(datamodule.mean), "std": list(datamodule.std),
+                        "augment": cfg.augment.name},
     }
     params = inspect.signature(cls).parameters
     augment = container(cfg.augment)

@@ -27,6 +27,37 @@ def resolve_finetune(cfg: DictConfig, datamodule) -> tuple[dict, dict | None]:
     return resolve_auto_finetune(cfg, datamodule)
 
 
+def choose_cache(cfg: DictConfig, finetune: dict) -> tuple[bool, dict]:
+    """Whether to train the head on cached backbone features (finetune.cache_features), and why."""
+    from transferkit.feature_cache import cache_blockers, choose_feature_cache
+
+    model, augment = container(cfg.model), container(cfg.augment)
+    blockers = cache_blockers(cfg.task.kind, finetune.get("strategy"), finetune.get("unfreeze_at_epoch"),
+                              augment.get("name"), augment.get("mixup_alpha", 0.0),
+                              augment.get("cutmix_alpha", 0.0), model.get("drop_rate", 0.0),
+                              model.get("drop_path_rate", 0.0))
+    requested = finetune.get("cache_features")
+    wasteful = "trainer.fast_dev_run reads only a batch or two" if cfg.trainer.get("fast_dev_run") else None
+    use = choose_feature_cache(requested, blockers, wasteful)
+    why = blockers or ([wasteful] if wasteful and requested is None else [])
+    if not use:
+        log.info("Feature cache off (finetune.cache_features=%r)%s", requested,
+                 ": " + "; ".join(why) if why else "")
+    return use, {"used": use, "requested": requested, "reasons": why}
+
+
+def wrap_feature_cache(cfg: DictConfig, datamodule, task, run_dir: Path):
+    """Serve the frozen backbone's features once per split instead of images (see feature_cache)."""
+    from transferkit.feature_cache import FeatureCacheDataModule, FeatureStore
+
+    cache_dir = cfg.data.get("cache_dir")
+    store = FeatureStore(cache_dir=Path(cache_dir) / "features" if cache_dir else None,
+                         spill_dir=run_dir / "feature_cache")
+    return FeatureCacheDataModule(datamodule, task.encoder, str(cfg.model.backbone),
+                                  image_size=int(cfg.data.image_size), in_chans=int(cfg.model.in_chans),
+                                  store=store)
+
+
 def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, object, object, Path]:
     """Fit the configured task, evaluate the best checkpoint, write results.json."""
     start = time.time()
@@ -35,9 +66,11 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
     datamodule = build_datamodule(cfg)
     datamodule.scan()
     finetune, advice = resolve_finetune(cfg, datamodule)
+    use_cache, cache_report = choose_cache(cfg, finetune)
     task = build_task(cfg, datamodule, finetune)
     run_dir = create_run_dir(cfg.run_dir)
     trainer = build_trainer(cfg, run_dir, task.monitor, task.monitor_mode)
+    fit_data = wrap_feature_cache(cfg, datamodule, task, run_dir) if use_cache else datamodule
     if trainer.is_global_zero:
         log.info("Run directory: %s", run_dir)
         write_config(cfg, run_dir)
@@ -47,12 +80,15 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
         # and the CSV logger shares the run directory with config.yaml by design.
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(task, datamodule=fit_data, ckpt_path=cfg.ckpt_path)
         val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        tested = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        tested = trainer.test(task, datamodule=fit_data, ckpt_path=best or None, verbose=False)
     results = collect_results(cfg, command, task, datamodule, trainer, val_metrics, tested, run_dir, start)
     results["finetune"] = finetune
+    results["feature_cache"] = {**cache_report, **(fit_data.report() if use_cache else {})}
+    if use_cache:
+        fit_data.store.release()
     if advice is not None:
         results["advice"] = advice
     if trainer.is_global_zero:

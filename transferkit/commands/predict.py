@@ -75,7 +75,7 @@ def predict_probabilities(task, paths: list[Path], batch_size: int, num_workers:
     from transferkit.data.transforms import build_transforms
 
     data = task.hparams.data_config
-    transform = build_transforms("none", train=False, image_size=data["image_size"],
+    transform = build_transforms(data.get("augment", "none"), train=False, image_size=data["image_size"],
                                  mean=data["mean"], std=data["std"], in_chans=data["in_chans"])
     loader = DataLoader(PredictDataset(paths, data["in_chans"], transform), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate)

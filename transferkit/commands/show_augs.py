@@ -101,7 +101,8 @@ def run(cfg: DictConfig) -> dict:
     for index in indices:
         sample = source[index]
         rows.append(augment_row(sample, transform, options["variants"], show))
-        captions.append([caption(datamodule, sample, index)] + [f"aug {k + 1}" for k in range(options["variants"])])
+        draws = [f"aug {k + 1}" for k in range(options["variants"])]
+        captions.append([caption(datamodule, sample, index), *draws])
     run_dir = create_run_dir(cfg.run_dir)
     write_config(cfg, run_dir)
     title = f"augment={name}  image_size={cfg.data.image_size}  ({datamodule.describe()})"

@@ -14,7 +14,9 @@ from transferkit.errors import lookup
 
 log = logging.getLogger(__name__)
 
-EMBEDDED = ("digits", "fonts")
+# digits: real handwritten (small_similar); fonts: the charnet source task; synthdigits: large_similar;
+# shapes: textured shapes (small_different / large_different, sized by embedded_length).
+EMBEDDED = ("digits", "fonts", "synthdigits", "shapes")
 BALANCE = ("none", "weights", "sampler")
 SPLITS = ("train", "val", "test")
 
@@ -66,8 +68,10 @@ class ClassificationDataModule(pl.LightningDataModule):
             self._scan_folder()
         elif self.embedded == "digits":
             self._load_digits()
-        else:
+        elif self.embedded == "fonts":
             self._load_fonts()
+        else:
+            self._load_generated()
         sizes = {split: len(src) for split, src in self.sources.items()}
         log.info("Data: %s, %d classes, sizes %s", self.describe(), len(self.class_names), sizes)
 
@@ -113,6 +117,26 @@ class ClassificationDataModule(pl.LightningDataModule):
                                            in_chans=self.in_chans) for s in SPLITS}
         self.class_names = list(self.sources["train"].class_names)
         self.split_record = {"embedded": "fonts", "seeds": seeds, "sizes": lengths}
+
+    def _generated_lengths(self) -> dict[str, int]:
+        n = self.embedded_length
+        return {"train": n, "val": max(500, n // 10), "test": max(500, n // 10)}
+
+    def _load_generated(self) -> None:
+        """`synthdigits` or `shapes`: generated once into memory, each split from its own seed."""
+        from transferkit.data.shapes import SHAPE_CLASS_NAMES, generate_shapes
+        from transferkit.data.synthdigits import SYNTH_DIGIT_CLASS_NAMES, generate_synth_digits
+
+        seeds = {"train": self.seed, "val": self.seed + 10_000, "test": self.seed + 20_000}
+        lengths = self._generated_lengths()
+        if self.embedded == "synthdigits":
+            splits = {s: generate_synth_digits(lengths[s], seed=seeds[s]) for s in SPLITS}
+            self.class_names = list(SYNTH_DIGIT_CLASS_NAMES)
+        else:
+            splits = {s: generate_shapes(lengths[s], self.image_size, seed=seeds[s]) for s in SPLITS}
+            self.class_names = list(SHAPE_CLASS_NAMES)
+        self.sources = {s: ArraySource(*splits[s], in_chans=self.in_chans) for s in SPLITS}
+        self.split_record = {"embedded": self.embedded, "seeds": seeds, "sizes": lengths}
 
     def describe(self) -> str:
         return str(self.root) if self.root is not None else f"embedded:{self.embedded}"

@@ -17,11 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import albumentations as A
-import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from albumentations.pytorch import ToTensorV2
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -29,13 +27,14 @@ from transferkit.data.decode import IMAGE_EXTENSIONS, load_image
 from transferkit.data.masks import load_mask
 from transferkit.data.scenes import SCENE_CLASSES, SceneDataset
 from transferkit.data.sources import match_image_channels
+from transferkit.data.transforms import TRAIN_PIPELINES, build_transforms
+from transferkit.errors import lookup
 
 log = logging.getLogger(__name__)
 
 Pair = tuple[Path, Path]
 SPLITS = ("train", "val", "test")
 EMBEDDED = ("scenes",)
-AUGMENTS = ("none", "light", "strong")
 
 
 def list_images(folder: Path) -> dict[str, Path]:
@@ -161,24 +160,6 @@ class JointTransformDataset(Dataset):
         return out["image"], out["mask"].long()
 
 
-def build_joint_transforms(augment: str, train: bool, image_size: int, mean: Sequence[float],
-                           std: Sequence[float], ignore_index: int = 255) -> A.Compose:
-    """Resize (nearest for masks) + optional flips/affine/colour, normalise, to tensors."""
-    if augment not in AUGMENTS:
-        raise ValueError(f"augment.name={augment!r} has no segmentation pipeline; use one of {list(AUGMENTS)}.")
-    steps: list = [A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR,
-                            mask_interpolation=cv2.INTER_NEAREST)]
-    if train and augment != "none":
-        steps.append(A.HorizontalFlip(p=0.5))
-        steps.append(A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), p=0.5,
-                              fill=0, fill_mask=ignore_index))
-        if augment == "strong":
-            steps.append(A.VerticalFlip(p=0.5))
-        steps.append(A.ColorJitter(0.2, 0.2, 0.2, 0.02, p=0.5))
-    steps += [A.Normalize(mean=list(mean), std=list(std), max_pixel_value=255.0), ToTensorV2()]
-    return A.Compose(steps)
-
-
 class SegmentationDataModule(pl.LightningDataModule):
     """Segmentation data from ``root`` or, with ``root=None``, the ``embedded`` scenes.
 
@@ -197,8 +178,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise ValueError(f"data.embedded={embedded!r} is not a segmentation dataset; use one of {list(EMBEDDED)}.")
         if batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size!r} must be >= 1.")
-        if augment not in AUGMENTS:
-            raise ValueError(f"augment.name={augment!r} has no segmentation pipeline; use one of {list(AUGMENTS)}.")
+        lookup(TRAIN_PIPELINES, augment, "augment.name")
         self.root, self.embedded, self.image_size = root, embedded, image_size
         self.batch_size, self.num_workers = batch_size, num_workers
         self.ignore_index, self.mask_palette = ignore_index, mask_palette
@@ -257,8 +237,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.scan()
 
     def transform(self, train: bool) -> A.Compose:
-        return build_joint_transforms(self.augment if train else "none", train, self.image_size,
-                                      self.mean, self.std, self.ignore_index)
+        """Image and mask jointly (nearest for masks); pixels that augmentation invents are ignored."""
+        return build_transforms(self.augment, train, self.image_size, self.mean, self.std,
+                                in_chans=self.in_chans, fill_mask=self.ignore_index)
 
     def dataset(self, split: str, train: bool = False) -> JointTransformDataset:
         self.scan()

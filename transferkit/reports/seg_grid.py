@@ -65,3 +65,17 @@ def _patch(colour: np.ndarray, name: str):
     from matplotlib.patches import Patch
 
     return Patch(facecolor=tuple(colour), edgecolor="black", label=name)
+
+
+def save_prediction_pngs(image: np.ndarray, mask: np.ndarray, directory: Path | str, stem: str,
+                         palette: Sequence[Colour] | None = None) -> tuple[Path, Path]:
+    """Write ``<stem>_mask.png`` (palette index PNG of class ids) and ``<stem>_overlay.png``."""
+    from PIL import Image
+
+    from transferkit.data.masks import write_index_png
+
+    directory = Path(directory)
+    mask_path = write_index_png(mask, directory / f"{stem}_mask.png", palette)
+    overlay_path = directory / f"{stem}_overlay.png"
+    Image.fromarray(overlay(image, mask, palette)).save(overlay_path)
+    return mask_path, overlay_path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
@@ -10,6 +12,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transferkit.models.backbones import create_backbone
 from transferkit.models.heads import create_head
 from transferkit.tasks.base import BaseTask
+
+log = logging.getLogger(__name__)
 
 MODEL_DEFAULTS = {"backbone": "resnet10t", "weights": "none", "in_chans": 3, "dropout": 0.0,
                   "hidden_dim": None, "init": "kaiming", "drop_rate": 0.0, "drop_path_rate": 0.0}
@@ -45,6 +49,7 @@ class ClassificationTask(BaseTask):
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.label_smoothing = label_smoothing
+        self._warned_odd_batch = False
         self.mix = self._build_mix(mixup_alpha, cutmix_alpha, num_classes, label_smoothing)
         metrics = build_metrics(num_classes, top_k)
         self.val_metrics = metrics.clone(prefix="val/")
@@ -59,7 +64,8 @@ class ClassificationTask(BaseTask):
         return build_batch_mix(mixup_alpha, cutmix_alpha, num_classes, label_smoothing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+        # A 2-D batch holds backbone features cached by transferkit.feature_cache (frozen encoder).
+        return self.head(x if x.ndim == 2 else self.encoder(x))
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if target.ndim == 2:  # soft targets from mixup/cutmix
@@ -69,8 +75,12 @@ class ClassificationTask(BaseTask):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        if self.mix is not None and x.shape[0] % 2 == 0:
-            x, y = self.mix(x, y)
+        if self.mix is not None:
+            if x.shape[0] % 2 == 0:
+                x, y = self.mix(x, y)
+            elif not self._warned_odd_batch:
+                self._warned_odd_batch = True  # timm's Mixup pairs images, so it needs even batches
+                log.warning("mixup/cutmix skipped for odd batches of %d; use an even data.batch_size.", x.shape[0])
         loss = self.loss(self(x), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
         return loss

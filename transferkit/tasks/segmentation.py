@@ -11,6 +11,7 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -166,6 +167,25 @@ class SegmentationTask(BaseTask):
         """Per-image index masks ``N x H x W`` (``int64`` class ids)."""
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self(x).argmax(dim=1)
+
+    @torch.no_grad()
+    def predict_image(self, image: np.ndarray) -> np.ndarray:
+        """Class-id mask (``H x W`` ``int64``) for one ``uint8`` ``H x W x C`` image at its own size.
+
+        The image is resized to the training ``image_size`` and normalised as in training; the
+        logits are resized back bilinearly before the argmax.
+        """
+        cfg = self.data_config
+        in_chans = int(cfg.get("in_chans", image.shape[-1] if image.ndim == 3 else 1))
+        mean = torch.tensor(cfg.get("mean") or [0.5] * in_chans).view(1, -1, 1, 1)
+        std = torch.tensor(cfg.get("std") or [0.5] * in_chans).view(1, -1, 1, 1)
+        pixels = torch.from_numpy(np.ascontiguousarray(image.reshape(*image.shape[:2], -1)))
+        x = pixels.permute(2, 0, 1)[None].float().div(255).sub(mean).div(std).to(self.device)
+        size = cfg.get("image_size")
+        if size:
+            x = F.interpolate(x, size=(int(size), int(size)), mode="bilinear", align_corners=False)
+        logits = F.interpolate(self(x), size=image.shape[:2], mode="bilinear", align_corners=False)
+        return logits.argmax(dim=1)[0].cpu().numpy()
 
     def save_grid(self, path: Path) -> Path | None:
         """Write image / truth / prediction for the first validation samples of the last epoch."""
