@@ -220,3 +220,10 @@ def test_two_process_cpu_ddp_trains_on_cached_features(image_folder, tmp_path):
     assert results["feature_cache"]["used"] is True
     assert results["feature_cache"]["loaders"]["train"]["items"] == results["data"]["train_size"]
     assert "test/acc" in results["metrics"]
+
+
+def test_empty_split_gives_an_empty_feature_set():
+    encoder = create_backbone("test_resnet", in_chans=3)
+    empty = TransformedDataset(FileSource([]), build_transforms("none", True, 32, (0.5,), (0.5,)))
+    feature_set = FeatureStore().get("e", lambda a: extract_features(encoder, empty, a, 4))
+    assert feature_set.features.shape[0] == 0 and len(feature_set.labels) == 0

@@ -162,12 +162,14 @@ def extract_features(encoder: nn.Module, dataset: Dataset, allocate: Allocate, b
 
     `allocate(n, dim)` returns the N x D float32 array to fill (in memory or a memmap).
     """
+    labels = np.empty(len(dataset), dtype=np.int64)
+    if not len(dataset):
+        return np.empty((0, 0), dtype=np.float32), labels
     device = next(encoder.parameters()).device
     # Its own generator: creating the iterator must not draw from the global RNG, so the training
     # shuffles are the same as in an uncached run.
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         generator=torch.Generator())
-    labels = np.empty(len(dataset), dtype=np.int64)
     out: np.ndarray | None = None
     modes = [(module, module.training) for module in encoder.modules()]
     encoder.eval()
@@ -290,6 +292,12 @@ class FeatureCacheDataModule(pl.LightningDataModule):
 
     def teardown(self, stage: str) -> None:
         self.datamodule.teardown(stage)
+
+    def state_dict(self) -> dict:
+        return self.datamodule.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.datamodule.load_state_dict(state_dict)
 
     def train_dataloader(self) -> DataLoader:
         return self._cached("train", self.datamodule.train_dataloader())

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SHAPE_CLASS_NAMES: list[str] = list(SCENE_CLASSES[1:])  # circle, square, triangle, star
 TEXTURES: tuple[str, ...] = ("grating", "checks", "blobs", "noise")
+MEAN_STEP: tuple[float, float] = (20.0, 50.0)  # grey-level difference of fill and background means
 
 
 def texture(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -54,17 +55,24 @@ def texture(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
             raise ValueError(f"texture kind {kind!r} is unknown; use one of {list(TEXTURES)}.")
 
 
-def textured_layer(rng: np.random.Generator, size: int, exclude: str | None = None) -> tuple[np.ndarray, str]:
-    """A texture (not of kind ``exclude``) at a random brightness and contrast, in grey levels."""
+def textured_layer(rng: np.random.Generator, size: int, brightness: float,
+                   exclude: str | None = None) -> tuple[np.ndarray, str]:
+    """A texture (not of kind ``exclude``) around ``brightness`` at a random contrast, in grey levels."""
     kinds = [kind for kind in TEXTURES if kind != exclude]
     kind = kinds[int(rng.integers(len(kinds)))]
-    return rng.uniform(70, 185) + rng.uniform(25, 70) * texture(kind, rng, size), kind
+    return brightness + rng.uniform(20, 60) * texture(kind, rng, size), kind
 
 
 def textured_shape(shape: str, rng: np.random.Generator, size: int) -> np.ndarray:
-    """One ``size x size`` uint8 image: a ``shape`` filled with one texture over another."""
-    background, kind = textured_layer(rng, size)
-    fill, _ = textured_layer(rng, size, exclude=kind)
+    """One ``size x size`` uint8 image: a ``shape`` filled with one texture over another.
+
+    The fill is a little brighter or darker on average than the background (by ``MEAN_STEP``),
+    so the silhouette is learnable, but its texture edges are as strong as its outline.
+    """
+    level = rng.uniform(80, 175)
+    step = rng.choice([-1.0, 1.0]) * rng.uniform(*MEAN_STEP)
+    background, kind = textured_layer(rng, size, level)
+    fill, _ = textured_layer(rng, size, level + step, exclude=kind)
     radius = rng.uniform(0.28, 0.45) * size
     cx, cy = rng.uniform(0.5 - 0.12, 0.5 + 0.12, size=2) * size
     footprint = shape_mask(shape, size, cx, cy, radius, rng.uniform(0, 2 * math.pi))
