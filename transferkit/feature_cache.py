@@ -203,11 +203,6 @@ def load_feature_set(directory: Path, key: str) -> FeatureSet | None:
     return FeatureSet(features, np.load(labels_path), key, str(features_path), reused=True)
 
 
-def _atomic_rename(tmp: Path, final: Path) -> None:
-    # Several DDP ranks may write the same key; each writes its own temporary file, the last wins.
-    os.replace(tmp, final)
-
-
 @dataclass
 class FeatureStore:
     """Feature sets by key: in memory, or memory-mapped `.npy` files under a directory."""
@@ -252,8 +247,9 @@ class FeatureStore:
         labels_path = _feature_paths(target["final"].parent, key)[1]
         labels_tmp = labels_path.with_name(f"{labels_path.name}.tmp-{os.getpid()}.npy")
         np.save(labels_tmp, labels)
-        _atomic_rename(labels_tmp, labels_path)
-        _atomic_rename(target["tmp"], target["final"])  # last: its presence marks a complete set
+        # DDP ranks may write the same key: each its own temporary file, renamed atomically.
+        os.replace(labels_tmp, labels_path)
+        os.replace(target["tmp"], target["final"])  # last: its presence marks a complete set
         if self.cache_dir is None:
             self.spilled += [target["final"], labels_path]
         stored = load_feature_set(target["final"].parent, key)
