@@ -126,7 +126,11 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> LoadReport:
         elif value.shape == target[key].shape:
             usable[key] = value.to(target[key].dtype)
         elif key == first_key and value.ndim == 4 and value.shape[0] == target[key].shape[0]:
-            usable[key] = adapt_input_conv(target[key].shape[1], value.float()).to(target[key].dtype)
+            in_chans = target[key].shape[1]
+            # timm's adapt_input_conv assumes an RGB source; a grey (1-channel) one is spread evenly.
+            adapted = (value.float().repeat(1, in_chans, 1, 1) / in_chans if value.shape[1] == 1
+                       else adapt_input_conv(in_chans, value.float()))
+            usable[key] = adapted.to(target[key].dtype)
             report.adapted_in_chans = True
         else:
             report.mismatched.append(f"{key} {tuple(value.shape)} -> {tuple(target[key].shape)}")
