@@ -11,7 +11,13 @@ from PIL import Image
 
 from transferkit.data.masks import MaskError, write_index_png
 from transferkit.data.segmentation import SegmentationDataModule, scan_segmentation_folder
-from transferkit.tasks.segmentation import SegmentationTask, metric_name, scores_from_confusion, soft_dice_loss
+from transferkit.tasks.segmentation import (
+    SegmentationTask,
+    metric_name,
+    scores_from_confusion,
+    soft_dice_loss,
+    write_predictions,
+)
 
 TASK_ARGS = {
     "finetune": {"strategy": "freeze"},
@@ -99,6 +105,14 @@ def test_predict_image_and_prediction_pngs(tmp_path: Path) -> None:
     expected = np.rint((image[12, 6].astype(float) + (128, 0, 0)) / 2)
     np.testing.assert_array_equal(blended[12, 6], expected)
     np.testing.assert_array_equal(overlay(image, mask), blended)
+    # The predict command's entry point: one mask + overlay per readable image, at its own size.
+    (tmp_path / "in").mkdir()
+    Image.fromarray(image).save(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert write_predictions(task, sorted((tmp_path / "in").iterdir()), out) == 1
+    assert load_mask(out / "a_mask.png", num_classes=3).shape == (45, 70)
+    assert (out / "a_overlay.png").is_file() and not (out / "broken_mask.png").exists()
 
 
 def test_denormalize_and_grid(tmp_path: Path) -> None:
@@ -163,6 +177,10 @@ def test_datamodule_needs_num_classes_for_folders(seg_folder: Path) -> None:
         SegmentationDataModule(str(seg_folder))
     with pytest.raises(ValueError, match="data.embedded='digits'"):
         SegmentationDataModule(None, embedded="digits")
+    with pytest.raises(ValueError, match=r"data.class_names=\['a', 'b'\] does not fit the embedded scenes"):
+        SegmentationDataModule(None, class_names=["a", "b"])
+    with pytest.raises(ValueError, match="augment.name='fancy'"):
+        SegmentationDataModule(None, augment="fancy")
 
 
 def test_scenes_datamodule_and_joint_augmentation() -> None:

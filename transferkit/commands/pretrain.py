@@ -8,6 +8,7 @@ becomes a house backbone selectable by name.
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def run(cfg: DictConfig) -> dict:
         "source_data": datamodule.describe(),
         "source_classes": list(datamodule.class_names),
         "source_sizes": datamodule.sizes(),
-        "epochs": results["epochs"] + 1,
+        "epochs": results["epochs"],  # trainer.current_epoch after fit = epochs completed
+        "steps": trainer.global_step,
+        "command": "python -m transferkit " + " ".join(sys.argv[1:]),
         "source_metrics": {k: v for k, v in results["metrics"].items() if k.startswith("test/")},
         "dtype": cfg.export_dtype,
         "recipe": cfg.get("recipe"),

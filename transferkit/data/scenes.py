@@ -16,6 +16,8 @@ from PIL import Image, ImageDraw
 
 SCENE_CLASSES: tuple[str, ...] = ("background", "circle", "square", "triangle", "star")
 MIN_CONTRAST = 80.0  # L2 distance in RGB between a shape and the background under it
+MAX_OVERLAP = 0.3  # a new shape may cover earlier shapes with at most this fraction of its area
+PLACEMENT_TRIES = 10
 
 
 def shape_polygon(kind: str, cx: float, cy: float, radius: float, angle: float) -> list[tuple[float, float]]:
@@ -60,10 +62,10 @@ def random_background(rng: np.random.Generator, size: int, noise: float) -> np.n
     pattern = rng.integers(0, 3)
     if pattern == 1:  # stripes
         phase = np.cos(direction + 1.0) * xx + np.sin(direction + 1.0) * yy
-        image = image + 25.0 * np.sign(np.sin(2 * math.pi * phase * size / period))[..., None]
+        image = image + 20.0 * np.sign(np.sin(2 * math.pi * phase * size / period))[..., None]
     elif pattern == 2:  # checks
         checks = (np.floor(xx * size / period) + np.floor(yy * size / period)) % 2
-        image = image + (50.0 * checks - 25.0)[..., None]
+        image = image + (40.0 * checks - 20.0)[..., None]
     return image + rng.normal(0.0, noise, image.shape)
 
 
@@ -77,12 +79,28 @@ def contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarra
     return colour
 
 
+def place_shape(rng: np.random.Generator, kind: str, image_size: int,
+                radius_range: tuple[float, float], occupied: np.ndarray) -> np.ndarray:
+    """Footprint of a whole shape inside the image that covers at most ``MAX_OVERLAP`` of earlier ones.
+
+    Overlap is allowed (later shapes occlude earlier ones) but limited, so that most of every
+    shape stays visible; after a few rejected draws the last one is kept.
+    """
+    for _ in range(PLACEMENT_TRIES):
+        radius = rng.uniform(*radius_range) * image_size
+        cx, cy = rng.uniform(radius, image_size - radius, 2)  # whole shapes: a cut square is no square
+        footprint = shape_mask(kind, image_size, cx, cy, radius, rng.uniform(0, 2 * math.pi))
+        if (footprint & occupied).sum() <= MAX_OVERLAP * footprint.sum():
+            break
+    return footprint
+
+
 def generate_scene(
     rng: np.random.Generator,
     image_size: int,
-    max_shapes: int = 4,
-    radius_range: tuple[float, float] = (0.12, 0.3),
-    noise: float = 12.0,
+    max_shapes: int = 3,
+    radius_range: tuple[float, float] = (0.2, 0.38),
+    noise: float = 8.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one scene: ``(H x W x 3 uint8 image, H x W int64 mask of SCENE_CLASSES ids)``.
 
@@ -92,9 +110,7 @@ def generate_scene(
     mask = np.zeros((image_size, image_size), dtype=np.int64)
     for _ in range(int(rng.integers(1, max_shapes + 1))):
         class_id = int(rng.integers(1, len(SCENE_CLASSES)))
-        radius = rng.uniform(*radius_range) * image_size
-        cx, cy = rng.uniform(0.1, 0.9, 2) * image_size
-        footprint = shape_mask(SCENE_CLASSES[class_id], image_size, cx, cy, radius, rng.uniform(0, 2 * math.pi))
+        footprint = place_shape(rng, SCENE_CLASSES[class_id], image_size, radius_range, mask > 0)
         if not footprint.any():
             continue
         colour = contrasting_colour(rng, image[footprint].mean(axis=0))
@@ -117,9 +133,9 @@ class SceneDataset:
         length: int,
         image_size: int = 64,
         seed: int = 0,
-        max_shapes: int = 4,
-        radius_range: tuple[float, float] = (0.12, 0.3),
-        noise: float = 12.0,
+        max_shapes: int = 3,
+        radius_range: tuple[float, float] = (0.2, 0.38),
+        noise: float = 8.0,
     ) -> None:
         if length < 1:
             raise ValueError(f"scene dataset length={length!r} must be >= 1.")

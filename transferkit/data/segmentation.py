@@ -192,6 +192,9 @@ class SegmentationDataModule(pl.LightningDataModule):
     @staticmethod
     def _class_names(root: str | None, num_classes: int | None, class_names: list[str] | None) -> list[str]:
         if root is None:
+            if class_names and len(class_names) != len(SCENE_CLASSES):
+                raise ValueError(f"data.class_names={list(class_names)!r} does not fit the embedded scenes "
+                                 f"{list(SCENE_CLASSES)}; rename them one for one or leave it null.")
             return list(class_names or SCENE_CLASSES)
         if class_names and num_classes is not None and len(class_names) != num_classes:
             raise ValueError(f"data.class_names has {len(class_names)} names but data.num_classes="

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 SHAPE_CLASS_NAMES: list[str] = list(SCENE_CLASSES[1:])  # circle, square, triangle, star
 TEXTURES: tuple[str, ...] = ("grating", "checks", "blobs", "noise")
-MEAN_STEP: tuple[float, float] = (20.0, 50.0)  # grey-level difference of fill and background means
+MEAN_STEP: tuple[float, float] = (35.0, 70.0)  # grey-level difference of fill and background means
 
 
 def texture(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:

@@ -199,3 +199,29 @@ class SegmentationTask(BaseTask):
         std = self.data_config.get("std") or [0.5] * in_chans
         return save_segmentation_grid(denormalize(images, mean, std), truths.numpy(), preds.numpy(),
                                       path, class_names=self.class_names)
+
+
+def write_predictions(task: SegmentationTask, paths: list[Path], directory: Path) -> int:
+    """For each image write ``<stem>_mask.png`` (palette index PNG) and ``<stem>_overlay.png``.
+
+    Masks have the image's own size. Unreadable files are logged and skipped; returns how many
+    images were written.
+    """
+    from transferkit.data.decode import UnreadableImageError, load_image
+    from transferkit.reports.seg_grid import save_prediction_pngs
+
+    in_chans = int(task.data_config.get("in_chans", 3))
+    seen: dict[str, int] = {}
+    written = 0
+    for path in map(Path, paths):
+        try:
+            image = load_image(path, in_chans=in_chans)
+        except UnreadableImageError as error:
+            log.warning("skipped %s: %s", path, error.reason)
+            continue
+        stem = path.stem if path.stem not in seen else f"{path.stem}_{seen[path.stem]}"
+        seen[path.stem] = seen.get(path.stem, 0) + 1
+        save_prediction_pngs(image, task.predict_image(image), directory, stem)
+        written += 1
+    log.info("Wrote %d masks and overlays to %s", written, directory)
+    return written
