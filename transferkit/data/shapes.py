@@ -66,7 +66,7 @@ def textured_layer(rng: np.random.Generator, size: int, brightness: float,
 def textured_shape(shape: str, rng: np.random.Generator, size: int) -> np.ndarray:
     """One ``size x size`` uint8 image: a ``shape`` filled with one texture over another.
 
-    The fill is a little brighter or darker on average than the background (by ``MEAN_STEP``),
+    The fill is brighter or darker on average than the background (by ``MEAN_STEP``),
     so the silhouette is learnable, but its texture edges are as strong as its outline.
     """
     level = rng.uniform(80, 175)
