@@ -228,3 +228,17 @@ def test_datamodule_checks_the_recipe_and_keeps_cifar_normalisation_for_eval():
     out = eval_pipeline(image=photo)["image"]  # standardised like training, not with MEAN/STD
     assert abs(float(out.mean())) < 1e-4
     assert float(out.std(unbiased=False)) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_flips_false_drops_every_flip():
+    import albumentations as A
+
+    from transferkit.data.transforms import build_transforms
+
+    for name in ("light", "strong", "cifar"):
+        kept = build_transforms(name, train=True, image_size=32, mean=[0.5], std=[0.5], in_chans=1)
+        dropped = build_transforms(name, train=True, image_size=32, mean=[0.5], std=[0.5], in_chans=1,
+                                   flips=False)
+        flip_types = (A.HorizontalFlip, A.VerticalFlip)
+        assert any(isinstance(t, flip_types) for t in kept.transforms)
+        assert not any(isinstance(t, flip_types) for t in dropped.transforms)

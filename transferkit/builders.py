@@ -61,6 +61,8 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     kind = cfg.task.kind
     stats = normalization(cfg)
     extra = {"seed": cfg.seed, "in_chans": cfg.model.in_chans, "augment": cfg.augment.name, **stats}
+    if kind != "segmentation":
+        extra["flips"] = bool(cfg.augment.get("flips", True))
     if kind == "segmentation":
         from transferkit.data.segmentation import SegmentationDataModule
 

@@ -35,7 +35,7 @@ class ClassificationDataModule(pl.LightningDataModule):
                  background: tuple[int, int, int] = (255, 255, 255), embedded_length: int = 20000,
                  seed: int = 0, in_chans: int = 3, mean: tuple[float, ...] = (0.5,),
                  std: tuple[float, ...] = (0.5,), augment: str = "light",
-                 cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None, flips: bool = True) -> None:
         super().__init__()
         if root is None:
             lookup({k: k for k in EMBEDDED}, embedded, "data.embedded")
@@ -53,7 +53,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.cache, self.cache_dir = cache, cache_dir
         self.background, self.embedded_length = tuple(background), embedded_length
         self.seed, self.in_chans = seed, in_chans
-        self.mean, self.std, self.augment = list(mean), list(std), augment
+        self.mean, self.std, self.augment, self.flips = list(mean), list(std), augment, flips
         self.class_names: list[str] = []
         self.sources: dict[str, Dataset] = {}
         self.split_record: dict = {}
@@ -170,7 +170,7 @@ class ClassificationDataModule(pl.LightningDataModule):
 
         # Eval pipelines never augment, but keep the recipe's normalisation (cifar: per image).
         return build_transforms(self.augment, train=train, image_size=self.image_size, mean=self.mean,
-                                std=self.std, in_chans=self.in_chans)
+                                std=self.std, in_chans=self.in_chans, flips=self.flips)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = TransformedDataset(self.sources[split], self.transform(train))

@@ -124,7 +124,8 @@ def build_normalize(name: str, mean: Sequence[float], std: Sequence[float],
 
 
 def build_transforms(name: str, train: bool, image_size: int, mean: Sequence[float],
-                     std: Sequence[float], in_chans: int = 3, fill_mask: int = 0) -> A.Compose:
+                     std: Sequence[float], in_chans: int = 3, fill_mask: int = 0,
+                     flips: bool = True) -> A.Compose:
     """The train (augmenting) or eval (resize only) pipeline for `augment.name`.
 
     Call it as `pipeline(image=uint8 H x W x C)` or `pipeline(image=..., mask=H x W ints)`: the
@@ -136,11 +137,14 @@ def build_transforms(name: str, train: bool, image_size: int, mean: Sequence[flo
     Args:
         fill_mask: mask value for pixels that padding or rotation create (segmentation: its
             `ignore_index`).
+        flips: `augment.flips`; False drops the random flips (digits, text: a flip changes the class).
     """
     build = lookup(TRAIN_PIPELINES, name, "augment.name")
     if image_size < 8:
         raise ValueError(f"data.image_size={image_size!r} is too small; use at least 8 pixels.")
     steps = build(image_size, fill_mask) if train else _resize(image_size)
+    if not flips:
+        steps = [t for t in steps if not isinstance(t, (A.HorizontalFlip, A.VerticalFlip))]
     normalize = build_normalize(name, mean, std, in_chans)
     return TorchSeededCompose([*steps, normalize, ToTensorV2()], mask_interpolation=cv2.INTER_NEAREST)
 
