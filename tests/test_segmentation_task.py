@@ -210,3 +210,15 @@ def test_fcn8s_recipe_fits_a_folder_and_reloads(seg_folder: Path, fast: list[str
     assert task.hparams.model["head"] == "fcn8s" and task.feature_indices == [2, 3, 4]
     with torch.no_grad():
         assert task(torch.randn(1, 3, 29, 35)).shape == (1, 3, 29, 35)
+
+    # predict through the CLI writes an index mask (at the image's own size) and an overlay per image
+    images = sorted((seg_folder / "images").iterdir()) if (seg_folder / "images").is_dir() else \
+        sorted(seg_folder.rglob("images/*"))
+    out = run_dir.parent / "predicted"
+    cli.run(["predict", f"ckpt_path={results['best_checkpoint']}", f"input={images[0]}", f"run_dir={out}"])
+    from PIL import Image
+
+    mask = Image.open(out / f"{images[0].stem}_mask.png")
+    assert mask.mode == "P" and mask.size == Image.open(images[0]).size
+    assert set(np.unique(np.array(mask))) <= {0, 1, 2}
+    assert (out / f"{images[0].stem}_overlay.png").is_file()

@@ -179,7 +179,7 @@ class SegmentationTask(BaseTask):
         in_chans = int(cfg.get("in_chans", image.shape[-1] if image.ndim == 3 else 1))
         mean = torch.tensor(cfg.get("mean") or [0.5] * in_chans).view(1, -1, 1, 1)
         std = torch.tensor(cfg.get("std") or [0.5] * in_chans).view(1, -1, 1, 1)
-        pixels = torch.from_numpy(np.ascontiguousarray(image.reshape(*image.shape[:2], -1)))
+        pixels = torch.from_numpy(np.array(image.reshape(*image.shape[:2], -1), copy=True))
         x = pixels.permute(2, 0, 1)[None].float().div(255).sub(mean).div(std).to(self.device)
         size = cfg.get("image_size")
         if size:
