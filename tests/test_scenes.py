@@ -53,3 +53,16 @@ def test_bad_arguments() -> None:
         SceneDataset(4, 8)
     with pytest.raises(IndexError):
         SceneDataset(4, 32)[4]
+
+
+def test_materialized_scenes_equal_generated_ones():
+    from transferkit.data.scenes import MaterializedScenes, SceneDataset, materialize_if_small
+
+    scenes = SceneDataset(5, 32, seed=3)
+    kept = MaterializedScenes(scenes)
+    for i in range(5):
+        image, mask = scenes[i]
+        assert np.array_equal(kept[i][0], image) and np.array_equal(kept[i][1], mask)
+        assert kept[i][1].dtype == mask.dtype
+    assert isinstance(materialize_if_small(scenes), MaterializedScenes)
+    assert materialize_if_small(scenes, max_bytes=10) is scenes

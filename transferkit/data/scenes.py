@@ -156,3 +156,29 @@ class SceneDataset:
             raise IndexError(f"scene {index} out of range for {self.length} scenes")
         rng = np.random.default_rng([self.seed, index % self.length])
         return generate_scene(rng, self.image_size, self.max_shapes, self.radius_range, self.noise)  # type: ignore[arg-type]
+
+
+class MaterializedScenes:
+    """All scenes of a `SceneDataset` generated once and kept as uint8 arrays.
+
+    Scenes are a pure function of `(seed, index)`, so regenerating them every epoch only costs
+    time (about 11 % of an FCN epoch at 48 px on 2 CPU cores); items are identical either way.
+    """
+
+    def __init__(self, scenes: SceneDataset) -> None:
+        self.classes = scenes.classes
+        pairs = [scenes[i] for i in range(len(scenes))]
+        self.images = np.stack([image for image, _ in pairs])
+        self.masks = np.stack([mask for _, mask in pairs]).astype(np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.images[index], self.masks[index].astype(np.int64)
+
+
+def materialize_if_small(scenes: SceneDataset, max_bytes: int = 512 * 2**20) -> "SceneDataset | MaterializedScenes":
+    """Keep generated scenes in memory when they fit in `max_bytes` (images + uint8 masks)."""
+    size = len(scenes) * scenes.image_size**2 * 4
+    return MaterializedScenes(scenes) if size <= max_bytes else scenes

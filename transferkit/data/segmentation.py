@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from transferkit.data.decode import IMAGE_EXTENSIONS, load_image
 from transferkit.data.masks import load_mask
-from transferkit.data.scenes import SCENE_CLASSES, SceneDataset
+from transferkit.data.scenes import SCENE_CLASSES, SceneDataset, materialize_if_small
 from transferkit.data.sources import match_image_channels
 from transferkit.data.transforms import TRAIN_PIPELINES, build_transforms
 from transferkit.errors import lookup
@@ -227,7 +227,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         n = self.embedded_length
         seeds = {"train": self.seed, "val": self.seed + 10_000, "test": self.seed + 20_000}
         lengths = {"train": n, "val": max(32, n // 8), "test": max(64, n // 4)}
-        self.sources = {s: SceneDataset(lengths[s], self.image_size, seeds[s]) for s in SPLITS}
+        self.sources = {s: materialize_if_small(SceneDataset(lengths[s], self.image_size, seeds[s]))
+                        for s in SPLITS}
         self.split_record = {"embedded": "scenes", "seeds": seeds, "sizes": lengths}
 
     def describe(self) -> str:
