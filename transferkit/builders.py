@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from transferkit.errors import ConfigError, did_you_mean, lookup
-from transferkit.models.backbones import backbone_data_config, check_backbone_name, create_backbone
+from transferkit.models.backbones import backbone_data_config, check_backbone_name
 from transferkit.models.weights import house_backbones, house_data_config, init_backbone_weights
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,7 @@ def normalization(cfg: DictConfig) -> dict[str, list[float]]:
         from transferkit.models.backbones import match_channels
 
         return {k: match_channels(v, cfg.model.in_chans) for k, v in house.items()}
-    probe = create_backbone(cfg.model.backbone, in_chans=cfg.model.in_chans)
-    return backbone_data_config(probe, cfg.model.in_chans)
+    return backbone_data_config(cfg.model.backbone, cfg.model.in_chans)
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:

@@ -11,7 +11,6 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from transferkit.builders import build_datamodule, build_task, build_trainer, container
-from transferkit.models.weights import preflight_weights
 from transferkit.rundir import create_run_dir, write_config, write_json
 
 log = logging.getLogger("transferkit")
@@ -62,7 +61,6 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
     """Fit the configured task, evaluate the best checkpoint, write results.json."""
     start = time.time()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    preflight_weights(cfg)
     datamodule = build_datamodule(cfg)
     datamodule.scan()
     finetune, advice = resolve_finetune(cfg, datamodule)

@@ -51,10 +51,18 @@ def create_backbone(
     return timm.create_model(name, **kwargs)
 
 
-def backbone_data_config(backbone: nn.Module, in_chans: int) -> dict[str, list[float]]:
-    """Input normalisation (mean/std, one value per input channel) the backbone was pretrained with."""
-    cfg = timm.data.resolve_model_data_config(backbone)
-    return {"mean": match_channels(cfg["mean"], in_chans), "std": match_channels(cfg["std"], in_chans)}
+def backbone_data_config(name: str, in_chans: int) -> dict[str, list[float]]:
+    """Input normalisation (mean/std, one value per input channel) timm's `name` was pretrained with.
+
+    Read from timm's pretrained config, so no model has to be built just to learn it.
+    """
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    mean = cfg.mean if cfg is not None else IMAGENET_DEFAULT_MEAN
+    std = cfg.std if cfg is not None else IMAGENET_DEFAULT_STD
+    return {"mean": match_channels(mean, in_chans), "std": match_channels(std, in_chans)}
 
 
 def match_channels(values: tuple[float, ...] | list[float], in_chans: int) -> list[float]:

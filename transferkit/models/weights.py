@@ -156,12 +156,6 @@ def log_report(report: LoadReport) -> None:
             log.info("  %d %s keys (e.g. %s)", len(keys), label, ", ".join(keys[:4]))
 
 
-def preflight_weights(cfg) -> None:
-    """Check `model.weights` before any data is read: a missing file or no network fails at once."""
-    if classify_weights(cfg.model.weights) == "hub":
-        check_hub_reachable(cfg.model.backbone)
-
-
 def init_backbone_weights(backbone: nn.Module, weights: str | None, *, backbone_name: str,
                           in_chans: int, features_only: bool = False) -> LoadReport | None:
     """Initialise `backbone` in place from `model.weights`; returns what was loaded."""
