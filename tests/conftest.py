@@ -42,11 +42,30 @@ def image_folder(tmp_path: Path) -> Path:
     return write_class_folder(tmp_path / "images")
 
 
+def write_timm_weights(path: Path, backbone: str = "test_resnet", seed: int = 0) -> Path:
+    """A local weights file in timm's layout (what `torch.save(model.state_dict())` would give)."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = timm.create_model(backbone, pretrained=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def test_resnet_weights(tmp_path_factory) -> Path:
+    """"Pretrained" test_resnet weights in a local file (no download): a seeded random init."""
+    return write_timm_weights(tmp_path_factory.mktemp("weights") / "test_resnet.safetensors")
+
+
 @pytest.fixture
-def fast(tmp_path: Path) -> list[str]:
+def fast(tmp_path: Path, test_resnet_weights: Path) -> list[str]:
     """Overrides that make any recipe a seconds-long CPU run writing into tmp_path."""
     return [
-        "model.backbone=test_resnet", "model.weights=none", "model.in_chans=3",
+        "model.backbone=test_resnet", f"model.weights={test_resnet_weights}", "model.in_chans=3",
         "data.image_size=32", "data.batch_size=4", "data.num_workers=0",
         "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=1",
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",

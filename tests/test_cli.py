@@ -22,8 +22,12 @@ def test_compose_defaults_has_public_contract():
 def test_recipe_selects_group_options_and_values():
     cfg = cli.compose_config(["recipe=small_similar"])
     assert cfg.finetune.strategy == "freeze"
-    assert cfg.model.weights == "charnet"
-    assert cfg.recipe == "small_similar"
+    assert cfg.model.weights == "auto" and cfg.recipe == "small_similar"  # recipes hold no model
+    from transferkit.planning import plan_model
+
+    resolved = plan_model(cfg).cfg  # embedded digits -> the house backbone, its grey 32-px format
+    assert resolved.model.weights == "charnet" and resolved.model.backbone == "resnet10t"
+    assert resolved.model.in_chans == 1 and resolved.data.image_size == 32
 
 
 def test_command_line_beats_recipe():

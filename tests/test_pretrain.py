@@ -10,7 +10,7 @@ import torch
 
 from transferkit import cli
 from transferkit.models.backbones import create_backbone
-from transferkit.models.weights import load_backbone_weights
+from transferkit.models.weight_loading import load_backbone_weights
 
 pytestmark = pytest.mark.slow
 
@@ -38,10 +38,13 @@ def test_house_recipe_pretrains_a_few_steps_and_exports(tmp_path):
     assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
     assert torch.equal(fresh.conv1[0].weight.half(), stored["conv1.0.weight"])
 
-    # ... and transfers: fine-tune from the exported file on a different task.
+    # ... and transfers: fine-tune from the exported file on a different task. Its backbone.json
+    # names the architecture and input format, so model.weights alone is enough.
     transferred = cli.run([
-        "fit", "model.backbone=test_resnet", f"model.weights={weights}", "model.in_chans=1",
+        "fit", f"model.weights={weights}",
         "data.batch_size=16", "data.num_workers=0", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", f"run_dir={tmp_path / 'fit'}",
     ])
     assert transferred["weights"] == str(weights) and transferred["strategy"] == "freeze"
+    assert transferred["backbone"] == "test_resnet"
+    assert transferred["plan"]["input"]["in_chans"] == 1 and transferred["plan"]["input"]["image_size"] == 32

@@ -137,13 +137,15 @@ def test_advise_command_writes_advice_and_plot(image_folder, fast) -> None:
 def test_auto_finetune_takes_quadrant_settings_but_keeps_explicit_keys(image_folder, fast) -> None:
     from transferkit.builders import build_datamodule
     from transferkit.cli import compose_config
-    from transferkit.commands.advise import resolve_auto_finetune
     from transferkit.finetune import FinetunePlan, choose_strategy
+    from transferkit.measure import resolve_auto_finetune
+    from transferkit.planning import plan_model
 
-    cfg = compose_config([f"data.root={image_folder}", *fast, "finetune=auto", "finetune.backbone_lr_scale=0.05"])
-    datamodule = build_datamodule(cfg)
+    plan = plan_model(compose_config([f"data.root={image_folder}", *fast, "finetune=auto",
+                                      "finetune.backbone_lr_scale=0.05"]))
+    datamodule = build_datamodule(plan.cfg)
     datamodule.scan()
-    finetune, advice = resolve_auto_finetune(cfg, datamodule)
+    finetune, advice = resolve_auto_finetune(plan.cfg, datamodule, plan.weights)
     assert finetune["strategy"] == choose_strategy(advice["quadrant"])
     assert finetune["backbone_lr_scale"] == 0.05 and advice["explicit_keys"] == ["backbone_lr_scale"]
     FinetunePlan(**finetune)  # a valid plan

@@ -10,8 +10,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from transferkit.errors import ConfigError, did_you_mean, lookup
-from transferkit.models.backbones import backbone_data_config, check_backbone_name
-from transferkit.models.weights import house_backbones, house_data_config, init_backbone_weights
+from transferkit.models.weight_loading import load_weights
+from transferkit.models.weights import WeightsSource
 
 log = logging.getLogger(__name__)
 
@@ -32,34 +32,11 @@ def container(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
-def resolve_house_backbone(cfg: DictConfig) -> None:
-    """A house backbone fixes the architecture and channels: fill them in when left at defaults."""
-    meta = house_backbones().get(str(cfg.model.weights))
-    if meta and cfg.model.backbone in (None, "auto"):
-        cfg.model.backbone = meta["backbone"]
-    if meta and cfg.model.in_chans in (None, "auto"):
-        cfg.model.in_chans = meta["in_chans"]
-    if cfg.model.in_chans in (None, "auto"):
-        cfg.model.in_chans = 3
-
-
-def normalization(cfg: DictConfig) -> dict[str, list[float]]:
-    """Mean/std for the inputs: the house backbone's record, else timm's pretrained config."""
-    house = house_data_config(cfg.model.weights)
-    if house:
-        from transferkit.models.backbones import match_channels
-
-        return {k: match_channels(v, cfg.model.in_chans) for k, v in house.items()}
-    return backbone_data_config(cfg.model.backbone, cfg.model.in_chans)
-
-
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
-    resolve_house_backbone(cfg)
-    check_backbone_name(cfg.model.backbone)
+    """The datamodule of a planned config (`transferkit.planning`: input format resolved)."""
     data = container(cfg.data)
     kind = cfg.task.kind
-    stats = normalization(cfg)
-    extra = {"seed": cfg.seed, "in_chans": cfg.model.in_chans, "augment": cfg.augment.name, **stats}
+    extra = {"seed": cfg.seed, "in_chans": cfg.model.in_chans, "augment": cfg.augment.name}
     if kind != "segmentation":
         extra["flips"] = bool(cfg.augment.get("flips", True))
     if kind == "segmentation":
@@ -82,8 +59,15 @@ def construct(cls: type, kwargs: dict, group: str):
     return cls(**kwargs)
 
 
-def build_task(cfg: DictConfig, datamodule, finetune: dict | None = None):
-    """Build the task for `cfg.task.kind` and load the pretrained backbone weights."""
+def data_config(cfg: DictConfig) -> dict:
+    """The input format a task records, so predict/export prepare images exactly as training did."""
+    data = cfg.data
+    return {"image_size": int(data.image_size), "in_chans": int(cfg.model.in_chans), "mean": list(data.mean),
+            "std": list(data.std), "interpolation": str(data.interpolation), "augment": cfg.augment.name}
+
+
+def build_task(cfg: DictConfig, datamodule, weights: WeightsSource | None = None):
+    """Build the task for `cfg.task.kind`; with `weights`, initialise its backbone from them."""
     task_cfg = container(cfg.task)
     cls = lookup(task_classes(), task_cfg.pop("kind"), "task.kind")
     kwargs = {
@@ -91,12 +75,10 @@ def build_task(cfg: DictConfig, datamodule, finetune: dict | None = None):
         "num_classes": len(datamodule.class_names),
         "class_names": list(datamodule.class_names),
         "model": container(cfg.model),
-        "finetune": finetune if finetune is not None else container(cfg.finetune),
+        "finetune": container(cfg.finetune),
         "optimizer": container(cfg.optimizer),
         "scheduler": container(cfg.scheduler),
-        "data_config": {"image_size": cfg.data.image_size, "in_chans": cfg.model.in_chans,
-                        "mean": list(datamodule.mean), "std": list(datamodule.std),
-                        "augment": cfg.augment.name},
+        "data_config": data_config(cfg),
     }
     params = inspect.signature(cls).parameters
     augment = container(cfg.augment)
@@ -106,9 +88,9 @@ def build_task(cfg: DictConfig, datamodule, finetune: dict | None = None):
     if "class_weights" in params and hasattr(datamodule, "class_weights"):
         kwargs["class_weights"] = datamodule.class_weights()
     task = construct(cls, kwargs, "task")
-    task.weights_report = init_backbone_weights(
-        task.encoder, cfg.model.weights, backbone_name=cfg.model.backbone,
-        in_chans=cfg.model.in_chans, features_only=cls.__name__ != "ClassificationTask")
+    task.weights_report = None if weights is None else load_weights(
+        task.encoder, weights, backbone_name=cfg.model.backbone, in_chans=int(cfg.model.in_chans),
+        image_size=int(cfg.data.image_size), cache_dir=cfg.model.get("cache_dir"))
     return task
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from transferkit.config_files import config_keys, package_dir, recipe_names
+
 log = logging.getLogger("transferkit")
 
 COMMANDS: dict[str, str] = {
@@ -40,19 +42,6 @@ class UsageError(ValueError):
     """The command line itself is wrong (unknown command, malformed override)."""
 
 
-def package_dir(name: str) -> Path:
-    """`conf/` or `recipes/`: inside the installed package, else at the top of the source tree."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / name, here.parent / name):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"transferkit's {name}/ folder is missing; reinstall with `pip install .`.")
-
-
-def recipe_names() -> list[str]:
-    return sorted(p.stem for p in package_dir("recipes").glob("*.yaml"))
-
-
 def register_recipes() -> None:
     """Expose every `recipes/*.yaml` as an option of the `recipe` group."""
     from hydra.core.config_store import ConfigStore
@@ -62,18 +51,11 @@ def register_recipes() -> None:
         store.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
-def trainer_keys_in_config() -> set[str]:
-    keys: set[str] = set()
-    for path in package_dir("conf").joinpath("trainer").glob("*.yaml"):
-        keys |= set(OmegaConf.load(path).keys())
-    return keys
-
-
 def expand_trainer_overrides(overrides: list[str]) -> list[str]:
     """Let any Lightning Trainer flag be set as `trainer.<flag>=...` without Hydra's `+` prefix."""
     from transferkit.builders import trainer_flags
 
-    known, flags = trainer_keys_in_config(), trainer_flags()
+    known, flags = config_keys("trainer"), trainer_flags()
     expanded = []
     for item in overrides:
         key = item.split("=", 1)[0]
@@ -149,10 +131,6 @@ def run(argv: list[str]) -> dict:
     cfg = compose_config(overrides)
     if command in ("test", "advise", "show-augs") and cfg.ckpt_path:
         cfg = config_of_checkpoint_run(cfg, overrides)
-    if str(cfg.model.get("weights")) == "hub" and command in ("fit", "pretrain", "advise"):
-        from transferkit.network import check_hub_reachable
-
-        check_hub_reachable(str(cfg.model.backbone))  # before torch loads: offline fails in seconds
     module = importlib.import_module(COMMANDS[command])
     return module.run(cfg)
 

@@ -11,38 +11,18 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from transferkit.builders import build_datamodule, build_task, build_trainer, container
+from transferkit.planning import Plan, plan_model, plan_training
 from transferkit.rundir import create_run_dir, write_config, write_json
 
 log = logging.getLogger("transferkit")
 
 
-def resolve_finetune(cfg: DictConfig, datamodule) -> tuple[dict, dict | None]:
-    """The finetune settings to use; `strategy=auto` measures the data first (see `advise`)."""
-    finetune = container(cfg.finetune)
-    if finetune.get("strategy") != "auto":
-        return finetune, None
-    from transferkit.commands.advise import resolve_auto_finetune
-
-    return resolve_auto_finetune(cfg, datamodule)
-
-
-def choose_cache(cfg: DictConfig, finetune: dict) -> tuple[bool, dict]:
-    """Whether to train the head on cached backbone features (finetune.cache_features), and why."""
-    from transferkit.feature_cache import cache_blockers, choose_feature_cache
-
-    model, augment = container(cfg.model), container(cfg.augment)
-    blockers = cache_blockers(cfg.task.kind, finetune.get("strategy"), finetune.get("unfreeze_at_epoch"),
-                              augment.get("name"), augment.get("mixup_alpha", 0.0),
-                              augment.get("cutmix_alpha", 0.0), model.get("drop_rate", 0.0),
-                              model.get("drop_path_rate", 0.0))
-    requested = finetune.get("cache_features")
-    wasteful = "trainer.fast_dev_run reads only a batch or two" if cfg.trainer.get("fast_dev_run") else None
-    use = choose_feature_cache(requested, blockers, wasteful)
-    why = blockers or ([wasteful] if wasteful and requested is None else [])
-    if not use:
-        log.info("Feature cache off (finetune.cache_features=%r)%s", requested,
-                 ": " + "; ".join(why) if why else "")
-    return use, {"used": use, "requested": requested, "reasons": why}
+def plan_run(cfg: DictConfig) -> tuple[Plan, object]:
+    """Plan the run (model, weights, input format, fine-tuning, cache) and scan its data."""
+    plan = plan_model(cfg)
+    datamodule = build_datamodule(plan.cfg)
+    datamodule.scan()
+    return plan_training(plan, datamodule), datamodule
 
 
 def wrap_feature_cache(cfg: DictConfig, datamodule, task, run_dir: Path):
@@ -61,11 +41,9 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
     """Fit the configured task, evaluate the best checkpoint, write results.json."""
     start = time.time()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
-    datamodule.scan()
-    finetune, advice = resolve_finetune(cfg, datamodule)
-    use_cache, cache_report = choose_cache(cfg, finetune)
-    task = build_task(cfg, datamodule, finetune)
+    plan, datamodule = plan_run(cfg)
+    cfg, use_cache = plan.cfg, plan.cache["used"]
+    task = build_task(cfg, datamodule, plan.weights)
     run_dir = create_run_dir(cfg.run_dir)
     trainer = build_trainer(cfg, run_dir, task.monitor, task.monitor_mode)
     fit_data = wrap_feature_cache(cfg, datamodule, task, run_dir) if use_cache else datamodule
@@ -83,12 +61,13 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         tested = trainer.test(task, datamodule=fit_data, ckpt_path=best or None, verbose=False)
     results = collect_results(cfg, command, task, datamodule, trainer, val_metrics, tested, run_dir, start)
-    results["finetune"] = finetune
-    results["feature_cache"] = {**cache_report, **(fit_data.report() if use_cache else {})}
+    results["finetune"] = container(cfg.finetune)
+    results["plan"] = plan.to_dict()
+    results["feature_cache"] = {**plan.cache, **(fit_data.report() if use_cache else {})}
     if use_cache:
         fit_data.store.release()
-    if advice is not None:
-        results["advice"] = advice
+    if plan.advice is not None:
+        results["advice"] = plan.advice
     if trainer.is_global_zero:
         write_json(results, run_dir / "results.json")
         log.info("%s", metrics_table(results["metrics"]))

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from transferkit.builders import build_datamodule, build_task, container
 from transferkit.finetune import build_param_groups
+from transferkit.planning import plan_model, plan_training
 from transferkit.optim import build_optimizer
 from transferkit.rundir import create_run_dir, write_config
 from transferkit.schedulers import lr_curve
@@ -65,13 +66,13 @@ def write_csv(curves: list[list[float]], names: list[str], steps: int, path: Pat
 
 
 def run(cfg: DictConfig) -> dict:
-    from transferkit.commands.common import resolve_finetune
     from transferkit.tasks.base import fit_warmup
 
-    datamodule = build_datamodule(cfg)
+    plan = plan_model(cfg, load_weights=cfg.finetune.strategy == "auto")  # auto measures with them
+    datamodule = build_datamodule(plan.cfg)
     datamodule.scan()
-    finetune, _ = resolve_finetune(cfg, datamodule)
-    task = build_task(cfg, datamodule, finetune)
+    cfg = plan_training(plan, datamodule).cfg
+    task = build_task(cfg, datamodule)  # random init: the schedule does not depend on the weights
     optimizer_cfg = container(cfg.optimizer)
     groups = build_param_groups(task.encoder, task.head, task.plan, weight_decay=optimizer_cfg.get("weight_decay", 0.0))
     optimizer = build_optimizer(groups, **optimizer_cfg)

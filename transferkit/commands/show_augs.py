@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from transferkit.builders import build_datamodule, container
+from transferkit.planning import plan_model
 from transferkit.errors import ConfigError
 from transferkit.rundir import create_run_dir, write_config, write_json
 
@@ -85,6 +86,7 @@ def run(cfg: DictConfig) -> dict:
 
     options = show_augs_options(cfg)
     pl.seed_everything(cfg.seed, verbose=False)  # the pipeline draws from torch's seed
+    cfg = plan_model(cfg, load_weights=False).cfg  # the input format; no weights are loaded
     datamodule = build_datamodule(cfg)
     datamodule.scan()
     source = datamodule.sources["train"]

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from transferkit.builders import build_datamodule, build_trainer
 from transferkit.commands.common import metrics_table
 from transferkit.loading import load_task, require
+from transferkit.planning import plan_for_checkpoint
 from transferkit.rundir import create_run_dir, write_config, write_json
 
 log = logging.getLogger("transferkit")
@@ -21,6 +22,7 @@ def run(cfg: DictConfig) -> dict:
     ckpt = require(cfg.ckpt_path, "ckpt_path", "a checkpoint written by fit, e.g. outputs/<date>/<time>/checkpoints/best.ckpt")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     task = load_task(ckpt)
+    cfg = plan_for_checkpoint(cfg, dict(task.hparams))
     datamodule = build_datamodule(cfg)
     datamodule.scan()
     if list(datamodule.class_names) != list(task.class_names):

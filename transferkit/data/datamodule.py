@@ -35,8 +35,9 @@ class ClassificationDataModule(pl.LightningDataModule):
                  background: tuple[int, int, int] = (255, 255, 255), embedded_length: int = 20000,
                  seed: int = 0, in_chans: int = 3, mean: tuple[float, ...] = (0.5,),
                  std: tuple[float, ...] = (0.5,), augment: str = "light",
-                 cache_dir: str | None = None, flips: bool = True) -> None:
+                 cache_dir: str | None = None, flips: bool = True, interpolation: str = "bilinear") -> None:
         super().__init__()
+        self.interpolation = interpolation
         if root is None:
             lookup({k: k for k in EMBEDDED}, embedded, "data.embedded")
         lookup({k: k for k in BALANCE}, balance, "data.balance")

@@ -172,8 +172,10 @@ class SegmentationDataModule(pl.LightningDataModule):
                  mask_palette: dict | None = None, val_fraction: float = 0.15,
                  test_fraction: float = 0.15, embedded_length: int = 512,
                  seed: int = 0, in_chans: int = 3, mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 std: Sequence[float] = (0.5, 0.5, 0.5), augment: str = "light") -> None:
+                 std: Sequence[float] = (0.5, 0.5, 0.5), augment: str = "light",
+                 interpolation: str = "bilinear") -> None:
         super().__init__()
+        self.interpolation = interpolation
         if root is None and embedded not in EMBEDDED:
             raise ValueError(f"data.embedded={embedded!r} is not a segmentation dataset; use one of {list(EMBEDDED)}.")
         if batch_size < 1:

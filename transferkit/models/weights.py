@@ -1,10 +1,15 @@
-"""Load backbone weights: `none`, `hub` (timm pretrained), a local file, or a house backbone.
+"""What `model.weights` names, and where those weights are: a house backbone, a file, the Hugging
+Face cache, or the hub.
 
 `model.weights` accepts:
-* `none`: random init (He/Kaiming for convs, timm's defaults);
-* `hub`: timm's pretrained weights (needs network, fails fast offline);
-* a path to `.safetensors`, `.pth`, `.pt`, `.bin` or a Lightning `.ckpt`;
-* the name of a house backbone shipped in `transferkit/assets/` (e.g. `charnet`).
+* `auto`: the house backbone for embedded data, else the architecture's timm weights (`hub`);
+* `hub`: timm's pretrained weights, read from the local Hugging Face cache when it holds them,
+  else downloaded (the one network access, and only when asked for);
+* `none`: random init;
+* the name of a house backbone shipped in `transferkit/assets/` (e.g. `charnet`);
+* a path to `.safetensors`, `.pth`, `.pt`, `.bin` or a Lightning `.ckpt`.
+
+Loading is `transferkit.models.weight_loading`'s job; this module only finds and describes.
 """
 
 from __future__ import annotations
@@ -12,43 +17,53 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import torch
-import torch.nn as nn
-
 from transferkit.errors import ConfigError, did_you_mean
-from transferkit.network import WeightsUnavailableError, check_hub_reachable  # noqa: F401 (re-export)
+from transferkit.network import WeightsUnavailableError  # noqa: F401 (re-export)
 
 log = logging.getLogger(__name__)
 
-PREFIXES = ("state_dict.", "model.", "module.", "backbone.", "encoder.", "_orig_mod.")
+FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+# The names timm tries, in its order, in a `timm/<model>` hub repository.
+HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
+# What results.json repeats of a weights record.
+RECORD_SUMMARY = ("backbone", "in_chans", "image_size", "mean", "std", "interpolation", "hub_id",
+                  "source_data", "recipe", "date")
 
 
-@dataclass
-class LoadReport:
-    """What happened when a state dict was loaded into a backbone."""
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where the weights of a run come from, decided by planning before anything is built.
 
-    source: str
-    loaded: int = 0
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
-    adapted_in_chans: bool = False
+    kind: `none`, `house`, `file`, `hf-cache` (a file found in the Hugging Face cache) or `hub`
+    (timm downloads them). `path` is set for house, file and hf-cache; `record` holds what is known
+    about how the weights were made (house/backbone.json, a checkpoint's data config, timm's tag).
+    """
+
+    kind: str
+    requested: str
+    path: str | None = None
+    record: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        where = {"none": "random init", "hub": "download from the Hugging Face hub"}.get(self.kind, self.path)
+        return f"{self.kind}: {where}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "requested": self.requested, "path": self.path,
+                "record": {k: v for k, v in self.record.items() if k in RECORD_SUMMARY}}
 
 
 def house_backbones() -> dict[str, dict]:
     """Name -> metadata of every house backbone shipped in `transferkit/assets/`."""
     table = {}
-    for entry in resources.files("transferkit.assets").iterdir():
-        if entry.name.endswith(".json") and (
-            resources.files("transferkit.assets") / entry.name.replace(".json", ".safetensors")
-        ).is_file():
-            meta = json.loads(entry.read_text())
-            table[entry.name.removesuffix(".json")] = meta
+    assets = resources.files("transferkit.assets")
+    for entry in assets.iterdir():
+        if entry.name.endswith(".json") and (assets / entry.name.replace(".json", ".safetensors")).is_file():
+            table[entry.name.removesuffix(".json")] = json.loads(entry.read_text())
     return table
 
 
@@ -57,137 +72,120 @@ def house_weights_path(name: str) -> Path:
 
 
 def classify_weights(weights: str | None) -> str:
-    """Return the kind of a `model.weights` value: `none`, `hub`, `house` or `file`."""
-    if weights is None or str(weights).lower() in ("none", "null", ""):
+    """The kind of a `model.weights` value: `none`, `auto`, `hub`, `house` or `file`."""
+    value = "none" if weights is None else str(weights)
+    if value.lower() in ("none", "null", ""):
         return "none"
-    if weights == "hub":
-        return "hub"
-    if weights in house_backbones():
+    if value in ("auto", "hub"):
+        return value
+    if value in house_backbones():
         return "house"
-    path = Path(str(weights)).expanduser()
+    path = Path(value).expanduser()
     if path.is_file():
         return "file"
-    if path.suffix or os.sep in str(weights):
-        raise ConfigError(
-            f"model.weights={weights!r}: no such file. Pass an existing .safetensors/.pth/.ckpt file, "
-            f"`hub`, `none`, or a house backbone ({sorted(house_backbones())})."
-        )
-    raise ConfigError(
-        f"model.weights={weights!r} is neither a file, `hub`, `none` nor a house backbone; "
-        f"house backbones: {sorted(house_backbones())}.{did_you_mean(weights, house_backbones())}"
-    )
+    choices = ["auto", "hub", "none", *sorted(house_backbones())]
+    if path.suffix or os.sep in value:
+        raise ConfigError(f"model.weights={value!r}: no such file. Pass an existing "
+                          f"{'/'.join(FILE_SUFFIXES)} file, or one of {choices}.")
+    raise ConfigError(f"model.weights={value!r} is neither a file nor one of {choices}."
+                      f"{did_you_mean(value, choices)}")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read tensors from safetensors or a torch file (`weights_only=True`), unwrapping checkpoints."""
-    path = Path(path)
+def file_record(path: Path) -> dict:
+    """What is known about a weights file: `<stem>.json` or `backbone.json` beside it (written by
+    `pretrain`), or the model and data config inside a transferkit checkpoint; else {}."""
+    for candidate in (path.with_suffix(".json"), path.parent / "backbone.json"):
+        if candidate.is_file():
+            try:
+                record = json.loads(candidate.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict) and "backbone" in record:
+                return record
+    if path.suffix == ".ckpt":
+        return checkpoint_record(path)
+    return {}
+
+
+def checkpoint_record(path: Path) -> dict:
+    """`backbone`, `in_chans`, `image_size`, `mean`, `std` from a transferkit Lightning checkpoint."""
+    import torch
+
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or foreign file: say which and why
-        raise WeightsUnavailableError(f"model.weights={str(path)!r} could not be read: {err}") from err
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise WeightsUnavailableError(f"model.weights={str(path)!r} does not hold a state dict.")
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not readable as a safe checkpoint: no record, loading reports it
+        return {}
+    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+    model, data = hparams.get("model") or {}, hparams.get("data_config") or {}
+    if not model.get("backbone"):
+        return {}
+    return {"backbone": model["backbone"], **{k: data[k] for k in
+            ("in_chans", "image_size", "mean", "std", "interpolation") if k in data}}
 
 
-def strip_prefixes(state: dict[str, torch.Tensor], target_keys: set[str]) -> dict[str, torch.Tensor]:
-    """Drop wrapper prefixes (`model.`, `backbone.`, ...) until keys line up with the target."""
-    for _ in range(3):
-        if len(target_keys & state.keys()) >= max(1, len(target_keys) // 2):
-            break
-        for prefix in PREFIXES:
-            if any(k.startswith(prefix) for k in state):
-                state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-                break
-    return state
+def hub_id(backbone: str) -> str | None:
+    """`timm/<architecture>.<tag>` for the architecture's (default-tag) pretrained weights, or None."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(backbone)
+    return cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else None
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> LoadReport:
-    """Load a state dict into `backbone`, tolerating a foreign head and a different `in_chans`."""
-    from timm.models import adapt_input_conv
+def find_in_hf_cache(backbone: str, cache_dir: str | None = None) -> Path | None:
+    """The cached weights file of `backbone`'s timm hub repository, or None. Never downloads.
 
-    target = backbone.state_dict()
-    state = strip_prefixes(read_state_dict(path), set(target))
-    report = LoadReport(source=str(path))
-    first_conv = (getattr(backbone, "pretrained_cfg", {}) or {}).get("first_conv")
-    first_key = f"{first_conv}.weight" if first_conv else None
-    usable = {}
-    for key, value in state.items():
-        if key not in target:
-            report.unexpected.append(key)
-        elif value.shape == target[key].shape:
-            usable[key] = value.to(target[key].dtype)
-        elif key == first_key and value.ndim == 4 and value.shape[0] == target[key].shape[0]:
-            in_chans = target[key].shape[1]
-            # timm's adapt_input_conv assumes an RGB source; a grey (1-channel) one is spread evenly.
-            adapted = (value.float().repeat(1, in_chans, 1, 1) / in_chans if value.shape[1] == 1
-                       else adapt_input_conv(in_chans, value.float()))
-            usable[key] = adapted.to(target[key].dtype)
-            report.adapted_in_chans = True
-        else:
-            report.mismatched.append(f"{key} {tuple(value.shape)} -> {tuple(target[key].shape)}")
-    report.missing = sorted(set(target) - set(usable))
-    report.loaded = len(usable)
-    if not usable:
-        raise WeightsUnavailableError(
-            f"model.weights={str(path)!r} has no tensor that fits this backbone "
-            f"({len(state)} tensors, e.g. {list(state)[:3]}); is it for another architecture?"
-        )
-    backbone.load_state_dict(usable, strict=False)
-    log_report(report)
-    return report
+    `cache_dir` defaults to huggingface_hub's own (HF_HUB_CACHE / HF_HOME, read when it is imported).
+    """
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(backbone)
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HUB_FILENAMES
+    for name in names:
+        found = try_to_load_from_cache(repo, name, cache_dir=cache_dir, revision=revision or None)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
 
 
-def log_report(report: LoadReport) -> None:
-    log.info("Loaded %d tensors from %s", report.loaded, report.source)
-    if report.adapted_in_chans:
-        log.info("  first conv adapted to the model's in_chans (timm adapt_input_conv)")
-    for label, keys in (("missing", report.missing), ("unexpected", report.unexpected),
-                        ("shape-mismatched", report.mismatched)):
-        if keys:
-            log.info("  %d %s keys (e.g. %s)", len(keys), label, ", ".join(keys[:4]))
+def describe_cache(cache_dir: str | None) -> str:
+    if cache_dir:
+        return str(cache_dir)
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
 
 
-def init_backbone_weights(backbone: nn.Module, weights: str | None, *, backbone_name: str,
-                          in_chans: int, features_only: bool = False) -> LoadReport | None:
-    """Initialise `backbone` in place from `model.weights`; returns what was loaded."""
+def resolve_weights_source(weights: str, backbone: str, *, cache_dir: str | None = None,
+                           require_available: bool = True) -> WeightsSource:
+    """Decide where `model.weights` (already past `auto` for embedded data) comes from.
+
+    `auto`/`hub` look in the Hugging Face cache first, then at the hub. With `require_available`,
+    weights that are neither cached nor reachable stop the run here, in one line naming the options.
+    """
     kind = classify_weights(weights)
     if kind == "none":
-        return None
+        return WeightsSource("none", str(weights))
     if kind == "house":
-        meta = house_backbones()[weights]
-        if meta["backbone"] != backbone_name:
-            raise ConfigError(
-                f"model.weights={weights!r} is a {meta['backbone']!r} backbone but "
-                f"model.backbone={backbone_name!r}; set model.backbone={meta['backbone']}."
-            )
-        return load_backbone_weights(backbone, house_weights_path(weights))
+        return WeightsSource("house", str(weights), str(house_weights_path(weights)), house_backbones()[weights])
     if kind == "file":
-        return load_backbone_weights(backbone, Path(str(weights)).expanduser())
-    check_hub_reachable(backbone_name)
-    from transferkit.models.backbones import create_backbone
+        path = Path(str(weights)).expanduser().resolve()
+        return WeightsSource("file", str(weights), str(path), file_record(path))
+    repo = hub_id(backbone)
+    if repo is None:
+        raise ConfigError(
+            f"model.weights={weights!r}: timm has no pretrained weights for model.backbone={backbone!r}. "
+            "Pass a file (model.weights=/path/to/weights.safetensors), a house backbone "
+            f"({sorted(house_backbones())}), or model.weights=none to train from scratch.")
+    cached = find_in_hf_cache(backbone, cache_dir)
+    if cached is not None:
+        log.info("Weights for %s: %s (Hugging Face cache, no download)", backbone, cached)
+        return WeightsSource("hf-cache", str(weights), str(cached), {"hub_id": repo})
+    if require_available:
+        from transferkit.network import check_hub_reachable
 
-    try:
-        twin = create_backbone(backbone_name, in_chans=in_chans, features_only=features_only, pretrained=True)
-    except Exception as err:
-        raise WeightsUnavailableError(
-            f"model.weights=hub: timm could not load pretrained {backbone_name!r} weights: {err}"
-        ) from None
-    backbone.load_state_dict(twin.state_dict())
-    return LoadReport(source=f"hub:{backbone_name}", loaded=len(twin.state_dict()))
-
-
-def house_data_config(weights: str | None) -> dict | None:
-    """Normalisation recorded with a house backbone (it overrides timm's defaults)."""
-    if classify_weights(weights) != "house":
-        return None
-    meta = house_backbones()[weights]
-    return {"mean": list(meta["mean"]), "std": list(meta["std"])}
+        check_hub_reachable(backbone, missing_from=describe_cache(cache_dir), repo=repo)
+    return WeightsSource("hub", str(weights), None, {"hub_id": repo})

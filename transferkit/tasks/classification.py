@@ -15,8 +15,10 @@ from transferkit.tasks.base import BaseTask
 
 log = logging.getLogger(__name__)
 
+# `weights` and `cache_dir` say where the backbone's first weights came from (planning loads them).
 MODEL_DEFAULTS = {"backbone": "resnet10t", "weights": "none", "in_chans": 3, "dropout": 0.0,
-                  "hidden_dim": None, "init": "kaiming", "drop_rate": 0.0, "drop_path_rate": 0.0}
+                  "hidden_dim": None, "init": "kaiming", "drop_rate": 0.0, "drop_path_rate": 0.0,
+                  "cache_dir": None}
 
 
 class ClassificationTask(BaseTask):
@@ -42,7 +44,8 @@ class ClassificationTask(BaseTask):
         spec = {**MODEL_DEFAULTS, **(model or {})}
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.encoder = create_backbone(spec["backbone"], in_chans=spec["in_chans"],
-                                       drop_rate=spec["drop_rate"], drop_path_rate=spec["drop_path_rate"])
+                                       drop_rate=spec["drop_rate"], drop_path_rate=spec["drop_path_rate"],
+                                       image_size=(data_config or {}).get("image_size"))
         self.head = create_head(self.encoder.num_features, num_classes, dropout=spec["dropout"],
                                 hidden_dim=spec["hidden_dim"], init=spec["init"])
         self.setup_finetuning()

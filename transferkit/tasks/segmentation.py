@@ -22,7 +22,7 @@ from transferkit.tasks.base import BaseTask
 log = logging.getLogger(__name__)
 
 MODEL_DEFAULTS = {"backbone": "resnet10t", "weights": "none", "in_chans": 3, "head": "fcn8s",
-                  "learnable_upsampling": True, "drop_rate": 0.0, "drop_path_rate": 0.0}
+                  "learnable_upsampling": True, "drop_rate": 0.0, "drop_path_rate": 0.0, "cache_dir": None}
 # Classification-only keys the shared `model` group may carry; segmentation ignores them.
 CLASSIFIER_KEYS = {"dropout", "hidden_dim", "init"}
 GRID_SAMPLES = 4

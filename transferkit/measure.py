@@ -1,0 +1,126 @@
+"""Measure a data set with frozen backbone features: size and similarity, the quadrant, its plan.
+
+The library behind the `advise` command and `finetune.strategy=auto` (called by planning). Scores
+themselves live in `transferkit.transferability`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Subset
+
+from transferkit.config_files import load_group_option, recipe_names, recipe_path
+from transferkit.errors import ConfigError
+from transferkit.models.weights import WeightsSource
+from transferkit.transferability import SIMILARITY_THRESHOLD, SIZE_THRESHOLD, Advice, measure
+
+log = logging.getLogger("transferkit")
+
+# Defaults of the optional `advise` config block (advise.max_images=..., advise.size_threshold=...).
+ADVISE_DEFAULTS: dict = {"max_images": 2000, "k": 5, "folds": 5, "size_threshold": SIZE_THRESHOLD,
+                         "similarity_threshold": SIMILARITY_THRESHOLD, "compare_random": True}
+
+
+def advise_options(cfg: DictConfig) -> dict:
+    options = dict(ADVISE_DEFAULTS)
+    given = OmegaConf.to_container(cfg.advise, resolve=True) if cfg.get("advise") is not None else {}
+    unknown = set(given) - set(options)
+    if unknown:
+        raise ConfigError(f"advise.{sorted(unknown)[0]} is not an advise option; valid keys: {sorted(options)}.")
+    return {**options, **given}
+
+
+def sample_indices(labels: np.ndarray, max_images: int, seed: int) -> np.ndarray:
+    """At most `max_images` indices, the same fraction of every class (at least 2 per class)."""
+    if len(labels) <= max_images:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        take = max(2, round(len(members) * max_images / len(labels)))
+        keep.append(rng.choice(members, size=min(take, len(members)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+@torch.no_grad()
+def extract_features(backbone: torch.nn.Module, dataset, batch_size: int, num_workers: int = 0) -> np.ndarray:
+    """Pooled features of every image, backbone in eval mode."""
+    backbone.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    return torch.cat([backbone(images).flatten(1) for images, _ in loader]).numpy()
+
+
+def frozen_backbones(cfg: DictConfig, weights: WeightsSource) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The configured backbone with its weights, and a random-init twin (None when weights are none)."""
+    from transferkit.models.backbones import create_backbone
+    from transferkit.models.weight_loading import load_weights
+
+    model, size = cfg.model, int(cfg.data.image_size)
+    torch.manual_seed(cfg.seed)
+    backbone = create_backbone(model.backbone, in_chans=model.in_chans, image_size=size)
+    if weights.kind == "none":
+        log.warning("model.weights=none: similarity is measured on randomly initialised features.")
+        return backbone, None
+    twin = create_backbone(model.backbone, in_chans=model.in_chans, image_size=size)
+    load_weights(backbone, weights, backbone_name=model.backbone, in_chans=model.in_chans, image_size=size,
+                 cache_dir=model.get("cache_dir"))
+    return backbone, twin
+
+
+def measure_datamodule(cfg: DictConfig, datamodule, weights: WeightsSource) -> Advice:
+    """Extract frozen features of the training split and place it in the matrix."""
+    if cfg.task.kind != "classification":
+        raise ConfigError(f"task.kind={cfg.task.kind!r}: advise measures classification data; use task=classification.")
+    from transferkit.data.sources import TransformedDataset
+
+    options = advise_options(cfg)
+    datamodule.scan()
+    labels = datamodule.labels("train")
+    counts = np.bincount(labels, minlength=len(datamodule.class_names))
+    counts = counts[counts > 0]
+    chosen = sample_indices(labels, options["max_images"], cfg.seed)
+    dataset = Subset(TransformedDataset(datamodule.sources["train"], datamodule.transform(train=False)), chosen)
+    backbone, twin = frozen_backbones(cfg, weights)
+    batch = int(cfg.data.batch_size)
+    features = extract_features(backbone, dataset, batch)
+    random_features = extract_features(twin, dataset, batch) if twin is not None and options["compare_random"] else None
+    log.info("advise: %d features of dim %d from %d training images", *features.shape, len(labels))
+    return measure(features, labels[chosen], random_features, k=options["k"], folds=options["folds"],
+                   seed=cfg.seed, class_counts=counts, size_threshold=options["size_threshold"],
+                   similarity_threshold=options["similarity_threshold"])
+
+
+def quadrant_finetune(quadrant: str) -> dict:
+    """The finetune group a quadrant's recipe selects: conf/finetune/<strategy>.yaml + the recipe's keys."""
+    from transferkit.finetune import choose_strategy
+
+    strategy, extra = choose_strategy(quadrant), {}
+    if quadrant in recipe_names():
+        spec = OmegaConf.to_container(OmegaConf.load(recipe_path(quadrant)))
+        for item in spec.get("defaults", []):
+            if isinstance(item, dict) and "override /finetune" in item:
+                strategy = item["override /finetune"]
+        extra = spec.get("finetune", {}) or {}
+    return {**load_group_option("finetune", strategy), **extra}
+
+
+def resolve_auto_finetune(cfg: DictConfig, datamodule, weights: WeightsSource) -> tuple[dict, dict]:
+    """`finetune.strategy=auto`: measure, then use the quadrant's finetune settings.
+
+    Keys the user changed from `conf/finetune/auto.yaml` (e.g. finetune.trainable_stages=3) win.
+    Returns (finetune settings, advice record for results.json).
+    """
+    advice = measure_datamodule(cfg, datamodule, weights)
+    chosen = quadrant_finetune(advice.quadrant)
+    defaults = load_group_option("finetune", "auto")
+    given = OmegaConf.to_container(cfg.finetune, resolve=True)
+    explicit = {k: v for k, v in given.items() if k != "strategy" and defaults.get(k) != v}
+    finetune = {**chosen, **explicit}
+    log.info("finetune.strategy=auto -> %s (%s)%s", finetune["strategy"], advice.quadrant,
+             f"; kept explicit {sorted(explicit)}" if explicit else "")
+    return finetune, {**advice.to_dict(), "finetune": finetune, "explicit_keys": sorted(explicit)}

@@ -1,0 +1,230 @@
+"""Every run decision, made once, before anything is built.
+
+`plan_model` resolves the model, its weights and its input format; `plan_training` the fine-tuning
+plan (`finetune.strategy=auto`) and the feature cache. What they return is a read-only config:
+builders read it, nothing writes into it. What they decided and why goes to `results.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from transferkit.errors import ConfigError
+from transferkit.models.input_format import INTERPOLATIONS, InputFormat, match_channels, native_format
+from transferkit.models.weights import (
+    WeightsSource,
+    classify_weights,
+    file_record,
+    house_backbones,
+    resolve_weights_source,
+)
+
+log = logging.getLogger("transferkit")
+
+AUTO = "auto"
+EMBEDDED_HOUSE = "charnet"     # the model of the embedded data sets (offline demo)
+FOLDER_BACKBONE = "resnet50"   # the model of a user's folder: ImageNet weights, cached or downloaded
+TRAINS_ON_FEATURES = ("freeze", "partial")  # strategies that keep (some) backbone features fixed
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    backbone: str
+    weights: str
+    format_record: dict  # the record the input format is read from ({} = timm's pretrained cfg)
+    why: str
+
+
+@dataclass
+class Plan:
+    """The resolved, read-only config and the record of what planning decided."""
+
+    cfg: DictConfig
+    weights: WeightsSource
+    input: InputFormat
+    notes: list[str] = field(default_factory=list)
+    advice: dict | None = None
+    cache: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"weights": self.weights.to_dict(), "input": self.input.to_dict(), "notes": list(self.notes)}
+
+
+def is_auto(value) -> bool:
+    return value is None or str(value) == AUTO
+
+
+def choose_model(backbone: str, weights: str, *, embedded: bool) -> ModelChoice:
+    """Which architecture and weights `model=auto` (and partial choices) stand for."""
+    house = house_backbones()
+    kind = classify_weights(weights)
+    if kind == "house":
+        arch = house[weights]["backbone"]
+        if not is_auto(backbone) and backbone != arch:
+            raise ConfigError(f"model.weights={weights!r} is a {arch!r} backbone but model.backbone={backbone!r}; "
+                              f"drop model.backbone (or set it to {arch}), or choose other weights.")
+        return ModelChoice(arch, weights, house[weights], f"house backbone {weights} ({arch})")
+    if kind == "file":
+        record = file_record(Path(str(weights)).expanduser())
+        if is_auto(backbone) and not record.get("backbone"):
+            raise ConfigError(f"model.weights={str(weights)!r} has no record of its architecture (no backbone.json "
+                              "beside it); name it with model=<catalogue option> or model.backbone=<timm name>.")
+        arch = record.get("backbone") if is_auto(backbone) else backbone
+        return ModelChoice(str(arch), str(weights), record if record.get("backbone") == arch else {},
+                           f"weights file {weights}")
+    if not is_auto(backbone):
+        return ModelChoice(str(backbone), "hub" if kind == AUTO else str(weights), {},
+                           f"model.backbone={backbone}")
+    if embedded:
+        record = house[EMBEDDED_HOUSE]
+        chosen = EMBEDDED_HOUSE if kind == AUTO else str(weights)
+        return ModelChoice(record["backbone"], chosen, record,
+                           f"embedded data: the house backbone {EMBEDDED_HOUSE}'s architecture and input format")
+    return ModelChoice(FOLDER_BACKBONE, "hub" if kind == AUTO else str(weights), {},
+                       f"your folder (data.root): {FOLDER_BACKBONE} with its ImageNet weights")
+
+
+def choose_input_format(native: InputFormat, given: dict, hint: dict) -> tuple[InputFormat, list[str]]:
+    """The run's input format: a value the user set wins, then the embedded data's own format
+    (`hint`), then the weights' native one. Returns it and any warnings."""
+    in_chans = int(given["in_chans"] if not is_auto(given.get("in_chans")) else hint.get("in_chans") or native.in_chans)
+    size = int(given["image_size"] if not is_auto(given.get("image_size")) else hint.get("image_size") or native.image_size)
+    mean = given["mean"] if not is_auto(given.get("mean")) else match_channels(native.mean, in_chans)
+    std = given["std"] if not is_auto(given.get("std")) else match_channels(native.std, in_chans)
+    interpolation = str(given["interpolation"] if not is_auto(given.get("interpolation")) else native.interpolation)
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"data.interpolation={interpolation!r} is unknown; use one of {['auto', *INTERPOLATIONS]}.")
+    if in_chans not in (1, 3) and is_auto(given.get("mean")):
+        raise ConfigError(f"model.in_chans={in_chans!r}: give data.mean and data.std with {in_chans} values.")
+    warnings = []
+    if size < native.image_size / 2:
+        warnings.append(f"data.image_size={size} is below half the weights' native {native.image_size} px "
+                        f"({native.source}); features at this size are much weaker. Use data.image_size=auto.")
+    return InputFormat(in_chans, size, tuple(float(v) for v in mean), tuple(float(v) for v in std),
+                       interpolation, native.source), warnings
+
+
+def plan_model(cfg: DictConfig, *, load_weights: bool = True) -> Plan:
+    """Resolve `model.backbone`, `model.weights`, `model.in_chans` and the data's input format.
+
+    With `load_weights`, weights that cannot be had (not cached, hub unreachable) stop the run here.
+    """
+    from transferkit.data.embedded import embedded_spec
+    from transferkit.models.backbones import check_backbone_name
+
+    model, data = cfg.model, cfg.data
+    spec = embedded_spec(str(data.embedded), str(cfg.task.kind)) if data.get("root") is None else None
+    choice = choose_model(str(model.backbone), str(model.weights), embedded=spec is not None)
+    check_backbone_name(choice.backbone)
+    source = resolve_weights_source(choice.weights, choice.backbone, cache_dir=model.get("cache_dir"),
+                                    require_available=load_weights)
+    record = choice.format_record or (source.record if source.kind in ("house", "file") else {})
+    native = native_format(choice.backbone, record, source=source.path or choice.why)
+    given = {"in_chans": model.get("in_chans"), **{k: data.get(k) for k in ("image_size", "mean", "std", "interpolation")}}
+    hint = {"in_chans": spec.in_chans, "image_size": spec.image_size} if spec is not None else {}
+    fmt, warnings = choose_input_format(native, given, hint)
+    for warning in warnings if source.kind != "none" else []:
+        log.warning("%s", warning)
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with open_dict(resolved):
+        resolved.model.backbone, resolved.model.in_chans = choice.backbone, fmt.in_chans
+        resolved.model.weights = source.path if source.kind in ("file", "hf-cache") else choice.weights
+        resolved.data.image_size, resolved.data.interpolation = fmt.image_size, fmt.interpolation
+        resolved.data.mean, resolved.data.std = list(fmt.mean), list(fmt.std)
+    log.info("Model: %s, weights %s; input %d ch, %d px, %s (%s)", choice.backbone, source.describe(),
+             fmt.in_chans, fmt.image_size, fmt.interpolation, choice.why)
+    return Plan(resolved, source, fmt, notes=[choice.why, *warnings])
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a measurement without touching training's random streams (torch, numpy, python)."""
+    import numpy as np
+    import torch
+
+    states = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+
+
+def plan_finetune(plan: Plan, datamodule) -> tuple[dict, dict | None]:
+    """The `finetune` group to train with, and the advice record when `auto` measured the data."""
+    cfg = plan.cfg
+    finetune = OmegaConf.to_container(cfg.finetune, resolve=True)
+    strategy = finetune.get("strategy")
+    if strategy == AUTO and cfg.task.kind != "classification":
+        raise ConfigError(f"finetune=auto measures classification data; with task.kind={cfg.task.kind!r} "
+                          "choose finetune=freeze|partial|full.")
+    if plan.weights.kind == "none":
+        if strategy == AUTO:
+            note = "finetune=auto with model.weights=none: training from scratch (strategy full)"
+            log.info("%s", note)
+            plan.notes.append(note)
+            return {**finetune, "strategy": "full", "backbone_lr_scale": 1.0}, None
+        if strategy in TRAINS_ON_FEATURES:
+            raise ConfigError(
+                f"finetune.strategy={strategy!r} with model.weights=none would train on random frozen "
+                "features. Use pretrained weights (model.weights=auto, charnet or a file), or train from "
+                "scratch with finetune=full.")
+    if strategy != AUTO:
+        return finetune, None
+    from transferkit.measure import resolve_auto_finetune
+
+    with preserved_rng():
+        return resolve_auto_finetune(cfg, datamodule, plan.weights)
+
+
+def plan_cache(cfg: DictConfig, finetune: dict) -> dict:
+    """Whether to train the head on cached backbone features (finetune.cache_features), and why."""
+    from transferkit.feature_cache import cache_blockers, choose_feature_cache
+
+    model, augment = cfg.model, cfg.augment
+    blockers = cache_blockers(cfg.task.kind, finetune.get("strategy"), finetune.get("unfreeze_at_epoch"),
+                              augment.get("name"), augment.get("mixup_alpha", 0.0),
+                              augment.get("cutmix_alpha", 0.0), model.get("drop_rate", 0.0),
+                              model.get("drop_path_rate", 0.0))
+    requested = finetune.get("cache_features")
+    wasteful = "trainer.fast_dev_run reads only a batch or two" if cfg.trainer.get("fast_dev_run") else None
+    use = choose_feature_cache(requested, blockers, wasteful)
+    why = blockers or ([wasteful] if wasteful and requested is None else [])
+    if not use:
+        log.info("Feature cache off (finetune.cache_features=%r)%s", requested, ": " + "; ".join(why) if why else "")
+    return {"used": use, "requested": requested, "reasons": why}
+
+
+def plan_training(plan: Plan, datamodule) -> Plan:
+    """Resolve the fine-tuning plan and the feature cache; the config is read-only afterwards."""
+    finetune, advice = plan_finetune(plan, datamodule)
+    cache = plan_cache(plan.cfg, finetune)
+    with open_dict(plan.cfg):
+        plan.cfg.finetune = {**finetune, "cache_features": cache["used"]}
+    OmegaConf.set_readonly(plan.cfg, True)
+    plan.advice, plan.cache = advice, cache
+    return plan
+
+
+def plan_for_checkpoint(cfg: DictConfig, hparams: dict) -> DictConfig:
+    """The config to evaluate a trained task with: its model and input format come from the
+    checkpoint (`hparams`), the data and trainer from `cfg`. Read-only."""
+    model, data = dict(hparams.get("model") or {}), dict(hparams.get("data_config") or {})
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with open_dict(resolved):
+        resolved.model.backbone = model.get("backbone", resolved.model.backbone)
+        resolved.model.in_chans = int(data.get("in_chans", model.get("in_chans", 3)))
+        for key in ("image_size", "mean", "std"):
+            if key in data:
+                resolved.data[key] = data[key]
+        resolved.data.interpolation = data.get("interpolation", "bilinear")
+    OmegaConf.set_readonly(resolved, True)
+    return resolved
