@@ -28,7 +28,7 @@ def resolve_finetune(cfg: DictConfig, datamodule) -> tuple[dict, dict | None]:
 
 def choose_cache(cfg: DictConfig, finetune: dict) -> tuple[bool, dict]:
     """Whether to train the head on cached backbone features (finetune.cache_features), and why."""
-    from transferkit.feature_cache import cache_blockers, choose_feature_cache
+    from transferkit.data.feature_cache import cache_blockers, choose_feature_cache
 
     model, augment = container(cfg.model), container(cfg.augment)
     blockers = cache_blockers(cfg.task.kind, finetune.get("strategy"), finetune.get("unfreeze_at_epoch"),
@@ -47,7 +47,8 @@ def choose_cache(cfg: DictConfig, finetune: dict) -> tuple[bool, dict]:
 
 def wrap_feature_cache(cfg: DictConfig, datamodule, task, run_dir: Path):
     """Serve the frozen backbone's features once per split instead of images (see feature_cache)."""
-    from transferkit.feature_cache import FeatureCacheDataModule, FeatureStore
+    from transferkit.data.feature_cache import FeatureCacheDataModule
+    from transferkit.data.feature_store import FeatureStore
 
     cache_dir = cfg.data.get("cache_dir")
     store = FeatureStore(cache_dir=Path(cache_dir) / "features" if cache_dir else None,
