@@ -20,14 +20,13 @@ from transferkit.data.decode import load_image
 from transferkit.data.sources import FileSource, TransformedDataset
 from transferkit.data.transforms import build_transforms
 from transferkit.errors import ConfigError
-from transferkit.feature_cache import (
+from transferkit.data.feature_cache import (
     FeatureCacheDataModule,
-    FeatureStore,
     cache_blockers,
     cache_key,
     choose_feature_cache,
-    extract_features,
 )
+from transferkit.data.feature_store import FeatureStore, extract_features
 from transferkit.models.backbones import create_backbone
 from transferkit.tasks.classification import ClassificationTask
 

@@ -16,7 +16,6 @@ from transferkit.tasks.segmentation import (
     metric_name,
     scores_from_confusion,
     soft_dice_loss,
-    write_predictions,
 )
 
 TASK_ARGS = {
@@ -87,14 +86,17 @@ def test_bad_task_options_name_their_key() -> None:
     assert metric_name("traffic light") == "traffic_light"
 
 
-def test_predict_image_and_prediction_pngs(tmp_path: Path) -> None:
+def test_predict_mask_and_prediction_pngs(tmp_path: Path) -> None:
+    from transferkit.commands.predict import eval_transform, write_masks
     from transferkit.data.masks import load_mask
     from transferkit.reports.seg_grid import overlay, save_prediction_pngs
 
     config = {"image_size": 32, "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
     task = make_task(data_config=config).eval()
     image = np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8)
-    mask = task.predict_image(image)
+    x = eval_transform(task)(image=image)["image"][None]
+    assert x.shape == (1, 3, 32, 32)
+    mask = task.predict_mask(x, image.shape[:2])[0].numpy()
     # Zero-initialised score layers: every logit is 0, so the argmax is class 0 everywhere.
     assert mask.shape == (45, 70) and mask.dtype == np.int64 and not mask.any()
     mask[10:20, 5:9] = 1
@@ -110,9 +112,36 @@ def test_predict_image_and_prediction_pngs(tmp_path: Path) -> None:
     Image.fromarray(image).save(tmp_path / "in" / "a.png")
     (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    assert write_predictions(task, sorted((tmp_path / "in").iterdir()), out) == 1
+    assert write_masks(task, sorted((tmp_path / "in").iterdir()), out) == 1
     assert load_mask(out / "a_mask.png", num_classes=3).shape == (45, 70)
     assert (out / "a_overlay.png").is_file() and not (out / "broken_mask.png").exists()
+
+
+def test_grid_callback_draws_the_first_validation_samples_on_rank_zero(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from transferkit.reports.seg_grid import SegmentationGridCallback
+
+    task = make_task(data_config={"mean": [0.5] * 3, "std": [0.25] * 3}).eval()
+    images, truths = torch.randn(3, 3, 16, 16), torch.randint(0, 3, (3, 16, 16))
+    preds = task(images).argmax(dim=1)
+    callback = SegmentationGridCallback(tmp_path, samples=2)
+
+    def epoch(rank_zero: bool, sanity: bool) -> None:
+        trainer = SimpleNamespace(is_global_zero=rank_zero, sanity_checking=sanity)
+        callback.on_validation_epoch_start(trainer, task)
+        callback.on_validation_batch_end(trainer, task, preds, (images, truths), 0)
+        callback.on_validation_batch_end(trainer, task, preds + 1, (images, truths), 1)  # not drawn
+        callback.on_validation_epoch_end(trainer, task)
+
+    epoch(rank_zero=False, sanity=False)
+    epoch(rank_zero=True, sanity=True)
+    assert not (tmp_path / "seg_grid.png").exists()
+    epoch(rank_zero=True, sanity=False)
+    assert (tmp_path / "seg_grid.png").is_file()
+    assert callback.batch[0].shape[0] == 2 and torch.equal(callback.batch[2], preds[:2])
+    with pytest.raises(ValueError, match="task.grid_samples=-1"):
+        SegmentationGridCallback(tmp_path, samples=-1)
 
 
 def test_denormalize_and_grid(tmp_path: Path) -> None:

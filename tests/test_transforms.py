@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from itertools import product
 
+import albumentations as A
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -143,6 +145,23 @@ def test_unknown_name_names_the_key_and_lists_choices():
     choices = r"\['cifar', 'light', 'none', 'strong'\]"
     with pytest.raises(ValueError, match=rf"augment.name='fancy' is unknown; use one of {choices}"):
         build_transforms("fancy", train=True, image_size=32, mean=MEAN, std=STD)
+
+
+@pytest.mark.parametrize("name,train", list(product(AUGMENTS, (True, False))))
+@pytest.mark.parametrize("interpolation,flag", [("bilinear", cv2.INTER_LINEAR), ("bicubic", cv2.INTER_CUBIC),
+                                                ("nearest", cv2.INTER_NEAREST), ("area", cv2.INTER_AREA)])
+def test_interpolation_sets_every_resize_and_keeps_masks_nearest(name, train, interpolation, flag):
+    pipeline = build_transforms(name, train, 16, MEAN, STD, interpolation=interpolation)
+    resizes = [t for t in pipeline.transforms if isinstance(t, (A.Resize, A.RandomResizedCrop))]
+    assert resizes and all(t.interpolation == flag for t in resizes)
+    assert all(t.mask_interpolation == cv2.INTER_NEAREST for t in resizes)
+
+
+def test_default_interpolation_is_bilinear_and_unknown_names_the_key():
+    assert repr(build_transforms("light", True, 16, MEAN, STD)) == \
+        repr(build_transforms("light", True, 16, MEAN, STD, interpolation="bilinear"))
+    with pytest.raises(ValueError, match=r"data.interpolation='lanczos' is unknown; use one of \['area'"):
+        build_transforms("none", False, 16, MEAN, STD, interpolation="lanczos")
 
 
 class RepeatedImage(Dataset):

@@ -113,6 +113,11 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
     if patience:
         callbacks.append(EarlyStopping(monitor=cfg.early_stopping.monitor or monitor, mode=mode,
                                        patience=patience, min_delta=cfg.early_stopping.min_delta))
+    if cfg.task.kind == "segmentation":
+        from transferkit.reports.seg_grid import GRID_SAMPLES, SegmentationGridCallback
+
+        samples = cfg.task.get("grid_samples", GRID_SAMPLES)
+        callbacks.append(SegmentationGridCallback(run_dir, samples=samples))
     return callbacks
 
 

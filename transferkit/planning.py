@@ -187,7 +187,7 @@ def plan_finetune(plan: Plan, datamodule) -> tuple[dict, dict | None]:
 
 def plan_cache(cfg: DictConfig, finetune: dict) -> dict:
     """Whether to train the head on cached backbone features (finetune.cache_features), and why."""
-    from transferkit.feature_cache import cache_blockers, choose_feature_cache
+    from transferkit.data.feature_cache import cache_blockers, choose_feature_cache
 
     model, augment = cfg.model, cfg.augment
     blockers = cache_blockers(cfg.task.kind, finetune.get("strategy"), finetune.get("unfreeze_at_epoch"),

@@ -27,7 +27,8 @@ def plan_run(cfg: DictConfig) -> tuple[Plan, object]:
 
 def wrap_feature_cache(cfg: DictConfig, datamodule, task, run_dir: Path):
     """Serve the frozen backbone's features once per split instead of images (see feature_cache)."""
-    from transferkit.feature_cache import FeatureCacheDataModule, FeatureStore
+    from transferkit.data.feature_cache import FeatureCacheDataModule
+    from transferkit.data.feature_store import FeatureStore
 
     cache_dir = cfg.data.get("cache_dir")
     store = FeatureStore(cache_dir=Path(cache_dir) / "features" if cache_dir else None,

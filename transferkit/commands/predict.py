@@ -58,7 +58,6 @@ def collate(batch):
     return images, [b[1] for b in good], [(b[1], b[2]) for b in batch if not b[0].numel()]
 
 
-
 def output_path(cfg: DictConfig, run_dir: Path) -> Path:
     if cfg.output is None:
         return run_dir / "predictions.csv"
@@ -70,14 +69,20 @@ def output_path(cfg: DictConfig, run_dir: Path) -> Path:
     return path
 
 
-def predict_probabilities(task, paths: list[Path], batch_size: int, num_workers: int):
-    """Softmax probabilities per readable image, plus (index, reason) for unreadable ones."""
+def eval_transform(task):
+    """The checkpoint's eval preprocessing (resize + normalise as in validation), for every task kind."""
     from transferkit.data.transforms import build_transforms
 
     data = task.hparams.data_config
-    transform = build_transforms(data.get("augment", "none"), train=False, image_size=data["image_size"],
-                                 mean=data["mean"], std=data["std"], in_chans=data["in_chans"])
-    loader = DataLoader(PredictDataset(paths, data["in_chans"], transform), batch_size=batch_size,
+    return build_transforms(data.get("augment", "none"), train=False, image_size=data["image_size"],
+                            mean=data["mean"], std=data["std"], in_chans=data["in_chans"],
+                            interpolation=data.get("interpolation", "bilinear"))
+
+
+def predict_probabilities(task, paths: list[Path], batch_size: int, num_workers: int):
+    """Softmax probabilities per readable image, plus (index, reason) for unreadable ones."""
+    data = task.hparams.data_config
+    loader = DataLoader(PredictDataset(paths, data["in_chans"], eval_transform(task)), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate)
     probs: dict[int, np.ndarray] = {}
     failed: list[tuple[int, str]] = []
@@ -89,6 +94,34 @@ def predict_probabilities(task, paths: list[Path], batch_size: int, num_workers:
                 out = task.predict_step(images.to(device), 0).cpu().numpy()
                 probs.update(zip(indices, out))
     return probs, failed
+
+
+def write_masks(task, paths: list[Path], directory: Path) -> int:
+    """For each image write ``<stem>_mask.png`` (palette index PNG) and ``<stem>_overlay.png``.
+
+    Masks have the image's own size. Unreadable files are logged and skipped; returns how many
+    images were written.
+    """
+    from transferkit.data.decode import UnreadableImageError, load_image
+    from transferkit.reports.seg_grid import save_prediction_pngs
+
+    transform, in_chans = eval_transform(task), int(task.hparams.data_config["in_chans"])
+    seen: dict[str, int] = {}
+    written = 0
+    for path in map(Path, paths):
+        try:
+            image = load_image(path, in_chans=in_chans)
+        except UnreadableImageError as error:
+            log.warning("skipped %s: %s", path, error.reason)
+            continue
+        stem = path.stem if path.stem not in seen else f"{path.stem}_{seen[path.stem]}"
+        seen[path.stem] = seen.get(path.stem, 0) + 1
+        x = transform(image=image)["image"][None]
+        mask = task.predict_mask(x, image.shape[:2])[0].cpu().numpy()
+        save_prediction_pngs(image, mask, directory, stem)
+        written += 1
+    log.info("Wrote %d masks and overlays to %s", written, directory)
+    return written
 
 
 def write_rows(path: Path, paths: list[Path], probs, failed, class_names, top_k: int) -> int:
@@ -118,9 +151,7 @@ def run(cfg: DictConfig) -> dict:
     write_config(cfg, run_dir)
     log.info("Run directory: %s", run_dir)
     if type(task).__name__ == "SegmentationTask":
-        from transferkit.tasks.segmentation import write_predictions
-
-        written = write_predictions(task, paths, run_dir if cfg.output is None else Path(str(cfg.output)))
+        written = write_masks(task, paths, run_dir if cfg.output is None else Path(str(cfg.output)))
         results = {"command": "predict", "checkpoint": str(ckpt), "input": str(source),
                    "written": written, "run_dir": str(run_dir)}
     else:

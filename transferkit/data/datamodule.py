@@ -171,7 +171,8 @@ class ClassificationDataModule(pl.LightningDataModule):
 
         # Eval pipelines never augment, but keep the recipe's normalisation (cifar: per image).
         return build_transforms(self.augment, train=train, image_size=self.image_size, mean=self.mean,
-                                std=self.std, in_chans=self.in_chans, flips=self.flips)
+                                std=self.std, in_chans=self.in_chans, flips=self.flips,
+                                interpolation=self.interpolation)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = TransformedDataset(self.sources[split], self.transform(train))

@@ -245,7 +245,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     def transform(self, train: bool) -> A.Compose:
         """Image and mask jointly (nearest for masks); pixels that augmentation invents are ignored."""
         return build_transforms(self.augment, train, self.image_size, self.mean, self.std,
-                                in_chans=self.in_chans, fill_mask=self.ignore_index)
+                                in_chans=self.in_chans, fill_mask=self.ignore_index,
+                                interpolation=self.interpolation)
 
     def dataset(self, split: str, train: bool = False) -> JointTransformDataset:
         self.scan()

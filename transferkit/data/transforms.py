@@ -19,21 +19,27 @@ AUGMENTS = ("none", "light", "strong", "cifar")
 # Recipes that standardise each image by its own statistics instead of the backbone's mean/std.
 PER_IMAGE_STANDARDISED = frozenset({"cifar"})
 
+# `data.interpolation` (timm's pretrained_cfg spelling) -> the OpenCV flag of every image resize.
+# Masks always resize nearest-neighbour, so no new label values appear.
+INTERPOLATIONS = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
+                  "nearest": cv2.INTER_NEAREST, "area": cv2.INTER_AREA}
+
 Steps = list[A.BasicTransform]
 
 
-def _resize(image_size: int, fill_mask: int = 0) -> Steps:
-    return [A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR,
+def _resize(image_size: int, fill_mask: int = 0, interpolation: int = cv2.INTER_LINEAR) -> Steps:
+    return [A.Resize(image_size, image_size, interpolation=interpolation,
                      mask_interpolation=cv2.INTER_NEAREST)]
 
 
-def _light(image_size: int, fill_mask: int = 0) -> Steps:
-    return [A.RandomResizedCrop((image_size, image_size), scale=(0.7, 1.0)), A.HorizontalFlip(p=0.5)]
+def _light(image_size: int, fill_mask: int = 0, interpolation: int = cv2.INTER_LINEAR) -> Steps:
+    return [A.RandomResizedCrop((image_size, image_size), scale=(0.7, 1.0), interpolation=interpolation),
+            A.HorizontalFlip(p=0.5)]
 
 
-def _strong(image_size: int, fill_mask: int = 0) -> Steps:
+def _strong(image_size: int, fill_mask: int = 0, interpolation: int = cv2.INTER_LINEAR) -> Steps:
     return [
-        A.RandomResizedCrop((image_size, image_size), scale=(0.35, 1.0)),
+        A.RandomResizedCrop((image_size, image_size), scale=(0.35, 1.0), interpolation=interpolation),
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.1),
         A.Affine(rotate=(-20, 20), shear=(-10, 10), translate_percent=(-0.1, 0.1), fill=0,
@@ -45,12 +51,12 @@ def _strong(image_size: int, fill_mask: int = 0) -> Steps:
     ]
 
 
-def _cifar(image_size: int, fill_mask: int = 0) -> Steps:
+def _cifar(image_size: int, fill_mask: int = 0, interpolation: int = cv2.INTER_LINEAR) -> Steps:
     # The classic CIFAR-10 pipeline: zero-pad 4 px (of 32) on each side and random-crop back,
     # flip, brightness/contrast; build_transforms adds the per-image standardisation.
     pad = max(1, image_size // 8)
     return [
-        *_resize(image_size),
+        *_resize(image_size, fill_mask, interpolation),
         A.PadIfNeeded(image_size + 2 * pad, image_size + 2 * pad, border_mode=cv2.BORDER_CONSTANT,
                       fill=0, fill_mask=fill_mask),
         A.RandomCrop(image_size, image_size),
@@ -125,7 +131,7 @@ def build_normalize(name: str, mean: Sequence[float], std: Sequence[float],
 
 def build_transforms(name: str, train: bool, image_size: int, mean: Sequence[float],
                      std: Sequence[float], in_chans: int = 3, fill_mask: int = 0,
-                     flips: bool = True) -> A.Compose:
+                     flips: bool = True, interpolation: str = "bilinear") -> A.Compose:
     """The train (augmenting) or eval (resize only) pipeline for `augment.name`.
 
     Call it as `pipeline(image=uint8 H x W x C)` or `pipeline(image=..., mask=H x W ints)`: the
@@ -138,11 +144,14 @@ def build_transforms(name: str, train: bool, image_size: int, mean: Sequence[flo
         fill_mask: mask value for pixels that padding or rotation create (segmentation: its
             `ignore_index`).
         flips: `augment.flips`; False drops the random flips (digits, text: a flip changes the class).
+        interpolation: `data.interpolation`, the image filter of every resize and resized crop:
+            "bilinear" (default), "bicubic", "nearest" or "area" (timm's pretrained_cfg values).
     """
     build = lookup(TRAIN_PIPELINES, name, "augment.name")
+    flag = lookup(INTERPOLATIONS, interpolation, "data.interpolation")
     if image_size < 8:
         raise ValueError(f"data.image_size={image_size!r} is too small; use at least 8 pixels.")
-    steps = build(image_size, fill_mask) if train else _resize(image_size)
+    steps = build(image_size, fill_mask, flag) if train else _resize(image_size, fill_mask, flag)
     if not flips:
         steps = [t for t in steps if not isinstance(t, (A.HorizontalFlip, A.VerticalFlip))]
     normalize = build_normalize(name, mean, std, in_chans)

@@ -1,4 +1,5 @@
-"""Pictures of segmentations: image / truth / prediction grids and colour overlays."""
+"""Pictures of segmentations: image / truth / prediction grids, colour overlays, and the callback
+that draws the validation preview grid during training."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
 
 from transferkit.data.masks import Colour, colourise
 
 log = logging.getLogger(__name__)
+
+GRID_SAMPLES = 4
 
 
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -79,3 +83,43 @@ def save_prediction_pngs(image: np.ndarray, mask: np.ndarray, directory: Path | 
     overlay_path = directory / f"{stem}_overlay.png"
     Image.fromarray(overlay(image, mask, palette)).save(overlay_path)
     return mask_path, overlay_path
+
+
+class SegmentationGridCallback(pl.Callback):
+    """Write ``<run_dir>/seg_grid.png`` (image / truth / prediction) after every validation epoch.
+
+    Keeps the first ``samples`` items of the first validation batch with the predicted class ids
+    that the task's ``validation_step`` returns. Only global rank 0 draws; the sanity check draws
+    nothing.
+    """
+
+    def __init__(self, run_dir: Path | str, samples: int = GRID_SAMPLES) -> None:
+        if samples < 0:
+            raise ValueError(f"task.grid_samples={samples!r} must be >= 0 (0 draws no grid).")
+        self.path = Path(run_dir) / "seg_grid.png"
+        self.samples = samples
+        self.batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _drawing(self, trainer: pl.Trainer) -> bool:
+        return bool(self.samples) and trainer.is_global_zero and not trainer.sanity_checking
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.batch = None
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs,
+                                batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx or dataloader_idx or not self._drawing(trainer) or not torch.is_tensor(outputs):
+            return
+        n = self.samples
+        self.batch = (batch[0][:n].detach().cpu(), batch[1][:n].detach().cpu(), outputs[:n].detach().cpu())
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.batch is None or not self._drawing(trainer):
+            return
+        images, truths, preds = self.batch
+        config = getattr(pl_module, "data_config", None) or {}
+        in_chans = images.shape[1]
+        mean = config.get("mean") or [0.5] * in_chans
+        std = config.get("std") or [0.5] * in_chans
+        save_segmentation_grid(denormalize(images, mean, std), truths.numpy(), preds.numpy(), self.path,
+                               class_names=getattr(pl_module, "class_names", None))

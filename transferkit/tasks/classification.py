@@ -67,7 +67,7 @@ class ClassificationTask(BaseTask):
         return build_batch_mix(mixup_alpha, cutmix_alpha, num_classes, label_smoothing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # A 2-D batch holds backbone features cached by transferkit.feature_cache (frozen encoder).
+        # A 2-D batch holds backbone features cached by transferkit.data.feature_cache (frozen encoder).
         return self.head(x if x.ndim == 2 else self.encoder(x))
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

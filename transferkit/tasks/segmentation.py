@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -25,7 +23,6 @@ MODEL_DEFAULTS = {"backbone": "resnet10t", "weights": "none", "in_chans": 3, "he
                   "learnable_upsampling": True, "drop_rate": 0.0, "drop_path_rate": 0.0, "cache_dir": None}
 # Classification-only keys the shared `model` group may carry; segmentation ignores them.
 CLASSIFIER_KEYS = {"dropout", "hidden_dim", "init"}
-GRID_SAMPLES = 4
 
 
 def scores_from_confusion(confmat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -72,7 +69,7 @@ class SegmentationTask(BaseTask):
                  optimizer: dict | None = None, scheduler: dict | None = None,
                  ignore_index: int = 255, dice_weight: float = 0.0,
                  class_weights: list[float] | None = None, data_config: dict | None = None,
-                 grid_samples: int = GRID_SAMPLES) -> None:
+                 grid_samples: int = 4) -> None:
         super().__init__(finetune=finetune, optimizer=optimizer, scheduler=scheduler)
         self.save_hyperparameters()
         spec = self._model_spec(model)
@@ -94,11 +91,11 @@ class SegmentationTask(BaseTask):
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.ignore_index, self.dice_weight = ignore_index, dice_weight
+        # `grid_samples` (task.grid_samples) stays a saved hyperparameter only: the preview grid is
+        # drawn by reports.seg_grid.SegmentationGridCallback, which the trainer builder configures.
         self.data_config = dict(data_config or {})
-        self.grid_samples = grid_samples
         self.val_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
         self.test_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
-        self._grid_batch: tuple[torch.Tensor, ...] | None = None
 
     @staticmethod
     def _model_spec(model: dict | None) -> dict:
@@ -146,16 +143,12 @@ class SegmentationTask(BaseTask):
         self.log_dict(scores)
         confusion.reset()
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        preds = self._eval_step(batch, self.val_confusion, "val")
-        if batch_idx == 0 and self.grid_samples:
-            n = self.grid_samples
-            self._grid_batch = (batch[0][:n].cpu(), batch[1][:n].cpu(), preds[:n].cpu())
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Predicted class ids ``N x H x W``, handed to callbacks (e.g. the preview grid)."""
+        return self._eval_step(batch, self.val_confusion, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores(self.val_confusion, "val")
-        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
-            self.save_grid(Path(self.trainer.default_root_dir) / "seg_grid.png")
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_confusion, "test")
@@ -169,59 +162,11 @@ class SegmentationTask(BaseTask):
         return self(x).argmax(dim=1)
 
     @torch.no_grad()
-    def predict_image(self, image: np.ndarray) -> np.ndarray:
-        """Class-id mask (``H x W`` ``int64``) for one ``uint8`` ``H x W x C`` image at its own size.
+    def predict_mask(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Class ids ``N x H x W`` at ``size`` for preprocessed images ``N x C x h x w``.
 
-        The image is resized to the training ``image_size`` and normalised as in training; the
-        logits are resized back bilinearly before the argmax.
+        The logits are resized bilinearly to ``size`` (the images' own size) before the argmax.
         """
-        cfg = self.data_config
-        in_chans = int(cfg.get("in_chans", image.shape[-1] if image.ndim == 3 else 1))
-        mean = torch.tensor(cfg.get("mean") or [0.5] * in_chans).view(1, -1, 1, 1)
-        std = torch.tensor(cfg.get("std") or [0.5] * in_chans).view(1, -1, 1, 1)
-        pixels = torch.from_numpy(np.array(image.reshape(*image.shape[:2], -1), copy=True))
-        x = pixels.permute(2, 0, 1)[None].float().div(255).sub(mean).div(std).to(self.device)
-        size = cfg.get("image_size")
-        if size:
-            x = F.interpolate(x, size=(int(size), int(size)), mode="bilinear", align_corners=False)
-        logits = F.interpolate(self(x), size=image.shape[:2], mode="bilinear", align_corners=False)
-        return logits.argmax(dim=1)[0].cpu().numpy()
-
-    def save_grid(self, path: Path) -> Path | None:
-        """Write image / truth / prediction for the first validation samples of the last epoch."""
-        if self._grid_batch is None:
-            return None
-        from transferkit.reports.seg_grid import denormalize, save_segmentation_grid
-
-        images, truths, preds = self._grid_batch
-        in_chans = images.shape[1]
-        mean = self.data_config.get("mean") or [0.5] * in_chans
-        std = self.data_config.get("std") or [0.5] * in_chans
-        return save_segmentation_grid(denormalize(images, mean, std), truths.numpy(), preds.numpy(),
-                                      path, class_names=self.class_names)
-
-
-def write_predictions(task: SegmentationTask, paths: list[Path], directory: Path) -> int:
-    """For each image write ``<stem>_mask.png`` (palette index PNG) and ``<stem>_overlay.png``.
-
-    Masks have the image's own size. Unreadable files are logged and skipped; returns how many
-    images were written.
-    """
-    from transferkit.data.decode import UnreadableImageError, load_image
-    from transferkit.reports.seg_grid import save_prediction_pngs
-
-    in_chans = int(task.data_config.get("in_chans", 3))
-    seen: dict[str, int] = {}
-    written = 0
-    for path in map(Path, paths):
-        try:
-            image = load_image(path, in_chans=in_chans)
-        except UnreadableImageError as error:
-            log.warning("skipped %s: %s", path, error.reason)
-            continue
-        stem = path.stem if path.stem not in seen else f"{path.stem}_{seen[path.stem]}"
-        seen[path.stem] = seen.get(path.stem, 0) + 1
-        save_prediction_pngs(image, task.predict_image(image), directory, stem)
-        written += 1
-    log.info("Wrote %d masks and overlays to %s", written, directory)
-    return written
+        logits = F.interpolate(self(x.to(self.device)), size=tuple(size), mode="bilinear",
+                               align_corners=False)
+        return logits.argmax(dim=1)

@@ -7,7 +7,7 @@ batch is 2-D. Checkpoints stay full-model checkpoints. Features are computed laz
 first asks for a loader (after the model is on its device), and are looked up by `cache_key`, so a
 changed encoder (e.g. loading another checkpoint) recomputes them. Under DDP every rank computes
 the features of the whole split; Lightning's DistributedSampler then shards them as it would shard
-the images.
+the images. Computing and storing the features lives in `feature_store`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +25,13 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from transferkit.data.feature_store import FeatureDataset, FeatureSet, FeatureStore, extract_features
 from transferkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 # Train pipelines without randomness (`augment.name`), so every epoch would see the same features.
 DETERMINISTIC_AUGMENTS = frozenset({"none"})
-# Above this, features go to a memory-mapped file (data.cache_dir, else the run directory).
-MEMORY_LIMIT_BYTES = 2 * 2**30
 
 
 # -- deciding ----------------------------------------------------------------------------------
@@ -118,150 +114,6 @@ def cache_key(dataset: Dataset, transform: Callable, encoder: nn.Module, backbon
               "encoder": encoder_digest(encoder), "transform": repr(transform),
               "image_size": image_size, "in_chans": in_chans}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-# -- computing and storing ------------------------------------------------------------------
-@dataclass
-class FeatureSet:
-    """One split's features (N x D float32, in memory or a read-only memory map) and labels."""
-
-    features: np.ndarray
-    labels: np.ndarray
-    key: str
-    location: str
-    seconds: float = 0.0
-    reused: bool = False
-
-    def describe(self) -> dict:
-        return {"items": int(self.features.shape[0]), "dim": int(self.features.shape[1]), "key": self.key,
-                "location": self.location, "seconds": round(self.seconds, 3), "reused": self.reused}
-
-
-class FeatureDataset(Dataset):
-    """`(feature vector, label)` items: what the task's head sees in place of `(image, label)`."""
-
-    def __init__(self, feature_set: FeatureSet) -> None:
-        self.features, self.labels = feature_set.features, feature_set.labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return torch.from_numpy(np.array(self.features[index], dtype=np.float32)), int(self.labels[index])
-
-
-Allocate = Callable[[int, int], np.ndarray]
-
-
-def extract_features(encoder: nn.Module, dataset: Dataset, allocate: Allocate, batch_size: int,
-                     num_workers: int = 0,
-                     forward_context: Callable[[], AbstractContextManager] = nullcontext,
-                     convert_input: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled `encoder(x)` of every item in order (eval mode, inference mode); returns (features, labels).
-
-    `allocate(n, dim)` returns the N x D float32 array to fill (in memory or a memmap).
-    """
-    labels = np.empty(len(dataset), dtype=np.int64)
-    if not len(dataset):
-        return np.empty((0, 0), dtype=np.float32), labels
-    device = next(encoder.parameters()).device
-    # Its own generator: creating the iterator must not draw from the global RNG, so the training
-    # shuffles are the same as in an uncached run.
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        generator=torch.Generator())
-    out: np.ndarray | None = None
-    modes = [(module, module.training) for module in encoder.modules()]
-    encoder.eval()
-    start = 0
-    try:
-        with torch.inference_mode(), forward_context():
-            for images, targets in loader:
-                feats = encoder(convert_input(images.to(device))).float().cpu().numpy()
-                if out is None:
-                    out = allocate(len(dataset), feats.shape[1])
-                out[start:start + len(feats)] = feats
-                labels[start:start + len(feats)] = np.asarray(targets)
-                start += len(feats)
-    finally:
-        for module, mode in modes:
-            module.training = mode
-    assert out is not None and start == len(dataset), "feature extraction saw fewer items than the dataset"
-    return out, labels
-
-
-def _feature_paths(directory: Path, key: str) -> tuple[Path, Path]:
-    return directory / f"features-{key}.npy", directory / f"features-{key}.labels.npy"
-
-
-def load_feature_set(directory: Path, key: str) -> FeatureSet | None:
-    """A complete feature set stored under `directory` by `save`, or None."""
-    features_path, labels_path = _feature_paths(directory, key)
-    if not (features_path.is_file() and labels_path.is_file()):
-        return None
-    features = np.load(features_path, mmap_mode="r")
-    return FeatureSet(features, np.load(labels_path), key, str(features_path), reused=True)
-
-
-@dataclass
-class FeatureStore:
-    """Feature sets by key: in memory, or memory-mapped `.npy` files under a directory."""
-
-    cache_dir: Path | None = None  # data.cache_dir: kept, reused by later runs with the same key
-    spill_dir: Path | None = None  # run directory: for sets above the memory limit, removed by release()
-    memory_limit_bytes: int = MEMORY_LIMIT_BYTES
-    sets: dict[str, FeatureSet] = field(default_factory=dict)
-    spilled: list[Path] = field(default_factory=list)
-
-    def get(self, key: str, compute: Callable[[Allocate], tuple[np.ndarray, np.ndarray]]) -> FeatureSet:
-        if key in self.sets:
-            return FeatureSet(**{**vars(self.sets[key]), "reused": True, "seconds": 0.0})
-        found = load_feature_set(self.cache_dir, key) if self.cache_dir else None
-        if found is not None:
-            log.info("Feature cache: reusing %s", found.location)
-        else:
-            found = self._compute(key, compute)
-        self.sets[key] = found
-        return found
-
-    def _compute(self, key: str, compute: Callable[[Allocate], tuple[np.ndarray, np.ndarray]]) -> FeatureSet:
-        start = time.perf_counter()
-        target: dict[str, Path] = {}
-
-        def allocate(n: int, dim: int) -> np.ndarray:
-            directory = self.cache_dir
-            if directory is None and n * dim * 4 > self.memory_limit_bytes:
-                directory = self.spill_dir
-            if directory is None:
-                return np.empty((n, dim), dtype=np.float32)
-            directory.mkdir(parents=True, exist_ok=True)
-            target["final"] = _feature_paths(directory, key)[0]
-            target["tmp"] = target["final"].with_name(f"{target['final'].name}.tmp-{os.getpid()}")
-            return np.lib.format.open_memmap(target["tmp"], mode="w+", dtype=np.float32, shape=(n, dim))
-
-        features, labels = compute(allocate)
-        if not target:
-            return FeatureSet(features, labels, key, "memory", time.perf_counter() - start)
-        features.flush()
-        del features
-        labels_path = _feature_paths(target["final"].parent, key)[1]
-        labels_tmp = labels_path.with_name(f"{labels_path.name}.tmp-{os.getpid()}.npy")
-        np.save(labels_tmp, labels)
-        # DDP ranks may write the same key: each its own temporary file, renamed atomically.
-        os.replace(labels_tmp, labels_path)
-        os.replace(target["tmp"], target["final"])  # last: its presence marks a complete set
-        if self.cache_dir is None:
-            self.spilled += [target["final"], labels_path]
-        stored = load_feature_set(target["final"].parent, key)
-        assert stored is not None
-        return FeatureSet(stored.features, stored.labels, key, stored.location, time.perf_counter() - start)
-
-    def release(self) -> None:
-        """Forget the sets and delete files spilled into the run directory (data.cache_dir stays)."""
-        self.sets.clear()
-        for path in self.spilled:
-            path.unlink(missing_ok=True)
-        self.spilled.clear()
 
 
 # -- Lightning ------------------------------------------------------------------------------
