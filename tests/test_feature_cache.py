@@ -206,11 +206,12 @@ def test_random_augmentation_fit_runs_uncached_and_explicit_true_fails_early(ima
 
 
 @pytest.mark.slow
-def test_two_process_cpu_ddp_trains_on_cached_features(image_folder, tmp_path):
+def test_two_process_cpu_ddp_trains_on_cached_features(image_folder, tmp_path, test_resnet_weights):
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("TRANSFERKIT_RUN_DIR", None)
     cmd = [sys.executable, "-m", "transferkit", "fit", f"data.root={image_folder}", "augment=none",
-           "model.backbone=test_resnet", "data.batch_size=2", "data.num_workers=0",
+           "model.backbone=test_resnet", f"model.weights={test_resnet_weights}", "data.image_size=32",
+           "data.batch_size=2", "data.num_workers=0",
            "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
            "trainer.max_epochs=2", "trainer.enable_progress_bar=false", f"run_dir={tmp_path / 'ddp'}"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

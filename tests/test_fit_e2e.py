@@ -68,13 +68,14 @@ def test_predict_never_overwrites(image_folder, fast, tmp_path):
     assert out.read_text() == "mine"
 
 
-def test_two_process_cpu_ddp_writes_one_run_directory(image_folder, tmp_path):
+def test_two_process_cpu_ddp_writes_one_run_directory(image_folder, tmp_path, test_resnet_weights):
     outputs = tmp_path / "cwd"
     outputs.mkdir()
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("TRANSFERKIT_RUN_DIR", None)
     cmd = [sys.executable, "-m", "transferkit", "fit", f"data.root={image_folder}",
-           "model.backbone=test_resnet", "data.batch_size=2", "data.num_workers=0",
+           "model.backbone=test_resnet", f"model.weights={test_resnet_weights}", "data.image_size=32",
+           "data.batch_size=2", "data.num_workers=0",
            "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
            "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
     proc = subprocess.run(cmd, cwd=outputs, env=env, capture_output=True, text=True, timeout=300)
