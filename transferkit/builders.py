@@ -146,6 +146,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, monitor: str, mode: str,
     for key in ("callbacks", "logger", "default_root_dir"):
         if key in flags:
             raise ConfigError(f"trainer.{key} is managed by transferkit (run_dir=..., early_stopping.*).")
-    callbacks = build_callbacks(cfg, run_dir, monitor, mode) + list(extra_callbacks or [])
-    return pl.Trainer(**flags, default_root_dir=str(run_dir), callbacks=callbacks,
+    from transferkit.console import is_interactive, progress_callbacks
+
+    progress, progress_flags = progress_callbacks(is_interactive(), flags.pop("enable_progress_bar", None))
+    callbacks = build_callbacks(cfg, run_dir, monitor, mode) + progress + list(extra_callbacks or [])
+    return pl.Trainer(**flags, **progress_flags, default_root_dir=str(run_dir), callbacks=callbacks,
                       logger=build_loggers(run_dir))

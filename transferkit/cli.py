@@ -132,7 +132,10 @@ def run(argv: list[str]) -> dict:
     if command in ("test", "advise", "show-augs") and cfg.ckpt_path:
         cfg = config_of_checkpoint_run(cfg, overrides)
     module = importlib.import_module(COMMANDS[command])
-    return module.run(cfg)
+    from transferkit.console import quiet_console
+
+    with quiet_console(bool(cfg.debug)):
+        return module.run(cfg)
 
 
 def main(argv: list[str] | None = None) -> None:

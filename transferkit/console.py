@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 # reassigned to the first one when pytorch_lightning is imported).
 LIGHTNING_INFO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
 
+# timm's INFO lines while it loads weights ("Loaded  from checkpoint ..."); transferkit reports the load.
+TIMM_INFO_LOGGERS = ("timm.models._builder", "timm.models._helpers", "timm.models._hub")
+
 # INFO lines of Lightning that tell a transferkit user nothing; the GPU line stays.
 HIDDEN_LIGHTNING_LINES = (
     re.compile(r".*\bLitLogger\b"),  # "💡 Tip: ... try installing [litlogger] to enable LitLogger ..."
@@ -48,6 +51,8 @@ class LightningChatterFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno > logging.INFO:
             return True
+        if record.name.startswith("timm."):
+            return False
         message = record.getMessage()
         return not any(pattern.match(message) for pattern in HIDDEN_LIGHTNING_LINES)
 
@@ -75,7 +80,7 @@ def quiet_console(debug: bool) -> Iterator[None]:
         yield
         return
     chatter = LightningChatterFilter()
-    loggers = [logging.getLogger(name) for name in LIGHTNING_INFO_LOGGERS]
+    loggers = [logging.getLogger(name) for name in (*LIGHTNING_INFO_LOGGERS, *TIMM_INFO_LOGGERS)]
     for logger in loggers:
         logger.addFilter(chatter)
     try:

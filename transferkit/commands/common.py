@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -52,15 +51,10 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
         log.info("Run directory: %s", run_dir)
         write_config(cfg, run_dir)
         write_json(datamodule.split_record, run_dir / "splits.json")
-    with warnings.catch_warnings():
-        # Frozen BatchNorm layers are in eval mode on purpose (see finetune.keep_frozen_norms_eval),
-        # and the CSV logger shares the run directory with config.yaml by design.
-        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-        trainer.fit(task, datamodule=fit_data, ckpt_path=cfg.ckpt_path)
-        val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        tested = trainer.test(task, datamodule=fit_data, ckpt_path=best or None, verbose=False)
+    trainer.fit(task, datamodule=fit_data, ckpt_path=cfg.ckpt_path)  # console.quiet_console filters the noise
+    val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    tested = trainer.test(task, datamodule=fit_data, ckpt_path=best or None, verbose=False)
     results = collect_results(cfg, command, task, datamodule, trainer, val_metrics, tested, run_dir, start)
     results["finetune"] = container(cfg.finetune)
     results["plan"] = plan.to_dict()
