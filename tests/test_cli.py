@@ -77,3 +77,24 @@ def test_module_entry_point_prints_usage():
     proc = subprocess.run([sys.executable, "-m", "transferkit"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "usage: python -m transferkit" in proc.stderr and "fit" in proc.stderr
+
+
+def test_unknown_model_option_suggests_the_catalogue_name(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "model=resnt50"])
+    err = capsys.readouterr().err
+    assert "Did you mean 'resnet50'?" in err and "vit_small_patch16_224" in err
+
+
+def test_catalogue_options_are_timm_architectures_with_weights():
+    from transferkit.config_files import group_options, load_group_option
+    from transferkit.models.weights import hub_id
+
+    options = group_options("model")
+    assert {"auto", "charnet", "resnet18", "resnet50", "convnext_tiny", "efficientnet_b0",
+            "mobilenetv3_large_100", "vit_small_patch16_224"} <= set(options)
+    for option in set(options) - {"auto", "charnet"}:
+        spec = load_group_option("model", option)
+        assert spec["backbone"] == option and spec["weights"] == "auto" and spec["in_chans"] == "auto"
+        assert hub_id(option).startswith("timm/")
+        assert cli.compose_config([f"model={option}"]).model.backbone == option

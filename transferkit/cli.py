@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -114,8 +115,14 @@ def explain_config_error(err: Exception) -> str:
     cause = err.__cause__ or err.__context__
     if cause is not None and str(cause).strip():
         message += f" ({str(cause).strip().splitlines()[0]})"
-    if "recipe" in message:
-        message += f" Available recipes: {recipe_names()}."
+    missing = re.search(r"Could not find '(\w+)/([^']+)'", message)
+    if missing and missing.group(1) in ("model", "recipe") or missing is None and "recipe" in message:
+        from transferkit.config_files import group_options
+        from transferkit.errors import did_you_mean
+
+        group, option = missing.groups() if missing else ("recipe", "")
+        options = recipe_names() if group == "recipe" else group_options(group)
+        message += f" Available {group} options: {options}.{did_you_mean(option, options)}"
     return message
 
 

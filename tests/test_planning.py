@@ -1,0 +1,105 @@
+"""Planning: which model `auto` means, the input format, fine-tuning rules, a read-only config."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf.errors import ReadonlyConfigError
+
+from transferkit.cli import compose_config
+from transferkit.errors import ConfigError
+from transferkit.models.input_format import InputFormat
+from transferkit.planning import choose_input_format, choose_model, plan_model, plan_training
+
+NATIVE = InputFormat(3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic", "timm:x")
+AUTO_INPUT = {"in_chans": "auto", "image_size": "auto", "mean": "auto", "std": "auto", "interpolation": "auto"}
+
+
+@pytest.mark.parametrize("backbone, weights, embedded, expected", [
+    ("auto", "auto", True, ("resnet10t", "charnet")),      # the offline demo
+    ("auto", "auto", False, ("resnet50", "hub")),          # a user's folder
+    ("auto", "charnet", False, ("resnet10t", "charnet")),  # a house name implies its architecture
+    ("resnet18", "auto", True, ("resnet18", "hub")),       # a chosen model keeps its own weights
+    ("auto", "none", True, ("resnet10t", "none")),         # scratch, in the demo's format
+    ("convnext_tiny", "none", False, ("convnext_tiny", "none")),
+])
+def test_choose_model(backbone, weights, embedded, expected):
+    choice = choose_model(backbone, weights, embedded=embedded)
+    assert (choice.backbone, choice.weights) == expected
+    if expected[0] == "resnet10t":
+        assert choice.format_record["in_chans"] == 1 and choice.format_record["image_size"] == 32
+
+
+def test_house_weights_with_another_architecture_name_the_keys():
+    with pytest.raises(ConfigError, match="model.weights='charnet' is a 'resnet10t'.*model.backbone='resnet18'"):
+        choose_model("resnet18", "charnet", embedded=False)
+
+
+def test_file_without_record_needs_an_architecture(tmp_path):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="model=<catalogue option> or model.backbone"):
+        choose_model("auto", str(path), embedded=False)
+
+
+def test_input_format_user_beats_data_beats_weights():
+    fmt, warnings = choose_input_format(NATIVE, AUTO_INPUT, {})
+    assert (fmt.in_chans, fmt.image_size, fmt.interpolation) == (3, 224, "bicubic") and not warnings
+    fmt, _ = choose_input_format(NATIVE, AUTO_INPUT, {"in_chans": 3, "image_size": 48})
+    assert fmt.image_size == 48
+    fmt, _ = choose_input_format(NATIVE, {**AUTO_INPUT, "image_size": 160, "in_chans": 1}, {"image_size": 48})
+    assert (fmt.image_size, fmt.in_chans) == (160, 1) and fmt.mean == pytest.approx((0.449,), abs=1e-3)
+    fmt, warnings = choose_input_format(NATIVE, {**AUTO_INPUT, "image_size": 64}, {})
+    assert fmt.image_size == 64 and "below half" in warnings[0] and "data.image_size=auto" in warnings[0]
+    with pytest.raises(ConfigError, match="data.interpolation='cubic'"):
+        choose_input_format(NATIVE, {**AUTO_INPUT, "interpolation": "cubic"}, {})
+
+
+def test_catalogue_model_on_a_folder_takes_its_native_format(image_folder, tmp_path):
+    from tests.conftest import write_timm_weights
+
+    weights = write_timm_weights(tmp_path / "r18.safetensors", "resnet18")
+    plan = plan_model(compose_config(["recipe=small_similar", "model=resnet18", f"model.weights={weights}",
+                                      f"data.root={image_folder}"]))
+    cfg = plan.cfg
+    assert (cfg.model.backbone, cfg.model.in_chans, cfg.data.image_size) == ("resnet18", 3, 224)
+    assert list(cfg.data.mean) == pytest.approx([0.485, 0.456, 0.406]) and cfg.data.interpolation == "bicubic"
+    assert plan.weights.kind == "file" and cfg.model.weights == str(weights.resolve())
+
+
+def test_planned_config_is_read_only(image_folder, fast):
+    from transferkit.builders import build_datamodule
+
+    plan = plan_model(compose_config([f"data.root={image_folder}", *fast]))
+    datamodule = build_datamodule(plan.cfg)
+    datamodule.scan()
+    cfg = plan_training(plan, datamodule).cfg
+    assert cfg.finetune.cache_features in (True, False)
+    with pytest.raises(ReadonlyConfigError):
+        cfg.data.image_size = 64
+
+
+@pytest.mark.parametrize("strategy", ["freeze", "partial"])
+def test_no_head_on_random_frozen_features(image_folder, fast, strategy):
+    from transferkit.builders import build_datamodule
+
+    plan = plan_model(compose_config([f"data.root={image_folder}", *fast, "model.weights=none",
+                                      f"finetune={strategy}"]))
+    with pytest.raises(ConfigError, match=f"finetune.strategy='{strategy}' with model.weights=none"):
+        plan_training(plan, build_datamodule(plan.cfg))
+
+
+def test_auto_without_weights_plans_scratch(image_folder, fast):
+    from transferkit.builders import build_datamodule
+
+    plan = plan_model(compose_config([f"data.root={image_folder}", *fast, "model.weights=none", "finetune=auto"]))
+    datamodule = build_datamodule(plan.cfg)
+    datamodule.scan()
+    plan = plan_training(plan, datamodule)
+    assert plan.cfg.finetune.strategy == "full" and plan.advice is None
+    assert any("training from scratch" in note for note in plan.notes)
+
+
+def test_auto_on_segmentation_stops_before_training(fast):
+    plan = plan_model(compose_config(["recipe=fcn32s", *fast, "finetune=auto"]))
+    with pytest.raises(ConfigError, match="finetune=freeze\\|partial\\|full"):
+        plan_training(plan, None)
