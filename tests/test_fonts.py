@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from transferkit.data.fonts import CHARSET, FontCharDataset, find_font_files, font_covers, font_directory
+from transferkit.data.embedded.fonts import CHARSET, FontCharDataset, find_font_files, font_covers, font_directory
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,12 @@ import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
-from transferkit.data.sources import ArraySource, FileSource, TransformedDataset
+from transferkit.data.embedded import embedded_spec
+from transferkit.data.sources import FileSource, TransformedDataset, source_labels
 from transferkit.errors import lookup
 
 log = logging.getLogger(__name__)
 
-# digits: real handwritten (small_similar); fonts: the charnet source task; synthdigits: large_similar;
-# shapes: textured shapes (small_different / large_different, sized by embedded_length).
-EMBEDDED = ("digits", "fonts", "synthdigits", "shapes")
 BALANCE = ("none", "weights", "sampler")
 SPLITS = ("train", "val", "test")
 
@@ -38,7 +36,7 @@ class ClassificationDataModule(pl.LightningDataModule):
                  cache_dir: str | None = None, flips: bool = True) -> None:
         super().__init__()
         if root is None:
-            lookup({k: k for k in EMBEDDED}, embedded, "data.embedded")
+            embedded_spec(embedded, "classification")
         lookup({k: k for k in BALANCE}, balance, "data.balance")
         from transferkit.data.transforms import TRAIN_PIPELINES
 
@@ -66,12 +64,8 @@ class ClassificationDataModule(pl.LightningDataModule):
             return
         if self.root is not None:
             self._scan_folder()
-        elif self.embedded == "digits":
-            self._load_digits()
-        elif self.embedded == "fonts":
-            self._load_fonts()
         else:
-            self._load_generated()
+            self._load_embedded()
         sizes = {split: len(src) for split, src in self.sources.items()}
         log.info("Data: %s, %d classes, sizes %s", self.describe(), len(self.class_names), sizes)
 
@@ -97,59 +91,20 @@ class ClassificationDataModule(pl.LightningDataModule):
 
         return DecodedImageCache(source, image_size=self.image_size, directory=self.cache_dir)
 
-    def _load_digits(self) -> None:
-        from transferkit.data.digits import DIGIT_CLASS_NAMES, load_digits_splits
-
-        splits = load_digits_splits(seed=0, val_fraction=self.val_fraction,
-                                    test_fraction=self.test_fraction)
-        self.class_names = list(DIGIT_CLASS_NAMES)
-        self.sources = {s: ArraySource(*splits[s], in_chans=self.in_chans) for s in SPLITS}
-        self.split_record = {"embedded": "digits", "split_seed": 0,
-                             "sizes": {s: len(splits[s][1]) for s in SPLITS}}
-
-    def _load_fonts(self) -> None:
-        from transferkit.data.fonts import FontCharDataset
-
-        n = self.embedded_length
-        seeds = {"train": self.seed, "val": self.seed + 10_000, "test": self.seed + 20_000}
-        lengths = {"train": n, "val": max(500, n // 10), "test": max(500, n // 10)}
-        self.sources = {s: FontCharDataset(lengths[s], image_size=self.image_size, seed=seeds[s],
-                                           in_chans=self.in_chans) for s in SPLITS}
-        self.class_names = list(self.sources["train"].class_names)
-        self.split_record = {"embedded": "fonts", "seeds": seeds, "sizes": lengths}
-
-    def _generated_lengths(self) -> dict[str, int]:
-        n = self.embedded_length
-        return {"train": n, "val": max(500, n // 10), "test": max(500, n // 10)}
-
-    def _load_generated(self) -> None:
-        """`synthdigits` or `shapes`: generated once into memory, each split from its own seed."""
-        from transferkit.data.shapes import SHAPE_CLASS_NAMES, generate_shapes
-        from transferkit.data.synthdigits import SYNTH_DIGIT_CLASS_NAMES, generate_synth_digits
-
-        seeds = {"train": self.seed, "val": self.seed + 10_000, "test": self.seed + 20_000}
-        lengths = self._generated_lengths()
-        if self.embedded == "synthdigits":
-            splits = {s: generate_synth_digits(lengths[s], seed=seeds[s]) for s in SPLITS}
-            self.class_names = list(SYNTH_DIGIT_CLASS_NAMES)
-        else:
-            splits = {s: generate_shapes(lengths[s], self.image_size, seed=seeds[s]) for s in SPLITS}
-            self.class_names = list(SHAPE_CLASS_NAMES)
-        self.sources = {s: ArraySource(*splits[s], in_chans=self.in_chans) for s in SPLITS}
-        self.split_record = {"embedded": self.embedded, "seeds": seeds, "sizes": lengths}
+    def _load_embedded(self) -> None:
+        spec = embedded_spec(self.embedded, "classification")
+        data = spec.load(length=self.embedded_length, image_size=self.image_size, in_chans=self.in_chans,
+                         seed=self.seed, val_fraction=self.val_fraction, test_fraction=self.test_fraction)
+        self.class_names = list(data.class_names)
+        self.sources = dict(data.sources)
+        self.split_record = dict(data.record)
 
     def describe(self) -> str:
         return str(self.root) if self.root is not None else f"embedded:{self.embedded}"
 
     # -- what the task needs --------------------------------------------------------
     def labels(self, split: str = "train") -> np.ndarray:
-        source = self.sources[split]
-        if isinstance(source, ArraySource):
-            return source.labels
-        items = getattr(source, "items", None) or getattr(getattr(source, "source", None), "items", None)
-        if items is not None:
-            return np.asarray([label for _, label in items], dtype=np.int64)
-        return np.asarray([source[i][1] for i in range(len(source))], dtype=np.int64)
+        return source_labels(self.sources[split])
 
     def class_weights(self) -> list[float] | None:
         if self.balance != "weights":

@@ -73,3 +73,14 @@ class TransformedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.source[index]
         return self.transform(image=image)["image"], label
+
+
+def source_labels(source: Dataset) -> np.ndarray:
+    """Every label of ``source`` as int64, read without decoding images where the source allows it."""
+    labels = getattr(source, "labels", None)
+    if labels is not None:
+        return np.asarray(labels, dtype=np.int64)
+    items = getattr(source, "items", None) or getattr(getattr(source, "source", None), "items", None)
+    if items is not None:
+        return np.asarray([label for _, label in items], dtype=np.int64)
+    return np.asarray([source[i][1] for i in range(len(source))], dtype=np.int64)

@@ -89,7 +89,7 @@ def _render_glyph(font: ImageFont.FreeTypeFont, char: str, rng: np.random.Genera
     return canvas.crop(box)
 
 
-def _affine_coefficients(glyph_size: tuple[int, int], out_size: int, rng: np.random.Generator) -> tuple[float, ...]:
+def affine_coefficients(glyph_size: tuple[int, int], out_size: int, rng: np.random.Generator) -> tuple[float, ...]:
     """PIL's inverse affine (output -> glyph pixel) for a random fit, rotation, shear and shift."""
     width, height = glyph_size
     fill = rng.uniform(0.7, 1.0) * out_size
@@ -182,7 +182,7 @@ class FontCharDataset(torch.utils.data.Dataset):
         font = self._font(int(rng.integers(len(self.font_files))))
         glyph = _render_glyph(font, self.class_names[label], rng)
         work_size = 2 * self.image_size
-        coefficients = _affine_coefficients(glyph.size, work_size, rng)
+        coefficients = affine_coefficients(glyph.size, work_size, rng)
         placed = glyph.transform(
             (work_size, work_size), Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR
         )
