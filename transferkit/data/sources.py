@@ -75,6 +75,33 @@ class TransformedDataset(Dataset):
         return self.transform(image=image)["image"], label
 
 
+class SubsetSource(Dataset):
+    """The items ``indices`` of ``source``, in that order, with their ``labels`` known up front."""
+
+    def __init__(self, source: Dataset, indices: Sequence[int], labels: Sequence[int]) -> None:
+        if len(indices) != len(labels):
+            raise ValueError(f"{len(indices)} indices but {len(labels)} labels.")
+        self.source = source
+        self.indices = [int(i) for i in indices]
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return self.source[self.indices[index]]
+
+
+def subset_source(source: Dataset, indices: Sequence[int], labels: np.ndarray) -> Dataset:
+    """Keep the items ``indices`` of ``source`` (``labels``: the labels of all of its items)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if isinstance(source, ArraySource):
+        return ArraySource(source.images[indices], source.labels[indices], in_chans=source.in_chans)
+    if isinstance(source, FileSource):
+        return FileSource([source.items[i] for i in indices], source.in_chans, source.background)
+    return SubsetSource(source, indices, labels[indices])
+
+
 def source_labels(source: Dataset) -> np.ndarray:
     """Every label of ``source`` as int64, read without decoding images where the source allows it."""
     labels = getattr(source, "labels", None)

@@ -165,6 +165,15 @@ class FontCharDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
+    @property
+    def labels(self) -> np.ndarray:
+        """Every item's label, without rendering (the label is the first draw of the item's generator)."""
+        return np.asarray([self._draw_label(np.random.default_rng((self.seed, index)))
+                           for index in range(self.length)], dtype=np.int64)
+
+    def _draw_label(self, rng: np.random.Generator) -> int:
+        return int(rng.integers(len(self.class_names)))
+
     def __getstate__(self) -> dict[str, Any]:
         # Font objects do not pickle; each DataLoader worker opens its own on first use.
         return {**self.__dict__, "_fonts": None}
@@ -178,7 +187,7 @@ class FontCharDataset(torch.utils.data.Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} is out of range for {self.length} images.")
         rng = np.random.default_rng((self.seed, index))
-        label = int(rng.integers(len(self.class_names)))
+        label = self._draw_label(rng)
         font = self._font(int(rng.integers(len(self.font_files))))
         glyph = _render_glyph(font, self.class_names[label], rng)
         work_size = 2 * self.image_size
