@@ -33,7 +33,7 @@ import numpy as np
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from transferkit.data.digits import load_digits_splits, subsample_per_class, upsample  # noqa: E402
+from transferkit.data.embedded.digits import load_digits_splits, subsample_per_class, upsample  # noqa: E402
 
 log = logging.getLogger("house_transfer")
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,11 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from transferkit.data.splits import load_splits, make_splits, save_splits
+from transferkit.data.splits import draw_per_class, load_splits, make_splits, save_splits
+from transferkit.errors import ConfigError
 
 CLASSES = ("a", "b", "c")
 
@@ -98,3 +100,30 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     moved = tmp_path / "moved"
     classes, loaded = load_splits(path, root=moved)
     assert loaded["train"][0] == (moved / "a" / "0.png", 0)
+
+
+def test_draw_per_class_keeps_n_of_each_class_sorted() -> None:
+    labels = np.repeat([0, 1, 2], [10, 7, 12])
+    chosen = draw_per_class(labels, 5, seed=0)
+    assert np.bincount(labels[chosen]).tolist() == [5, 5, 5]
+    assert chosen.tolist() == sorted(set(chosen.tolist()))
+
+
+def test_draw_per_class_depends_only_on_its_seed() -> None:
+    labels = np.tile(np.arange(4), 25)
+    assert np.array_equal(draw_per_class(labels, 3, seed=7), draw_per_class(labels, 3, seed=7))
+    assert not np.array_equal(draw_per_class(labels, 3, seed=7), draw_per_class(labels, 3, seed=8))
+
+
+def test_draw_per_class_nests_and_keeps_small_classes_whole() -> None:
+    labels = np.array([0] * 20 + [1] * 2 + [3] * 6)  # class 2 absent: nothing drawn for it
+    small, large = draw_per_class(labels, 4, seed=1), draw_per_class(labels, 8, seed=1)
+    assert set(small) <= set(large)
+    assert np.bincount(labels[large], minlength=4).tolist() == [8, 2, 0, 6]
+    assert draw_per_class(np.array([], dtype=np.int64), 3, seed=0).tolist() == []
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True, "10"])
+def test_draw_per_class_rejects_bad_n(bad) -> None:
+    with pytest.raises(ConfigError, match=f"data.train_per_class={bad!r}"):
+        draw_per_class(np.zeros(4, dtype=np.int64), bad, seed=0)

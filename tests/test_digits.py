@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transferkit.data.digits import (
+from transferkit.data.embedded.digits import (
     DIGIT_CLASS_NAMES,
     load_digits_images,
     load_digits_splits,

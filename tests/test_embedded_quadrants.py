@@ -7,9 +7,9 @@ import pytest
 
 from transferkit import cli
 from transferkit.data.datamodule import ClassificationDataModule
-from transferkit.data.digits import load_digits_images
-from transferkit.data.shapes import SHAPE_CLASS_NAMES, generate_shapes, texture
-from transferkit.data.synthdigits import block_counts, generate_synth_digits
+from transferkit.data.embedded.digits import load_digits_images
+from transferkit.data.embedded.shapes import SHAPE_CLASS_NAMES, generate_shapes, texture
+from transferkit.data.embedded.synthdigits import block_counts, generate_synth_digits
 
 
 def test_synth_digits_are_deterministic_and_shaped_like_the_real_digits():

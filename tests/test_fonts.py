@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from transferkit.data.fonts import CHARSET, FontCharDataset, find_font_files, font_covers, font_directory
+from transferkit.data.embedded.fonts import CHARSET, FontCharDataset, find_font_files, font_covers, font_directory
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +86,8 @@ def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:
 def test_index_out_of_range(dataset: FontCharDataset) -> None:
     with pytest.raises(IndexError):
         dataset[64]
+
+
+def test_labels_match_the_items_without_rendering(dataset: FontCharDataset) -> None:
+    assert dataset.labels.dtype == np.int64 and len(dataset.labels) == len(dataset)
+    assert dataset.labels[:16].tolist() == [dataset[i][1] for i in range(16)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transferkit.data.scenes import SCENE_CLASSES, SceneDataset, shape_mask
+from transferkit.data.embedded.scenes import SCENE_CLASSES, SceneDataset, shape_mask
 
 
 def test_items_are_deterministic_and_order_independent() -> None:
@@ -56,7 +56,7 @@ def test_bad_arguments() -> None:
 
 
 def test_materialized_scenes_equal_generated_ones():
-    from transferkit.data.scenes import MaterializedScenes, SceneDataset, materialize_if_small
+    from transferkit.data.embedded.scenes import MaterializedScenes, SceneDataset, materialize_if_small
 
     scenes = SceneDataset(5, 32, seed=3)
     kept = MaterializedScenes(scenes)

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
-from transferkit.data.sources import ArraySource, FileSource, TransformedDataset
+from transferkit.data.embedded import embedded_spec
+from transferkit.data.sources import FileSource, TransformedDataset, source_labels, subset_source
 from transferkit.errors import lookup
+
+if TYPE_CHECKING:
+    from transferkit.data.folders import FolderScan
 
 log = logging.getLogger(__name__)
 
-# digits: real handwritten (small_similar); fonts: the charnet source task; synthdigits: large_similar;
-# shapes: textured shapes (small_different / large_different, sized by embedded_length).
-EMBEDDED = ("digits", "fonts", "synthdigits", "shapes")
 BALANCE = ("none", "weights", "sampler")
 SPLITS = ("train", "val", "test")
 
@@ -24,6 +27,10 @@ SPLITS = ("train", "val", "test")
 class ClassificationDataModule(pl.LightningDataModule):
     """Classification data from `root` (image folder) or, with `root=None`, the `embedded` dataset.
 
+    With `train_per_class=N` the train split (after splitting) keeps a fixed draw of N images per
+    class, chosen by `draw_seed` alone; val and test are untouched. (The pool it draws from is fixed
+    for `digits` and for folders with their own val/ and test/; carved splits and generated sets
+    change with `seed` themselves.)
     Call `scan()` before building the task: it fixes class names and split membership.
     """
 
@@ -33,14 +40,16 @@ class ClassificationDataModule(pl.LightningDataModule):
                  manifest: str | None = None, balance: str = "none", fold: int | None = None,
                  num_folds: int | None = None, cache: bool = False,
                  background: tuple[int, int, int] = (255, 255, 255), embedded_length: int = 20000,
+                 train_per_class: int | None = None, draw_seed: int = 0,
                  seed: int = 0, in_chans: int = 3, mean: tuple[float, ...] = (0.5,),
                  std: tuple[float, ...] = (0.5,), augment: str = "light",
                  cache_dir: str | None = None, flips: bool = True, interpolation: str = "bilinear") -> None:
         super().__init__()
         self.interpolation = interpolation
         if root is None:
-            lookup({k: k for k in EMBEDDED}, embedded, "data.embedded")
+            embedded_spec(embedded, "classification")
         lookup({k: k for k in BALANCE}, balance, "data.balance")
+        from transferkit.data.splits import check_per_class
         from transferkit.data.transforms import TRAIN_PIPELINES
 
         lookup(TRAIN_PIPELINES, augment, "augment.name")  # fail before scanning, not at the first batch
@@ -53,6 +62,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.balance, self.fold, self.num_folds = balance, fold, num_folds
         self.cache, self.cache_dir = cache, cache_dir
         self.background, self.embedded_length = tuple(background), embedded_length
+        self.train_per_class, self.draw_seed = check_per_class(train_per_class), int(draw_seed)
         self.seed, self.in_chans = seed, in_chans
         self.mean, self.std, self.augment, self.flips = list(mean), list(std), augment, flips
         self.class_names: list[str] = []
@@ -67,12 +77,8 @@ class ClassificationDataModule(pl.LightningDataModule):
             return
         if self.root is not None:
             self._scan_folder()
-        elif self.embedded == "digits":
-            self._load_digits()
-        elif self.embedded == "fonts":
-            self._load_fonts()
         else:
-            self._load_generated()
+            self._load_embedded()
         sizes = {split: len(src) for split, src in self.sources.items()}
         log.info("Data: %s, %d classes, sizes %s", self.describe(), len(self.class_names), sizes)
 
@@ -83,12 +89,28 @@ class ClassificationDataModule(pl.LightningDataModule):
                                  test_fraction=self.test_fraction, seed=self.seed,
                                  max_bad_fraction=self.max_bad_fraction, manifest=self.manifest,
                                  fold=self.fold, num_folds=self.num_folds)
+        chosen = None
+        if self.train_per_class is not None:
+            scan, chosen = self._draw_folder_train(scan)
         log.info("\n%s", scan.summary_table())
         for warning in scan.warnings:
             log.warning(warning)
         self.class_names, self.skipped = list(scan.class_names), list(scan.skipped)
         self.split_record = scan.to_json()
+        if chosen is not None:
+            self.split_record.update(self._draw_record(chosen))
         self.sources = {split: self._file_source(scan.splits.get(split, [])) for split in SPLITS}
+
+    def _draw_folder_train(self, scan: FolderScan) -> tuple[FolderScan, np.ndarray]:
+        """The scan with its train split cut to the draw (before any cache sizes itself), and the draw."""
+        from dataclasses import replace
+
+        from transferkit.data.validate import class_counts
+
+        train = scan.splits.get("train", [])
+        chosen = self._draw_train([label for _, label in train], scan.class_names)
+        splits = {**scan.splits, "train": [train[i] for i in chosen]}
+        return replace(scan, splits=splits, counts=class_counts(splits, len(scan.class_names))), chosen
 
     def _file_source(self, items: list[tuple[Path, int]]) -> Dataset:
         source = FileSource(items, in_chans=self.in_chans, background=self.background)
@@ -98,59 +120,44 @@ class ClassificationDataModule(pl.LightningDataModule):
 
         return DecodedImageCache(source, image_size=self.image_size, directory=self.cache_dir)
 
-    def _load_digits(self) -> None:
-        from transferkit.data.digits import DIGIT_CLASS_NAMES, load_digits_splits
+    def _load_embedded(self) -> None:
+        spec = embedded_spec(self.embedded, "classification")
+        data = spec.load(length=self.embedded_length, image_size=self.image_size, in_chans=self.in_chans,
+                         seed=self.seed, val_fraction=self.val_fraction, test_fraction=self.test_fraction)
+        self.class_names = list(data.class_names)
+        self.sources = dict(data.sources)
+        self.split_record = dict(data.record)
+        if self.train_per_class is not None:
+            labels = source_labels(self.sources["train"])
+            chosen = self._draw_train(labels, self.class_names)
+            self.sources["train"] = subset_source(self.sources["train"], chosen, labels)
+            self.split_record.update(self._draw_record(chosen))
 
-        splits = load_digits_splits(seed=0, val_fraction=self.val_fraction,
-                                    test_fraction=self.test_fraction)
-        self.class_names = list(DIGIT_CLASS_NAMES)
-        self.sources = {s: ArraySource(*splits[s], in_chans=self.in_chans) for s in SPLITS}
-        self.split_record = {"embedded": "digits", "split_seed": 0,
-                             "sizes": {s: len(splits[s][1]) for s in SPLITS}}
+    def _draw_train(self, labels: Sequence[int] | np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+        """Indices of the training images kept by `train_per_class`; warns for each smaller class."""
+        from transferkit.data.splits import draw_per_class
 
-    def _load_fonts(self) -> None:
-        from transferkit.data.fonts import FontCharDataset
+        labels = np.asarray(labels, dtype=np.int64)
+        counts = np.bincount(labels, minlength=len(class_names))
+        for label in np.flatnonzero((counts > 0) & (counts < self.train_per_class)):
+            log.warning("Class %r has %d training image(s), fewer than data.train_per_class=%d; "
+                        "it keeps all of them.", class_names[label], counts[label], self.train_per_class)
+        chosen = draw_per_class(labels, self.train_per_class, self.draw_seed)
+        log.info("data.train_per_class=%d (data.draw_seed=%d): kept %d of %d training images.",
+                 self.train_per_class, self.draw_seed, len(chosen), len(labels))
+        return chosen
 
-        n = self.embedded_length
-        seeds = {"train": self.seed, "val": self.seed + 10_000, "test": self.seed + 20_000}
-        lengths = {"train": n, "val": max(500, n // 10), "test": max(500, n // 10)}
-        self.sources = {s: FontCharDataset(lengths[s], image_size=self.image_size, seed=seeds[s],
-                                           in_chans=self.in_chans) for s in SPLITS}
-        self.class_names = list(self.sources["train"].class_names)
-        self.split_record = {"embedded": "fonts", "seeds": seeds, "sizes": lengths}
-
-    def _generated_lengths(self) -> dict[str, int]:
-        n = self.embedded_length
-        return {"train": n, "val": max(500, n // 10), "test": max(500, n // 10)}
-
-    def _load_generated(self) -> None:
-        """`synthdigits` or `shapes`: generated once into memory, each split from its own seed."""
-        from transferkit.data.shapes import SHAPE_CLASS_NAMES, generate_shapes
-        from transferkit.data.synthdigits import SYNTH_DIGIT_CLASS_NAMES, generate_synth_digits
-
-        seeds = {"train": self.seed, "val": self.seed + 10_000, "test": self.seed + 20_000}
-        lengths = self._generated_lengths()
-        if self.embedded == "synthdigits":
-            splits = {s: generate_synth_digits(lengths[s], seed=seeds[s]) for s in SPLITS}
-            self.class_names = list(SYNTH_DIGIT_CLASS_NAMES)
-        else:
-            splits = {s: generate_shapes(lengths[s], self.image_size, seed=seeds[s]) for s in SPLITS}
-            self.class_names = list(SHAPE_CLASS_NAMES)
-        self.sources = {s: ArraySource(*splits[s], in_chans=self.in_chans) for s in SPLITS}
-        self.split_record = {"embedded": self.embedded, "seeds": seeds, "sizes": lengths}
+    def _draw_record(self, chosen: np.ndarray) -> dict:
+        """For splits.json: the draw's settings and the kept indices into the undrawn train split."""
+        return {"train_per_class": self.train_per_class, "draw_seed": self.draw_seed,
+                "train_indices": [int(i) for i in chosen]}
 
     def describe(self) -> str:
         return str(self.root) if self.root is not None else f"embedded:{self.embedded}"
 
     # -- what the task needs --------------------------------------------------------
     def labels(self, split: str = "train") -> np.ndarray:
-        source = self.sources[split]
-        if isinstance(source, ArraySource):
-            return source.labels
-        items = getattr(source, "items", None) or getattr(getattr(source, "source", None), "items", None)
-        if items is not None:
-            return np.asarray([label for _, label in items], dtype=np.int64)
-        return np.asarray([source[i][1] for i in range(len(source))], dtype=np.int64)
+        return source_labels(self.sources[split])
 
     def class_weights(self) -> list[float] | None:
         if self.balance != "weights":

@@ -24,8 +24,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from transferkit.data.decode import IMAGE_EXTENSIONS, load_image
+from transferkit.data.embedded import embedded_spec
 from transferkit.data.masks import load_mask
-from transferkit.data.scenes import SCENE_CLASSES, SceneDataset, materialize_if_small
 from transferkit.data.sources import match_image_channels
 from transferkit.data.transforms import TRAIN_PIPELINES, build_transforms
 from transferkit.errors import lookup
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 Pair = tuple[Path, Path]
 SPLITS = ("train", "val", "test")
-EMBEDDED = ("scenes",)
 
 
 def list_images(folder: Path) -> dict[str, Path]:
@@ -176,8 +175,8 @@ class SegmentationDataModule(pl.LightningDataModule):
                  interpolation: str = "bilinear") -> None:
         super().__init__()
         self.interpolation = interpolation
-        if root is None and embedded not in EMBEDDED:
-            raise ValueError(f"data.embedded={embedded!r} is not a segmentation dataset; use one of {list(EMBEDDED)}.")
+        if root is None:
+            embedded_spec(embedded, "segmentation")
         if batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size!r} must be >= 1.")
         lookup(TRAIN_PIPELINES, augment, "augment.name")
@@ -194,6 +193,9 @@ class SegmentationDataModule(pl.LightningDataModule):
     @staticmethod
     def _class_names(root: str | None, num_classes: int | None, class_names: list[str] | None) -> list[str]:
         if root is None:
+            # scenes is the only segmentation entry of EMBEDDED, and its spec carries no class names.
+            from transferkit.data.embedded.scenes import SCENE_CLASSES
+
             if class_names and len(class_names) != len(SCENE_CLASSES):
                 raise ValueError(f"data.class_names={list(class_names)!r} does not fit the embedded scenes "
                                  f"{list(SCENE_CLASSES)}; rename them one for one or leave it null.")
@@ -217,7 +219,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.sources:
             return
         if self.root is None:
-            self._make_scenes()
+            self._load_embedded()
         else:
             splits = scan_segmentation_folder(self.root, self.val_fraction, self.test_fraction, self.seed)
             self.sources = {s: MaskFileSource(p, self.num_classes, self.ignore_index, self.mask_palette,
@@ -225,13 +227,12 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.split_record = {s: [[str(i), str(m)] for i, m in p] for s, p in splits.items()}
         log.info("Data: %s, %d classes, sizes %s", self.describe(), self.num_classes, self.sizes())
 
-    def _make_scenes(self) -> None:
-        n = self.embedded_length
-        seeds = {"train": self.seed, "val": self.seed + 10_000, "test": self.seed + 20_000}
-        lengths = {"train": n, "val": max(32, n // 8), "test": max(64, n // 4)}
-        self.sources = {s: materialize_if_small(SceneDataset(lengths[s], self.image_size, seeds[s]))
-                        for s in SPLITS}
-        self.split_record = {"embedded": "scenes", "seeds": seeds, "sizes": lengths}
+    def _load_embedded(self) -> None:
+        data = embedded_spec(self.embedded, "segmentation").load(
+            length=self.embedded_length, image_size=self.image_size, in_chans=self.in_chans, seed=self.seed,
+            val_fraction=self.val_fraction, test_fraction=self.test_fraction)
+        assert len(data.class_names) == self.num_classes, (data.class_names, self.class_names)
+        self.sources, self.split_record = dict(data.sources), dict(data.record)
 
     def describe(self) -> str:
         return str(self.root) if self.root is not None else f"embedded:{self.embedded}"

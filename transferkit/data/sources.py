@@ -73,3 +73,41 @@ class TransformedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.source[index]
         return self.transform(image=image)["image"], label
+
+
+class SubsetSource(Dataset):
+    """The items ``indices`` of ``source``, in that order, with their ``labels`` known up front."""
+
+    def __init__(self, source: Dataset, indices: Sequence[int], labels: Sequence[int]) -> None:
+        if len(indices) != len(labels):
+            raise ValueError(f"{len(indices)} indices but {len(labels)} labels.")
+        self.source = source
+        self.indices = [int(i) for i in indices]
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return self.source[self.indices[index]]
+
+
+def subset_source(source: Dataset, indices: Sequence[int], labels: np.ndarray) -> Dataset:
+    """Keep the items ``indices`` of ``source`` (``labels``: the labels of all of its items)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if isinstance(source, ArraySource):
+        return ArraySource(source.images[indices], source.labels[indices], in_chans=source.in_chans)
+    if isinstance(source, FileSource):
+        return FileSource([source.items[i] for i in indices], source.in_chans, source.background)
+    return SubsetSource(source, indices, labels[indices])
+
+
+def source_labels(source: Dataset) -> np.ndarray:
+    """Every label of ``source`` as int64, read without decoding images where the source allows it."""
+    labels = getattr(source, "labels", None)
+    if labels is not None:
+        return np.asarray(labels, dtype=np.int64)
+    items = getattr(source, "items", None) or getattr(getattr(source, "source", None), "items", None)
+    if items is not None:
+        return np.asarray([label for _, label in items], dtype=np.int64)
+    return np.asarray([source[i][1] for i in range(len(source))], dtype=np.int64)

@@ -1,4 +1,4 @@
-"""Seeded stratified train/val/test splits, stratified k-fold, and ``splits.json`` for reproducibility."""
+"""Seeded stratified train/val/test splits, stratified k-fold, few-shot draws, and ``splits.json``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from transferkit.data.discover import Item
+from transferkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +158,28 @@ def load_splits(
         for name, items in payload["splits"].items()
     }
     return tuple(payload["classes"]), splits
+
+
+def check_per_class(n: int | None, key: str = "data.train_per_class") -> int | None:
+    """``None`` (keep every image) or a positive whole number of images per class."""
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConfigError(f"{key}={n!r} must be a whole number >= 1 (images kept per class), "
+                          f"or null to keep every training image.")
+    return int(n)
+
+
+def draw_per_class(labels: Sequence[int] | np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of a seeded draw of ``n`` items per class, sorted; a smaller class keeps all of its items.
+
+    Each class draws from its own generator ``(seed, label)``, so one class's draw does not depend on
+    the others, and the draw for a smaller ``n`` is contained in the draw for a larger one.
+    """
+    n = check_per_class(n)
+    labels = np.asarray(labels, dtype=np.int64)
+    chosen = [np.empty(0, dtype=np.int64)]
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        chosen.append(np.random.default_rng((seed, int(label))).permutation(members)[:n])
+    return np.sort(np.concatenate(chosen))

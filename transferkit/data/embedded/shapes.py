@@ -10,7 +10,7 @@ trains its upper stages learns to see the texture boundary. `advise` measures it
 
 The same generator makes both *different* quadrants: `recipes/small_different.yaml` takes a few
 dozen images per class (`data.embedded_length`), `recipes/large_different.yaml` thousands. Shapes
-are drawn with `transferkit.data.scenes.shape_mask` (the segmentation scenes' shapes). Every
+are drawn with `transferkit.data.embedded.scenes.shape_mask` (the segmentation scenes' shapes). Every
 image depends only on ``(seed, index)``; labels cycle through the classes, so they are balanced.
 """
 
@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from transferkit.data.scenes import SCENE_CLASSES, shape_mask
+from transferkit.data.embedded.scenes import SCENE_CLASSES, shape_mask
 
 log = logging.getLogger(__name__)
 

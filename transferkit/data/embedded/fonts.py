@@ -89,7 +89,7 @@ def _render_glyph(font: ImageFont.FreeTypeFont, char: str, rng: np.random.Genera
     return canvas.crop(box)
 
 
-def _affine_coefficients(glyph_size: tuple[int, int], out_size: int, rng: np.random.Generator) -> tuple[float, ...]:
+def affine_coefficients(glyph_size: tuple[int, int], out_size: int, rng: np.random.Generator) -> tuple[float, ...]:
     """PIL's inverse affine (output -> glyph pixel) for a random fit, rotation, shear and shift."""
     width, height = glyph_size
     fill = rng.uniform(0.7, 1.0) * out_size
@@ -165,6 +165,15 @@ class FontCharDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
+    @property
+    def labels(self) -> np.ndarray:
+        """Every item's label, without rendering (the label is the first draw of the item's generator)."""
+        return np.asarray([self._draw_label(np.random.default_rng((self.seed, index)))
+                           for index in range(self.length)], dtype=np.int64)
+
+    def _draw_label(self, rng: np.random.Generator) -> int:
+        return int(rng.integers(len(self.class_names)))
+
     def __getstate__(self) -> dict[str, Any]:
         # Font objects do not pickle; each DataLoader worker opens its own on first use.
         return {**self.__dict__, "_fonts": None}
@@ -178,11 +187,11 @@ class FontCharDataset(torch.utils.data.Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} is out of range for {self.length} images.")
         rng = np.random.default_rng((self.seed, index))
-        label = int(rng.integers(len(self.class_names)))
+        label = self._draw_label(rng)
         font = self._font(int(rng.integers(len(self.font_files))))
         glyph = _render_glyph(font, self.class_names[label], rng)
         work_size = 2 * self.image_size
-        coefficients = _affine_coefficients(glyph.size, work_size, rng)
+        coefficients = affine_coefficients(glyph.size, work_size, rng)
         placed = glyph.transform(
             (work_size, work_size), Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR
         )

@@ -22,7 +22,7 @@ import logging
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from transferkit.data.fonts import FONT_POINTS, RENDER_SIZE, _affine_coefficients, find_font_files
+from transferkit.data.embedded.fonts import FONT_POINTS, RENDER_SIZE, affine_coefficients, find_font_files
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def block_counts(bitmap: np.ndarray, block: int = BLOCK) -> np.ndarray:
 def write_digit(glyph: Image.Image, rng: np.random.Generator) -> np.ndarray:
     """A rendered glyph posed, bent and binarised: a ``BITMAP_SIZE`` square bitmap (bool)."""
     work = 2 * BITMAP_SIZE
-    placed = glyph.transform((work, work), Image.Transform.AFFINE, _affine_coefficients(glyph.size, work, rng),
+    placed = glyph.transform((work, work), Image.Transform.AFFINE, affine_coefficients(glyph.size, work, rng),
                              Image.Resampling.BILINEAR)
     ink = np.asarray(placed, dtype=np.float32) / 255.0
     field = displacement_field(rng, work, amplitude=rng.uniform(2.0, 5.0), knots=int(rng.integers(3, 6)))
