@@ -121,24 +121,27 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
     return callbacks
 
 
-def build_loggers(run_dir: Path) -> list:
+def build_loggers(run_dir: Path, version: str = "") -> list:
     from pytorch_lightning.loggers import CSVLogger
 
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers = [CSVLogger(save_dir=str(run_dir), name="", version=version)]
     try:
         from pytorch_lightning.loggers import TensorBoardLogger
         from pytorch_lightning.loggers.tensorboard import _TENSORBOARD_AVAILABLE
 
         if _TENSORBOARD_AVAILABLE:
-            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
+            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=version))
     except ImportError:
         pass
     return loggers
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, monitor: str, mode: str,
-                  extra_callbacks: list | None = None) -> pl.Trainer:
-    flags = container(cfg.trainer)
+                  extra_callbacks: list | None = None, flags_override: dict | None = None,
+                  log_version: str = "") -> pl.Trainer:
+    """The Trainer of `cfg.trainer`; `flags_override` (e.g. a race leg's max_epochs) and
+    `log_version` (a sub-folder for its metrics) are for runs made of several fits."""
+    flags = {**container(cfg.trainer), **(flags_override or {})}
     valid = trainer_flags()
     for key in flags:
         if key not in valid:
@@ -151,4 +154,4 @@ def build_trainer(cfg: DictConfig, run_dir: Path, monitor: str, mode: str,
     progress, progress_flags = progress_callbacks(is_interactive(), flags.pop("enable_progress_bar", None))
     callbacks = build_callbacks(cfg, run_dir, monitor, mode) + progress + list(extra_callbacks or [])
     return pl.Trainer(**flags, **progress_flags, default_root_dir=str(run_dir), callbacks=callbacks,
-                      logger=build_loggers(run_dir))
+                      logger=build_loggers(run_dir, log_version))

@@ -44,6 +44,7 @@ class FinetunePlan:
     layer_decay: float | None = None
     unfreeze_at_epoch: int | None = None
     cache_features: bool | None = None
+    lpft: bool = False  # TEMP until branch head merges
 
     def __post_init__(self) -> None:
         lookup(dict.fromkeys(PLAN_STRATEGIES), self.strategy, key="finetune.strategy")

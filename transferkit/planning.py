@@ -25,6 +25,7 @@ from transferkit.models.weights import (
     house_backbones,
     resolve_weights_source,
 )
+from transferkit.race import RacePlan, plan_race
 
 log = logging.getLogger("transferkit")
 
@@ -52,6 +53,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     advice: dict | None = None
     cache: dict = field(default_factory=dict)
+    race: RacePlan | None = None
 
     def to_dict(self) -> dict:
         return {"weights": self.weights.to_dict(), "input": self.input.to_dict(), "notes": list(self.notes)}
@@ -179,16 +181,25 @@ def plan_finetune(plan: Plan, datamodule) -> tuple[dict, dict | None]:
                 "scratch with finetune=full.")
     if strategy != AUTO:
         return finetune, None
-    from transferkit.measure import resolve_auto_finetune
+    from transferkit.measure import measure_datamodule
 
-    with preserved_rng():
-        return resolve_auto_finetune(cfg, datamodule, plan.weights)
+    with preserved_rng():  # measuring must not change training's random stream
+        advice = measure_datamodule(cfg, datamodule, plan.weights).to_dict()
+    plan.race = plan_race(finetune, advice, int(cfg.trainer.max_epochs))
+    race = plan.race
+    log.info("finetune=auto: racing %s; cuts at epochs %s; scratch %s (%s)",
+             ", ".join(c.name for c in race.candidates), [r.end for r in race.rungs],
+             "enters" if race.scratch["entered"] else "left out", race.scratch["why"])
+    return finetune, advice
 
 
 def plan_cache(cfg: DictConfig, finetune: dict) -> dict:
     """Whether to train the head on cached backbone features (finetune.cache_features), and why."""
     from transferkit.data.feature_cache import cache_blockers, choose_feature_cache
 
+    if finetune.get("strategy") == AUTO:
+        return {"used": False, "requested": finetune.get("cache_features"),
+                "reasons": ["finetune=auto: decided per race candidate (freeze trains on cached features)"]}
     model, augment = cfg.model, cfg.augment
     blockers = cache_blockers(cfg.task.kind, finetune.get("strategy"), finetune.get("unfreeze_at_epoch"),
                               augment.get("name"), augment.get("mixup_alpha", 0.0),

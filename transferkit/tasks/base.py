@@ -78,12 +78,16 @@ class BaseTask(pl.LightningModule):
         return {"total": sum(p.numel() for p in params),
                 "trainable": sum(p.numel() for p in params if p.requires_grad)}
 
+    # The epochs the LR schedule spans. None = the trainer's max_epochs; a race leg (finetune=auto)
+    # sets the full budget, so a leg trains a prefix of the schedule and the next leg continues it.
+    schedule_epochs: int | None = None
+
     def steps_per_epoch(self) -> tuple[int, int]:
-        """(max_epochs, optimizer steps per epoch) as the trainer will run them."""
+        """(epochs of the schedule, optimizer steps per epoch) as the trainer will run them."""
         trainer = self.trainer
         total = int(trainer.estimated_stepping_batches)
-        max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
-        return max_epochs, max(1, total // max_epochs)
+        trainer_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+        return self.schedule_epochs or trainer_epochs, max(1, total // trainer_epochs)
 
     def configure_optimizers(self):
         weight_decay = self.optimizer_cfg.get("weight_decay", 0.0)

@@ -1,0 +1,178 @@
+"""Run the `finetune=auto` race planned by `transferkit.race`: legs, cuts, the winner's finish.
+
+Each candidate trains in `<run_dir>/race/<name>/`. A leg is one `trainer.fit` up to the rung's
+epoch, resuming from the candidate's `last.ckpt`, so survivors continue where they stopped (the LR
+schedule spans the full budget from the first leg). Eliminated candidates are released. The
+winner's checkpoints become the run's `checkpoints/best.ckpt` and `last.ckpt`.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import gc
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from transferkit.builders import build_task, build_trainer
+from transferkit.race import Candidate, Entry, Rung, choose_survivors, leg_score
+
+log = logging.getLogger("transferkit")
+
+
+class ValidationRecorder(pl.Callback):
+    """Keeps every validation loss and accuracy of a candidate (the race scores legs on them)."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.accs: list[float] = []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
+            return
+        metrics = trainer.callback_metrics
+        self.losses.append(float(metrics["val/loss"]))
+        self.accs.append(float(metrics.get("val/acc", float("nan"))))
+
+
+@dataclass
+class Leg:
+    """A candidate in the race: its config, task, data and what it has done so far."""
+
+    candidate: Candidate
+    cfg: DictConfig
+    task: pl.LightningModule
+    data: pl.LightningDataModule
+    directory: Path
+    entry: Entry
+    recorder: ValidationRecorder
+    trainer: pl.Trainer | None = None
+    legs_run: int = 0
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.directory / "checkpoints" / "last.ckpt"
+
+
+def candidate_config(cfg: DictConfig, candidate: Candidate) -> DictConfig:
+    """The planned config with the candidate's finetune group (and augmentation), read-only."""
+    derived = OmegaConf.create({**OmegaConf.to_container(cfg, resolve=True), "finetune": candidate.finetune})
+    if candidate.augment is not None:
+        derived.augment.name = candidate.augment
+        derived.augment.mixup_alpha = derived.augment.cutmix_alpha = 0.0
+    OmegaConf.set_readonly(derived, True)
+    return derived
+
+
+def start_leg(cfg: DictConfig, candidate: Candidate, datamodule, weights, run_dir: Path) -> Leg:
+    """Build the candidate's task (pretrained or random init) and the data it trains on."""
+    leg_cfg = candidate_config(cfg, candidate)
+    task = build_task(leg_cfg, datamodule, weights if candidate.pretrained else None)
+    task.schedule_epochs = int(cfg.trainer.max_epochs)
+    directory = run_dir / "race" / candidate.name
+    data = datamodule
+    if candidate.augment is not None and getattr(datamodule, "augment", None) != candidate.augment:
+        data = copy.copy(datamodule)  # same sources and splits, the candidate's augmentation
+        data.augment = candidate.augment
+    if leg_cfg.finetune.strategy == "freeze" and leg_cfg.task.kind == "classification":
+        from transferkit.commands.common import wrap_feature_cache
+
+        data = wrap_feature_cache(leg_cfg, data, task, directory)
+    entry = Entry(candidate.name, str(leg_cfg.finetune.strategy))
+    return Leg(candidate, leg_cfg, task, data, directory, entry, ValidationRecorder())
+
+
+def train_leg(leg: Leg, rung: Rung) -> None:
+    """Train `leg` up to `rung.end` epochs of its schedule, continuing from its last checkpoint."""
+    log.info("race: %s trains to epoch %d", leg.candidate.name, rung.end)
+    trainer = build_trainer(leg.cfg, leg.directory, leg.task.monitor, leg.task.monitor_mode,
+                            extra_callbacks=[leg.recorder], log_version=f"logs/leg{leg.legs_run}",
+                            flags_override={"max_epochs": rung.end, "enable_model_summary": False})
+    resume = leg.last_checkpoint if leg.last_checkpoint.is_file() else None
+    start = time.time()
+    trainer.fit(leg.task, datamodule=leg.data, ckpt_path=resume)
+    leg.entry.seconds += time.time() - start
+    leg.trainer, leg.legs_run = trainer, leg.legs_run + 1
+    recorder = leg.recorder
+    leg.entry.rungs.append({"epochs": rung.end, "val_loss": recorder.losses[-1], "val_acc": recorder.accs[-1],
+                            "score": leg_score(recorder.losses)})
+
+
+def release(leg: Leg) -> None:
+    """Free what an eliminated candidate holds (its model, optimizer state, cached features)."""
+    store = getattr(leg.data, "store", None)
+    if store is not None:
+        store.release()
+    leg.task = leg.trainer = leg.data = None  # type: ignore[assignment]
+    gc.collect()
+
+
+def agree(trainer: pl.Trainer, names: list[str]) -> list[str]:
+    """Under DDP every rank takes rank 0's survivors (they already agree: val metrics are synced)."""
+    return list(trainer.strategy.broadcast(names, src=0))
+
+
+def run_race(cfg: DictConfig, candidates: list[Candidate], rungs: list[Rung], datamodule, weights,
+             run_dir: Path) -> tuple[Leg, list[Entry]]:
+    """Successive halving: returns the winner's leg (trained to the end) and every candidate's record."""
+    legs = {c.name: start_leg(cfg, c, datamodule, weights, run_dir) for c in candidates}
+    entries = [leg.entry for leg in legs.values()]
+    for rung in rungs:
+        for leg in legs.values():
+            train_leg(leg, rung)
+        if len(legs) > rung.keep:
+            scores = {name: leg.entry.score() for name, leg in legs.items()}
+            keep = agree(next(iter(legs.values())).trainer, choose_survivors(scores, rung.keep))
+            for name in [n for n in legs if n not in keep]:
+                log.info("race: %s stops after epoch %d (val loss %.4f)", name, rung.end, scores[name])
+                release(legs.pop(name))
+    winner = next(iter(legs.values()))
+    log.info("race: rank %d winner %s", winner.trainer.global_rank, winner.candidate.name)
+    return winner, entries
+
+
+def adopt_winner(winner: Leg, run_dir: Path) -> dict[str, str]:
+    """Copy the winner's checkpoints and metrics to where a fixed-strategy run keeps them."""
+    target = run_dir / "checkpoints"
+    target.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name in ("best", "last"):
+        source = winner.directory / "checkpoints" / f"{name}.ckpt"
+        if source.is_file():
+            paths[name] = str(shutil.copy2(source, target / f"{name}.ckpt"))
+    merge_csv(sorted((winner.directory / "logs").glob("leg*/metrics.csv")), run_dir / "metrics.csv")
+    return paths
+
+
+def merge_csv(sources: list[Path], target: Path) -> None:
+    """One metrics.csv from several (each leg's logger wrote its own), columns united."""
+    rows, fields = [], []
+    for source in sources:
+        with source.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields += [f for f in reader.fieldnames or [] if f not in fields]
+            rows += list(reader)
+    with target.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def race_table(entries: list[Entry], rungs: list[Rung], winner: str) -> str:
+    """The race as a small table for the log: val loss / val acc per rung, seconds."""
+    head = ["candidate", "strategy", *[f"epoch {r.end}" for r in rungs], "seconds"]
+    lines = []
+    for entry in entries:
+        cells = [f"{r['val_loss']:.4f} / {r['val_acc']:.3f}" for r in entry.rungs]
+        cells += ["-"] * (len(rungs) - len(cells))
+        mark = " <- winner" if entry.name == winner else ""
+        lines.append([entry.name, entry.strategy, *cells, f"{entry.seconds:.1f}{mark}"])
+    widths = [max(len(str(row[i])) for row in [head, *lines]) for i in range(len(head))]
+    text = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [head, *lines]]
+    return "race (val loss / val acc at each cut):\n" + "\n".join(text)

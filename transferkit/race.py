@@ -1,0 +1,182 @@
+"""`finetune=auto`: the candidate plans, the rung schedule and the elimination rule (pure).
+
+Successive halving (Jamieson & Talwalkar 2016) over a few fine-tuning plans: every candidate trains
+a short leg of its own full schedule, is scored on validation, the worse ones stop, and survivors
+continue from where they stopped. The last one finishes its schedule. The runner that trains the
+legs is `transferkit.commands.racing`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from transferkit.config_files import load_group_option
+from transferkit.errors import ConfigError
+
+ETA = 3                     # keep ceil(n / ETA) candidates at each cut: 5 -> 2 -> 1
+TIE_TOLERANCE = 0.01        # validation losses this close (nats) are a tie; the cheaper plan wins
+SCRATCH_UNLESS_SIMILARITY = 0.9  # scratch is ruled out only when frozen features already separate the classes
+LAYER_DECAY = 0.75          # full-llrd: each lower backbone group gets 0.75x the LR of the one above
+# Relative cost of one epoch; a frozen head on cached features costs next to nothing.
+EPOCH_COST = {"freeze": 0.05, "lpft-partial": 0.7, "full-llrd": 1.0, "lpft-full": 1.0, "scratch": 1.0}
+ORDER = tuple(EPOCH_COST)   # the cost order: ties go to the earlier (cheaper) plan
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One plan in the race: the finetune group it trains with, and how it starts."""
+
+    name: str
+    finetune: dict
+    pretrained: bool = True
+    augment: str | None = None  # freeze trains on cached features: no random augmentation
+
+    @property
+    def cost(self) -> float:
+        return EPOCH_COST[self.name]
+
+
+@dataclass(frozen=True)
+class Rung:
+    end: int   # the candidates still in train until this epoch of their schedule ...
+    keep: int  # ... then this many continue
+
+
+@dataclass(frozen=True)
+class RacePlan:
+    """What planning decided for `finetune=auto`: who races, where the cuts fall, and why."""
+
+    candidates: list[Candidate]
+    rungs: list[Rung]
+    scratch: dict          # {"entered": bool, "why": str}
+    cost_bound: float      # worst-case epoch-equivalents / trainer.max_epochs
+
+    def to_dict(self) -> dict:
+        return {"candidates": [c.name for c in self.candidates],
+                "rungs": [{"end": r.end, "keep": r.keep} for r in self.rungs],
+                "scratch": dict(self.scratch), "cost_bound": round(self.cost_bound, 3)}
+
+
+@dataclass
+class Entry:
+    """A candidate's record: one row per rung it ran (`results.json` -> auto.candidates)."""
+
+    name: str
+    strategy: str
+    rungs: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def score(self) -> float:
+        return self.rungs[-1]["score"]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "strategy": self.strategy, "rungs": self.rungs, "seconds": round(self.seconds, 2)}
+
+
+def scratch_enters(advice: dict | None, threshold: float = SCRATCH_UNLESS_SIMILARITY) -> tuple[bool, str]:
+    """Whether the measurement cannot rule out negative transfer, and why.
+
+    Negative transfer is ruled out only when the frozen pretrained features already separate the
+    classes (chance-normalised k-NN similarity >= `threshold`) and explain the labels better than
+    a randomly initialised twin (LogME gain > 0).
+    """
+    if advice is None:
+        return True, "no measurement"
+    similarity, gain = advice.get("similarity"), advice.get("logme_gain")
+    if similarity is not None and similarity >= threshold and gain is not None and gain > 0:
+        return False, f"similarity {similarity:.3f} >= {threshold:g} and LogME gain {gain:+.3f} > 0"
+    gain_text = "n/a" if gain is None else f"{gain:+.3f}"
+    return True, f"similarity {similarity:.3f} < {threshold:g} or LogME gain {gain_text} <= 0"
+
+
+def build_candidates(explicit: dict, *, pretrained: bool, with_scratch: bool) -> list[Candidate]:
+    """The race's candidates in cost order; `explicit` finetune keys apply to every one that uses them."""
+    if not pretrained:
+        return [Candidate("scratch", {**load_group_option("finetune", "full"), "backbone_lr_scale": 1.0,
+                                      **explicit, "strategy": "full"}, pretrained=False)]
+    freeze, partial, full = (load_group_option("finetune", s) for s in ("freeze", "partial", "full"))
+    plans = [
+        Candidate("freeze", {**freeze, **explicit, "strategy": "freeze"}, augment="none"),
+        Candidate("lpft-partial", {**partial, **explicit, "strategy": "partial", "lpft": True}),
+        Candidate("full-llrd", {**full, "backbone_lr_scale": 1.0, "layer_decay": LAYER_DECAY, **explicit,
+                                "strategy": "full"}),
+        Candidate("lpft-full", {**full, **explicit, "strategy": "full", "lpft": True}),
+    ]
+    if with_scratch:
+        plans.append(Candidate("scratch", {**full, "backbone_lr_scale": 1.0, **explicit, "strategy": "full",
+                                           "lpft": False}, pretrained=False))
+    return plans
+
+
+def rung_schedule(max_epochs: int, n_candidates: int, eta: int = ETA) -> list[Rung]:
+    """Where the cuts fall: at max_epochs / eta**k, keeping ceil(n / eta) each time, the last at 1.
+
+    5 candidates over 15 epochs: all to epoch 2, the best 2 to epoch 5, the best one to 15.
+    """
+    if max_epochs < 1:
+        raise ConfigError(f"trainer.max_epochs={max_epochs!r}: finetune=auto needs at least 1 epoch.")
+    keeps, alive = [], n_candidates
+    while alive > 1:
+        alive = max(1, math.ceil(alive / eta))
+        keeps.append(alive)
+    rungs: list[Rung] = []
+    for k, keep in enumerate(keeps):
+        end = min(max_epochs, max(1, math.ceil(max_epochs / eta ** (len(keeps) - k))))
+        if rungs and rungs[-1].end >= end:
+            rungs[-1] = Rung(rungs[-1].end, keep)  # too few epochs to cut twice apart: cut deeper now
+        else:
+            rungs.append(Rung(end, keep))
+    if not rungs or rungs[-1].end < max_epochs:
+        rungs.append(Rung(max_epochs, 1))
+    return rungs
+
+
+def schedule_cost(rungs: list[Rung], costs: list[float]) -> float:
+    """Epoch-equivalents trained if the most expensive candidates always survive (the worst case)."""
+    alive = sorted(costs, reverse=True)
+    total, previous = 0.0, 0
+    for rung in rungs:
+        total += sum(alive) * (rung.end - previous)
+        previous, alive = rung.end, alive[:rung.keep]
+    return total
+
+
+def choose_survivors(scores: dict[str, float], keep: int, tolerance: float = TIE_TOLERANCE) -> list[str]:
+    """The `keep` best by validation loss; within `tolerance` of the best left, the cheaper plan first."""
+    left = dict(scores)
+    chosen: list[str] = []
+    while left and len(chosen) < keep:
+        best = min(left.values())
+        tied = [name for name, score in left.items() if score <= best + tolerance]
+        pick = min(tied, key=lambda name: (ORDER.index(name) if name in ORDER else len(ORDER), left[name]))
+        chosen.append(pick)
+        del left[pick]
+    return chosen
+
+
+def leg_score(val_losses: list[float]) -> float:
+    """A candidate's score after a leg: the mean validation loss of its last two evaluations.
+
+    Loss, not accuracy: on a 50-image validation split accuracy moves in 2-point steps and ties
+    often; the loss is continuous and also rewards calibrated confidence.
+    """
+    if not val_losses:
+        raise ValueError("a race leg produced no validation loss (is the val split empty?)")
+    last = val_losses[-2:]
+    return float(sum(last) / len(last))
+
+
+def explicit_keys(given: dict, defaults: dict) -> dict:
+    """Finetune keys the user set (they differ from conf/finetune/auto.yaml): they bind every candidate."""
+    return {k: v for k, v in given.items() if k not in ("strategy", "cache_features") and defaults.get(k) != v}
+
+
+def plan_race(given: dict, advice: dict | None, max_epochs: int) -> RacePlan:
+    """The candidates (scratch only when negative transfer is not ruled out) and the cuts."""
+    enters, why = scratch_enters(advice)
+    explicit = explicit_keys(given, load_group_option("finetune", "auto"))
+    candidates = build_candidates(explicit, pretrained=True, with_scratch=enters)
+    rungs = rung_schedule(max_epochs, len(candidates))
+    cost = schedule_cost(rungs, [c.cost for c in candidates]) / max_epochs
+    return RacePlan(candidates, rungs, {"entered": enters, "why": why, "explicit_keys": sorted(explicit)}, cost)
