@@ -129,23 +129,7 @@ def test_advise_command_writes_advice_and_plot(image_folder, fast) -> None:
     assert saved["recipe"] == saved["quadrant"] and saved["num_classes"] == 2
     assert saved["num_images"] == sum(1 for _ in (image_folder).rglob("*.png")) - 4  # 2 val + 2 test held out
     assert 0 <= saved["knn_accuracy"] <= 1 and saved["logme"] is not None
+    assert saved["race"]["candidates"][:4] == ["freeze", "lpft-partial", "full-llrd", "lpft-full"]
     from PIL import Image
 
     assert Image.open(result["advice_png"]).size[0] > 100
-
-
-def test_auto_finetune_takes_quadrant_settings_but_keeps_explicit_keys(image_folder, fast) -> None:
-    from transferkit.builders import build_datamodule
-    from transferkit.cli import compose_config
-    from transferkit.finetune import FinetunePlan, choose_strategy
-    from transferkit.measure import resolve_auto_finetune
-    from transferkit.planning import plan_model
-
-    plan = plan_model(compose_config([f"data.root={image_folder}", *fast, "finetune=auto",
-                                      "finetune.backbone_lr_scale=0.05"]))
-    datamodule = build_datamodule(plan.cfg)
-    datamodule.scan()
-    finetune, advice = resolve_auto_finetune(plan.cfg, datamodule, plan.weights)
-    assert finetune["strategy"] == choose_strategy(advice["quadrant"])
-    assert finetune["backbone_lr_scale"] == 0.05 and advice["explicit_keys"] == ["backbone_lr_scale"]
-    FinetunePlan(**finetune)  # a valid plan

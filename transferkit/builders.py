@@ -94,6 +94,19 @@ def build_task(cfg: DictConfig, datamodule, weights: WeightsSource | None = None
     return task
 
 
+def build_feature_cache(cfg: DictConfig, datamodule, task, run_dir: Path):
+    """Serve the frozen backbone's features once per split instead of images (data.feature_cache)."""
+    from transferkit.data.feature_cache import FeatureCacheDataModule
+    from transferkit.data.feature_store import FeatureStore
+
+    cache_dir = cfg.data.get("cache_dir")
+    store = FeatureStore(cache_dir=Path(cache_dir) / "features" if cache_dir else None,
+                         spill_dir=run_dir / "feature_cache")
+    return FeatureCacheDataModule(datamodule, task.encoder, str(cfg.model.backbone),
+                                  image_size=int(cfg.data.image_size), in_chans=int(cfg.model.in_chans),
+                                  store=store)
+
+
 def trainer_flags() -> set[str]:
     return {n for n in inspect.signature(pl.Trainer.__init__).parameters if n != "self"}
 

@@ -40,6 +40,7 @@ NOISY_WARNINGS = (
     r"The number of training batches \(\d+\) is smaller than the logging interval",
     r".*module\(s\) in eval mode",  # frozen BatchNorm layers stay in eval mode (see finetune)
     r"Experiment logs directory .* exists and is not empty",  # CSV logs share the run directory
+    r"Checkpoint directory .* exists and is not empty",  # a race leg continues in its own directory
 )
 
 OWN_MODULES = r"transferkit(\.|$)"

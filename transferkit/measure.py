@@ -13,7 +13,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
-from transferkit.config_files import load_group_option, recipe_names, recipe_path
 from transferkit.errors import ConfigError
 from transferkit.models.weights import WeightsSource
 from transferkit.transferability import SIMILARITY_THRESHOLD, SIZE_THRESHOLD, Advice, measure
@@ -93,34 +92,3 @@ def measure_datamodule(cfg: DictConfig, datamodule, weights: WeightsSource) -> A
     return measure(features, labels[chosen], random_features, k=options["k"], folds=options["folds"],
                    seed=cfg.seed, class_counts=counts, size_threshold=options["size_threshold"],
                    similarity_threshold=options["similarity_threshold"])
-
-
-def quadrant_finetune(quadrant: str) -> dict:
-    """The finetune group a quadrant's recipe selects: conf/finetune/<strategy>.yaml + the recipe's keys."""
-    from transferkit.finetune import choose_strategy
-
-    strategy, extra = choose_strategy(quadrant), {}
-    if quadrant in recipe_names():
-        spec = OmegaConf.to_container(OmegaConf.load(recipe_path(quadrant)))
-        for item in spec.get("defaults", []):
-            if isinstance(item, dict) and "override /finetune" in item:
-                strategy = item["override /finetune"]
-        extra = spec.get("finetune", {}) or {}
-    return {**load_group_option("finetune", strategy), **extra}
-
-
-def resolve_auto_finetune(cfg: DictConfig, datamodule, weights: WeightsSource) -> tuple[dict, dict]:
-    """`finetune.strategy=auto`: measure, then use the quadrant's finetune settings.
-
-    Keys the user changed from `conf/finetune/auto.yaml` (e.g. finetune.trainable_stages=3) win.
-    Returns (finetune settings, advice record for results.json).
-    """
-    advice = measure_datamodule(cfg, datamodule, weights)
-    chosen = quadrant_finetune(advice.quadrant)
-    defaults = load_group_option("finetune", "auto")
-    given = OmegaConf.to_container(cfg.finetune, resolve=True)
-    explicit = {k: v for k, v in given.items() if k != "strategy" and defaults.get(k) != v}
-    finetune = {**chosen, **explicit}
-    log.info("finetune.strategy=auto -> %s (%s)%s", finetune["strategy"], advice.quadrant,
-             f"; kept explicit {sorted(explicit)}" if explicit else "")
-    return finetune, {**advice.to_dict(), "finetune": finetune, "explicit_keys": sorted(explicit)}

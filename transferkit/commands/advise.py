@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from transferkit.builders import build_datamodule
 from transferkit.measure import measure_datamodule
 from transferkit.planning import plan_model
+from transferkit.race import plan_race
 from transferkit.reports.matrix_plot import plot_matrix
 from transferkit.rundir import create_run_dir, write_config, write_json
 from transferkit.transferability import Advice
@@ -41,10 +42,13 @@ def run(cfg: DictConfig) -> dict:
     advice = measure_datamodule(plan.cfg, datamodule, plan.weights)
     run_dir = create_run_dir(plan.cfg.run_dir)
     write_config(plan.cfg, run_dir)
+    race = plan_race(OmegaConf.to_container(plan.cfg.finetune), advice.to_dict(), int(plan.cfg.trainer.max_epochs))
     record = {**advice.to_dict(), "data": datamodule.describe(), "backbone": plan.cfg.model.backbone,
-              "weights": str(plan.cfg.model.weights), "plan": plan.to_dict()}
+              "weights": str(plan.cfg.model.weights), "plan": plan.to_dict(), "race": race.to_dict()}
     json_path = write_json(record, run_dir / "advice.json")
     png_path = plot_matrix(advice, run_dir / "advice.png", name=datamodule.describe())
     log.info("%s", describe(advice))
+    log.info("finetune=auto would race: %s (scratch %s: %s)", ", ".join(race.to_dict()["candidates"]),
+             "enters" if race.scratch["entered"] else "left out", race.scratch["why"])
     log.info("Advice: %s, %s", json_path, png_path)
     return {**record, "run_dir": str(run_dir), "advice_json": str(json_path), "advice_png": str(png_path)}

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
-from transferkit.builders import build_datamodule, build_task, build_trainer
+from transferkit.builders import build_datamodule, build_feature_cache, build_task, build_trainer
 from transferkit.errors import ConfigError
 from transferkit.planning import Plan, plan_model, plan_training
 from transferkit.rundir import create_run_dir, write_config, write_json
@@ -24,19 +24,6 @@ def plan_run(cfg: DictConfig) -> tuple[Plan, object]:
     datamodule = build_datamodule(plan.cfg)
     datamodule.scan()
     return plan_training(plan, datamodule), datamodule
-
-
-def wrap_feature_cache(cfg: DictConfig, datamodule, task, run_dir: Path):
-    """Serve the frozen backbone's features once per split instead of images (see feature_cache)."""
-    from transferkit.data.feature_cache import FeatureCacheDataModule
-    from transferkit.data.feature_store import FeatureStore
-
-    cache_dir = cfg.data.get("cache_dir")
-    store = FeatureStore(cache_dir=Path(cache_dir) / "features" if cache_dir else None,
-                         spill_dir=run_dir / "feature_cache")
-    return FeatureCacheDataModule(datamodule, task.encoder, str(cfg.model.backbone),
-                                  image_size=int(cfg.data.image_size), in_chans=int(cfg.model.in_chans),
-                                  store=store)
 
 
 def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, object, object, Path]:
@@ -79,7 +66,7 @@ def fit_fixed(plan: Plan, datamodule, run_dir: Path) -> tuple[pl.Trainer, object
     cfg = plan.cfg
     task = build_task(cfg, datamodule, plan.weights)
     trainer = build_trainer(cfg, run_dir, task.monitor, task.monitor_mode)
-    fit_data = wrap_feature_cache(cfg, datamodule, task, run_dir) if plan.cache["used"] else datamodule
+    fit_data = build_feature_cache(cfg, datamodule, task, run_dir) if plan.cache["used"] else datamodule
     trainer.fit(task, datamodule=fit_data, ckpt_path=cfg.ckpt_path)  # console.quiet_console filters the noise
     return trainer, task, fit_data, {"feature_cache": dict(plan.cache)}
 

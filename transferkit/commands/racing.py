@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
-from transferkit.builders import build_task, build_trainer
+from transferkit.builders import build_feature_cache, build_task, build_trainer
 from transferkit.race import Candidate, Entry, Rung, choose_survivors, leg_score
 
 log = logging.getLogger("transferkit")
@@ -81,9 +82,7 @@ def start_leg(cfg: DictConfig, candidate: Candidate, datamodule, weights, run_di
         data = copy.copy(datamodule)  # same sources and splits, the candidate's augmentation
         data.augment = candidate.augment
     if leg_cfg.finetune.strategy == "freeze" and leg_cfg.task.kind == "classification":
-        from transferkit.commands.common import wrap_feature_cache
-
-        data = wrap_feature_cache(leg_cfg, data, task, directory)
+        data = build_feature_cache(leg_cfg, data, task, directory)
     entry = Entry(candidate.name, str(leg_cfg.finetune.strategy))
     return Leg(candidate, leg_cfg, task, data, directory, entry, ValidationRecorder())
 
@@ -105,11 +104,14 @@ def train_leg(leg: Leg, rung: Rung) -> None:
 
 
 def release(leg: Leg) -> None:
-    """Free what an eliminated candidate holds (its model, optimizer state, cached features)."""
+    """Free what an eliminated candidate holds: its model, optimizer state, cached features and
+    checkpoints on disk (its logs stay in `race/<name>/logs`)."""
     store = getattr(leg.data, "store", None)
     if store is not None:
         store.release()
     leg.task = leg.trainer = leg.data = None  # type: ignore[assignment]
+    if rank_zero_only.rank == 0:
+        shutil.rmtree(leg.directory / "checkpoints", ignore_errors=True)
     gc.collect()
 
 
@@ -138,14 +140,14 @@ def run_race(cfg: DictConfig, candidates: list[Candidate], rungs: list[Rung], da
 
 
 def adopt_winner(winner: Leg, run_dir: Path) -> dict[str, str]:
-    """Copy the winner's checkpoints and metrics to where a fixed-strategy run keeps them."""
+    """Move the winner's checkpoints, and merge its metrics, to where a fixed-strategy run keeps them."""
     target = run_dir / "checkpoints"
     target.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name in ("best", "last"):
         source = winner.directory / "checkpoints" / f"{name}.ckpt"
         if source.is_file():
-            paths[name] = str(shutil.copy2(source, target / f"{name}.ckpt"))
+            paths[name] = str(shutil.move(source, target / f"{name}.ckpt"))
     merge_csv(sorted((winner.directory / "logs").glob("leg*/metrics.csv")), run_dir / "metrics.csv")
     return paths
 

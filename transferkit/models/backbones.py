@@ -67,27 +67,3 @@ def has_fixed_input_size(name: str) -> bool:
 
     cfg = get_pretrained_cfg(name)
     return bool(cfg is not None and cfg.fixed_input_size)
-
-
-def backbone_data_config(name: str, in_chans: int) -> dict[str, list[float]]:
-    """Input normalisation (mean/std, one value per input channel) timm's `name` was pretrained with.
-
-    Read from timm's pretrained config, so no model has to be built just to learn it.
-    """
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(name)
-    mean = cfg.mean if cfg is not None else IMAGENET_DEFAULT_MEAN
-    std = cfg.std if cfg is not None else IMAGENET_DEFAULT_STD
-    return {"mean": match_channels(mean, in_chans), "std": match_channels(std, in_chans)}
-
-
-def match_channels(values: tuple[float, ...] | list[float], in_chans: int) -> list[float]:
-    """Adapt per-channel statistics to `in_chans` (grey = average of RGB, extra channels repeat)."""
-    values = [float(v) for v in values]
-    if len(values) == in_chans:
-        return values
-    if in_chans == 1:
-        return [sum(values) / len(values)]
-    return [values[i % len(values)] for i in range(in_chans)]

@@ -1,0 +1,142 @@
+"""`finetune=auto`: the race's schedule, elimination, memory, carry-over, cost and DDP agreement."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import weakref
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from transferkit import cli
+from transferkit.commands import racing
+from transferkit.race import (
+    Rung,
+    build_candidates,
+    choose_survivors,
+    leg_score,
+    plan_race,
+    rung_schedule,
+    schedule_cost,
+    scratch_enters,
+)
+
+COSTS = [0.05, 0.7, 1.0, 1.0, 1.0]  # freeze, lpft-partial, full-llrd, lpft-full, scratch
+
+
+@pytest.mark.parametrize("epochs", [3, 4, 5, 6, 10, 15, 30, 100])
+def test_worst_case_cost_is_at_most_twice_one_full_run(epochs):
+    rungs = rung_schedule(epochs, len(COSTS))
+    assert rungs[-1] == Rung(epochs, 1) and [r.end for r in rungs] == sorted({r.end for r in rungs})
+    assert schedule_cost(rungs, COSTS) <= 2 * epochs
+
+
+def test_schedule_cuts_five_to_two_to_one():
+    assert rung_schedule(15, 5) == [Rung(2, 2), Rung(5, 1), Rung(15, 1)]
+    assert rung_schedule(15, 1) == [Rung(15, 1)]  # one candidate: a plain run
+
+
+def test_survivors_by_loss_and_ties_go_to_the_cheaper_plan():
+    scores = {"freeze": 0.30, "lpft-partial": 0.20, "full-llrd": 0.50, "lpft-full": 0.10}
+    assert choose_survivors(scores, 2) == ["lpft-full", "lpft-partial"]
+    assert choose_survivors({"lpft-full": 0.100, "freeze": 0.105}, 1) == ["freeze"]  # within 0.01: cheaper
+    assert choose_survivors({"lpft-full": 0.100, "freeze": 0.200}, 1) == ["lpft-full"]
+    assert leg_score([0.9, 0.4, 0.2]) == pytest.approx(0.3)  # the last two evaluations
+
+
+@pytest.mark.parametrize("advice, enters", [
+    ({"similarity": 0.98, "logme_gain": 0.7}, False),  # features already separate the classes
+    ({"similarity": 0.98, "logme_gain": -0.1}, True),  # no better than random features
+    ({"similarity": 0.60, "logme_gain": 0.7}, True),   # frozen features leave a lot to learn
+    (None, True),
+])
+def test_scratch_enters_unless_negative_transfer_is_ruled_out(advice, enters):
+    assert scratch_enters(advice)[0] is enters
+
+
+def test_explicit_keys_bind_every_candidate():
+    plan = plan_race({"strategy": "auto", "trainable_stages": 2, "backbone_lr_scale": 0.05, "layer_decay": None,
+                      "unfreeze_at_epoch": None, "cache_features": None}, {"similarity": 0.5, "logme_gain": 1},
+                     max_epochs=9)
+    names = [c.name for c in plan.candidates]
+    assert names == ["freeze", "lpft-partial", "full-llrd", "lpft-full", "scratch"]
+    assert all(c.finetune["backbone_lr_scale"] == 0.05 for c in plan.candidates)
+    assert plan.scratch["explicit_keys"] == ["backbone_lr_scale"] and plan.cost_bound <= 2
+    assert [c.name for c in build_candidates({}, pretrained=False, with_scratch=True)] == ["scratch"]
+
+
+def fake_training(scores: dict[str, list[float]]):
+    """A train_leg that reads each candidate's validation losses from `scores`, one per rung."""
+    broadcaster = SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj), global_rank=0)
+
+    def train_leg(leg, rung):
+        loss = scores[leg.candidate.name][len(leg.entry.rungs)]
+        leg.trainer = broadcaster
+        leg.entry.rungs.append({"epochs": rung.end, "val_loss": loss, "val_acc": 1 - loss, "score": loss})
+    return train_leg
+
+
+def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_folder, fast, tmp_path):
+    from transferkit.builders import build_datamodule
+    from transferkit.planning import plan_model
+
+    plan = plan_model(cli.compose_config([f"data.root={image_folder}", *fast, "trainer.max_epochs=9"]))
+    datamodule = build_datamodule(plan.cfg)
+    datamodule.scan()
+    candidates = build_candidates({}, pretrained=True, with_scratch=True)
+    scores = {"freeze": [0.5], "lpft-partial": [0.3, 0.25, 0.2], "full-llrd": [0.6], "lpft-full": [0.2, 0.3, 0.1],
+              "scratch": [0.9]}
+    monkeypatch.setattr(racing, "train_leg", fake_training(scores))
+    watched: dict[str, weakref.ref] = {}
+    real_release = racing.release
+
+    def release(leg):
+        watched[leg.candidate.name] = weakref.ref(leg.task)
+        real_release(leg)
+    monkeypatch.setattr(racing, "release", release)
+    rungs = rung_schedule(9, len(candidates))
+    winner, entries = racing.run_race(plan.cfg, candidates, rungs, datamodule, plan.weights, tmp_path)
+    # lpft-partial beat lpft-full at the second cut (0.25 < 0.30) and finished the schedule.
+    assert winner.candidate.name == "lpft-partial"
+    assert [len(e.rungs) for e in entries] == [1, 3, 1, 2, 1]
+    gc.collect()
+    assert set(watched) == {"freeze", "full-llrd", "scratch", "lpft-full"}
+    assert all(ref() is None for ref in watched.values())  # nothing keeps an eliminated model alive
+
+
+@pytest.mark.slow
+def test_auto_race_continues_the_winner_and_records_it(image_folder, fast, tmp_path, caplog):
+    caplog.set_level("INFO", logger="transferkit")
+    results = cli.run(["fit", f"data.root={image_folder}", *fast[:-1], "finetune=auto", "trainer.max_epochs=3",
+                       "augment=none", f"run_dir={tmp_path / 'auto'}"])
+    auto = results["auto"]
+    winner = next(c for c in auto["candidates"] if c["name"] == auto["winner"])
+    assert [r["epochs"] for r in winner["rungs"]] == [r["end"] for r in auto["rungs"]][:len(winner["rungs"])]
+    assert winner["rungs"][-1]["epochs"] == 3 and all(c["seconds"] > 0 for c in auto["candidates"])
+    assert auto["seconds"] == pytest.approx(sum(c["seconds"] for c in auto["candidates"]), abs=0.05)
+    last = torch.load(results["last_checkpoint"], map_location="cpu", weights_only=False)
+    batches = -(-results["data"]["train_size"] // 4)
+    assert last["epoch"] == 2 and last["global_step"] == 3 * batches  # one schedule, no restart
+    assert results["strategy"] == winner["strategy"] and "race (val loss / val acc" in caplog.text
+    assert not (tmp_path / "auto" / "race" / "scratch" / "checkpoints").exists() or auto["winner"] == "scratch"
+
+
+@pytest.mark.slow
+def test_two_process_ddp_agrees_on_the_winner(image_folder, tmp_path, test_resnet_weights):
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("TRANSFERKIT_RUN_DIR", None)
+    cmd = [sys.executable, "-m", "transferkit", "fit", f"data.root={image_folder}", "finetune=auto",
+           "model.backbone=test_resnet", f"model.weights={test_resnet_weights}", "data.image_size=32",
+           "data.batch_size=2", "data.num_workers=0", "trainer.accelerator=cpu", "trainer.devices=2",
+           "trainer.strategy=ddp", "trainer.max_epochs=3", f"run_dir={tmp_path / 'ddp'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = sorted(line.split("race: ")[1] for line in proc.stderr.splitlines() if "race: rank" in line)
+    assert len(said) == 2 and said[0].split()[-1] == said[1].split()[-1], said
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert said[0].endswith(results["auto"]["winner"])
