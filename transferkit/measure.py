@@ -24,6 +24,9 @@ ADVISE_DEFAULTS: dict = {"max_images": 2000, "k": 5, "folds": 5, "size_threshold
                          "similarity_threshold": SIMILARITY_THRESHOLD, "compare_random": True}
 
 
+RANDOM_TWIN_IMAGES = 500
+
+
 def advise_options(cfg: DictConfig) -> dict:
     options = dict(ADVISE_DEFAULTS)
     given = OmegaConf.to_container(cfg.advise, resolve=True) if cfg.get("advise") is not None else {}
@@ -71,8 +74,12 @@ def frozen_backbones(cfg: DictConfig, weights: WeightsSource) -> tuple[torch.nn.
     return backbone, twin
 
 
-def measure_datamodule(cfg: DictConfig, datamodule, weights: WeightsSource) -> Advice:
-    """Extract frozen features of the training split and place it in the matrix."""
+def measure_datamodule(cfg: DictConfig, datamodule, weights: WeightsSource, quick: bool = False) -> Advice:
+    """Extract frozen features of the training split and place it in the matrix.
+
+    `quick` (the race's measurement): no linear probe, and the random-init twin scores at most
+    `RANDOM_TWIN_IMAGES` images, since only the LogME gain's sign and size matter there.
+    """
     if cfg.task.kind != "classification":
         raise ConfigError(f"task.kind={cfg.task.kind!r}: advise measures classification data; use task=classification.")
     from transferkit.data.sources import TransformedDataset
@@ -83,12 +90,16 @@ def measure_datamodule(cfg: DictConfig, datamodule, weights: WeightsSource) -> A
     counts = np.bincount(labels, minlength=len(datamodule.class_names))
     counts = counts[counts > 0]
     chosen = sample_indices(labels, options["max_images"], cfg.seed)
-    dataset = Subset(TransformedDataset(datamodule.sources["train"], datamodule.transform(train=False)), chosen)
+    images = TransformedDataset(datamodule.sources["train"], datamodule.transform(train=False))
     backbone, twin = frozen_backbones(cfg, weights)
     batch = int(cfg.data.batch_size)
-    features = extract_features(backbone, dataset, batch)
-    random_features = extract_features(twin, dataset, batch) if twin is not None and options["compare_random"] else None
+    features = extract_features(backbone, Subset(images, chosen), batch)
+    random_features = random_labels = None
+    if twin is not None and options["compare_random"]:
+        few = chosen[sample_indices(labels[chosen], RANDOM_TWIN_IMAGES, cfg.seed)] if quick else chosen
+        random_features, random_labels = extract_features(twin, Subset(images, few), batch), labels[few]
     log.info("advise: %d features of dim %d from %d training images", *features.shape, len(labels))
     return measure(features, labels[chosen], random_features, k=options["k"], folds=options["folds"],
                    seed=cfg.seed, class_counts=counts, size_threshold=options["size_threshold"],
-                   similarity_threshold=options["similarity_threshold"])
+                   similarity_threshold=options["similarity_threshold"], probe=not quick,
+                   random_labels=random_labels)

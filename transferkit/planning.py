@@ -184,7 +184,7 @@ def plan_finetune(plan: Plan, datamodule) -> tuple[dict, dict | None]:
     from transferkit.measure import measure_datamodule
 
     with preserved_rng():  # measuring must not change training's random stream
-        advice = measure_datamodule(cfg, datamodule, plan.weights).to_dict()
+        advice = measure_datamodule(cfg, datamodule, plan.weights, quick=True).to_dict()
     plan.race = plan_race(finetune, advice, int(cfg.trainer.max_epochs))
     race = plan.race
     log.info("finetune=auto: racing %s; cuts at epochs %s; scratch %s (%s)",

@@ -178,20 +178,24 @@ def place_in_matrix(
 
 def measure(features: np.ndarray, labels: np.ndarray, random_features: np.ndarray | None = None,
             k: int = 5, folds: int = 5, seed: int = 0, class_counts: np.ndarray | None = None,
-            **thresholds: float) -> Advice:
+            probe: bool = True, random_labels: np.ndarray | None = None, **thresholds: float) -> Advice:
     """Score frozen features of the training images and place the dataset in the matrix.
 
     `class_counts` (images per class of the whole training split) sets the size when the
-    features come from a subsample; by default the size is counted from `labels`.
+    features come from a subsample; by default the size is counted from `labels`. `probe=False`
+    skips the linear probe (the race does not use it); `random_labels` are the labels of
+    `random_features` when those come from a smaller subsample.
     """
     labels = np.asarray(labels)
     counts = np.bincount(np.unique(labels, return_inverse=True)[1]) if class_counts is None else class_counts
     knn = knn_cv_accuracy(features, labels, k=k, folds=folds, seed=seed)
-    probe = linear_probe_cv_accuracy(features, labels, folds=folds, seed=seed)
+    probe = linear_probe_cv_accuracy(features, labels, folds=folds, seed=seed) if probe else None
     logme = logme_score(features, labels)
-    logme_random = None if random_features is None else logme_score(random_features, labels)
+    random_labels = labels if random_labels is None else np.asarray(random_labels)
+    logme_random = None if random_features is None else logme_score(random_features, random_labels)
     similarity = normalise_accuracy(knn, len(counts))
-    log.info("transferability: knn %.3f (normalised %.3f), probe %.3f, LogME %.3f", knn, similarity, probe, logme)
+    log.info("transferability: knn %.3f (normalised %.3f), probe %s, LogME %.3f", knn, similarity,
+             "skipped" if probe is None else f"{probe:.3f}", logme)
     return place_in_matrix(
         int(np.sum(counts)), float(np.mean(counts)), similarity, num_classes=len(counts), knn_accuracy=knn,
         linear_probe_accuracy=probe, logme=logme, logme_random=logme_random, **thresholds,
