@@ -35,12 +35,12 @@ log = logging.getLogger("auto_vs_fixed")
 REPO = Path(__file__).resolve().parents[1]
 # Per row: the recipe, epochs for every strategy, and extra overrides (data cuts).
 ROWS: dict[str, dict] = {
-    "digits": {"recipe": "small_similar", "epochs": 6, "extra": []},                    # 1257 real digits
+    "digits": {"recipe": "small_similar", "epochs": 9, "extra": []},                    # 1257 real digits
     "digits-10pc": {"recipe": "small_similar", "epochs": 15, "extra": ["data.train_per_class=10"]},
     "digits-5pc": {"recipe": "small_similar", "epochs": 15, "extra": ["data.train_per_class=5"]},
-    "shapes-small": {"recipe": "small_different", "epochs": 9, "extra": []},            # 120 shapes
-    "synthdigits": {"recipe": "large_similar", "epochs": 3, "extra": ["data.embedded_length=2000"]},
-    "shapes-large": {"recipe": "large_different", "epochs": 4, "extra": ["data.embedded_length=1200"]},
+    "shapes-small": {"recipe": "small_different", "epochs": 15, "extra": []},           # 120 shapes
+    "synthdigits": {"recipe": "large_similar", "epochs": 9, "extra": ["data.embedded_length=1500"]},
+    "shapes-large": {"recipe": "large_different", "epochs": 9, "extra": ["data.embedded_length=1000"]},
 }
 STRATEGIES: dict[str, list[str]] = {
     "freeze": ["finetune=freeze"],
