@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from transferkit.builders import build_datamodule, build_task, build_trainer, container
 from transferkit.planning import Plan, plan_model, plan_training
 from transferkit.rundir import create_run_dir, write_config, write_json
+from transferkit.tasks.linear_probe import probe_report
 
 log = logging.getLogger("transferkit")
 
@@ -59,6 +60,7 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
     results["finetune"] = container(cfg.finetune)
     results["plan"] = plan.to_dict()
     results["feature_cache"] = {**plan.cache, **(fit_data.report() if use_cache else {})}
+    results["linear_probe"] = probe_report(trainer)  # finetune.head_solver=lbfgs / finetune.lpft (or None)
     if use_cache:
         fit_data.store.release()
     if plan.advice is not None:
