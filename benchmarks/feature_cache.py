@@ -30,7 +30,8 @@ log = logging.getLogger("feature_cache_benchmark")
 def overrides(epochs: int, run_dir: Path, image_size: int = 32) -> list[str]:
     """`recipe=small_similar` (house backbone charnet when shipped, else random weights), on CPU."""
     weights = [] if "charnet" in house_backbones() else ["model.weights=none"]
-    return ["recipe=small_similar", *weights, f"trainer.max_epochs={epochs}", "trainer.accelerator=cpu",
+    # head_solver=sgd: this measures SGD epochs over cached features (lbfgs would run one epoch).
+    return ["recipe=small_similar", *weights, "finetune.head_solver=sgd", f"trainer.max_epochs={epochs}", "trainer.accelerator=cpu",
             "trainer.devices=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
             f"data.image_size={image_size}", f"run_dir={run_dir}"]
 

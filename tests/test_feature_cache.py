@@ -151,8 +151,9 @@ def test_datamodule_wrapper_keeps_loader_order_sampler_and_reuses_by_key(image_f
 # -- end to end ------------------------------------------------------------------------------------
 def _fit(image_folder: Path, fast: list[str], run_dir: Path, *extra: str) -> dict:
     overrides = [f for f in fast if not f.startswith(("run_dir=", "trainer.max_epochs="))]
+    # head_solver=sgd: these compare SGD epochs on cached features with epochs on images.
     return cli.run(["fit", f"data.root={image_folder}", *overrides, "augment=none", "finetune=freeze",
-                    "trainer.max_epochs=3", "optimizer.lr=0.05", f"run_dir={run_dir}", *extra])
+                    "finetune.head_solver=sgd", "trainer.max_epochs=3", "optimizer.lr=0.05", f"run_dir={run_dir}", *extra])
 
 
 @pytest.mark.slow
@@ -220,6 +221,7 @@ def test_two_process_cpu_ddp_trains_on_cached_features(image_folder, tmp_path, t
     assert results["feature_cache"]["used"] is True
     assert results["feature_cache"]["loaders"]["train"]["items"] == results["data"]["train_size"]
     assert "test/acc" in results["metrics"]
+    assert results["linear_probe"]["features"] == "feature cache"  # the default lbfgs head, solved per rank
 
 
 def test_empty_split_gives_an_empty_feature_set():

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from transferkit.errors import ConfigError, did_you_mean, lookup
+from transferkit.finetune import FinetunePlan
 from transferkit.models.weight_loading import load_weights
 from transferkit.models.weights import WeightsSource
 
@@ -126,6 +127,10 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
     if patience:
         callbacks.append(EarlyStopping(monitor=cfg.early_stopping.monitor or monitor, mode=mode,
                                        patience=patience, min_delta=cfg.early_stopping.min_delta))
+    if cfg.task.kind == "classification" and FinetunePlan(**container(cfg.finetune)).probes_first:
+        from transferkit.tasks.linear_probe import LinearProbeCallback
+
+        callbacks.append(LinearProbeCallback(seed=int(cfg.seed)))  # finetune.head_solver=lbfgs or lpft
     if cfg.task.kind == "segmentation":
         from transferkit.reports.seg_grid import GRID_SAMPLES, SegmentationGridCallback
 

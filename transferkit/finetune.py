@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 STRATEGIES: tuple[str, ...] = ("freeze", "partial", "full")
 PLAN_STRATEGIES: tuple[str, ...] = (*STRATEGIES, "auto")
+HEAD_SOLVERS: tuple[str, ...] = ("sgd", "lbfgs")  # see transferkit.head_solver and tasks/linear_probe.py
 
 # What each quadrant of the size x similarity matrix trains (see docs and recipes/<quadrant>.yaml).
 QUADRANT_STRATEGIES: dict[str, str] = {
@@ -44,10 +45,15 @@ class FinetunePlan:
     layer_decay: float | None = None
     unfreeze_at_epoch: int | None = None
     cache_features: bool | None = None
-    lpft: bool = False  # TEMP until branch head merges
+    # Defaults as before these keys existed (how older checkpoints read); conf/finetune sets lbfgs.
+    head_solver: str = "sgd"   # strategy freeze: "lbfgs" solves the head once instead of SGD epochs
+    lpft: bool = False         # partial/full: solve the head on frozen features first (LP-FT)
 
     def __post_init__(self) -> None:
         lookup(dict.fromkeys(PLAN_STRATEGIES), self.strategy, key="finetune.strategy")
+        lookup(dict.fromkeys(HEAD_SOLVERS), self.head_solver, key="finetune.head_solver")
+        if self.lpft not in (True, False):
+            raise ConfigError(f"finetune.lpft={self.lpft!r} must be true or false.")
         if int(self.trainable_stages) != self.trainable_stages or self.trainable_stages < 1:
             raise ConfigError(
                 f"finetune.trainable_stages={self.trainable_stages!r} must be an integer >= 1; "
@@ -70,6 +76,16 @@ class FinetunePlan:
                     f"finetune.unfreeze_at_epoch={self.unfreeze_at_epoch!r} needs strategy partial or full "
                     "(what to unfreeze); with strategy=freeze set it to null."
                 )
+
+    @property
+    def solves_head(self) -> bool:
+        """The head is solved once (L-BFGS) and never stepped: strategy freeze with head_solver lbfgs."""
+        return self.strategy == "freeze" and self.head_solver == "lbfgs"
+
+    @property
+    def probes_first(self) -> bool:
+        """The head is solved on frozen features before the first epoch (head_solver lbfgs or LP-FT)."""
+        return self.solves_head or bool(self.lpft)
 
 
 def choose_strategy(quadrant: str) -> str:

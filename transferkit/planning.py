@@ -214,12 +214,46 @@ def plan_cache(cfg: DictConfig, finetune: dict) -> dict:
     return {"used": use, "requested": requested, "reasons": why}
 
 
+def plan_head(plan: Plan, finetune: dict) -> tuple[dict, dict]:
+    """`finetune.head_solver` and `finetune.lpft` (tasks/linear_probe.py): the finetune group, and the
+    trainer keys they decide.
+
+    With strategy freeze and head_solver lbfgs the head is solved once before the first epoch, so one
+    epoch (its validation, best.ckpt and last.ckpt) is all that is left: trainer.max_epochs=1.
+    Segmentation has no linear head to solve: it trains its decoder by SGD (lpft=true is an error).
+    """
+    from transferkit.finetune import FinetunePlan
+
+    cfg, head = plan.cfg, FinetunePlan(**finetune)
+    if cfg.task.kind != "classification" and head.probes_first:
+        if head.lpft:
+            raise ConfigError(f"finetune.lpft=True needs a linear classifier head; task.kind={cfg.task.kind!r} "
+                              "trains a decoder. Set finetune.lpft=false.")
+        plan.notes.append("finetune.head_solver=lbfgs applies to classification; segmentation uses sgd")
+        return {**finetune, "head_solver": "sgd"}, {}
+    if not head.solves_head:
+        return finetune, {}
+    # One epoch; the task's one zero-LR step is a manual-optimization step, which Lightning refuses
+    # with clipping or accumulation (they mean nothing when nothing is trained).
+    wanted = {"max_epochs": 1, "gradient_clip_val": None, "accumulate_grad_batches": 1}
+    trainer = {k: v for k, v in wanted.items() if cfg.trainer.get(k, v) != v}
+    if trainer:
+        note = "finetune.head_solver=lbfgs solves the head before training: " + ", ".join(
+            f"trainer.{k} {cfg.trainer.get(k)} -> {v}" for k, v in trainer.items()) + " (one epoch validates it)"
+        log.info("%s", note)
+        plan.notes.append(note)
+    return finetune, trainer
+
+
 def plan_training(plan: Plan, datamodule) -> Plan:
     """Resolve the fine-tuning plan and the feature cache; the config is read-only afterwards."""
     finetune, advice = plan_finetune(plan, datamodule)
     cache = plan_cache(plan.cfg, finetune)
+    finetune, trainer = plan_head(plan, finetune)
     with open_dict(plan.cfg):
         plan.cfg.finetune = {**finetune, "cache_features": cache["used"]}
+        for key, value in trainer.items():
+            plan.cfg.trainer[key] = value
     OmegaConf.set_readonly(plan.cfg, True)
     plan.advice, plan.cache = advice, cache
     return plan

@@ -14,6 +14,7 @@ from transferkit.builders import build_datamodule, build_feature_cache, build_ta
 from transferkit.errors import ConfigError
 from transferkit.planning import Plan, plan_model, plan_training
 from transferkit.rundir import create_run_dir, write_config, write_json
+from transferkit.tasks.linear_probe import probe_report
 
 log = logging.getLogger("transferkit")
 
@@ -50,6 +51,7 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
     if store is not None:
         results["feature_cache"] = {**results.get("feature_cache", plan.cache), **fit_data.report()}
         store.release()
+    results["linear_probe"] = probe_report(trainer)  # finetune.head_solver=lbfgs / finetune.lpft (or None)
     if plan.advice is not None:
         results["advice"] = plan.advice
     if plan.race is not None:

@@ -63,10 +63,14 @@ class Leg:
 
 def candidate_config(cfg: DictConfig, candidate: Candidate) -> DictConfig:
     """The planned config with the candidate's finetune group (and augmentation), read-only."""
+    from transferkit.finetune import FinetunePlan
+
     derived = OmegaConf.create({**OmegaConf.to_container(cfg, resolve=True), "finetune": candidate.finetune})
     if candidate.augment is not None:
         derived.augment.name = candidate.augment
         derived.augment.mixup_alpha = derived.augment.cutmix_alpha = 0.0
+    if FinetunePlan(**candidate.finetune).solves_head:  # see planning.plan_head: a solve, then one epoch
+        derived.trainer.gradient_clip_val, derived.trainer.accumulate_grad_batches = None, 1
     OmegaConf.set_readonly(derived, True)
     return derived
 
@@ -88,11 +92,18 @@ def start_leg(cfg: DictConfig, candidate: Candidate, datamodule, weights, run_di
 
 
 def train_leg(leg: Leg, rung: Rung) -> None:
-    """Train `leg` up to `rung.end` epochs of its schedule, continuing from its last checkpoint."""
+    """Train `leg` up to `rung.end` epochs of its schedule, continuing from its last checkpoint.
+
+    A head solved by L-BFGS (freeze) is final after its one epoch: later rungs keep its score.
+    """
+    if leg.legs_run and leg.task.plan.solves_head:
+        leg.entry.rungs.append({**leg.entry.rungs[-1], "epochs": rung.end})
+        return
     log.info("race: %s trains to epoch %d", leg.candidate.name, rung.end)
     trainer = build_trainer(leg.cfg, leg.directory, leg.task.monitor, leg.task.monitor_mode,
                             extra_callbacks=[leg.recorder], log_version=f"logs/leg{leg.legs_run}",
-                            flags_override={"max_epochs": rung.end, "enable_model_summary": False})
+                            flags_override={"max_epochs": 1 if leg.task.plan.solves_head else rung.end,
+                                            "enable_model_summary": False})
     resume = leg.last_checkpoint if leg.last_checkpoint.is_file() else None
     start = time.time()
     trainer.fit(leg.task, datamodule=leg.data, ckpt_path=resume)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn as nn
+
+from transferkit.errors import ConfigError
 
 Init = Literal["kaiming", "xavier"]
 
@@ -45,3 +48,23 @@ def init_linear(layer: nn.Linear, init: Init, relu: bool) -> None:
         case _:
             raise ValueError(f"model.init={init!r} is unknown; use 'kaiming' or 'xavier'.")
     nn.init.zeros_(layer.bias)
+
+
+def set_linear_head(head: nn.Module, weight, bias) -> None:
+    """Write a solved classifier (`weight` num_classes x in_features, `bias` num_classes) into `head`.
+
+    Only a head without a hidden layer (`model.hidden_dim=null`) is one linear map of the features.
+    """
+    layers = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if len(layers) != 1:
+        raise ConfigError(f"model.hidden_dim: the head has {len(layers)} linear layers; a solved head "
+                          "(finetune.head_solver=lbfgs, finetune.lpft=true) needs exactly one. Set "
+                          "model.hidden_dim=null, or finetune.head_solver=sgd and finetune.lpft=false.")
+    layer = layers[0]
+    weight, bias = torch.as_tensor(weight), torch.as_tensor(bias)
+    if tuple(weight.shape) != tuple(layer.weight.shape) or tuple(bias.shape) != tuple(layer.bias.shape):
+        raise ValueError(f"solved head {tuple(weight.shape)} + {tuple(bias.shape)} does not fit "
+                         f"{tuple(layer.weight.shape)} + {tuple(layer.bias.shape)}.")
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)

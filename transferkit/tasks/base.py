@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytorch_lightning as pl
+import torch
 import torch.nn as nn
 
 from transferkit.finetune import (
@@ -90,6 +91,8 @@ class BaseTask(pl.LightningModule):
         return self.schedule_epochs or trainer_epochs, max(1, total // trainer_epochs)
 
     def configure_optimizers(self):
+        if self.plan.solves_head:  # solved, never stepped: see ClassificationTask._solved_head_step
+            return torch.optim.SGD(self.head.parameters(), lr=0.0)
         weight_decay = self.optimizer_cfg.get("weight_decay", 0.0)
         groups = build_param_groups(self.encoder, self.head, self.plan, weight_decay=weight_decay)
         optimizer = build_optimizer(groups, **self.optimizer_cfg)

@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from transferkit.errors import ConfigError
 from transferkit.models.backbones import create_backbone
 from transferkit.models.heads import create_head
 from transferkit.tasks.base import BaseTask
+from transferkit.tasks.linear_probe import LinearProbeCallback
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,14 @@ class ClassificationTask(BaseTask):
             raise TypeError(f"model.{sorted(unknown)[0]} is not a classification model option; "
                             f"use {sorted(MODEL_DEFAULTS)}.")
         spec = {**MODEL_DEFAULTS, **(model or {})}
+        if self.plan.probes_first and spec["hidden_dim"]:
+            raise ConfigError(
+                f"model.hidden_dim={spec['hidden_dim']!r}: finetune.head_solver=lbfgs (with finetune=freeze) "
+                "and finetune.lpft=true solve a linear head, one nn.Linear on the backbone's features. Set "
+                "model.hidden_dim=null, or finetune.head_solver=sgd and finetune.lpft=false.")
+        # finetune.head_solver=lbfgs with finetune=freeze: the head is solved before the first epoch
+        # (tasks/linear_probe.py) and training steps only report its loss.
+        self.automatic_optimization = not self.plan.solves_head
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.encoder = create_backbone(spec["backbone"], in_chans=spec["in_chans"],
                                        drop_rate=spec["drop_rate"], drop_path_rate=spec["drop_path_rate"],
@@ -76,8 +86,17 @@ class ClassificationTask(BaseTask):
         return F.cross_entropy(logits, target, weight=self.class_weights,
                                label_smoothing=self.label_smoothing)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def on_train_start(self) -> None:
+        # Without its callback a "solved" head would be validated as initialised, silently.
+        if self.plan.probes_first and not any(isinstance(c, LinearProbeCallback) for c in self.trainer.callbacks):
+            raise RuntimeError("finetune.head_solver=lbfgs (freeze) and finetune.lpft=true need a "
+                               "LinearProbeCallback among the trainer's callbacks; build the trainer with "
+                               "transferkit.builders.build_trainer, which adds it.")
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         x, y = batch
+        if self.plan.solves_head:
+            return self._solved_head_step(x, y, batch_idx)
         if self.mix is not None:
             if x.shape[0] % 2 == 0:
                 x, y = self.mix(x, y)
@@ -87,6 +106,18 @@ class ClassificationTask(BaseTask):
         loss = self.loss(self(x), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
         return loss
+
+    def _solved_head_step(self, x: torch.Tensor, y: torch.Tensor, batch_idx: int) -> None:
+        """The head was solved at train start (tasks/linear_probe.py): report its loss, change nothing."""
+        loss = self.loss(self(x), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        if batch_idx == 0:
+            # Checkpoints are saved only after an optimizer step. Its learning rate is 0
+            # (configure_optimizers), so it changes no weight under any precision plugin.
+            optimizer = self.optimizers()
+            self.manual_backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
 
     def _eval_step(self, batch, metrics: MetricCollection, stage: str) -> None:
         x, y = batch

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from transferkit.errors import ConfigError
 from transferkit.models.fcn import create_segmentation_model, fcn_forward
 from transferkit.tasks.base import BaseTask
 
@@ -73,6 +74,10 @@ class SegmentationTask(BaseTask):
         super().__init__(finetune=finetune, optimizer=optimizer, scheduler=scheduler)
         self.save_hyperparameters()
         spec = self._model_spec(model)
+        if self.plan.probes_first:
+            raise ConfigError(f"finetune.head_solver={self.plan.head_solver!r}, finetune.lpft={self.plan.lpft!r}: "
+                              "a solved linear head is for classification; segmentation trains its FCN "
+                              "decoder by SGD. Set finetune.head_solver=sgd and finetune.lpft=false.")
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes!r}: segmentation needs at least 2 classes "
                              "(background included).")
