@@ -110,8 +110,10 @@ def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_fold
 
 
 @pytest.mark.slow
-def test_auto_race_continues_the_winner_and_records_it(image_folder, fast, tmp_path, caplog):
+def test_auto_race_continues_the_winner_and_records_it(image_folder, fast, tmp_path, caplog, monkeypatch):
     caplog.set_level("INFO", logger="transferkit")
+    # On 12 random images any plan may win; make lpft-full win so that it runs every leg.
+    monkeypatch.setattr(racing, "choose_survivors", lambda scores, keep: sorted(scores, key="lpft-full".__ne__)[:keep])
     results = cli.run(["fit", f"data.root={image_folder}", *fast[:-1], "finetune=auto", "trainer.max_epochs=3",
                        "augment=none", f"run_dir={tmp_path / 'auto'}"])
     auto = results["auto"]
@@ -122,6 +124,7 @@ def test_auto_race_continues_the_winner_and_records_it(image_folder, fast, tmp_p
     last = torch.load(results["last_checkpoint"], map_location="cpu", weights_only=False)
     batches = -(-results["data"]["train_size"] // 4)
     assert last["epoch"] == 2 and last["global_step"] == 3 * batches  # one schedule, no restart
+    assert auto["winner"] == "lpft-full" and results["linear_probe"]["then"] == "full"
     assert results["strategy"] == winner["strategy"] and "race (val loss / val acc" in caplog.text
     assert not (tmp_path / "auto" / "race" / "scratch" / "checkpoints").exists() or auto["winner"] == "scratch"
 

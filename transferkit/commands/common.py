@@ -51,7 +51,7 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
     if store is not None:
         results["feature_cache"] = {**results.get("feature_cache", plan.cache), **fit_data.report()}
         store.release()
-    results["linear_probe"] = probe_report(trainer)  # finetune.head_solver=lbfgs / finetune.lpft (or None)
+    results.setdefault("linear_probe", probe_report(trainer))  # head_solver=lbfgs / lpft (or None)
     if plan.advice is not None:
         results["advice"] = plan.advice
     if plan.race is not None:
@@ -88,7 +88,8 @@ def fit_race(plan: Plan, datamodule, run_dir: Path) -> tuple[pl.Trainer, object,
         log.info("%s", race_table(entries, race.rungs, winner.candidate.name))
     cache = {"used": winner.candidate.finetune.get("strategy") == "freeze" and hasattr(winner.data, "store"),
              "requested": None, "reasons": [f"race winner {winner.candidate.name}"]}
-    return winner.trainer, winner.task, winner.data, {"auto": auto, "feature_cache": cache, "_winner": winner}
+    return winner.trainer, winner.task, winner.data, {"auto": auto, "feature_cache": cache,
+                                                      "linear_probe": winner.probe, "_winner": winner}
 
 
 def finish_race(winner, run_dir: Path) -> dict:

@@ -23,6 +23,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from transferkit.builders import build_feature_cache, build_task, build_trainer
 from transferkit.race import Candidate, Entry, Rung, choose_survivors, leg_score
+from transferkit.tasks.linear_probe import probe_report
 
 log = logging.getLogger("transferkit")
 
@@ -55,6 +56,7 @@ class Leg:
     recorder: ValidationRecorder
     trainer: pl.Trainer | None = None
     legs_run: int = 0
+    probe: dict | None = None  # what its linear probe solved (lbfgs freeze, LP-FT), in its first leg
 
     @property
     def last_checkpoint(self) -> Path:
@@ -109,6 +111,7 @@ def train_leg(leg: Leg, rung: Rung) -> None:
     trainer.fit(leg.task, datamodule=leg.data, ckpt_path=resume)
     leg.entry.seconds += time.time() - start
     leg.trainer, leg.legs_run = trainer, leg.legs_run + 1
+    leg.probe = leg.probe or probe_report(trainer)
     recorder = leg.recorder
     leg.entry.rungs.append({"epochs": rung.end, "val_loss": recorder.losses[-1], "val_acc": recorder.accs[-1],
                             "score": leg_score(recorder.losses)})
