@@ -23,7 +23,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from transferkit.builders import build_feature_cache, build_task, build_trainer
 from transferkit.race import Candidate, Entry, Rung, choose_survivors, leg_score
-from transferkit.tasks.linear_probe import probe_report
+from transferkit.tasks.linear_probe import LinearProbeCallback, probe_report
 
 log = logging.getLogger("transferkit")
 
@@ -93,7 +93,19 @@ def start_leg(cfg: DictConfig, candidate: Candidate, datamodule, weights, run_di
     return Leg(candidate, leg_cfg, task, data, directory, entry, ValidationRecorder())
 
 
-def train_leg(leg: Leg, rung: Rung) -> None:
+def shared_features(leg: Leg) -> tuple | None:
+    """The freeze candidate's cached training features, for the LP-FT candidates' probes: the same
+    pretrained encoder and, with augment=none, the eval transform's resize and normalisation."""
+    from transferkit.data.feature_store import FeatureDataset
+    from transferkit.data.transforms import PER_IMAGE_STANDARDISED
+
+    dataset = getattr(getattr(leg.trainer, "train_dataloader", None), "dataset", None)
+    if not isinstance(dataset, FeatureDataset) or leg.cfg.augment.name in PER_IMAGE_STANDARDISED:
+        return None
+    return dataset.features, dataset.labels, "feature cache (shared with the race's freeze candidate)"
+
+
+def train_leg(leg: Leg, rung: Rung, probe_features: tuple | None = None) -> None:
     """Train `leg` up to `rung.end` epochs of its schedule, continuing from its last checkpoint.
 
     A head solved by L-BFGS (freeze) is final after its one epoch: later rungs keep its score.
@@ -106,6 +118,9 @@ def train_leg(leg: Leg, rung: Rung) -> None:
                             extra_callbacks=[leg.recorder], log_version=f"logs/leg{leg.legs_run}",
                             flags_override={"max_epochs": 1 if leg.task.plan.solves_head else rung.end,
                                             "enable_model_summary": False})
+    for callback in trainer.callbacks:
+        if isinstance(callback, LinearProbeCallback) and leg.candidate.pretrained:
+            callback.given = probe_features
     resume = leg.last_checkpoint if leg.last_checkpoint.is_file() else None
     start = time.time()
     trainer.fit(leg.task, datamodule=leg.data, ckpt_path=resume)
@@ -139,9 +154,11 @@ def run_race(cfg: DictConfig, candidates: list[Candidate], rungs: list[Rung], da
     """Successive halving: returns the winner's leg (trained to the end) and every candidate's record."""
     legs = {c.name: start_leg(cfg, c, datamodule, weights, run_dir) for c in candidates}
     entries = [leg.entry for leg in legs.values()]
+    shared = None
     for rung in rungs:
         for leg in legs.values():
-            train_leg(leg, rung)
+            train_leg(leg, rung, shared)
+            shared = shared or shared_features(leg)
         if len(legs) > rung.keep:
             scores = {name: leg.entry.score() for name, leg in legs.items()}
             keep = agree(next(iter(legs.values())).trainer, choose_survivors(scores, rung.keep))

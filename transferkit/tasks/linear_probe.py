@@ -55,12 +55,15 @@ class LinearProbeCallback(pl.Callback):
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self.report: dict | None = None
+        # (features, labels, origin) already computed for the same frozen encoder and eval transform
+        # (the finetune=auto race shares its freeze candidate's cached features); None = compute.
+        self.given: tuple[np.ndarray, np.ndarray, str] | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.ckpt_path is not None or trainer.current_epoch > 0:
             log.info("Linear probe skipped: resumed from %s, whose head is already trained.", trainer.ckpt_path)
             return
-        features, labels, origin = probe_features(trainer, pl_module.encoder)
+        features, labels, origin = self.given or probe_features(trainer, pl_module.encoder)
         weights = getattr(pl_module, "class_weights", None)
         solution = solve_linear_head(features, labels, int(pl_module.hparams.num_classes), seed=self.seed,
                                      class_weights=weights.tolist() if weights is not None else None,
