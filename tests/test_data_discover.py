@@ -118,6 +118,23 @@ def test_unicode_names_are_nfc_and_case_sensitive(tmp_path: Path) -> None:
     assert scan.splits["val"][0][1] == 1
 
 
+def test_colliding_class_names_are_named_in_a_warning(tmp_path: Path) -> None:
+    from transferkit.data.folders import scan_image_folder
+
+    composed, decomposed = "café", unicodedata.normalize("NFD", "café")
+    for name in (composed, decomposed, "Cat", "cat", "dog"):
+        write_image(tmp_path / name / "0.png", value=len(name))
+    if len({p.name for p in tmp_path.iterdir()}) < 5:
+        pytest.skip("this file system folds Unicode or case in names itself")
+    scan = discover_images(tmp_path)
+    assert scan.classes == ("Cat", "café", "cat", "dog")
+    assert len([label for _, label in scan.splits["train"] if label == 1]) == 2  # merged, as before
+    nfc, case = scan.notes
+    assert "'caf\\xe9'" in nfc and "'cafe\\u0301'" in nfc and "NFC" in nfc and "merged" in nfc
+    assert "'Cat', 'cat'" in case and "letter case" in case
+    assert set(scan.notes) <= set(scan_image_folder(tmp_path, val_fraction=0.0).warnings)
+
+
 def test_empty_class_folder_is_reported_not_a_class(tmp_path: Path) -> None:
     write_image(tmp_path / "a" / "0.png")
     write_image(tmp_path / "b" / "0.png")

@@ -33,6 +33,8 @@ def test_fit_writes_run_directory_then_predict_and_test(image_folder, fast, tmp_
     assert saved["data"]["class_names"] == ["cat", "dog"]
     assert saved["data"]["train_size"] + saved["data"]["val_size"] + saved["data"]["test_size"] == 12
     assert "test/acc" in saved["metrics"]
+    # Checkpoints hold only what torch.load(weights_only=True) allows: predict/test/resume read them so.
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(saved["best_checkpoint"]) == []
     head = sum(p.numel() for p in ClassificationTask.load_from_checkpoint(saved["best_checkpoint"]).head.parameters())
     assert saved["params"]["trainable"] == head < saved["params"]["total"]
 

@@ -187,6 +187,31 @@ def test_size_mismatch_names_both_files(seg_folder: Path) -> None:
         scan_segmentation_folder(seg_folder)
 
 
+def write_phone_photo(path: Path, stored_wh: tuple[int, int], orientation: int = 6) -> Path:
+    """A JPEG stored ``stored_wh`` whose EXIF says to display it rotated (6: 90 degrees clockwise)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    pixels = np.random.default_rng(0).integers(0, 256, (stored_wh[1], stored_wh[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, exif=exif)
+    return path
+
+
+def test_exif_rotated_image_pairs_with_a_mask_of_its_displayed_size(seg_folder: Path) -> None:
+    from transferkit.data.segmentation import MaskFileSource
+
+    photo = write_phone_photo(seg_folder / "images" / "4.jpg", (64, 48))  # displayed 48 wide, 64 high
+    write_index_png(np.random.default_rng(1).integers(0, 3, (64, 48)), seg_folder / "masks" / "4.png")
+    splits = scan_segmentation_folder(seg_folder, val_fraction=0.2, test_fraction=0.0)
+    pair = next(p for pairs in splits.values() for p in pairs if p[0] == photo)
+    image, mask = MaskFileSource([pair], num_classes=3)[0]
+    assert image.shape == (64, 48, 3) and mask.shape == (64, 48)
+
+    write_index_png(np.zeros((48, 64)), seg_folder / "masks" / "4.png")  # drawn on the stored pixels
+    with pytest.raises(ValueError, match=r"mask .*4\.png' is 64x48 but its image .*4\.jpg' is 48x64 "
+                                         r"once its EXIF orientation is applied"):
+        scan_segmentation_folder(seg_folder)
+
+
 def test_datamodule_batches_and_bad_values(seg_folder: Path) -> None:
     dm = SegmentationDataModule(str(seg_folder), image_size=32, batch_size=2, num_classes=3,
                                 val_fraction=0.2, test_fraction=0.2)

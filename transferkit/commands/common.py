@@ -12,6 +12,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from transferkit.builders import build_datamodule, build_feature_cache, build_task, build_trainer
 from transferkit.errors import ConfigError
+from transferkit.loading import read_checkpoint, require
 from transferkit.planning import Plan, plan_model, plan_training
 from transferkit.rundir import create_run_dir, write_config, write_json
 from transferkit.tasks.linear_probe import probe_report
@@ -31,6 +32,8 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
     """Fit the configured task (or race the candidates of `finetune=auto`), evaluate the best
     checkpoint, write results.json."""
     start = time.time()
+    if cfg.get("ckpt_path"):  # Lightning resumes from it later: refuse a file that would run code now
+        read_checkpoint(require(cfg.ckpt_path, "ckpt_path", "a checkpoint to resume from"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     plan, datamodule = plan_run(cfg)
     cfg = plan.cfg
@@ -44,7 +47,7 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
     winner = extra.pop("_winner", None)
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    tested = trainer.test(task, datamodule=fit_data, ckpt_path=best or None, verbose=False)
+    tested = trainer.test(task, datamodule=fit_data, ckpt_path=best or None, verbose=False, weights_only=True)
     results = collect_results(cfg, command, task, datamodule, trainer, val_metrics, tested, run_dir, start)
     results.update({"finetune": dict(task.hparams.finetune), "plan": plan.to_dict(), **extra})
     store = getattr(fit_data, "store", None)
@@ -69,7 +72,7 @@ def fit_fixed(plan: Plan, datamodule, run_dir: Path) -> tuple[pl.Trainer, object
     task = build_task(cfg, datamodule, plan.weights)
     trainer = build_trainer(cfg, run_dir, task.monitor, task.monitor_mode)
     fit_data = build_feature_cache(cfg, datamodule, task, run_dir) if plan.cache["used"] else datamodule
-    trainer.fit(task, datamodule=fit_data, ckpt_path=cfg.ckpt_path)  # console.quiet_console filters the noise
+    trainer.fit(task, datamodule=fit_data, ckpt_path=cfg.ckpt_path, weights_only=True)  # quiet_console filters noise
     return trainer, task, fit_data, {"feature_cache": dict(plan.cache)}
 
 

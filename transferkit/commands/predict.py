@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +20,16 @@ log = logging.getLogger("transferkit")
 
 def list_inputs(path: Path) -> list[Path]:
     """One image file, or every image under a folder (hidden files and junk skipped)."""
-    from transferkit.data.discover import is_image_file, walk_images
+    from transferkit.data.walk import Findings, is_image_file, walk_images
 
     if path.is_file():
         if not is_image_file(path.name):
             raise ValueError(f"input={str(path)!r} is not an image file (png, jpg, webp, bmp, tif, gif).")
         return [path]
-    images, _ = walk_images(path, Counter())
+    findings = Findings()
+    images, _ = walk_images(path, findings)
+    for note in findings.link_notes(path):
+        log.warning("input: %s", note)
     if not images:
         raise FileNotFoundError(f"input={str(path)!r} holds no image files.")
     return images

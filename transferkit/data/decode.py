@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +16,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 
 
 class UnreadableImageError(OSError):
@@ -44,6 +45,16 @@ def check_pixel_limit(size: tuple[int, int], path: Path | str) -> None:
     if limit and size[0] * size[1] > limit:
         detail = f"{size[0]} x {size[1]} = {size[0] * size[1]} pixels > {limit}"
         raise UnreadableImageError(path, bomb_reason(detail))
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` once EXIF orientation is applied, as :func:`open_image` returns the image.
+
+    A phone photo stored 64 x 48 with orientation 6 (rotated 90 degrees) is displayed 48 x 64.
+    """
+    width, height = image.size
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
 
 
 def open_image(path: Path | str, min_size: int | None = None) -> Image.Image:

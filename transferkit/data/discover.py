@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import unicodedata
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from transferkit.data.decode import IMAGE_EXTENSIONS
+from transferkit.data.walk import SCANNED_LINK, Findings, is_ignored, is_image_file, overlaps, walk_images
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +25,6 @@ SPLIT_ALIASES: dict[str, str] = {
     "test": "test",
 }
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-JUNK_NAMES: frozenset[str] = frozenset(
-    {"__MACOSX", "Thumbs.db", "desktop.ini", "__pycache__", "$RECYCLE.BIN", "lost+found"}
-)
 EXPECTED_LAYOUT = (
     "Expected <root>/<class>/<image> or <root>/train/<class>/<image> "
     "(+ optional val/ and test/ with the same class folders)"
@@ -39,7 +35,11 @@ Item = tuple[Path, int]
 
 @dataclass(frozen=True)
 class ImageListing:
-    """What discovery found: class names (their index is the label) and the items of each split."""
+    """What discovery found: class names (their index is the label) and the items of each split.
+
+    ``ignored`` counts what was left out per reason; ``notes`` are warnings that name the links
+    skipped and the class folders whose names collide.
+    """
 
     root: Path
     layout: Literal["classes", "splits", "manifest"]
@@ -47,6 +47,7 @@ class ImageListing:
     splits: dict[str, list[Item]]
     empty_folders: tuple[str, ...] = ()
     ignored: dict[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 def class_name(folder_name: str) -> str:
@@ -54,62 +55,84 @@ def class_name(folder_name: str) -> str:
     return unicodedata.normalize("NFC", folder_name)
 
 
-def is_ignored(name: str) -> bool:
-    """Hidden entries (``.DS_Store``, ``._x.jpg``, ``.ipynb_checkpoints``) and known junk."""
-    return name.startswith(".") or name in JUNK_NAMES
+def spelled(name: str) -> str:
+    """``name`` quoted, with its code points shown when they are not plain ASCII (NFC vs NFD)."""
+    return repr(name) if name.isascii() else f"{name!r} ({ascii(name)})"
 
 
-def is_image_file(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def walk_images(folder: Path, ignored: Counter[str]) -> tuple[list[Path], int]:
-    """All image files under ``folder``, following symlinks without looping.
-
-    Returns:
-        The sorted image paths and how many of them sit in nested sub-folders.
-    """
-    images: list[Path] = []
-    nested = 0
-    seen: set[tuple[int, int]] = set()
-    for current, dirnames, filenames in os.walk(folder, followlinks=True):
-        stat = os.stat(current)
-        if (stat.st_dev, stat.st_ino) in seen:
-            ignored["symlink loop"] += 1
-            dirnames.clear()
-            continue
-        seen.add((stat.st_dev, stat.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
-        for name in sorted(filenames):
-            path = Path(current, name)
-            if is_ignored(name):
-                ignored["hidden or junk file"] += 1
-            elif not is_image_file(name):
-                ignored[f"not an image ({path.suffix.lower() or 'no extension'})"] += 1
-            elif not path.exists():
-                ignored["broken symlink"] += 1
-            else:
-                images.append(path)
-                nested += Path(current) != folder
-    return images, nested
-
-
-def scan_class_folders(parent: Path, ignored: Counter[str]) -> dict[str, list[Path]]:
-    """Map each class folder directly under ``parent`` to its images (nested files included)."""
-    classes: dict[str, list[Path]] = {}
+def class_folders(parent: Path, findings: Findings) -> list[Path]:
+    """The visible folders directly under ``parent``; loose images there are counted."""
+    folders = []
     for entry in sorted(parent.iterdir()):
         if is_ignored(entry.name) or not entry.is_dir():
             if entry.is_file() and is_image_file(entry.name) and not is_ignored(entry.name):
-                ignored["image outside any class folder"] += 1
+                findings.ignored["image outside any class folder"] += 1
             continue
+        folders.append(entry)
+    return folders
+
+
+def distinct_folders(
+    root: Path, folders: dict[str, list[Path]], findings: Findings
+) -> dict[str, list[Path]]:
+    """Drop class folders that lead (through a link) into another one, or above it.
+
+    ``train/kitty -> cat``, ``val -> train`` or ``train/all -> ..`` would label images a second
+    time; folders reached without a link win, then the first in split and name order.
+    """
+    base = root.resolve()
+
+    def linked(folder: Path) -> bool:
+        return folder.resolve() != base / folder.relative_to(root)
+
+    order = sorted(((split, folder) for split, found in folders.items() for folder in found),
+                   key=lambda item: (linked(item[1]), SPLITS.index(item[0])))
+    kept: dict[Path, Path] = {}
+    for _, folder in order:
+        target = folder.resolve()
+        if any(overlaps(target, other) for other in kept):
+            findings.skip_link(SCANNED_LINK, folder)
+        else:
+            kept[target] = folder
+    chosen = set(kept.values())
+    return {split: [f for f in found if f in chosen] for split, found in folders.items()}
+
+
+def name_collisions(parent: Path, folders: list[Path]) -> list[str]:
+    """Warnings for class folders whose names are one after NFC normalisation, or after case-folding."""
+    notes = []
+    by_name: dict[str, list[str]] = {}
+    for folder in folders:
+        by_name.setdefault(class_name(folder.name), []).append(folder.name)
+    for name, raw in sorted(by_name.items()):
+        if len(raw) > 1:
+            notes.append(f"Class folders {', '.join(map(spelled, raw))} in {str(parent)!r} spell the "
+                         f"same class {name!r} after Unicode normalisation (NFC); their images were "
+                         "merged into one class. Rename one if they are different classes.")
+    by_fold: dict[str, list[str]] = {}
+    for name in sorted(by_name):
+        by_fold.setdefault(name.casefold(), []).append(name)
+    for names in sorted(by_fold.values()):
+        if len(names) > 1:
+            notes.append(f"Class folders {', '.join(map(spelled, names))} in {str(parent)!r} differ "
+                         f"only in letter case; they stay {len(names)} classes, but a case-insensitive "
+                         "file system (macOS, Windows) would merge them. Rename them if they are one class.")
+    return notes
+
+
+def scan_class_folders(
+    parent: Path, folders: list[Path], scanned: list[Path], findings: Findings
+) -> dict[str, list[Path]]:
+    """Map each class folder of ``parent`` to its images (nested files included)."""
+    classes: dict[str, list[Path]] = {}
+    findings.notes.extend(name_collisions(parent, folders))
+    for entry in folders:
         name = class_name(entry.name)
-        images, nested = walk_images(entry, ignored)
+        images, nested = walk_images(entry, findings, scanned)
         if nested:
             log.info(
                 "%d images in nested sub-folders of %s count as class %r.", nested, entry, name
             )
-        if name in classes:
-            log.warning("Folders %s and another spell the same class %r; merged.", entry, name)
         classes.setdefault(name, []).extend(images)
     return classes
 
@@ -171,25 +194,34 @@ def non_split_folders(root: Path) -> list[str]:
     )
 
 
-def scan_folders(root: Path, ignored: Counter[str]) -> tuple[str, dict[str, dict[str, list[Path]]]]:
-    """Choose the layout (``splits`` when train/ exists, else ``classes``) and scan its class folders."""
+def layout_folders(root: Path) -> tuple[str, dict[str, Path]]:
+    """Choose the layout (``splits`` when train/ exists, else ``classes``): split name -> its folder."""
     split_folders = find_split_folders(root)
     others = non_split_folders(root)
     if "train" in split_folders:
         if others:
             log.warning("data.root=%r: folders %s beside train/ are ignored.", str(root), others)
-        folders = {s: scan_class_folders(split_folders[s], ignored) for s in SPLITS if s in split_folders}
-        return "splits", folders
+        return "splits", {s: split_folders[s] for s in SPLITS if s in split_folders}
     if split_folders and not others:
         names = sorted(f"{p.name}/" for p in split_folders.values())
         raise FileNotFoundError(
             f"data.root={str(root)!r} has {names} but no train/ folder. {EXPECTED_LAYOUT}."
         )
-    return "classes", {"train": scan_class_folders(root, ignored)}
+    return "classes", {"train": root}
 
 
-def no_class_error(root: Path, ignored: Counter[str]) -> FileNotFoundError:
-    if ignored["image outside any class folder"]:
+def scan_folders(root: Path, findings: Findings) -> tuple[str, dict[str, dict[str, list[Path]]]]:
+    """Find the layout and each split's class folders, then their images (each folder once)."""
+    layout, parents = layout_folders(root)
+    found = {split: class_folders(parent, findings) for split, parent in parents.items()}
+    found = distinct_folders(root, found, findings)
+    scanned = [folder.resolve() for folders in found.values() for folder in folders]
+    return layout, {split: scan_class_folders(parents[split], found[split], scanned, findings)
+                    for split in parents}
+
+
+def no_class_error(root: Path, findings: Findings) -> FileNotFoundError:
+    if findings.ignored["image outside any class folder"]:
         return FileNotFoundError(
             f"data.root={str(root)!r} has images but no class folders. {EXPECTED_LAYOUT}; "
             f"move each image into a folder named after its class."
@@ -206,21 +238,23 @@ def discover_images(root: Path | str, manifest: Path | str | None = None) -> Ima
     check_root(root)
     if manifest is not None:
         return scan_manifest(Path(manifest).expanduser(), root)
-    ignored: Counter[str] = Counter()
-    layout, folders = scan_folders(root, ignored)
+    findings = Findings()
+    layout, folders = scan_folders(root, findings)
     check_split_classes(root, folders)
     classes = tuple(sorted(name for name, paths in folders["train"].items() if paths))
     if not classes:
-        raise no_class_error(root, ignored)
+        raise no_class_error(root, findings)
     empty = tuple(
         f"{split}/{name}" if layout == "splits" else name
         for split, by_class in folders.items()
         for name, paths in sorted(by_class.items())
         if not paths
     )
+    ignored = dict(sorted(findings.ignored.items()))
     if ignored:
-        log.info("Scanning %s skipped: %s", root, dict(sorted(ignored.items())))
-    return ImageListing(root, layout, classes, label_items(folders, classes), empty, dict(ignored))
+        log.info("Scanning %s skipped: %s", root, ignored)
+    notes = tuple(findings.link_notes(root) + findings.notes)
+    return ImageListing(root, layout, classes, label_items(folders, classes), empty, ignored, notes)
 
 
 def scan_manifest(manifest: Path, root: Path) -> ImageListing:

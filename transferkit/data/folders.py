@@ -83,7 +83,7 @@ def scan_image_folder(
     classes = listing.classes
     splits = make_splits(readable, classes, val_fraction, test_fraction, seed, num_folds, fold)
     counts = class_counts(splits, len(classes))
-    notes = check_classes(classes, counts, listing.empty_folders)
+    notes = list(listing.notes) + check_classes(classes, counts, listing.empty_folders)
     notes += duplicate_notes(find_cross_split_duplicates(splits))
     scan = FolderScan(listing.root, listing.layout, classes, splits, counts, tuple(bad), tuple(notes))
     log.debug("Data in %s (%s layout):\n%s", scan.root, scan.layout, scan.summary_table())

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from transferkit.data.decode import IMAGE_EXTENSIONS, load_image
+from transferkit.data.decode import IMAGE_EXTENSIONS, displayed_size, load_image
 from transferkit.data.embedded import embedded_spec
 from transferkit.data.masks import load_mask
 from transferkit.data.sources import match_image_channels
@@ -69,14 +69,20 @@ def pair_folder(folder: Path) -> list[Pair]:
 
 
 def check_pair_sizes(pairs: Sequence[Pair]) -> None:
-    """Raise naming both files when a mask's size differs from its image's (reads headers only)."""
+    """Raise naming both files when a mask's size differs from its image's.
+
+    Sizes are as decoded (``decode.displayed_size``): EXIF orientation applied, so a phone photo
+    stored 64x48 but displayed 48x64 pairs with a mask drawn on the displayed image.
+    """
     for image_path, mask_path in pairs:
         with Image.open(image_path) as image, Image.open(mask_path) as mask:
-            if image.size != mask.size:
+            image_size, mask_size = displayed_size(image), displayed_size(mask)
+            turned = " once its EXIF orientation is applied" if image_size != image.size else ""
+            if image_size != mask_size:
                 raise ValueError(
-                    f"mask {str(mask_path)!r} is {mask.size[0]}x{mask.size[1]} but its image "
-                    f"{str(image_path)!r} is {image.size[0]}x{image.size[1]} (width x height); "
-                    "masks must have their image's size."
+                    f"mask {str(mask_path)!r} is {mask_size[0]}x{mask_size[1]} but its image "
+                    f"{str(image_path)!r} is {image_size[0]}x{image_size[1]}{turned} (width x height); "
+                    "masks must have their image's size as displayed."
                 )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from transferkit.models.weights import WeightsSource
+from transferkit.models.weights import WEIGHTS_FILE_HINT, WeightsSource
 from transferkit.network import WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -40,17 +40,22 @@ class LoadReport:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read tensors from safetensors or a torch file (`weights_only=True`), unwrapping checkpoints."""
+    """Read tensors from safetensors or a torch file, unwrapping checkpoints.
+
+    Torch files are read weights-only (`transferkit.torch_files`): one that would run code is refused.
+    """
+    from transferkit.torch_files import read_torch_file
+
     path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix != ".safetensors":
+        state = read_torch_file(path, key="model.weights", hint=WEIGHTS_FILE_HINT)
+    else:
+        try:
             from safetensors.torch import load_file
 
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or foreign file: say which and why
-        raise WeightsUnavailableError(f"model.weights={str(path)!r} could not be read: {err}") from err
+        except Exception as err:  # corrupt or foreign file: say which and why
+            raise WeightsUnavailableError(f"model.weights={str(path)!r} could not be read: {err}") from err
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

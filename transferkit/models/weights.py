@@ -27,6 +27,7 @@ from transferkit.network import WeightsUnavailableError  # noqa: F401 (re-export
 log = logging.getLogger(__name__)
 
 FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+WEIGHTS_FILE_HINT = "pass .safetensors weights, a state dict saved by torch.save, or a transferkit checkpoint"
 # The names timm tries, in its order, in a `timm/<model>` hub repository.
 HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 # What results.json repeats of a weights record.
@@ -108,13 +109,13 @@ def file_record(path: Path) -> dict:
 
 
 def checkpoint_record(path: Path) -> dict:
-    """`backbone`, `in_chans`, `image_size`, `mean`, `std` from a transferkit Lightning checkpoint."""
-    import torch
+    """`backbone`, `in_chans`, `image_size`, `mean`, `std` from a transferkit Lightning checkpoint.
 
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not readable as a safe checkpoint: no record, loading reports it
-        return {}
+    Read weights-only: a file that would run code, or is not a checkpoint, stops here in one line.
+    """
+    from transferkit.torch_files import read_torch_file
+
+    checkpoint = read_torch_file(path, key="model.weights", hint=WEIGHTS_FILE_HINT)
     hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
     model, data = hparams.get("model") or {}, hparams.get("data_config") or {}
     if not model.get("backbone"):
