@@ -123,7 +123,7 @@ def train_leg(leg: Leg, rung: Rung, probe_features: tuple | None = None) -> None
             callback.given = probe_features
     resume = leg.last_checkpoint if leg.last_checkpoint.is_file() else None
     start = time.time()
-    trainer.fit(leg.task, datamodule=leg.data, ckpt_path=resume)
+    trainer.fit(leg.task, datamodule=leg.data, ckpt_path=resume, weights_only=True)
     leg.entry.seconds += time.time() - start
     leg.trainer, leg.legs_run = trainer, leg.legs_run + 1
     leg.probe = leg.probe or probe_report(trainer)
