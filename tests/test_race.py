@@ -74,7 +74,7 @@ def fake_training(scores: dict[str, list[float]]):
     """A train_leg that reads each candidate's validation losses from `scores`, one per rung."""
     broadcaster = SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj), global_rank=0)
 
-    def train_leg(leg, rung):
+    def train_leg(leg, rung, probe_features=None):
         loss = scores[leg.candidate.name][len(leg.entry.rungs)]
         leg.trainer = broadcaster
         leg.entry.rungs.append({"epochs": rung.end, "val_loss": loss, "val_acc": 1 - loss, "score": loss})
