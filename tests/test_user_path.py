@@ -88,3 +88,16 @@ def test_measuring_for_auto_leaves_the_random_streams_alone(image_folder, fast):
     assert plan.advice is not None and plan.race is not None  # it did measure
     assert torch.equal(torch.random.get_rng_state(), before[0])
     assert (np.random.get_state()[1] == before[1]).all() and random.getstate() == before[2]
+
+
+def test_auto_on_a_users_folder_prints_the_race_and_writes_the_auto_block(image_folder, tmp_path, caplog):
+    caplog.set_level("INFO", logger="transferkit")
+    results = cli.run(["fit", "recipe=small_similar", f"data.root={image_folder}", "model.weights=charnet",
+                       "finetune=auto", *QUICK, "trainer.max_epochs=3", f"run_dir={tmp_path / 'run'}"])
+    auto = results["auto"]
+    names = [c["name"] for c in auto["candidates"]]
+    assert names[:4] == ["freeze", "lpft-partial", "full-llrd", "lpft-full"] and auto["winner"] in names
+    assert all({"name", "strategy", "rungs", "seconds"} <= set(c) for c in auto["candidates"])
+    assert all({"epochs", "val_loss", "val_acc"} <= set(r) for c in auto["candidates"] for r in c["rungs"])
+    assert "race (val loss / val acc at each cut)" in caplog.text and "<- winner" in caplog.text
+    assert results["advice"]["similarity"] is not None
