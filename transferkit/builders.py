@@ -123,6 +123,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                            auto_insert_metric_name=False, enable_version_counter=False)
     callbacks: list[pl.Callback] = [checkpoint, last, LearningRateMonitor(logging_interval="epoch")]
+    callbacks += run_guard_callbacks(run_dir / "checkpoints")
     patience = cfg.early_stopping.patience
     if patience:
         callbacks.append(EarlyStopping(monitor=cfg.early_stopping.monitor or monitor, mode=mode,
@@ -137,6 +138,28 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
         samples = cfg.task.get("grid_samples", GRID_SAMPLES)
         callbacks.append(SegmentationGridCallback(run_dir, samples=samples))
     return callbacks
+
+
+def run_guard_callbacks(checkpoints: Path) -> list[pl.Callback]:
+    """What lets a run stop and resume: the random state in every checkpoint, `last.ckpt` saved on
+    SIGTERM/SIGINT, and a stop at the first non-finite loss (see transferkit.run_guards)."""
+    from transferkit.rng_state import RngStateCallback
+    from transferkit.run_guards import FiniteLossGuard, SignalCheckpoint
+
+    return [RngStateCallback(), SignalCheckpoint(checkpoints), FiniteLossGuard(checkpoints)]
+
+
+def build_plugins(flags: dict) -> list:
+    """`trainer.plugins` plus atomic checkpoint writes, unless a CheckpointIO was given."""
+    from lightning_fabric.plugins import CheckpointIO
+
+    from transferkit.checkpoint_io import AtomicCheckpointIO
+
+    given = flags.pop("plugins", None) or []
+    plugins = list(given) if isinstance(given, (list, tuple)) else [given]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
 
 
 def build_loggers(run_dir: Path, version: str = "") -> list:
@@ -171,5 +194,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, monitor: str, mode: str,
 
     progress, progress_flags = progress_callbacks(is_interactive(), flags.pop("enable_progress_bar", None))
     callbacks = build_callbacks(cfg, run_dir, monitor, mode) + progress + list(extra_callbacks or [])
+    plugins = build_plugins(flags)
     return pl.Trainer(**flags, **progress_flags, default_root_dir=str(run_dir), callbacks=callbacks,
-                      logger=build_loggers(run_dir, log_version))
+                      logger=build_loggers(run_dir, log_version), plugins=plugins)

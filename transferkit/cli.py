@@ -138,6 +138,12 @@ def run(argv: list[str]) -> dict:
     cfg = compose_config(overrides)
     if command in ("test", "advise", "show-augs") and cfg.ckpt_path:
         cfg = config_of_checkpoint_run(cfg, overrides)
+    if cfg.get("resume"):
+        if command != "fit":
+            raise UsageError(f"resume={cfg.resume} continues a fit run: python -m transferkit fit resume=...")
+        from transferkit.commands.resuming import config_of_resumed_run
+
+        cfg = config_of_resumed_run(cfg, overrides)
     module = importlib.import_module(COMMANDS[command])
     from transferkit.console import quiet_console
 
@@ -155,6 +161,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"{err}\n")
         raise SystemExit(2) from None
     except Exception as err:  # noqa: BLE001 - one clear line for users, traceback on request
+        from transferkit.run_guards import RunStopped
+
+        if isinstance(err, RunStopped):  # interrupted (130/143, with the resume command) or diverged (3)
+            sys.stderr.write(f"transferkit: {err.status}: {err}\n")
+            raise SystemExit(err.exit_code) from None
         if debug:
             raise
         from hydra.errors import HydraException

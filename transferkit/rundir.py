@@ -44,6 +44,14 @@ def create_run_dir(run_dir: str | None) -> Path:
     return candidate
 
 
+def reuse_run_dir(run_dir: str) -> Path:
+    """`fit resume=...`: the run directory being continued (the one exception to never reusing one;
+    `transferkit.commands.resuming` checked it holds a run)."""
+    path = Path(run_dir).expanduser().resolve()
+    os.environ[ENV_RUN_DIR] = str(path)
+    return path
+
+
 def write_config(cfg: DictConfig, run_dir: Path) -> Path:
     path = run_dir / "config.yaml"
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -3,21 +3,38 @@
 from __future__ import annotations
 
 import logging
+import shlex
+import signal
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferkit.builders import build_datamodule, build_feature_cache, build_task, build_trainer
+from transferkit.checkpoint_io import checkpoint_meta, checkpoint_problem
+from transferkit.commands.resuming import (
+    carried_over,
+    check_same_splits,
+    join_metrics,
+    read_results,
+    resume_callbacks,
+    session_record,
+    set_aside_metrics,
+    write_resumed_config,
+)
 from transferkit.errors import ConfigError
 from transferkit.loading import read_checkpoint, require
 from transferkit.planning import Plan, plan_model, plan_training
-from transferkit.rundir import create_run_dir, write_config, write_json
+from transferkit.run_guards import EXIT_SIGNAL, RunDiverged, RunInterrupted, signal_name
+from transferkit.rundir import create_run_dir, reuse_run_dir, write_config, write_json
 from transferkit.tasks.linear_probe import probe_report
 
 log = logging.getLogger("transferkit")
+
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # names trainer.fit(ckpt_path=...) looks up
 
 
 def plan_run(cfg: DictConfig) -> tuple[Plan, object]:
@@ -30,18 +47,63 @@ def plan_run(cfg: DictConfig) -> tuple[Plan, object]:
 
 def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, object, object, Path]:
     """Fit the configured task (or race the candidates of `finetune=auto`), evaluate the best
-    checkpoint, write results.json."""
+    checkpoint, write results.json (`status` running, then completed, interrupted or diverged)."""
     start = time.time()
+    check_ckpt_path(cfg)
     if cfg.get("ckpt_path"):  # Lightning resumes from it later: refuse a file that would run code now
         read_checkpoint(require(cfg.ckpt_path, "ckpt_path", "a checkpoint to resume from"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     plan, datamodule = plan_run(cfg)
     cfg = plan.cfg
-    run_dir = create_run_dir(cfg.run_dir)
+    run_dir, session = open_run(cfg, command, datamodule)
+    try:
+        results, trainer, task = fit_and_test(plan, datamodule, run_dir, command, start)
+    except BaseException as err:
+        raise record_stop(err, plan, run_dir, session, start) from None
+    finally:
+        if cfg.get("resume") and rank_zero_only.rank == 0:
+            join_metrics(run_dir)
+    wall = round(time.time() - start + session.get("wall_seconds", 0.0), 2)
+    results = {**carried_over(session), **results, "status": "completed", "wall_seconds": wall}
+    if trainer.is_global_zero:
+        write_json(results, run_dir / "results.json")
+        log.info("%s", metrics_table(results["metrics"]))
+        log.info("Results: %s", run_dir / "results.json")
+    return results, trainer, task, datamodule, run_dir
+
+
+def check_ckpt_path(cfg: DictConfig) -> None:
+    value = cfg.get("ckpt_path")
+    if value is not None and str(value) in LIGHTNING_CKPT_NAMES and not cfg.get("resume"):
+        raise ConfigError(f"ckpt_path={value!r} would have Lightning look for that checkpoint in this new run "
+                          "directory and silently start afresh; to continue a run use resume=last (the newest "
+                          "run under outputs/) or resume=<run directory>.")
+
+
+def open_run(cfg: DictConfig, command: str, datamodule) -> tuple[Path, dict]:
+    """A new run directory, or with `resume=` the run being continued; results.json says running."""
+    resumed = cfg.get("resume")
+    run_dir = reuse_run_dir(resumed) if resumed else create_run_dir(cfg.run_dir)
+    previous, resumed_from = read_results(run_dir) if resumed else {}, None
+    if resumed:
+        meta = checkpoint_meta(Path(cfg.ckpt_path))
+        resumed_from = {"checkpoint": str(cfg.ckpt_path), **meta}
+    session = session_record(run_dir, command, previous, resumed_from)
     if rank_zero_only.rank == 0:
         log.info("Run directory: %s", run_dir)
-        write_config(cfg, run_dir)
-        write_json(datamodule.split_record, run_dir / "splits.json")
+        if resumed:
+            check_same_splits(datamodule.split_record, run_dir)
+            set_aside_metrics(run_dir, resumed_from["global_step"])
+            write_resumed_config(cfg, run_dir)
+        else:
+            write_config(cfg, run_dir)
+            write_json(datamodule.split_record, run_dir / "splits.json")
+        write_json(session, run_dir / "results.json")
+    return run_dir, session
+
+
+def fit_and_test(plan: Plan, datamodule, run_dir: Path, command: str, start: float) -> tuple[dict, pl.Trainer, object]:
+    cfg = plan.cfg
     fit = fit_race if plan.race is not None else fit_fixed
     trainer, task, fit_data, extra = fit(plan, datamodule, run_dir)
     winner = extra.pop("_winner", None)
@@ -49,7 +111,9 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     tested = trainer.test(task, datamodule=fit_data, ckpt_path=best or None, verbose=False, weights_only=True)
     results = collect_results(cfg, command, task, datamodule, trainer, val_metrics, tested, run_dir, start)
-    results.update({"finetune": dict(task.hparams.finetune), "plan": plan.to_dict(), **extra})
+    # test(ckpt_path=best) reloads the callbacks' states saved in best.ckpt; the path is the one before.
+    results.update({"best_checkpoint": best or None, "finetune": dict(task.hparams.finetune),
+                    "plan": plan.to_dict(), **extra})
     store = getattr(fit_data, "store", None)
     if store is not None:
         results["feature_cache"] = {**results.get("feature_cache", plan.cache), **fit_data.report()}
@@ -59,18 +123,56 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
         results["advice"] = plan.advice
     if plan.race is not None:
         results.update(finish_race(winner, run_dir))
-    if trainer.is_global_zero:
-        write_json(results, run_dir / "results.json")
-        log.info("%s", metrics_table(results["metrics"]))
-        log.info("Results: %s", run_dir / "results.json")
-    return results, trainer, task, datamodule, run_dir
+    return results, trainer, task
+
+
+def record_stop(err: BaseException, plan: Plan, run_dir: Path, session: dict, start: float) -> BaseException:
+    """results.json for a run that stopped early; returns what to raise (a RunStopped for signals)."""
+    stop = stop_of(err, plan, run_dir, session["command"])
+    record = {**session, "status": getattr(stop, "status", "failed"),
+              "wall_seconds": round(time.time() - start + session.get("wall_seconds", 0.0), 2),
+              "message": str(stop).splitlines()[0] if str(stop) else type(stop).__name__}
+    if isinstance(stop, RunInterrupted):
+        record.update({"signal": signal_name(stop.exit_code), "exit_code": stop.exit_code})
+    if isinstance(stop, RunDiverged):
+        record.update({"exit_code": stop.exit_code, "diverged": stop.record})
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file() and checkpoint_problem(last) is None:
+        record.update({"last_checkpoint": str(last), **checkpoint_meta(last)})
+    if rank_zero_only.rank == 0:
+        write_json(record, run_dir / "results.json")  # cli.main prints the message
+    return stop
+
+
+def stop_of(err: BaseException, plan: Plan, run_dir: Path, command: str) -> BaseException:
+    """A signal (Lightning's SIGTERMException, or a second Ctrl+C) becomes a RunInterrupted."""
+    if isinstance(err, SIGTERMException):
+        code = err.code if isinstance(err.code, int) else EXIT_SIGNAL[signal.SIGTERM]
+    elif isinstance(err, (KeyboardInterrupt, SystemExit)):
+        code = EXIT_SIGNAL[signal.SIGINT]  # Lightning turns a KeyboardInterrupt into exit(1)
+    else:
+        return err
+    name = signal_name(code)
+    if plan.race is not None:
+        return RunInterrupted(f"{name} stopped the finetune=auto race in {run_dir}; a race cannot resume yet "
+                              "(only a finished race's winner can): run the same command again.", code)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file() or command != "fit":
+        why = "before its first checkpoint" if command == "fit" else f"(resume continues fit runs, not {command})"
+        return RunInterrupted(f"{name} stopped {run_dir} {why}; run the same command again.", code)
+    meta = checkpoint_meta(last)
+    done = meta["epochs_done"]
+    return RunInterrupted(f"{name} stopped the run at step {meta['global_step']}, after {done} full "
+                          f"epoch{'' if done == 1 else 's'}; resume it with: "
+                          f"python -m transferkit fit resume={shlex.quote(str(run_dir))}", code)
 
 
 def fit_fixed(plan: Plan, datamodule, run_dir: Path) -> tuple[pl.Trainer, object, object, dict]:
     """One fit with the planned strategy (on cached features where planning said so)."""
     cfg = plan.cfg
     task = build_task(cfg, datamodule, plan.weights)
-    trainer = build_trainer(cfg, run_dir, task.monitor, task.monitor_mode)
+    trainer = build_trainer(cfg, run_dir, task.monitor, task.monitor_mode,
+                            extra_callbacks=resume_callbacks(cfg, run_dir))
     fit_data = build_feature_cache(cfg, datamodule, task, run_dir) if plan.cache["used"] else datamodule
     trainer.fit(task, datamodule=fit_data, ckpt_path=cfg.ckpt_path, weights_only=True)  # quiet_console filters noise
     return trainer, task, fit_data, {"feature_cache": dict(plan.cache)}

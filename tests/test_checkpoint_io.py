@@ -1,0 +1,88 @@
+"""Atomic checkpoint writes (a crash between write and rename keeps the old file) and the one-line
+diagnosis of a checkpoint that cannot be resumed from."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from pytorch_lightning.plugins.io import AsyncCheckpointIO
+
+from transferkit.builders import build_plugins
+from transferkit.checkpoint_io import AtomicCheckpointIO, checkpoint_problem, describe_bad_checkpoint
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".*.tmp"))
+
+
+def test_atomic_save_leaves_only_the_checkpoint(tmp_path):
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"w": torch.arange(4)}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.arange(4))
+    assert temp_files(target.parent) == []
+
+
+def test_failure_between_write_and_replace_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"w": torch.zeros(3)}, target)
+    old = target.read_bytes()
+
+    def power_cut(src, dst):
+        raise OSError("injected: the disk went away before the rename")
+
+    monkeypatch.setattr(os, "replace", power_cut)
+    with pytest.raises(OSError, match="injected"):
+        io.save_checkpoint({"w": torch.ones(3)}, target)
+    assert target.read_bytes() == old
+    assert temp_files(tmp_path) == []  # the half-done write is cleaned up
+
+
+def test_process_killed_between_write_and_replace_keeps_the_old_file(tmp_path):
+    """A real crash: the process dies (os._exit) right after the temporary file is written."""
+    target = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(3)}, target)
+    script = textwrap.dedent(f"""
+        import os, torch
+        from transferkit.checkpoint_io import AtomicCheckpointIO
+        os.replace = lambda src, dst: os._exit(9)
+        AtomicCheckpointIO().save_checkpoint({{"w": torch.ones(3)}}, {str(target)!r})
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 9, done.stderr
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.zeros(3))
+    assert len(temp_files(tmp_path)) == 1  # the new data never replaced the old file
+
+
+def test_async_checkpoint_io_wraps_the_atomic_one(tmp_path):
+    io = AsyncCheckpointIO(AtomicCheckpointIO())
+    for value in range(3):
+        io.save_checkpoint({"w": torch.full((2,), float(value))}, tmp_path / "last.ckpt")
+    io.teardown()  # waits for the writer thread
+    assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["w"], torch.full((2,), 2.0))
+    assert temp_files(tmp_path) == []
+    kept = build_plugins({"plugins": [io]})
+    assert kept == [io]  # a CheckpointIO the user gave is kept, not doubled
+    assert isinstance(build_plugins({})[0], AtomicCheckpointIO)
+
+
+def test_checkpoint_problems_are_named(tmp_path):
+    good = tmp_path / "best.ckpt"
+    torch.save({"epoch": 2, "global_step": 9, "w": torch.zeros(1000)}, good)
+    assert checkpoint_problem(good) is None
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    cut = tmp_path / "last.ckpt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert checkpoint_problem(empty) == "is empty (0 bytes)"
+    assert "truncated" in checkpoint_problem(cut)
+    assert checkpoint_problem(tmp_path / "missing.ckpt") == "does not exist"
+    line = describe_bad_checkpoint(cut, checkpoint_problem(cut), good)
+    assert "\n" not in line and str(cut) in line and f"previous good checkpoint is {good} (after epoch 2)" in line
+    assert "no good checkpoint" in describe_bad_checkpoint(cut, "is truncated", empty)

@@ -1,0 +1,198 @@
+"""`fit resume=...`: a resumed run continues exactly, in place; what cannot resume says so in one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import write_class_folder
+from transferkit import builders, cli
+from transferkit.commands import resuming
+from transferkit.errors import ConfigError
+from transferkit.run_guards import RunInterrupted
+
+pytestmark = pytest.mark.slow
+
+# RNG matters here: random augmentation, shuffling, a fully trained backbone.
+EXACT = ["augment=light", "finetune=full", "trainer.deterministic=true"]
+
+
+def overrides(images: Path, weights: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [f"data.root={images}", "model.backbone=test_resnet", f"model.weights={weights}", "model.in_chans=3",
+            "data.image_size=32", "data.batch_size=4", "data.num_workers=0", "trainer.accelerator=cpu",
+            "trainer.devices=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+            f"run_dir={run_dir}", *extra]
+
+
+def weights_of(run_dir: str) -> dict:
+    return torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+def metric_rows(run_dir: str) -> list[dict]:
+    with (Path(run_dir) / "metrics.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_same_run(one: dict, other: dict) -> None:
+    a, b = weights_of(one["run_dir"]), weights_of(other["run_dir"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert one["metrics"] == other["metrics"]
+    assert metric_rows(one["run_dir"]) == metric_rows(other["run_dir"])  # appended, nothing twice
+
+
+def test_run_stopped_after_two_epochs_and_extended_to_four_matches_a_four_epoch_run(image_folder, fast, tmp_path):
+    # A constant LR: extending max_epochs re-spans a decaying schedule (see README).
+    base = [f"data.root={image_folder}", *fast[:-1], *EXACT, "scheduler=constant"]
+    four = cli.run(["fit", *base, "trainer.max_epochs=4", f"run_dir={tmp_path / 'four'}"])
+    two = cli.run(["fit", *base, "trainer.max_epochs=2", f"run_dir={tmp_path / 'two'}"])
+    resumed = cli.run(["fit", f"resume={two['run_dir']}", "trainer.max_epochs=4"])
+    assert resumed["run_dir"] == two["run_dir"] and resumed["epochs"] == 4
+    assert_same_run(four, resumed)
+    saved = json.loads((Path(two["run_dir"]) / "results.json").read_text())
+    assert saved["status"] == "completed" and saved["resumes"][0]["epochs_done"] == 2
+    assert saved["wall_seconds"] > two["wall_seconds"]
+    assert yaml.safe_load((Path(two["run_dir"]) / "config.yaml").read_text())["trainer"]["max_epochs"] == 4
+    assert not (Path(two["run_dir"]) / "metrics.previous.csv").exists()
+
+
+def test_sigterm_at_an_epoch_end_saves_last_and_resume_continues_exactly(image_folder, fast, tmp_path, monkeypatch):
+    base = [f"data.root={image_folder}", *fast[:-1], *EXACT, "trainer.max_epochs=4"]
+    full = cli.run(["fit", *base, f"run_dir={tmp_path / 'full'}"])
+
+    class SigtermAfterEpoch2(builders.pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler: stop at the next boundary
+
+    guards = builders.run_guard_callbacks
+    monkeypatch.setattr(builders, "run_guard_callbacks", lambda d: [*guards(d), SigtermAfterEpoch2()])
+    with pytest.raises(RunInterrupted) as stopped:
+        cli.run(["fit", *base, f"run_dir={tmp_path / 'cut'}"])
+    run_dir = tmp_path / "cut"
+    assert stopped.value.exit_code == 143 and f"fit resume={run_dir.resolve()}" in str(stopped.value)
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "interrupted" and record["signal"] == "SIGTERM" and record["epochs_done"] == 2
+    monkeypatch.setattr(builders, "run_guard_callbacks", guards)
+    resumed = cli.run(["fit", f"resume={run_dir}"])
+    assert_same_run(full, resumed)
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
+
+
+# -- what cannot resume ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, test_resnet_weights) -> Path:
+    root = tmp_path_factory.mktemp("finished")
+    images = write_class_folder(root / "images")
+    results = cli.run(["fit", *overrides(images, test_resnet_weights, root / "run", "trainer.max_epochs=1")])
+    return Path(results["run_dir"])
+
+
+def copy_run(finished_run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(finished_run, tmp_path / "outputs" / "2024-01-02" / "09-00-00"))
+
+
+def test_missing_empty_or_checkpointless_runs_are_refused(finished_run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a run directory"):
+        cli.run(["fit", f"resume={tmp_path / 'nowhere'}"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no config.yaml"):
+        cli.run(["fit", f"resume={tmp_path / 'empty'}"])
+    run = copy_run(finished_run, tmp_path)
+    (run / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(FileNotFoundError, match="no checkpoints/last.ckpt"):
+        cli.run(["fit", f"resume={run}"])
+
+
+def test_an_empty_last_checkpoint_names_the_previous_good_one(finished_run, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["fit", f"resume={run}"])
+    assert exited.value.code == 1
+    line = capsys.readouterr().err.splitlines()[0]
+    assert f"{run / 'checkpoints' / 'last.ckpt'} is empty (0 bytes)" in line
+    assert f"previous good checkpoint is {run / 'checkpoints' / 'best.ckpt'}" in line
+
+
+def test_overrides_that_change_training_and_ckpt_path_last_are_refused(finished_run, tmp_path, image_folder):
+    run = copy_run(finished_run, tmp_path)
+    with pytest.raises(ConfigError, match="optimizer.lr cannot change when resuming"):
+        cli.run(["fit", f"resume={run}", "optimizer.lr=0.1"])
+    with pytest.raises(ConfigError, match="resume=last"):
+        cli.run(["fit", f"data.root={image_folder}", "ckpt_path=last", f"run_dir={tmp_path / 'new'}"])
+    with pytest.raises(cli.UsageError, match="continues a fit run"):
+        cli.run(["test", f"resume={run}"])
+
+
+def test_resume_last_finds_the_newest_fit_run_under_outputs(finished_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no fit run under"):
+        resuming.find_run("last")
+    older = copy_run(finished_run, tmp_path)
+    newer = Path(shutil.copytree(older, older.with_name("09-00-00-1")))
+    not_fit = Path(shutil.copytree(older, older.parent.parent / "2024-01-03" / "08-00-00"))
+    (not_fit / "results.json").write_text(json.dumps({"command": "predict"}))
+    assert resuming.find_run("last") == newer.resolve()
+
+
+def test_a_race_stopped_mid_way_is_refused(finished_run, tmp_path):
+    run = copy_run(finished_run, tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["finetune"]["strategy"] = "auto"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "results.json").write_text(json.dumps({"command": "fit", "status": "interrupted"}))
+    with pytest.raises(ConfigError, match="stopped mid-race"):
+        cli.run(["fit", f"resume={run}"])
+
+
+def test_a_finished_race_continues_its_winner(image_folder, fast, tmp_path):
+    raced = cli.run(["fit", f"data.root={image_folder}", *fast[:-1], "finetune=auto", "augment=none",
+                     "trainer.max_epochs=3", f"run_dir={tmp_path / 'auto'}"])
+    resumed = cli.run(["fit", f"resume={raced['run_dir']}", "trainer.max_epochs=4"])
+    assert resumed["auto"] == raced["auto"] and resumed["strategy"] == raced["strategy"]
+    assert resumed["epochs"] == 4 and Path(resumed["best_checkpoint"]).parent == Path(raced["run_dir"]) / "checkpoints"
+    assert resumed["metrics"]["best/val/acc"] >= raced["metrics"]["best/val/acc"]  # best.ckpt only improves
+    config = yaml.safe_load((Path(raced["run_dir"]) / "config.yaml").read_text())
+    assert config["finetune"]["strategy"] == "auto" and config["trainer"]["max_epochs"] == 4
+    epochs = {row["epoch"] for row in metric_rows(raced["run_dir"]) if row.get("val/loss")}
+    assert epochs >= {"2", "3"}
+
+
+def test_metrics_past_the_checkpoint_are_dropped_and_sessions_joined(tmp_path):
+    def write(path: Path, steps: range) -> None:
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["epoch", "step", "train/loss"])
+            writer.writeheader()
+            writer.writerows({"epoch": s // 4, "step": s, "train/loss": 1.0 / (s + 1)} for s in steps)
+
+    write(tmp_path / "metrics.csv", range(10))  # steps 8 and 9 came after the checkpoint at step 8
+    resuming.set_aside_metrics(tmp_path, global_step=8)
+    assert not (tmp_path / "metrics.csv").exists()
+    write(tmp_path / "metrics.csv", range(8, 12))  # the resumed session logs from step 8 again
+    resuming.join_metrics(tmp_path)
+    assert [int(r["step"]) for r in metric_rows(str(tmp_path))] == list(range(12))
+    assert not (tmp_path / resuming.PREVIOUS_METRICS).exists()
+
+
+def test_a_run_still_going_is_not_resumed_under_it(finished_run, tmp_path):
+    run = copy_run(finished_run, tmp_path)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / "results.json").write_text(json.dumps({"command": "fit", "status": "running", "pid": alive.pid,
+                                                      "host": socket.gethostname()}))
+        with pytest.raises(ConfigError, match=f"still going \\(pid {alive.pid}\\)"):
+            cli.run(["fit", f"resume={run}"])
+    finally:
+        alive.kill()
+        alive.wait()

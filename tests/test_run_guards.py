@@ -1,0 +1,95 @@
+"""Runs that die: SIGTERM/SIGINT save a resumable checkpoint and exit 143/130 with the resume command;
+a non-finite loss stops the run (exit 3) before any checkpoint is written from the diverged model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from transferkit import cli
+from transferkit.run_guards import EXIT_DIVERGED, RunDiverged
+from transferkit.tasks.classification import ClassificationTask
+
+pytestmark = pytest.mark.slow
+
+
+def test_nan_loss_stops_the_run_names_step_lr_and_last_good_checkpoint(image_folder, fast, tmp_path,
+                                                                      monkeypatch, capsys):
+    real_step = ClassificationTask.training_step
+
+    def nan_in_epoch_two(self, batch, batch_idx):
+        loss = real_step(self, batch, batch_idx)
+        return loss * float("nan") if self.current_epoch == 1 else loss
+
+    monkeypatch.setattr(ClassificationTask, "training_step", nan_in_epoch_two)
+    args = ["fit", f"data.root={image_folder}", *fast, "trainer.max_epochs=3", "finetune=full"]
+    with pytest.raises(SystemExit) as exited:
+        cli.main(args)
+    assert exited.value.code == EXIT_DIVERGED == 3
+    run_dir = tmp_path / "run"
+    checkpoints = run_dir / "checkpoints"
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("transferkit: diverged: training loss is nan at step ")
+    assert f"the last good checkpoint is {checkpoints / 'last.ckpt'} (after epoch 1)" in line and " with lr " in line
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "diverged" and record["exit_code"] == 3
+    assert record["diverged"]["epoch"] == 2 and record["diverged"]["loss"] == "nan"
+    for name in ("best.ckpt", "last.ckpt"):  # written after epoch 1, never by the diverged model
+        saved = torch.load(checkpoints / name, map_location="cpu", weights_only=True)
+        assert saved["epoch"] == 0 and all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+
+
+def test_a_huge_learning_rate_diverges_with_exit_code_3(image_folder, fast):
+    with pytest.raises(RunDiverged, match=r"training loss is (nan|inf|-inf) at step \d+ .* with lr "):
+        cli.run(["fit", f"data.root={image_folder}", *fast, "finetune=full", "optimizer.lr=1e6",
+                 "trainer.max_epochs=20"])
+
+
+def start_fit(image_folder: Path, weights: Path, run_dir: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("TRANSFERKIT_RUN_DIR", None)
+    cmd = [sys.executable, "-m", "transferkit", "fit", f"data.root={image_folder}", "model.backbone=test_resnet",
+           f"model.weights={weights}", "model.in_chans=3", "data.image_size=32", "data.batch_size=2",
+           "data.num_workers=0", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.max_epochs=1000",
+           "finetune=full", "trainer.enable_progress_bar=false", f"run_dir={run_dir}"]
+    with log.open("w") as out:  # a file, not a pipe: a full pipe would block the run
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def wait_for(path: Path, process: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared:\n{log.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_last_checkpoint_exits_and_the_run_resumes(sig, code, image_folder, test_resnet_weights,
+                                                                  tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "log.txt"
+    process = start_fit(image_folder, test_resnet_weights, run_dir, log)
+    try:
+        wait_for(run_dir / "checkpoints" / "last.ckpt", process, log)  # the first epoch has ended
+        process.send_signal(sig)
+        assert process.wait(timeout=300) == code, log.read_text()[-3000:]
+    finally:
+        process.kill()
+    text = log.read_text()
+    assert f"resume it with: python -m transferkit fit resume={run_dir.resolve()}" in text
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "interrupted" and record["signal"] == sig.name and record["exit_code"] == code
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == record["global_step"] >= 3  # saved at the signal, after the first epoch
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+    if sig == signal.SIGTERM:  # the same run continues, in place
+        resumed = cli.run(["fit", f"resume={run_dir}", f"trainer.max_epochs={record['epochs_done'] + 1}"])
+        assert resumed["status"] == "completed" and resumed["run_dir"] == str(run_dir.resolve())

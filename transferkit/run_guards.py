@@ -1,0 +1,142 @@
+"""How a fit stops early without losing the run: signals, and a loss that is no longer finite.
+
+SIGTERM: Lightning's own handler sets a flag that its loops check after every step, then raises
+`SIGTERMException` (a `SystemExit`) through `on_exception`. SIGINT (Ctrl+C) is forwarded to that
+same handler, so both signals stop at the next step boundary; `SignalCheckpoint.on_exception` then
+saves `last.ckpt` and sets the exit status (128 + signal number). A second Ctrl+C stops at once.
+
+A NaN or infinite training loss stops the run before that step's backward pass (`FiniteLossGuard`):
+no checkpoint is written from the diverged model, so `best.ckpt` and `last.ckpt` stay good.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from transferkit.checkpoint_io import epochs_done
+
+log = logging.getLogger(__name__)
+
+EXIT_DIVERGED = 3
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as a shell reports it
+SIGNAL_OF_EXIT = {code: sig for sig, code in EXIT_SIGNAL.items()}
+
+
+class RunStopped(Exception):
+    """A fit that stopped before its end; `status` goes to results.json, `exit_code` to the shell."""
+
+    status = "failed"
+    exit_code = 1
+
+
+class RunInterrupted(RunStopped):
+    status = "interrupted"
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class RunDiverged(RunStopped):
+    status = "diverged"
+    exit_code = EXIT_DIVERGED
+
+    def __init__(self, message: str, record: dict) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+def signal_name(exit_code: int) -> str:
+    sig = SIGNAL_OF_EXIT.get(exit_code)
+    return sig.name if sig is not None else f"exit {exit_code}"
+
+
+class SignalCheckpoint(pl.Callback):
+    """Saves `<dirpath>/last.ckpt` when a signal stops the fit, and marks the exit status on the
+    `SIGTERMException` Lightning raises (its `code`: 143 for SIGTERM, 130 for SIGINT).
+
+    Like Lightning's `OnExceptionCheckpoint`, but only for signals (a crash mid-step leaves no
+    consistent state to save), and without its side effect of making every later `fit()` of the
+    trainer resume from that file."""
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.ckpt_path = str(Path(dirpath) / "last.ckpt")
+        self.received: signal.Signals | None = None
+        self.previous_sigint: Any = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning installed its SIGTERM handler just before training; it restores every handler
+        # (this one too) when the fit ends.
+        if threading.current_thread() is threading.main_thread():
+            self.previous_sigint = signal.signal(signal.SIGINT, self.forward_sigint)
+
+    def forward_sigint(self, signum: int, frame: Any) -> None:
+        handler = signal.getsignal(signal.SIGTERM)
+        if self.received is not None or not callable(handler):
+            self.restore_sigint()
+            raise KeyboardInterrupt  # the second Ctrl+C: stop now, without a checkpoint
+        self.received = signal.SIGINT
+        log.warning("Ctrl+C: stopping after this step and saving %s (press Ctrl+C again to stop at once).",
+                    self.ckpt_path)
+        handler(signum, frame)  # Lightning's SIGTERM handler: the loops stop at the next step boundary
+
+    def restore_sigint(self) -> None:
+        if self.previous_sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self.previous_sigint)
+        self.previous_sigint = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.restore_sigint()
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        received = self.received or signal.SIGTERM
+        exception.code = EXIT_SIGNAL[received]
+        trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+        log.info("%s: saved %s at step %d.", received.name, self.ckpt_path, trainer.global_step)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.restore_sigint()
+
+
+def current_lrs(trainer: pl.Trainer) -> list[float]:
+    return sorted({float(group["lr"]) for opt in trainer.optimizers for group in opt.param_groups}, reverse=True)
+
+
+class FiniteLossGuard(pl.Callback):
+    """Stops the fit at the first non-finite training loss, naming the step, the LR and the last
+    good checkpoint (`<dirpath>/last.ckpt` from an earlier epoch end, if any)."""
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.last = Path(dirpath) / "last.ckpt"
+        self.good_epochs: int | None = None  # epochs done in the last checkpoint saved or loaded
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self.good_epochs = epochs_done(checkpoint)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self.good_epochs = epochs_done(checkpoint)
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        value = float(loss.detach().float().mean())
+        step, epoch, lrs = trainer.global_step + 1, trainer.current_epoch + 1, current_lrs(trainer)
+        good = str(self.last) if self.last.is_file() else None
+        where = (f"the last good checkpoint is {good} (after epoch {self.good_epochs})" if good and self.good_epochs
+                 else f"the last good checkpoint is {good}" if good else "no checkpoint had been saved yet")
+        lr_text = ", ".join(f"{lr:.3g}" for lr in lrs)
+        message = (f"training loss is {'nan' if math.isnan(value) else value} at step {step} (epoch {epoch}) "
+                   f"with lr {lr_text}; stopped before that step, {where}, best.ckpt untouched. "
+                   f"Lower optimizer.lr (or set trainer.gradient_clip_val) and start a new run.")
+        record = {"step": step, "epoch": epoch, "lr": lrs, "loss": str(value), "last_good_checkpoint": good}
+        raise RunDiverged(message, record)
