@@ -157,8 +157,9 @@ def test_a_race_stopped_mid_way_is_refused(finished_run, tmp_path):
 
 
 def test_a_finished_race_continues_its_winner(image_folder, fast, tmp_path):
+    # head_solver=sgd: a freeze winner then trains epochs too (an L-BFGS head is final after one).
     raced = cli.run(["fit", f"data.root={image_folder}", *fast[:-1], "finetune=auto", "augment=none",
-                     "trainer.max_epochs=3", f"run_dir={tmp_path / 'auto'}"])
+                     "finetune.head_solver=sgd", "trainer.max_epochs=3", f"run_dir={tmp_path / 'auto'}"])
     resumed = cli.run(["fit", f"resume={raced['run_dir']}", "trainer.max_epochs=4"])
     assert resumed["auto"] == raced["auto"] and resumed["strategy"] == raced["strategy"]
     assert resumed["epochs"] == 4 and Path(resumed["best_checkpoint"]).parent == Path(raced["run_dir"]) / "checkpoints"
