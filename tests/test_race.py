@@ -41,12 +41,17 @@ def test_schedule_cuts_five_to_two_to_one():
     assert rung_schedule(15, 1) == [Rung(15, 1)]  # one candidate: a plain run
 
 
-def test_survivors_by_loss_and_ties_go_to_the_cheaper_plan():
-    scores = {"freeze": 0.30, "lpft-partial": 0.20, "full-llrd": 0.50, "lpft-full": 0.10}
-    assert choose_survivors(scores, 2) == ["lpft-full", "lpft-partial"]
-    assert choose_survivors({"lpft-full": 0.100, "freeze": 0.105}, 1) == ["freeze"]  # within 0.01: cheaper
-    assert choose_survivors({"lpft-full": 0.100, "freeze": 0.200}, 1) == ["lpft-full"]
-    assert leg_score([0.9, 0.4, 0.2]) == pytest.approx(0.3)  # the last two evaluations
+def test_survivors_by_accuracy_then_loss_and_ties_go_to_the_cheaper_plan():
+    scores = {"freeze": (0.90, 0.30), "lpft-partial": (0.92, 0.20), "full-llrd": (0.80, 0.50), "lpft-full": (0.95, 0.10)}
+    assert choose_survivors(scores, 2, val_size=1000) == ["lpft-full", "lpft-partial"]
+    tie = {"lpft-full": (0.95, 0.100), "freeze": (0.95, 0.105)}  # losses within 0.01: the cheaper plan
+    assert choose_survivors(tie, 1, val_size=1000) == ["freeze"]
+    # Near chance, a calibrated uninformative model has the lower loss; a clear accuracy gap on 500
+    # validation images still decides, but on 10 images it is noise and the loss decides.
+    near_chance = {"scratch": (0.28, 1.38), "lpft-partial": (0.38, 1.60)}
+    assert choose_survivors(near_chance, 1, val_size=500) == ["lpft-partial"]
+    assert choose_survivors(near_chance, 1, val_size=10) == ["scratch"]
+    assert leg_score([0.9, 0.4, 0.2], [0.5, 0.7, 0.9]) == pytest.approx((0.8, 0.3))  # the last two evaluations
 
 
 @pytest.mark.parametrize("advice, enters", [
@@ -77,7 +82,8 @@ def fake_training(scores: dict[str, list[float]]):
     def train_leg(leg, rung, probe_features=None):
         loss = scores[leg.candidate.name][len(leg.entry.rungs)]
         leg.trainer = broadcaster
-        leg.entry.rungs.append({"epochs": rung.end, "val_loss": loss, "val_acc": 1 - loss, "score": loss})
+        leg.entry.rungs.append({"epochs": rung.end, "val_loss": loss, "val_acc": 1 - loss,
+                                "score_acc": 1 - loss, "score_loss": loss})
     return train_leg
 
 
@@ -113,7 +119,8 @@ def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_fold
 def test_auto_race_continues_the_winner_and_records_it(image_folder, fast, tmp_path, caplog, monkeypatch):
     caplog.set_level("INFO", logger="transferkit")
     # On 12 random images any plan may win; make lpft-full win so that it runs every leg.
-    monkeypatch.setattr(racing, "choose_survivors", lambda scores, keep: sorted(scores, key="lpft-full".__ne__)[:keep])
+    monkeypatch.setattr(racing, "choose_survivors",
+                        lambda scores, keep, val_size: sorted(scores, key="lpft-full".__ne__)[:keep])
     results = cli.run(["fit", f"data.root={image_folder}", *fast[:-1], "finetune=auto", "trainer.max_epochs=3",
                        "augment=none", f"run_dir={tmp_path / 'auto'}"])
     auto = results["auto"]

@@ -67,8 +67,9 @@ class Entry:
     rungs: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
-    def score(self) -> float:
-        return self.rungs[-1]["score"]
+    def score(self) -> tuple[float, float]:
+        """(val acc, val loss) of its last leg, as `choose_survivors` ranks them."""
+        return self.rungs[-1]["score_acc"], self.rungs[-1]["score_loss"]
 
     def to_dict(self) -> dict:
         return {"name": self.name, "strategy": self.strategy, "rungs": self.rungs, "seconds": round(self.seconds, 2)}
@@ -142,29 +143,45 @@ def schedule_cost(rungs: list[Rung], costs: list[float]) -> float:
     return total
 
 
-def choose_survivors(scores: dict[str, float], keep: int, tolerance: float = TIE_TOLERANCE) -> list[str]:
-    """The `keep` best by validation loss; within `tolerance` of the best left, the cheaper plan first."""
+def accuracy_tolerance(accuracy: float, val_size: int) -> float:
+    """One binomial standard error of a validation accuracy: differences within it are noise."""
+    p = min(max(accuracy, 1.0 / max(val_size, 1)), 1 - 1.0 / max(val_size, 1))
+    return math.sqrt(p * (1 - p) / max(val_size, 1))
+
+
+def choose_survivors(scores: dict[str, tuple[float, float]], keep: int, val_size: int,
+                     tolerance: float = TIE_TOLERANCE) -> list[str]:
+    """The `keep` best of `scores` (name -> (val acc, val loss)), one at a time:
+
+    1. the contenders: accuracy within one binomial standard error of the best accuracy left;
+    2. among them, validation loss within `tolerance` of their lowest;
+    3. among those, the cheaper plan.
+
+    On a tiny validation split every accuracy is within the noise, so the loss decides; on a larger
+    one a clear accuracy gap decides first, so a calibrated but uninformative model (all near
+    chance, low loss) cannot beat one that classifies better.
+    """
     left = dict(scores)
     chosen: list[str] = []
     while left and len(chosen) < keep:
-        best = min(left.values())
-        tied = [name for name, score in left.items() if score <= best + tolerance]
-        pick = min(tied, key=lambda name: (ORDER.index(name) if name in ORDER else len(ORDER), left[name]))
+        best_acc = max(acc for acc, _ in left.values())
+        contenders = {n: v for n, v in left.items() if v[0] >= best_acc - accuracy_tolerance(best_acc, val_size)}
+        best_loss = min(loss for _, loss in contenders.values())
+        tied = [n for n, (_, loss) in contenders.items() if loss <= best_loss + tolerance]
+        pick = min(tied, key=lambda name: (ORDER.index(name) if name in ORDER else len(ORDER), left[name][1]))
         chosen.append(pick)
         del left[pick]
     return chosen
 
 
-def leg_score(val_losses: list[float]) -> float:
-    """A candidate's score after a leg: the mean validation loss of its last two evaluations.
-
-    Loss, not accuracy: on a 50-image validation split accuracy moves in 2-point steps and ties
-    often; the loss is continuous and also rewards calibrated confidence.
-    """
+def leg_score(val_losses: list[float], val_accs: list[float]) -> tuple[float, float]:
+    """A candidate's score after a leg: mean validation accuracy and loss of its last two evaluations
+    (two, so one lucky epoch does not decide)."""
     if not val_losses:
         raise ValueError("a race leg produced no validation loss (is the val split empty?)")
-    last = val_losses[-2:]
-    return float(sum(last) / len(last))
+    accs, losses = val_accs[-2:], val_losses[-2:]
+    return float(sum(accs) / len(accs)), float(sum(losses) / len(losses))
+
 
 
 def explicit_keys(given: dict, defaults: dict) -> dict:

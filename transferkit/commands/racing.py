@@ -128,8 +128,9 @@ def train_leg(leg: Leg, rung: Rung, probe_features: tuple | None = None) -> None
     leg.trainer, leg.legs_run = trainer, leg.legs_run + 1
     leg.probe = leg.probe or probe_report(trainer)
     recorder = leg.recorder
+    acc, loss = leg_score(recorder.losses, recorder.accs)
     leg.entry.rungs.append({"epochs": rung.end, "val_loss": recorder.losses[-1], "val_acc": recorder.accs[-1],
-                            "score": leg_score(recorder.losses)})
+                            "score_acc": acc, "score_loss": loss})
 
 
 def release(leg: Leg) -> None:
@@ -161,9 +162,10 @@ def run_race(cfg: DictConfig, candidates: list[Candidate], rungs: list[Rung], da
             shared = shared or shared_features(leg)
         if len(legs) > rung.keep:
             scores = {name: leg.entry.score() for name, leg in legs.items()}
-            keep = agree(next(iter(legs.values())).trainer, choose_survivors(scores, rung.keep))
+            val_size = len(datamodule.sources["val"]) if hasattr(datamodule, "sources") else 0
+            keep = agree(next(iter(legs.values())).trainer, choose_survivors(scores, rung.keep, val_size))
             for name in [n for n in legs if n not in keep]:
-                log.info("race: %s stops after epoch %d (val loss %.4f)", name, rung.end, scores[name])
+                log.info("race: %s stops after epoch %d (val acc %.4f, val loss %.4f)", name, rung.end, *scores[name])
                 release(legs.pop(name))
     winner = next(iter(legs.values()))
     log.info("race: rank %d winner %s", winner.trainer.global_rank, winner.candidate.name)
