@@ -64,6 +64,17 @@ def test_scratch_enters_unless_negative_transfer_is_ruled_out(advice, enters):
     assert scratch_enters(advice)[0] is enters
 
 
+def test_free_candidates_wait_for_the_finisher(monkeypatch, tmp_path):
+    legs = {n: SimpleNamespace(candidate=SimpleNamespace(free=n == "freeze"), entry=SimpleNamespace(score=lambda v=v: v),
+                               trainer=SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda o, src=0: o)))
+            for n, v in {"freeze": (0.99, 0.05), "lpft-full": (0.90, 0.30), "scratch": (0.50, 0.90)}.items()}
+    monkeypatch.setattr(racing, "release", lambda leg: None)
+    racing.cut(legs, {n: l for n, l in legs.items() if not l.candidate.free}, Rung(1, 1), 1, val_size=100)
+    assert set(legs) == {"freeze", "lpft-full"}  # the cut left freeze alone
+    racing.cut(legs, legs, Rung(9, 1), 1, val_size=100)
+    assert set(legs) == {"freeze"}
+
+
 def test_explicit_keys_bind_every_candidate():
     plan = plan_race({"strategy": "auto", "trainable_stages": 2, "backbone_lr_scale": 0.05, "layer_decay": None,
                       "unfreeze_at_epoch": None, "cache_features": None}, {"similarity": 0.5, "logme_gain": 1},
@@ -95,7 +106,7 @@ def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_fold
     datamodule = build_datamodule(plan.cfg)
     datamodule.scan()
     candidates = build_candidates({}, pretrained=True, with_scratch=True)
-    scores = {"freeze": [0.5], "lpft-partial": [0.3, 0.25, 0.2], "full-llrd": [0.6], "lpft-full": [0.2, 0.3, 0.1],
+    scores = {"freeze": [0.5, 0.5, 0.5], "lpft-partial": [0.3, 0.25, 0.2], "full-llrd": [0.6], "lpft-full": [0.2, 0.3, 0.1],
               "scratch": [0.9]}
     monkeypatch.setattr(racing, "train_leg", fake_training(scores))
     watched: dict[str, weakref.ref] = {}
@@ -107,9 +118,10 @@ def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_fold
     monkeypatch.setattr(racing, "release", release)
     rungs = rung_schedule(9, len(candidates))
     winner, entries = racing.run_race(plan.cfg, candidates, rungs, datamodule, plan.weights, tmp_path)
-    # lpft-partial beat lpft-full at the second cut (0.25 < 0.30) and finished the schedule.
+    # lpft-partial beat lpft-full at the second cut (0.25 < 0.30), finished the schedule and then beat
+    # freeze, which is never cut (it costs nothing) and meets the finisher at the end.
     assert winner.candidate.name == "lpft-partial"
-    assert [len(e.rungs) for e in entries] == [1, 3, 1, 2, 1]
+    assert [len(e.rungs) for e in entries] == [3, 3, 1, 2, 1]
     gc.collect()
     assert set(watched) == {"freeze", "full-llrd", "scratch", "lpft-full"}
     assert all(ref() is None for ref in watched.values())  # nothing keeps an eliminated model alive

@@ -21,6 +21,7 @@ LAYER_DECAY = 0.75          # full-llrd: each lower backbone group gets 0.75x th
 # Relative cost of one epoch; a frozen head on cached features costs next to nothing.
 EPOCH_COST = {"freeze": 0.05, "lpft-partial": 0.7, "full-llrd": 1.0, "lpft-full": 1.0, "scratch": 1.0}
 ORDER = tuple(EPOCH_COST)   # the cost order: ties go to the earlier (cheaper) plan
+FREE_COST = 0.1             # a candidate this cheap is never cut: it waits for the finisher (see run_race)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,13 @@ class Candidate:
     @property
     def cost(self) -> float:
         return EPOCH_COST[self.name]
+
+    @property
+    def free(self) -> bool:
+        """Costs next to nothing (a head solved on cached features): it stays in the race to the end,
+        outside the cuts, and meets the finisher there. Cutting it early would only reward it for
+        starting fast, since its score is final after one epoch while the others are still warming up."""
+        return self.cost <= FREE_COST
 
 
 @dataclass(frozen=True)
@@ -194,6 +202,6 @@ def plan_race(given: dict, advice: dict | None, max_epochs: int) -> RacePlan:
     enters, why = scratch_enters(advice)
     explicit = explicit_keys(given, load_group_option("finetune", "auto"))
     candidates = build_candidates(explicit, pretrained=True, with_scratch=enters)
-    rungs = rung_schedule(max_epochs, len(candidates))
+    rungs = rung_schedule(max_epochs, sum(not c.free for c in candidates))
     cost = schedule_cost(rungs, [c.cost for c in candidates]) / max_epochs
     return RacePlan(candidates, rungs, {"entered": enters, "why": why, "explicit_keys": sorted(explicit)}, cost)

@@ -150,23 +150,31 @@ def agree(trainer: pl.Trainer, names: list[str]) -> list[str]:
     return list(trainer.strategy.broadcast(names, src=0))
 
 
+def cut(legs: dict[str, Leg], among: dict[str, Leg], rung: Rung, keep: int, val_size: int) -> None:
+    """Keep the best `keep` of `among` (see race.choose_survivors); release the others."""
+    scores = {name: leg.entry.score() for name, leg in among.items()}
+    kept = agree(next(iter(among.values())).trainer, choose_survivors(scores, keep, val_size))
+    for name in [n for n in among if n not in kept]:
+        log.info("race: %s stops after epoch %d (val acc %.4f, val loss %.4f)", name, rung.end, *scores[name])
+        release(legs.pop(name))
+
+
 def run_race(cfg: DictConfig, candidates: list[Candidate], rungs: list[Rung], datamodule, weights,
              run_dir: Path) -> tuple[Leg, list[Entry]]:
     """Successive halving: returns the winner's leg (trained to the end) and every candidate's record."""
     legs = {c.name: start_leg(cfg, c, datamodule, weights, run_dir) for c in candidates}
     entries = [leg.entry for leg in legs.values()]
     shared = None
+    val_size = len(datamodule.sources["val"]) if hasattr(datamodule, "sources") else 0
     for rung in rungs:
         for leg in legs.values():
             train_leg(leg, rung, shared)
             shared = shared or shared_features(leg)
-        if len(legs) > rung.keep:
-            scores = {name: leg.entry.score() for name, leg in legs.items()}
-            val_size = len(datamodule.sources["val"]) if hasattr(datamodule, "sources") else 0
-            keep = agree(next(iter(legs.values())).trainer, choose_survivors(scores, rung.keep, val_size))
-            for name in [n for n in legs if n not in keep]:
-                log.info("race: %s stops after epoch %d (val acc %.4f, val loss %.4f)", name, rung.end, *scores[name])
-                release(legs.pop(name))
+        paying = {name: leg for name, leg in legs.items() if not leg.candidate.free}
+        if len(paying) > rung.keep:
+            cut(legs, paying, rung, rung.keep, val_size)
+    if len(legs) > 1:  # the finisher meets the candidates too cheap to cut (freeze)
+        cut(legs, legs, rungs[-1], 1, val_size)
     winner = next(iter(legs.values()))
     log.info("race: rank %d winner %s", winner.trainer.global_rank, winner.candidate.name)
     return winner, entries
