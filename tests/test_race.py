@@ -83,7 +83,7 @@ def test_explicit_keys_bind_every_candidate():
     assert names == ["freeze", "lpft-partial", "full-llrd", "lpft-full", "scratch"]
     assert all(c.finetune["backbone_lr_scale"] == 0.05 for c in plan.candidates)
     assert plan.scratch["explicit_keys"] == ["backbone_lr_scale"] and plan.cost_bound <= 2
-    assert [c.name for c in build_candidates({}, pretrained=False, with_scratch=True)] == ["scratch"]
+    assert [c.name for c in build_candidates({}, use_weights=False, with_scratch=True)] == ["scratch"]
 
 
 def fake_training(scores: dict[str, list[float]]):
@@ -105,7 +105,7 @@ def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_fold
     plan = plan_model(cli.compose_config([f"data.root={image_folder}", *fast, "trainer.max_epochs=9"]))
     datamodule = build_datamodule(plan.cfg)
     datamodule.scan()
-    candidates = build_candidates({}, pretrained=True, with_scratch=True)
+    candidates = build_candidates({}, use_weights=True, with_scratch=True)
     scores = {"freeze": [0.5, 0.5, 0.5], "lpft-partial": [0.3, 0.25, 0.2], "full-llrd": [0.6], "lpft-full": [0.2, 0.3, 0.1],
               "scratch": [0.9]}
     monkeypatch.setattr(racing, "train_leg", fake_training(scores))

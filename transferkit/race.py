@@ -30,7 +30,7 @@ class Candidate:
 
     name: str
     finetune: dict
-    pretrained: bool = True
+    use_weights: bool = True  # starts from the planned weights (scratch: random init)
     augment: str | None = None  # freeze trains on cached features: no random augmentation
 
     @property
@@ -99,11 +99,11 @@ def scratch_enters(advice: dict | None, threshold: float = SCRATCH_UNLESS_SIMILA
     return True, f"similarity {similarity:.3f} < {threshold:g} or LogME gain {gain_text} <= 0"
 
 
-def build_candidates(explicit: dict, *, pretrained: bool, with_scratch: bool) -> list[Candidate]:
+def build_candidates(explicit: dict, *, use_weights: bool, with_scratch: bool) -> list[Candidate]:
     """The race's candidates in cost order; `explicit` finetune keys apply to every one that uses them."""
-    if not pretrained:
+    if not use_weights:
         return [Candidate("scratch", {**load_group_option("finetune", "full"), "backbone_lr_scale": 1.0,
-                                      **explicit, "strategy": "full"}, pretrained=False)]
+                                      **explicit, "strategy": "full"}, use_weights=False)]
     freeze, partial, full = (load_group_option("finetune", s) for s in ("freeze", "partial", "full"))
     plans = [
         Candidate("freeze", {**freeze, **explicit, "strategy": "freeze"}, augment="none"),
@@ -114,7 +114,7 @@ def build_candidates(explicit: dict, *, pretrained: bool, with_scratch: bool) ->
     ]
     if with_scratch:
         plans.append(Candidate("scratch", {**full, "backbone_lr_scale": 1.0, **explicit, "strategy": "full",
-                                           "lpft": False}, pretrained=False))
+                                           "lpft": False}, use_weights=False))
     return plans
 
 
@@ -201,7 +201,7 @@ def plan_race(given: dict, advice: dict | None, max_epochs: int) -> RacePlan:
     """The candidates (scratch only when negative transfer is not ruled out) and the cuts."""
     enters, why = scratch_enters(advice)
     explicit = explicit_keys(given, load_group_option("finetune", "auto"))
-    candidates = build_candidates(explicit, pretrained=True, with_scratch=enters)
+    candidates = build_candidates(explicit, use_weights=True, with_scratch=enters)
     rungs = rung_schedule(max_epochs, sum(not c.free for c in candidates))
     cost = schedule_cost(rungs, [c.cost for c in candidates]) / max_epochs
     return RacePlan(candidates, rungs, {"entered": enters, "why": why, "explicit_keys": sorted(explicit)}, cost)

@@ -80,7 +80,7 @@ def candidate_config(cfg: DictConfig, candidate: Candidate) -> DictConfig:
 def start_leg(cfg: DictConfig, candidate: Candidate, datamodule, weights, run_dir: Path) -> Leg:
     """Build the candidate's task (pretrained or random init) and the data it trains on."""
     leg_cfg = candidate_config(cfg, candidate)
-    task = build_task(leg_cfg, datamodule, weights if candidate.pretrained else None)
+    task = build_task(leg_cfg, datamodule, weights if candidate.use_weights else None)
     task.schedule_epochs = int(cfg.trainer.max_epochs)
     directory = run_dir / "race" / candidate.name
     data = datamodule
@@ -119,7 +119,7 @@ def train_leg(leg: Leg, rung: Rung, probe_features: tuple | None = None) -> None
                             flags_override={"max_epochs": 1 if leg.task.plan.solves_head else rung.end,
                                             "enable_model_summary": False})
     for callback in trainer.callbacks:
-        if isinstance(callback, LinearProbeCallback) and leg.candidate.pretrained:
+        if isinstance(callback, LinearProbeCallback) and leg.candidate.use_weights:
             callback.given = probe_features
     resume = leg.last_checkpoint if leg.last_checkpoint.is_file() else None
     start = time.time()

@@ -119,7 +119,7 @@ def race_winner_config(saved: DictConfig, results: dict, run_dir: Path) -> DictC
                           "winner); resuming a race is not supported yet. Start the run again.")
     explicit = explicit_keys(OmegaConf.to_container(saved.finetune, resolve=True),
                              load_group_option("finetune", "auto"))
-    candidates = {c.name: c for c in build_candidates(explicit, pretrained=True, with_scratch=True)}
+    candidates = {c.name: c for c in build_candidates(explicit, use_weights=True, with_scratch=True)}
     if winner not in candidates:
         raise ConfigError(f"resume={run_dir}: results.json names the race winner {winner!r}, which is not a "
                           f"candidate of this version ({sorted(candidates)}); start a new run.")
