@@ -71,3 +71,19 @@ def fast(tmp_path: Path, test_resnet_weights: Path) -> list[str]:
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
         f"run_dir={tmp_path / 'run'}",
     ]
+
+
+def fit_two_process_ddp(image_folder: Path, weights: Path, cwd: Path, *overrides: str, timeout: int = 300):
+    """`python -m transferkit fit` on `image_folder` as a 2-process CPU DDP run (a subprocess: Lightning
+    re-launches argv); asserts it succeeded and returns the finished process."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("TRANSFERKIT_RUN_DIR", None)
+    cmd = [sys.executable, "-m", "transferkit", "fit", f"data.root={image_folder}", "model.backbone=test_resnet",
+           f"model.weights={weights}", "data.image_size=32", "data.batch_size=2", "data.num_workers=0",
+           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", *overrides]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc

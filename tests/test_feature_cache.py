@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import fit_two_process_ddp
 from transferkit import cli
 from transferkit.data.datamodule import ClassificationDataModule
 from transferkit.data.decode import load_image
@@ -208,15 +206,8 @@ def test_random_augmentation_fit_runs_uncached_and_explicit_true_fails_early(ima
 
 @pytest.mark.slow
 def test_two_process_cpu_ddp_trains_on_cached_features(image_folder, tmp_path, test_resnet_weights):
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("TRANSFERKIT_RUN_DIR", None)
-    cmd = [sys.executable, "-m", "transferkit", "fit", f"data.root={image_folder}", "augment=none",
-           "model.backbone=test_resnet", f"model.weights={test_resnet_weights}", "data.image_size=32",
-           "data.batch_size=2", "data.num_workers=0",
-           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-           "trainer.max_epochs=2", "trainer.enable_progress_bar=false", f"run_dir={tmp_path / 'ddp'}"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    fit_two_process_ddp(image_folder, test_resnet_weights, tmp_path, "augment=none", "trainer.max_epochs=2",
+                        "trainer.enable_progress_bar=false", f"run_dir={tmp_path / 'ddp'}")
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert results["feature_cache"]["used"] is True
     assert results["feature_cache"]["loaders"]["train"]["items"] == results["data"]["train_size"]

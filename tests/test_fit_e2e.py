@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import fit_two_process_ddp
 from transferkit import cli
 from transferkit.tasks.classification import ClassificationTask
 
@@ -73,15 +71,8 @@ def test_predict_never_overwrites(image_folder, fast, tmp_path):
 def test_two_process_cpu_ddp_writes_one_run_directory(image_folder, tmp_path, test_resnet_weights):
     outputs = tmp_path / "cwd"
     outputs.mkdir()
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("TRANSFERKIT_RUN_DIR", None)
-    cmd = [sys.executable, "-m", "transferkit", "fit", f"data.root={image_folder}",
-           "model.backbone=test_resnet", f"model.weights={test_resnet_weights}", "data.image_size=32",
-           "data.batch_size=2", "data.num_workers=0",
-           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-           "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
-    proc = subprocess.run(cmd, cwd=outputs, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    fit_two_process_ddp(image_folder, test_resnet_weights, outputs, "trainer.max_epochs=1",
+                        "trainer.enable_progress_bar=false")
     runs = [p.parent for p in outputs.glob("outputs/*/*/results.json")]
     assert len(runs) == 1, list(outputs.rglob("*"))
     assert len(list(outputs.glob("outputs/*/*"))) == 1

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import subprocess
-import sys
 import weakref
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tests.conftest import fit_two_process_ddp
 from transferkit import cli
 from transferkit.commands import racing
 from transferkit.race import (
@@ -150,14 +148,8 @@ def test_auto_race_continues_the_winner_and_records_it(image_folder, fast, tmp_p
 
 @pytest.mark.slow
 def test_two_process_ddp_agrees_on_the_winner(image_folder, tmp_path, test_resnet_weights):
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("TRANSFERKIT_RUN_DIR", None)
-    cmd = [sys.executable, "-m", "transferkit", "fit", f"data.root={image_folder}", "finetune=auto",
-           "model.backbone=test_resnet", f"model.weights={test_resnet_weights}", "data.image_size=32",
-           "data.batch_size=2", "data.num_workers=0", "trainer.accelerator=cpu", "trainer.devices=2",
-           "trainer.strategy=ddp", "trainer.max_epochs=3", f"run_dir={tmp_path / 'ddp'}"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = fit_two_process_ddp(image_folder, test_resnet_weights, tmp_path, "finetune=auto", "trainer.max_epochs=3",
+                               f"run_dir={tmp_path / 'ddp'}", timeout=600)
     said = sorted(line.split("race: ")[1] for line in proc.stderr.splitlines() if "race: rank" in line)
     assert len(said) == 2 and said[0].split()[-1] == said[1].split()[-1], said
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())

@@ -33,6 +33,9 @@ AUTO = "auto"
 EMBEDDED_HOUSE = "charnet"     # the model of the embedded data sets (offline demo)
 FOLDER_BACKBONE = "resnet50"   # the model of a user's folder: ImageNet weights, cached or downloaded
 TRAINS_ON_FEATURES = ("freeze", "partial")  # strategies that keep (some) backbone features fixed
+# Trainer keys a head solved by L-BFGS needs: one validating epoch, whose one zero-LR step is a
+# manual-optimization step (Lightning refuses clipping or accumulation there).
+SOLVED_HEAD_TRAINER = {"max_epochs": 1, "gradient_clip_val": None, "accumulate_grad_batches": 1}
 
 
 @dataclass(frozen=True)
@@ -233,10 +236,7 @@ def plan_head(plan: Plan, finetune: dict) -> tuple[dict, dict]:
         return {**finetune, "head_solver": "sgd"}, {}
     if not head.solves_head:
         return finetune, {}
-    # One epoch; the task's one zero-LR step is a manual-optimization step, which Lightning refuses
-    # with clipping or accumulation (they mean nothing when nothing is trained).
-    wanted = {"max_epochs": 1, "gradient_clip_val": None, "accumulate_grad_batches": 1}
-    trainer = {k: v for k, v in wanted.items() if cfg.trainer.get(k, v) != v}
+    trainer = {k: v for k, v in SOLVED_HEAD_TRAINER.items() if cfg.trainer.get(k, v) != v}
     if trainer:
         note = "finetune.head_solver=lbfgs solves the head before training: " + ", ".join(
             f"trainer.{k} {cfg.trainer.get(k)} -> {v}" for k, v in trainer.items()) + " (one epoch validates it)"

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from transferkit.builders import build_feature_cache, build_task, build_trainer
+from transferkit.planning import SOLVED_HEAD_TRAINER
 from transferkit.race import Candidate, Entry, Rung, choose_survivors, leg_score
 from transferkit.tasks.linear_probe import LinearProbeCallback, probe_report
 
@@ -71,8 +72,10 @@ def candidate_config(cfg: DictConfig, candidate: Candidate) -> DictConfig:
     if candidate.augment is not None:
         derived.augment.name = candidate.augment
         derived.augment.mixup_alpha = derived.augment.cutmix_alpha = 0.0
-    if FinetunePlan(**candidate.finetune).solves_head:  # see planning.plan_head: a solve, then one epoch
-        derived.trainer.gradient_clip_val, derived.trainer.accumulate_grad_batches = None, 1
+    if FinetunePlan(**candidate.finetune).solves_head:  # the leg itself stops after its one epoch
+        for key, value in SOLVED_HEAD_TRAINER.items():
+            if key != "max_epochs":
+                derived.trainer[key] = value
     OmegaConf.set_readonly(derived, True)
     return derived
 
