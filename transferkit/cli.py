@@ -6,10 +6,12 @@ This is the only module that uses Hydra. Recipes in `recipes/` are registered as
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -77,14 +79,35 @@ def compose_config(overrides: list[str]) -> DictConfig:
         if "=" not in item:
             raise UsageError(f"{item!r} is not a key=value override (e.g. trainer.max_epochs=5).")
     register_recipes()
+    overrides, recipe = register_recipe_file(overrides)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(package_dir("conf")), version_base="1.3"):
         cfg = compose("config", overrides=expand_trainer_overrides(overrides))
     GlobalHydra.instance().clear()
-    recipe = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "recipe"]
     with open_dict(cfg):
-        cfg.recipe = recipe[-1] if recipe else None  # recorded in config.yaml and results.json
+        cfg.recipe = recipe  # recorded in config.yaml and results.json
     return cfg
+
+
+def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:
+    """The recipe the overrides choose (a name, or a file's absolute path); `recipe=path/to/my.yaml`
+    becomes an option of the `recipe` group, and its override names that option."""
+    from hydra.core.config_store import ConfigStore
+
+    from transferkit.config_files import is_recipe_file, load_recipe_file
+    from transferkit.errors import ConfigError
+
+    chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "recipe"]
+    if not chosen or not is_recipe_file(chosen[-1]):
+        return overrides, chosen[-1] if chosen else None
+    try:
+        path, node = load_recipe_file(chosen[-1])
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    name = "file-" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    ConfigStore.instance().store(group="recipe", name=name, node=OmegaConf.create(node), package="_global_")
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+") != "recipe"]
+    return [*kept, f"recipe={name}"], str(path)
 
 
 def config_of_checkpoint_run(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -127,7 +150,8 @@ def explain_config_error(err: Exception) -> str:
 
 
 def run(argv: list[str]) -> dict:
-    """Run one command; returns the command's result dict (used by tests)."""
+    """Run one command (or with `-m` a sweep of it); returns the result dict (used by tests)."""
+    multirun, argv = any(a in MULTIRUN_FLAGS for a in argv), [a for a in argv if a not in MULTIRUN_FLAGS]
     if not argv or argv[0] in ("-h", "--help", "help"):
         raise UsageError(USAGE)
     command, overrides = argv[0], argv[1:]
@@ -135,6 +159,8 @@ def run(argv: list[str]) -> dict:
         from transferkit.errors import did_you_mean
 
         raise UsageError(f"unknown command {command!r}.{did_you_mean(command, COMMANDS)}\n{USAGE}")
+    if multirun:
+        return run_sweep(command, overrides)
     cfg = compose_config(overrides)
     if command in ("test", "advise", "show-augs") and cfg.ckpt_path:
         cfg = config_of_checkpoint_run(cfg, overrides)
@@ -151,12 +177,107 @@ def run(argv: list[str]) -> dict:
         return module.run(cfg)
 
 
+# --- sweeps (`<command> -m key=a,b ...`): Hydra's parser expands the grid, transferkit.sweep runs each job
+# through run() (why not Hydra's own runner: see transferkit/sweep.py).
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+SWEEPABLE = ("fit", "test", "pretrain")
+
+
+def run_sweep(command: str, overrides: list[str]) -> dict:
+    """Expand the grid and compose every job's config (a bad value fails before anything trains), then run it."""
+    from transferkit import sweep
+
+    if command not in SWEEPABLE:
+        raise UsageError(f"-m sweeps the commands {list(SWEEPABLE)}, not {command!r}.")
+    launcher = launcher_of(command, [o for o in overrides if o.startswith("hydra")])
+    jobs, run_dir = expand_sweep([o for o in overrides if not o.startswith("hydra")])
+    for job in jobs:
+        cfg = compose_config(list(job.overrides))
+        resume = "resume=... continues one run in place; it cannot be swept." if cfg.get("resume") else None
+        reason = resume or sweep.refusal(cfg.trainer, launcher)
+        if reason:
+            raise UsageError(reason)
+    return sweep.run_sweep(command, jobs, launcher, run_dir, run_job, [command, "-m", *overrides])
+
+
+def expand_sweep(overrides: list[str]) -> tuple[list, str | None]:
+    """Hydra's grid (comma lists, range(), choice(), glob() over group options) as sweep Jobs,
+    and the sweep directory `run_dir=` asks for."""
+    from hydra import initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from transferkit.sweep import Job
+
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"{item!r} is not a key=value override (e.g. optimizer.lr=0.01,0.001).")
+    register_recipes()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(package_dir("conf")), version_base="1.3"):
+        parsed = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader()).parse_overrides(overrides)
+        values = {o.get_key_element(): list(o.sweep_string_iterator()) for o in parsed if o.is_sweep_override()}
+        grid = BasicSweeper.split_arguments(parsed, None)[0]  # glob() lists group options through the loader
+    GlobalHydra.instance().clear()
+    for key, found in values.items():
+        if not found:
+            raise UsageError(f"{key}=... matches nothing to sweep over; see `python -m transferkit --help`.")
+        if key.lstrip("+") in ("run_dir", "resume"):
+            raise UsageError(f"{key}= cannot be swept: run_dir= names the sweep's directory (each job gets "
+                             "<run_dir>/<n>), and resume= continues one run.")
+    run_dirs = [o.split("=", 1)[1] for o in grid[0] if o.split("=", 1)[0].lstrip("+") == "run_dir"]
+    jobs = [Job(n, tuple(o for o in point if o.split("=", 1)[0].lstrip("+") != "run_dir"),
+                {k: v for k, v in (o.split("=", 1) for o in point) if k in values})
+            for n, point in enumerate(grid)]
+    return jobs, run_dirs[-1] if run_dirs else None
+
+
+def launcher_of(command: str, overrides: list[str]):
+    """`hydra/launcher=basic|submitit_local|submitit_slurm` and its `hydra.launcher.<key>=...`, checked
+    against hydra-submitit-launcher's own config (timeout_min, partition, gpus_per_node, ...)."""
+    from transferkit.errors import did_you_mean
+    from transferkit.sweep import LAUNCHERS, Launcher
+
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")]
+    keys = [o.removeprefix("hydra.launcher.") for o in overrides if o.startswith("hydra.launcher.")]
+    if len(names) + len(keys) < len(overrides):
+        other = next(o for o in overrides if not o.startswith(("hydra/launcher=", "hydra.launcher.")))
+        raise UsageError(f"{other!r}: of Hydra's own settings a sweep reads hydra/launcher=... and hydra.launcher.<key>=...")
+    name = names[-1] if names else "basic"
+    if name not in LAUNCHERS or name == "basic" and keys:
+        raise UsageError(f"hydra/launcher={name!r} " + (f"has no hydra.launcher.* keys (use submitit_local or "
+                         "submitit_slurm)." if name == "basic" else f"is unknown; use one of {list(LAUNCHERS)}."
+                         f"{did_you_mean(name, LAUNCHERS)}"))
+    if name == "basic":
+        return Launcher()
+    try:
+        from hydra_plugins.hydra_submitit_launcher import config as queues
+    except ImportError:
+        raise UsageError(f"hydra/launcher={name} needs hydra-submitit-launcher: pip install 'transferkit[sweep]'.") from None
+    if name == "submitit_slurm" and not shutil.which("srun"):
+        raise UsageError("hydra/launcher=submitit_slurm needs SLURM (srun and sbatch on PATH): start the sweep "
+                         "on the cluster's login node, or use hydra/launcher=submitit_local on this machine.")
+    node = OmegaConf.structured(queues.LocalQueueConf if name == "submitit_local" else queues.SlurmQueueConf)
+    node.submitit_folder, node.name = "{sweep_dir}/.submitit/%j", f"transferkit-{command}"
+    params = OmegaConf.to_container(OmegaConf.merge(node, OmegaConf.from_dotlist(keys)), resolve=True)
+    params.pop("_target_", None)
+    return Launcher(name, params, frozenset(OmegaConf.structured(queues.BaseQueueConf).keys()))
+
+
+def run_job(argv: list[str]) -> dict:
+    """One sweep job: run() with logging set up (a submitit job starts in a fresh process)."""
+    configure_logging(any(a in ("debug=true", "debug=True") for a in argv))
+    return run(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = any(a in ("debug=true", "debug=True") for a in argv) or os.environ.get("TRANSFERKIT_DEBUG") == "1"
     configure_logging(debug)
     try:
-        run(argv)
+        results = run(argv)
     except UsageError as err:
         sys.stderr.write(f"{err}\n")
         raise SystemExit(2) from None
@@ -175,3 +296,8 @@ def main(argv: list[str] | None = None) -> None:
         text = explain_config_error(err) if config_error else f"{type(err).__name__}: {err}"
         sys.stderr.write(f"transferkit: error: {text}\n(add debug=true for the full traceback)\n")
         raise SystemExit(2 if config_error else 1) from None
+    if isinstance(results, dict) and results.get("kind") == "sweep" and results["status"] != "completed":
+        done = results["counts"].get("completed", 0)
+        sys.stderr.write(f"transferkit: error: {len(results['jobs']) - done} of {len(results['jobs'])} sweep jobs "
+                         f"did not complete; see {Path(results['sweep_dir']) / 'sweep.md'}\n")
+        raise SystemExit(1)

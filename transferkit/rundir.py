@@ -33,15 +33,19 @@ def create_run_dir(run_dir: str | None) -> Path:
     """
     if is_ddp_child():
         return Path(os.environ[ENV_RUN_DIR])
-    path = Path(run_dir).expanduser() if run_dir else default_run_dir()
+    candidate = create_fresh_dir(Path(run_dir).expanduser() if run_dir else default_run_dir())
+    os.environ[ENV_RUN_DIR] = str(candidate)
+    return candidate
+
+
+def create_fresh_dir(path: Path) -> Path:
+    """Create `path`, or `path-1`, `path-2`, ... if it holds files already; returns it resolved."""
     candidate, n = path, 1
     while candidate.exists() and any(candidate.iterdir()):
         candidate = path.with_name(f"{path.name}-{n}")
         n += 1
     candidate.mkdir(parents=True, exist_ok=True)
-    candidate = candidate.resolve()
-    os.environ[ENV_RUN_DIR] = str(candidate)
-    return candidate
+    return candidate.resolve()
 
 
 def reuse_run_dir(run_dir: str) -> Path:

@@ -229,6 +229,7 @@ def collect_results(cfg, command, task, datamodule, trainer, val_metrics, tested
                  "skipped_files": [[str(p), r] for p, r in getattr(datamodule, "skipped", [])]},
         "params": task.num_params(),
         "metrics": metrics,
+        "monitor": {"metric": callback.monitor, "mode": callback.mode} if callback else None,  # sweep tables sort by it
         "best_checkpoint": callback.best_model_path if callback else None,
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt") if callback else None,
         "epochs": trainer.current_epoch,
