@@ -211,10 +211,22 @@ def execute_job(run: RunFunction, argv: list[str]) -> dict:
                 "wall_seconds": round(time.time() - start, 2)}
     except Exception as err:  # noqa: BLE001 - recorded in the table; debug=true logs the traceback
         log.debug("sweep job failed: %s", " ".join(argv), exc_info=True)
-        return {"status": getattr(err, "status", "failed"), "error": f"{type(err).__name__}: {first_line(err)}",
-                "wall_seconds": round(time.time() - start, 2)}
+        row = {"status": getattr(err, "status", "failed"), "error": f"{type(err).__name__}: {first_line(err)}",
+               "wall_seconds": round(time.time() - start, 2)}
+        return {**row, "run_dir": str(record_failure(argv, row))}
     keep = ("status", "metrics", "monitor", "epochs", "wall_seconds", "run_dir", "recipe", "strategy")
     return {"status": "completed", **{k: results[k] for k in keep if k in results}}
+
+
+def record_failure(argv: list[str], row: dict) -> Path:
+    """The job's run directory with a results.json saying it failed (a run that got as far as
+    training wrote its own; one that failed earlier, e.g. on a missing file, gets this one)."""
+    run_dir = Path(argv[-1].removeprefix("run_dir="))
+    if not (run_dir / "results.json").is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json({"command": argv[0], "status": row["status"], "message": row["error"], "argv": argv,
+                    "wall_seconds": row["wall_seconds"], "run_dir": str(run_dir)}, run_dir / "results.json")
+    return run_dir
 
 
 def first_line(err: BaseException) -> str:
@@ -249,5 +261,5 @@ def sweep_results(command: str, jobs: list[Job], rows: list[dict], launcher: Lau
             if value not in swept[key]:
                 swept[key].append(value)
     return {"kind": "sweep", "command": command, "status": status, "argv": argv, "sweep_dir": str(sweep_dir),
-            "launcher": {"name": launcher.name, **launcher.params}, "swept": swept, "monitor": monitor,
+            "launcher": {"name": launcher.name, "params": launcher.params}, "swept": swept, "monitor": monitor,
             "counts": counts, "best": best, "jobs": rows, "wall_seconds": round(seconds, 2)}
