@@ -11,7 +11,7 @@ import pytest
 
 from transferkit import cli
 from transferkit.reports.sweep_table import sort_rows
-from transferkit.sweep import Launcher, refusal
+from transferkit.launchers import Launcher, refusal
 
 RECIPE = """# @package _global_
 defaults:
@@ -42,6 +42,8 @@ def test_grid_takes_hydra_sweep_functions():
         cli.expand_sweep(["augment=glob(zzz*)"])
     with pytest.raises(cli.UsageError, match="run_dir= cannot be swept"):
         cli.expand_sweep(["run_dir=a,b"])
+    with pytest.raises(cli.UsageError, match="resume=... continues one run"):
+        cli.expand_sweep(["resume=last", "seed=1,2"])
 
 
 def test_rows_sort_by_the_monitored_metric_failed_last():
@@ -66,6 +68,13 @@ def test_ddp_under_a_local_launcher_is_refused_in_one_line(launcher, trainer, tm
     assert not (tmp_path / "multirun").exists()  # refused before anything was created
 
 
+def test_unknown_launcher_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "-m", "hydra/launcher=submitit_lokal", "seed=1,2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Did you mean 'submitit_local'?" in err and len(err.splitlines()) == 1
+
+
 def test_ddp_is_left_to_slurm():
     ddp = {"strategy": "ddp", "devices": 4, "num_nodes": 1, "accelerator": "gpu"}
     assert refusal(ddp, Launcher("submitit_slurm")) is None
@@ -76,21 +85,21 @@ def test_slurm_launcher_builds_hydra_submitit_launchers_job(tmp_path, monkeypatc
     """The submitit executor is built as hydra-submitit-launcher builds it (a fake srun: no cluster here)."""
     from dataclasses import replace
 
-    from transferkit.sweep import build_executor
+    from transferkit.launchers import build_executor, launcher_of
 
     (tmp_path / "bin").mkdir()
     for tool in ("srun", "sbatch"):
         (tmp_path / "bin" / tool).write_text("#!/bin/sh\nexit 1\n")
         (tmp_path / "bin" / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{__import__('os').environ['PATH']}")
-    launcher = cli.launcher_of("fit", ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
+    launcher = launcher_of("fit", ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
                                        "hydra.launcher.gpus_per_node=4", "hydra.launcher.tasks_per_node=4"])
     launcher = replace(launcher, params={**launcher.params, "submitit_folder": str(tmp_path / "%j")})
     script = build_executor(launcher)._executor._make_submission_file_text("cmd", "uid")
     for line in ("--partition=gpu", "--gpus-per-node=4", "--ntasks-per-node=4", "--job-name=transferkit-fit"):
         assert f"#SBATCH {line}" in script
     with pytest.raises(Exception, match="Key 'partitoin' not in 'SlurmQueueConf'"):
-        cli.launcher_of("fit", ["hydra/launcher=submitit_slurm", "hydra.launcher.partitoin=gpu"])
+        launcher_of("fit", ["hydra/launcher=submitit_slurm", "hydra.launcher.partitoin=gpu"])
 
 
 def test_recipe_file_path_composes_and_is_recorded(tmp_path, monkeypatch):

@@ -11,7 +11,6 @@ import importlib
 import logging
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -186,19 +185,22 @@ SWEEPABLE = ("fit", "test", "pretrain")
 
 def run_sweep(command: str, overrides: list[str]) -> dict:
     """Expand the grid and compose every job's config (a bad value fails before anything trains), then run it."""
-    from transferkit import sweep
+    from transferkit.errors import ConfigError
+    from transferkit.launchers import launcher_of, refusal
+    from transferkit.sweep import run_sweep as run_jobs
 
     if command not in SWEEPABLE:
         raise UsageError(f"-m sweeps the commands {list(SWEEPABLE)}, not {command!r}.")
-    launcher = launcher_of(command, [o for o in overrides if o.startswith("hydra")])
+    try:
+        launcher = launcher_of(command, [o for o in overrides if o.startswith("hydra")])
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
     jobs, run_dir = expand_sweep([o for o in overrides if not o.startswith("hydra")])
     for job in jobs:
-        cfg = compose_config(list(job.overrides))
-        resume = "resume=... continues one run in place; it cannot be swept." if cfg.get("resume") else None
-        reason = resume or sweep.refusal(cfg.trainer, launcher)
+        reason = refusal(compose_config(list(job.overrides)).trainer, launcher)
         if reason:
             raise UsageError(reason)
-    return sweep.run_sweep(command, jobs, launcher, run_dir, run_job, [command, "-m", *overrides])
+    return run_jobs(command, jobs, launcher, run_dir, run_job, [command, "-m", *overrides])
 
 
 def expand_sweep(overrides: list[str]) -> tuple[list, str | None]:
@@ -209,7 +211,7 @@ def expand_sweep(overrides: list[str]) -> tuple[list, str | None]:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from transferkit.sweep import Job
+    from transferkit.launchers import Job
 
     for item in overrides:
         if "=" not in item:
@@ -224,46 +226,15 @@ def expand_sweep(overrides: list[str]) -> tuple[list, str | None]:
     for key, found in values.items():
         if not found:
             raise UsageError(f"{key}=... matches nothing to sweep over; see `python -m transferkit --help`.")
-        if key.lstrip("+") in ("run_dir", "resume"):
-            raise UsageError(f"{key}= cannot be swept: run_dir= names the sweep's directory (each job gets "
-                             "<run_dir>/<n>), and resume= continues one run.")
+        if key.lstrip("+") == "run_dir":
+            raise UsageError("run_dir= cannot be swept: it names the sweep's directory (each job gets <run_dir>/<n>).")
+    if any(o.split("=", 1)[0].lstrip("+") == "resume" for o in grid[0]):
+        raise UsageError("resume=... continues one run in place; it cannot be part of a sweep.")
     run_dirs = [o.split("=", 1)[1] for o in grid[0] if o.split("=", 1)[0].lstrip("+") == "run_dir"]
     jobs = [Job(n, tuple(o for o in point if o.split("=", 1)[0].lstrip("+") != "run_dir"),
                 {k: v for k, v in (o.split("=", 1) for o in point) if k in values})
             for n, point in enumerate(grid)]
     return jobs, run_dirs[-1] if run_dirs else None
-
-
-def launcher_of(command: str, overrides: list[str]):
-    """`hydra/launcher=basic|submitit_local|submitit_slurm` and its `hydra.launcher.<key>=...`, checked
-    against hydra-submitit-launcher's own config (timeout_min, partition, gpus_per_node, ...)."""
-    from transferkit.errors import did_you_mean
-    from transferkit.sweep import LAUNCHERS, Launcher
-
-    names = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")]
-    keys = [o.removeprefix("hydra.launcher.") for o in overrides if o.startswith("hydra.launcher.")]
-    if len(names) + len(keys) < len(overrides):
-        other = next(o for o in overrides if not o.startswith(("hydra/launcher=", "hydra.launcher.")))
-        raise UsageError(f"{other!r}: of Hydra's own settings a sweep reads hydra/launcher=... and hydra.launcher.<key>=...")
-    name = names[-1] if names else "basic"
-    if name not in LAUNCHERS or name == "basic" and keys:
-        raise UsageError(f"hydra/launcher={name!r} " + (f"has no hydra.launcher.* keys (use submitit_local or "
-                         "submitit_slurm)." if name == "basic" else f"is unknown; use one of {list(LAUNCHERS)}."
-                         f"{did_you_mean(name, LAUNCHERS)}"))
-    if name == "basic":
-        return Launcher()
-    try:
-        from hydra_plugins.hydra_submitit_launcher import config as queues
-    except ImportError:
-        raise UsageError(f"hydra/launcher={name} needs hydra-submitit-launcher: pip install 'transferkit[sweep]'.") from None
-    if name == "submitit_slurm" and not shutil.which("srun"):
-        raise UsageError("hydra/launcher=submitit_slurm needs SLURM (srun and sbatch on PATH): start the sweep "
-                         "on the cluster's login node, or use hydra/launcher=submitit_local on this machine.")
-    node = OmegaConf.structured(queues.LocalQueueConf if name == "submitit_local" else queues.SlurmQueueConf)
-    node.submitit_folder, node.name = "{sweep_dir}/.submitit/%j", f"transferkit-{command}"
-    params = OmegaConf.to_container(OmegaConf.merge(node, OmegaConf.from_dotlist(keys)), resolve=True)
-    params.pop("_target_", None)
-    return Launcher(name, params, frozenset(OmegaConf.structured(queues.BaseQueueConf).keys()))
 
 
 def run_job(argv: list[str]) -> dict:
@@ -297,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"transferkit: error: {text}\n(add debug=true for the full traceback)\n")
         raise SystemExit(2 if config_error else 1) from None
     if isinstance(results, dict) and results.get("kind") == "sweep" and results["status"] != "completed":
-        done = results["counts"].get("completed", 0)
-        sys.stderr.write(f"transferkit: error: {len(results['jobs']) - done} of {len(results['jobs'])} sweep jobs "
-                         f"did not complete; see {Path(results['sweep_dir']) / 'sweep.md'}\n")
+        from transferkit.sweep import failure_line
+
+        sys.stderr.write(f"transferkit: error: {failure_line(results)}\n")
         raise SystemExit(1)
