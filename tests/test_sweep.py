@@ -83,6 +83,7 @@ def test_ddp_is_left_to_slurm():
 
 def test_slurm_launcher_builds_hydra_submitit_launchers_job(tmp_path, monkeypatch):
     """The submitit executor is built as hydra-submitit-launcher builds it (a fake srun: no cluster here)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install '.[sweep]'")
     from dataclasses import replace
 
     from transferkit.launchers import build_executor, launcher_of
@@ -161,6 +162,7 @@ def test_sweep_writes_one_run_per_job_and_a_sorted_table_with_the_failed_job(ima
 def test_submitit_local_launcher_runs_the_job_in_a_submitit_process(image_folder, fast):
     """hydra-submitit-launcher's local launcher, as on a cluster: the job is pickled, run by a submitit
     subprocess through cli.run, and its record comes back (one job: each process re-imports torch)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install '.[sweep]'")
     results = cli.run(["fit", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
                        f"data.root={image_folder}", *fast, "seed=7"])
     sweep_dir = Path(results["sweep_dir"])
@@ -172,3 +174,26 @@ def test_submitit_local_launcher_runs_the_job_in_a_submitit_process(image_folder
     logs = list((sweep_dir / ".submitit").glob("*/*_0_log.out"))  # submitit ran it: its pickles and logs
     assert logs and "Job completed successfully" in logs[0].read_text()
     assert [r["status"] for r in read_table(sweep_dir)] == ["completed"]
+
+
+def test_an_interrupted_job_stops_the_sweep_after_writing_the_table(tmp_path):
+    """Ctrl+C in job 1 (its fit raised RunInterrupted): job 2 never starts, the table is written."""
+    from transferkit.launchers import Job
+    from transferkit.run_guards import RunInterrupted
+    from transferkit.sweep import run_sweep
+
+    def fake_run(argv: list[str]) -> dict:
+        if "seed=2" in argv:
+            raise RunInterrupted("SIGINT stopped the run", 130)
+        return {"status": "completed", "metrics": {"best/val/acc": 0.5, "test/acc": 0.4}, "epochs": 1,
+                "monitor": {"metric": "val/acc", "mode": "max"}, "wall_seconds": 1.0,
+                "run_dir": argv[-1].removeprefix("run_dir=")}
+
+    jobs = [Job(n, (f"seed={n + 1}",), {"seed": str(n + 1)}) for n in range(3)]
+    with pytest.raises(RunInterrupted, match="the sweep stopped at job 1") as stop:
+        run_sweep("fit", jobs, Launcher(), str(tmp_path / "sweep"), fake_run, ["fit", "-m", "seed=1,2,3"])
+    assert stop.value.exit_code == 130
+    rows = read_table(tmp_path / "sweep")
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "completed"), ("1", "interrupted"), ("2", "not run")]
+    summary = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert summary["status"] == "interrupted" and summary["best"]["job"] == 0
