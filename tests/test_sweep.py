@@ -68,6 +68,13 @@ def test_ddp_under_a_local_launcher_is_refused_in_one_line(launcher, trainer, tm
     assert not (tmp_path / "multirun").exists()  # refused before anything was created
 
 
+def test_comma_list_without_m_says_to_add_it(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "optimizer.lr=0.01,0.001"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "optimizer.lr=0.01,0.001" in err and "add -m" in err
+
+
 def test_unknown_launcher_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["fit", "-m", "hydra/launcher=submitit_lokal", "seed=1,2"])

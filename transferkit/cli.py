@@ -30,7 +30,7 @@ COMMANDS: dict[str, str] = {
     "plot-lr": "transferkit.commands.plot_lr",
 }
 USAGE = (
-    "usage: python -m transferkit <command> [key=value ...]\n"
+    "usage: python -m transferkit <command> [-m] [key=value ...]   (-m: sweep, e.g. optimizer.lr=0.01,0.001)\n"
     f"commands: {', '.join(COMMANDS)}\n"
     "examples:\n"
     "  python -m transferkit fit recipe=small_similar\n"
@@ -137,6 +137,8 @@ def explain_config_error(err: Exception) -> str:
     cause = err.__cause__ or err.__context__
     if cause is not None and str(cause).strip():
         message += f" ({str(cause).strip().splitlines()[0]})"
+    if message.startswith("Ambiguous value for argument"):
+        return f"{message}: to sweep over the values add -m (fit -m key=a,b); for a list write key=[a,b]."
     missing = re.search(r"Could not find '(\w+)/([^']+)'", message)
     if missing and missing.group(1) in ("model", "recipe") or missing is None and "recipe" in message:
         from transferkit.config_files import group_options
