@@ -183,15 +183,17 @@ def test_submitit_local_launcher_runs_the_job_in_a_submitit_process(image_folder
     assert [r["status"] for r in read_table(sweep_dir)] == ["completed"]
 
 
-def test_an_interrupted_job_stops_the_sweep_after_writing_the_table(tmp_path):
-    """Ctrl+C in job 1 (its fit raised RunInterrupted): job 2 never starts, the table is written."""
+@pytest.mark.parametrize("interrupt", ["fit", "elsewhere"])
+def test_an_interrupted_job_stops_the_sweep_after_writing_the_table(tmp_path, interrupt):
+    """Ctrl+C in job 1 (mid-fit: RunInterrupted; before it: KeyboardInterrupt): job 2 never starts,
+    the table is written."""
     from transferkit.launchers import Job
     from transferkit.run_guards import RunInterrupted
     from transferkit.sweep import run_sweep
 
     def fake_run(argv: list[str]) -> dict:
         if "seed=2" in argv:
-            raise RunInterrupted("SIGINT stopped the run", 130)
+            raise RunInterrupted("SIGINT stopped the run", 130) if interrupt == "fit" else KeyboardInterrupt
         return {"status": "completed", "metrics": {"best/val/acc": 0.5, "test/acc": 0.4}, "epochs": 1,
                 "monitor": {"metric": "val/acc", "mode": "max"}, "wall_seconds": 1.0,
                 "run_dir": argv[-1].removeprefix("run_dir=")}

@@ -201,9 +201,9 @@ def execute_job(run: RunFunction, argv: list[str]) -> dict:
     start = time.time()
     try:
         results = run(argv)
-    except RunInterrupted as err:
-        return {"status": "interrupted", "error": first_line(err), "exit_code": err.exit_code,
-                "wall_seconds": round(time.time() - start, 2)}
+    except (RunInterrupted, KeyboardInterrupt) as err:  # Ctrl+C mid-fit, or between two of its steps
+        return {"status": "interrupted", "error": first_line(err) if str(err) else "SIGINT",
+                "exit_code": getattr(err, "exit_code", 130), "wall_seconds": round(time.time() - start, 2)}
     except Exception as err:  # noqa: BLE001 - recorded in the table; debug=true logs the traceback
         log.debug("sweep job failed: %s", " ".join(argv), exc_info=True)
         row = {"status": getattr(err, "status", "failed"), "error": f"{type(err).__name__}: {first_line(err)}",
