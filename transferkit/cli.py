@@ -6,6 +6,7 @@ This is the only module that uses Hydra. Recipes in `recipes/` are registered as
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
@@ -27,6 +28,8 @@ COMMANDS: dict[str, str] = {
     "advise": "transferkit.commands.advise",
     "show-augs": "transferkit.commands.show_augs",
     "plot-lr": "transferkit.commands.plot_lr",
+    "lr-find": "transferkit.commands.lr_find",
+    "tune": "transferkit.commands.tune",
 }
 USAGE = (
     "usage: python -m transferkit <command> [key=value ...]\n"
@@ -50,6 +53,22 @@ def register_recipes() -> None:
     store = ConfigStore.instance()
     for path in sorted(package_dir("recipes").glob("*.yaml")):
         store.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
+
+
+def register_recipe_file(item: str) -> str:
+    """`recipe=<path>.yaml`: register that file as a `recipe` option; returns the override naming it."""
+    from hydra.core.config_store import ConfigStore
+
+    key, _, value = item.partition("=")
+    if key.lstrip("+") != "recipe" or not value.endswith((".yaml", ".yml")):
+        return item
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise UsageError(f"recipe={value!r}: no such recipe file; give an existing .yaml file or one of "
+                         f"{recipe_names()}.")
+    name = "file_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    ConfigStore.instance().store(group="recipe", name=name, node=OmegaConf.load(path), package="_global_")
+    return f"{key}={name}"
 
 
 def expand_trainer_overrides(overrides: list[str]) -> list[str]:
@@ -79,7 +98,8 @@ def compose_config(overrides: list[str]) -> DictConfig:
     register_recipes()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(package_dir("conf")), version_base="1.3"):
-        cfg = compose("config", overrides=expand_trainer_overrides(overrides))
+        composed = [register_recipe_file(item) for item in overrides]
+        cfg = compose("config", overrides=expand_trainer_overrides(composed))
     GlobalHydra.instance().clear()
     recipe = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "recipe"]
     with open_dict(cfg):
@@ -138,7 +158,10 @@ def run(argv: list[str]) -> dict:
     cfg = compose_config(overrides)
     if command in ("test", "advise", "show-augs") and cfg.ckpt_path:
         cfg = config_of_checkpoint_run(cfg, overrides)
-    if cfg.get("resume"):
+    if command == "tune":  # each trial composes this command line with its sampled values
+        with open_dict(cfg):
+            cfg.tune.overrides = list(overrides)
+    if cfg.get("resume") and command != "tune":  # tune resume=<dir> continues its own study
         if command != "fit":
             raise UsageError(f"resume={cfg.resume} continues a fit run: python -m transferkit fit resume=...")
         from transferkit.commands.resuming import config_of_resumed_run
