@@ -96,10 +96,27 @@ def group_lr_scales_kept() -> Iterator[None]:
             handle.remove()
 
 
+@contextmanager
+def lightning_quiet() -> Iterator[None]:
+    """The finder's save/restore of its temporary checkpoint is no news to a user."""
+    from transferkit.console import LIGHTNING_INFO_LOGGERS
+
+    loggers = [logging.getLogger(name) for name in LIGHTNING_INFO_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def search_trainer(cfg: DictConfig, root: Path) -> pl.Trainer:
     """A bare one-device Trainer for the sweep: the run's numeric flags, no logs, checkpoints or validation."""
     flags = {k: v for k, v in container(cfg.trainer).items() if k in TRAINER_KEYS and v is not None}
-    return pl.Trainer(**flags, devices=1, max_epochs=-1, logger=False, enable_checkpointing=False,
+    epochs = int(cfg.lr_find.num_training)  # at least one step an epoch: room for the sweep
+    return pl.Trainer(**flags, devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                       check_val_every_n_epoch=10**9, default_root_dir=str(root))
 
@@ -109,8 +126,10 @@ def find_lr(cfg: DictConfig, datamodule, weights) -> LRSearch:
     from pytorch_lightning.tuner import Tuner
 
     settings = container(cfg.lr_find)
-    task = build_task(cfg, datamodule, weights)
-    with tempfile.TemporaryDirectory(prefix="transferkit-lr-find-") as root, group_lr_scales_kept():
+    # the finder starts every group at min_lr whatever optimizer.lr says (it may say `find`)
+    task = build_task(with_lr(cfg, float(settings["min_lr"])), datamodule, weights)
+    with tempfile.TemporaryDirectory(prefix="transferkit-lr-find-") as root, group_lr_scales_kept(), \
+            lightning_quiet():
         finder = Tuner(search_trainer(cfg, Path(root))).lr_find(task, datamodule=datamodule, update_attr=False,
                                                               **settings)
     if finder is None:

@@ -28,7 +28,8 @@ def fit_command(cfg: DictConfig, lr: float, extra: list[str]) -> str:
     """The command line that trains with the suggestion: this command's own overrides when it was run
     from the shell, else the recipe and data."""
     argv = sys.argv[1:] if sys.argv[1:2] == ["lr-find"] else []
-    given = [a for a in argv[1:] if a.split("=", 1)[0].lstrip("+") not in ("run_dir", "optimizer.lr")]
+    given = [a for a in argv[1:] if a.split("=", 1)[0].lstrip("+") not in ("run_dir", "optimizer.lr")
+             and not a.startswith("lr_find.")]
     if not argv:
         given = [f"recipe={cfg.recipe}"] if cfg.get("recipe") else []
         given += [f"data.root={cfg.data.root}"] if cfg.data.get("root") else []
