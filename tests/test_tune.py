@@ -20,6 +20,15 @@ from transferkit.pruning import PruneOnValidation
 from transferkit.search_space import parse_space, sample, trial_overrides
 
 
+def test_recipe_may_be_a_file(tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("# @package _global_\ndefaults:\n  - override /finetune: partial\noptimizer:\n  lr: 0.123\n")
+    cfg = cli.compose_config([f"recipe={recipe}"])
+    assert cfg.finetune.strategy == "partial" and cfg.optimizer.lr == 0.123 and cfg.recipe == str(recipe)
+    with pytest.raises(cli.UsageError, match="no such recipe file"):
+        cli.compose_config([f"recipe={tmp_path / 'missing.yaml'}"])
+
+
 def space_of(*overrides: str):
     cfg = cli.compose_config(["recipe=small_similar", *overrides])
     return cfg, parse_space(cfg.tune.space, cfg)
@@ -120,6 +129,8 @@ def test_search_resumes_its_study_and_its_best_recipe_reruns(image_folder, fast,
     study = optuna.load_study(study_name="tune", storage=f"sqlite:///{tune_dir / 'study.db'}")
     retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == killed.number)
     assert retry.params["optimizer.lr"] == killed.params["optimizer.lr"]
+    drawn = [tuple(sorted(t.params.items())) for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(set(drawn)) == 4  # the resumed session draws new values, not the first session's again
     rows = list(csv.DictReader((tune_dir / "trials.csv").open()))
     assert [r["state"] for r in rows].count("COMPLETE") == 4 and "finetune" in rows[0]
     for name in ("optimization_history.png", "param_importances.png", "best_recipe.yaml", "results.json"):
@@ -137,3 +148,28 @@ def test_search_resumes_its_study_and_its_best_recipe_reruns(image_folder, fast,
     rerun = cli.run(["fit", f"recipe={recipe}", f"run_dir={tmp_path / 'rerun'}"])
     assert rerun["recipe"] == str(recipe)
     assert rerun["metrics"]["best/val/acc"] == pytest.approx(best.value)
+
+
+@pytest.mark.slow
+def test_an_interrupted_search_says_how_to_resume_and_redoes_the_stopped_trial(image_folder, fast, monkeypatch):
+    from transferkit.commands import common
+    from transferkit.run_guards import RunInterrupted
+
+    def stopped(cfg, command, callbacks=None):
+        raise RunInterrupted("SIGTERM stopped the run", 143)
+
+    monkeypatch.setattr(common, "train_and_test", stopped)
+    space = ["tune.space.finetune=null", "tune.space.augment=null", "tune.space.task=null", "tune.n_trials=1"]
+    with pytest.raises(RunInterrupted, match=r"resume it with: python -m transferkit tune resume=") as stop:
+        cli.run(["tune", f"data.root={image_folder}", *fast, *space])
+    assert stop.value.exit_code == 143
+    tune_dir = Path(fast[-1].split("=", 1)[1])
+    assert json.loads((tune_dir / "results.json").read_text())["status"] == "interrupted"
+    monkeypatch.undo()
+
+    resumed = cli.run(["tune", f"resume={tune_dir}"])
+    study = optuna.load_study(study_name="tune", storage=f"sqlite:///{tune_dir / 'study.db'}")
+    first, again = study.trials
+    assert first.state.name == "FAIL" and first.user_attrs["interrupted"]
+    assert again.user_attrs["retry_of"] == 0 and again.params == first.params
+    assert resumed["status"] == "completed" and resumed["trials"]["complete"] == 1

@@ -171,7 +171,7 @@ def run(argv: list[str]) -> dict:
     from transferkit.console import quiet_console
 
     with quiet_console(bool(cfg.debug)):
-        return module.run(cfg)
+        return module.run(cfg, compose_config) if command == "tune" else module.run(cfg)
 
 
 def main(argv: list[str] | None = None) -> None:

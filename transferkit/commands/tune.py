@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -22,25 +24,18 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from transferkit.commands.resuming import OUTPUTS, read_results, run_order
 from transferkit.errors import ConfigError
 from transferkit.rundir import create_run_dir, reuse_run_dir, write_config, write_json
-from transferkit.search_space import parse_space, override_key, sample, trial_overrides
+from transferkit.search_space import override_key, parse_space, sample, trial_overrides
+from transferkit.study import FINISHED, best_trial, import_optuna, open_study
 
 log = logging.getLogger("transferkit")
 
+Compose = Callable[[list[str]], DictConfig]  # cli.compose_config
 RESUME_KEYS = ("resume", "tune.n_trials", "tune.timeout", "debug", "trainer.enable_progress_bar")
-FINISHED = ("COMPLETE", "PRUNED")
 
 
 class TrialFailed(Exception):
     """One trial failed (a config the space allowed but the run refused, a diverged loss): the
     search goes on; the study records it as FAIL with the message."""
-
-
-def import_optuna():
-    try:
-        import optuna
-    except ImportError:
-        raise ConfigError("tune needs Optuna: pip install 'transferkit[tune]' (or pip install optuna).") from None
-    return optuna
 
 
 def find_tune_dir(value: str) -> Path:
@@ -107,67 +102,7 @@ def trial_value(results: dict, metric: str) -> float:
                       "use one of its val/* keys.")
 
 
-def build_sampler(optuna, cfg: DictConfig):
-    seed = int(cfg.tune.seed if cfg.tune.seed is not None else cfg.seed)
-    match str(cfg.tune.sampler):
-        case "tpe":
-            return optuna.samplers.TPESampler(seed=seed)
-        case "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        case other:
-            raise ConfigError(f"tune.sampler={other!r} is unknown; use tpe or random.")
-
-
-def build_pruner(optuna, cfg: DictConfig):
-    match str(cfg.tune.pruner):
-        case "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=int(cfg.tune.startup_trials),
-                                               n_warmup_steps=int(cfg.tune.warmup_epochs))
-        case "none" | "None":
-            return optuna.pruners.NopPruner()
-        case other:
-            raise ConfigError(f"tune.pruner={other!r} is unknown; use median or none.")
-
-
-def open_study(optuna, cfg: DictConfig, tune_dir: Path, direction: str):
-    storage = str(cfg.tune.storage or f"sqlite:///{tune_dir / 'study.db'}")
-    study = optuna.create_study(storage=storage, study_name=str(cfg.tune.study_name), direction=direction,
-                                sampler=build_sampler(optuna, cfg), pruner=build_pruner(optuna, cfg),
-                                load_if_exists=True)
-    retry_interrupted(optuna, study)
-    return study, storage
-
-
-def retry_interrupted(optuna, study) -> None:
-    """Trials stopped by a signal, or left running by a killed process on this machine, run again
-    with their values (once each)."""
-    from optuna.trial import TrialState
-
-    retried = {t.user_attrs.get("retry_of") for t in study.trials}
-    for trial in study.trials:
-        dead = trial.state == TrialState.RUNNING and not process_alive(trial.user_attrs)
-        if dead:
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        stopped = trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted")
-        if (dead or stopped) and trial.number not in retried and trial.params:
-            log.info("Trial %d was interrupted; it runs again with the same values.", trial.number)
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-
-
-def process_alive(attrs: dict) -> bool:
-    if attrs.get("host") != socket.gethostname() or not attrs.get("pid"):
-        return True  # another machine's worker: not ours to judge
-    try:
-        os.kill(int(attrs["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def make_objective(optuna, cfg: DictConfig, params, tune_dir: Path, metric: str):
-    from transferkit.cli import compose_config
+def make_objective(optuna, cfg: DictConfig, params, tune_dir: Path, metric: str, compose: Compose):
     from transferkit.commands.common import train_and_test
     from transferkit.pruning import PruneOnValidation
     from transferkit.run_guards import RunInterrupted
@@ -181,7 +116,7 @@ def make_objective(optuna, cfg: DictConfig, params, tune_dir: Path, metric: str)
         log.info("trial %d: %s", trial.number, " ".join(o for o in overrides if o not in cfg.tune.overrides))
         pruning = PruneOnValidation(trial, metric)
         try:
-            train_and_test(compose_config([*overrides, f"run_dir={run_dir}"]), "fit", callbacks=[pruning])
+            train_and_test(compose([*overrides, f"run_dir={run_dir}"]), "fit", callbacks=[pruning])
         except (RunInterrupted, KeyboardInterrupt):
             trial.set_user_attr("interrupted", True)
             raise
@@ -204,17 +139,14 @@ def make_objective(optuna, cfg: DictConfig, params, tune_dir: Path, metric: str)
 def after_trial(metric: str, write_progress):
     def callback(study, trial) -> None:
         best = best_trial(study)
-        value = f"{metric} {trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+        value = f": {metric} {trial.value:.4f}" if trial.value is not None else ""
         tail = f"; best so far: trial {best.number}, {best.value:.4f}" if best is not None else ""
-        log.info("trial %d finished: %s%s", trial.number, value, tail)
+        log.info("trial %d %s%s%s", trial.number, trial.state.name.lower(), value, tail)
         write_progress(study)
 
     return callback
 
 
-def best_trial(study):
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    return study.best_trial if complete else None
 
 
 def base_recipe(recipe) -> dict | None:
@@ -227,8 +159,7 @@ def base_recipe(recipe) -> dict | None:
     return OmegaConf.to_container(OmegaConf.load(path))
 
 
-def write_best_recipe(study, cfg: DictConfig, tune_dir: Path, metric: str) -> Path | None:
-    from transferkit.cli import compose_config
+def write_best_recipe(study, cfg: DictConfig, tune_dir: Path, metric: str, compose: Compose) -> Path | None:
     from transferkit.reports.tune_report import recipe_text
 
     best = best_trial(study)
@@ -240,12 +171,12 @@ def write_best_recipe(study, cfg: DictConfig, tune_dir: Path, metric: str) -> Pa
               f"Its run: {best.user_attrs.get('run_dir')}",
               "Re-run it: python -m transferkit fit recipe=<this file> (add key=value overrides as usual)."]
     path = tune_dir / "best_recipe.yaml"
-    path.write_text(recipe_text(base_recipe(cfg.get("recipe")), overrides, compose_config(overrides), header))
+    path.write_text(recipe_text(base_recipe(cfg.get("recipe")), overrides, compose(overrides), header))
     return path
 
 
 def write_outputs(study, cfg: DictConfig, params, tune_dir: Path, metric: str, direction: str, storage: str,
-                  status: str, seconds: float, plots: bool = True) -> dict:
+                  status: str, seconds: float, compose: Compose, plots: bool = True) -> dict:
     """trials.csv, results.json and (at the end of a session) best_recipe.yaml and the two plots."""
     from transferkit.reports.tune_report import save_plots, write_trials_csv
 
@@ -253,7 +184,7 @@ def write_outputs(study, cfg: DictConfig, params, tune_dir: Path, metric: str, d
     csv_path = write_trials_csv(trials, [p.path for p in params], tune_dir / "trials.csv")
     best = best_trial(study)
     counts = {state: sum(t.state.name == state for t in trials) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
-    recipe = write_best_recipe(study, cfg, tune_dir, metric) if plots else None
+    recipe = write_best_recipe(study, cfg, tune_dir, metric, compose) if plots else None
     results = {
         "command": "tune", "status": status, "metric": metric, "direction": direction,
         "n_trials": int(cfg.tune.n_trials), "trials": {k.lower(): v for k, v in counts.items()},
@@ -270,7 +201,8 @@ def write_outputs(study, cfg: DictConfig, params, tune_dir: Path, metric: str, d
     return results
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, compose: Compose) -> dict:
+    """`compose` is cli.compose_config: every trial's config is composed by the CLI layer."""
     from transferkit.run_guards import EXIT_SIGNAL, RunInterrupted
 
     optuna = import_optuna()
@@ -292,7 +224,7 @@ def run(cfg: DictConfig) -> dict:
 
     def outputs(status: str, final: bool = False) -> dict:
         return write_outputs(study, cfg, params, tune_dir, metric, direction, storage, status,
-                             earlier + time.time() - start, plots=final)
+                             earlier + time.time() - start, compose, plots=final)
 
     try:
         finished = sum(t.state.name in FINISHED for t in study.trials)
@@ -302,7 +234,7 @@ def run(cfg: DictConfig) -> dict:
             log.info("Searching %s over %s: %d trial%s to run (%d of %d finished)", metric,
                      ", ".join(p.path for p in params), remaining, "s" if remaining != 1 else "", finished,
                      int(cfg.tune.n_trials))
-            study.optimize(make_objective(optuna, cfg, params, tune_dir, metric), n_trials=remaining,
+            study.optimize(make_objective(optuna, cfg, params, tune_dir, metric, compose), n_trials=remaining,
                            timeout=cfg.tune.timeout, catch=(TrialFailed,),
                            callbacks=[after_trial(metric, lambda s: outputs("running"))])
         else:
@@ -310,7 +242,7 @@ def run(cfg: DictConfig) -> dict:
                      "search on.", finished, int(cfg.tune.n_trials))
     except (RunInterrupted, KeyboardInterrupt) as err:
         outputs("interrupted", final=True)
-        code = getattr(err, "exit_code", EXIT_SIGNAL[2])
+        code = getattr(err, "exit_code", EXIT_SIGNAL[signal.SIGINT])
         raise RunInterrupted(f"the search stopped; resume it with: python -m transferkit tune "
                              f"resume={shlex.quote(str(tune_dir))}", code) from None
     finally:
