@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from transferkit.commands.resuming import OUTPUTS, read_results, run_order
+from transferkit.commands.resuming import OUTPUTS, check_not_running, read_results, run_order
 from transferkit.errors import ConfigError
 from transferkit.rundir import create_run_dir, reuse_run_dir, write_config, write_json
 from transferkit.search_space import override_key, parse_space, sample, trial_overrides
@@ -56,6 +56,7 @@ def find_tune_dir(value: str) -> Path:
 def resumed_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
     """The saved search config, with only RESUME_KEYS taken from this command line."""
     tune_dir = find_tune_dir(cfg.resume)
+    check_not_running(read_results(tune_dir), tune_dir)
     saved = OmegaConf.load(tune_dir / "config.yaml")
     for item in cfg.tune.overrides:
         key = override_key(item)
@@ -63,8 +64,11 @@ def resumed_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
             raise ConfigError(f"{key} cannot change when resuming the search in {tune_dir}: its trials must "
                               f"share one setup; resume accepts only {list(RESUME_KEYS[1:])}. Start a new search "
                               "to change it.")
-        if key != "resume":
-            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+        if key == "resume":
+            continue
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+        if not key.startswith("tune."):  # e.g. debug: the trials get it too
+            saved.tune.overrides = [o for o in saved.tune.overrides if override_key(o) != key] + [item]
     return saved, reuse_run_dir(str(tune_dir))
 
 
@@ -145,8 +149,6 @@ def after_trial(metric: str, write_progress):
         write_progress(study)
 
     return callback
-
-
 
 
 def base_recipe(recipe) -> dict | None:
@@ -245,6 +247,9 @@ def run(cfg: DictConfig, compose: Compose) -> dict:
         code = getattr(err, "exit_code", EXIT_SIGNAL[signal.SIGINT])
         raise RunInterrupted(f"the search stopped; resume it with: python -m transferkit tune "
                              f"resume={shlex.quote(str(tune_dir))}", code) from None
+    except Exception:
+        outputs("failed")
+        raise
     finally:
         optuna.logging.set_verbosity(verbosity)
     results = outputs("completed", final=True)
