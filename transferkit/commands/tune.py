@@ -25,7 +25,7 @@ from transferkit.commands.resuming import OUTPUTS, check_not_running, read_resul
 from transferkit.errors import ConfigError
 from transferkit.rundir import create_run_dir, reuse_run_dir, write_config, write_json
 from transferkit.search_space import override_key, parse_space, sample, trial_overrides
-from transferkit.study import FINISHED, best_trial, import_optuna, open_study
+from transferkit.study import FINISHED, best_trial, build_pruner, build_sampler, import_optuna, open_study
 
 log = logging.getLogger("transferkit")
 
@@ -213,6 +213,7 @@ def run(cfg: DictConfig, compose: Compose) -> dict:
     check_one_process(cfg)
     params = parse_space(cfg.tune.space, cfg)  # a bad space fails before any directory is made
     metric, direction = monitor_of(cfg)
+    build_sampler(optuna, cfg), build_pruner(optuna, cfg)  # a typo there too
     earlier = float(read_results(tune_dir).get("wall_seconds", 0.0)) if tune_dir else 0.0
     if tune_dir is None:
         tune_dir = create_run_dir(cfg.run_dir)
