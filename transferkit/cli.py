@@ -28,6 +28,8 @@ COMMANDS: dict[str, str] = {
     "advise": "transferkit.commands.advise",
     "show-augs": "transferkit.commands.show_augs",
     "plot-lr": "transferkit.commands.plot_lr",
+    "lr-find": "transferkit.commands.lr_find",
+    "tune": "transferkit.commands.tune",
 }
 USAGE = (
     "usage: python -m transferkit <command> [-m] [key=value ...]   (-m: sweep, e.g. optimizer.lr=0.01,0.001)\n"
@@ -165,7 +167,10 @@ def run(argv: list[str]) -> dict:
     cfg = compose_config(overrides)
     if command in ("test", "advise", "show-augs") and cfg.ckpt_path:
         cfg = config_of_checkpoint_run(cfg, overrides)
-    if cfg.get("resume"):
+    if command == "tune":  # each trial composes this command line with its sampled values
+        with open_dict(cfg):
+            cfg.tune.overrides = list(overrides)
+    if cfg.get("resume") and command != "tune":  # tune resume=<dir> continues its own study
         if command != "fit":
             raise UsageError(f"resume={cfg.resume} continues a fit run: python -m transferkit fit resume=...")
         from transferkit.commands.resuming import config_of_resumed_run
@@ -175,7 +180,7 @@ def run(argv: list[str]) -> dict:
     from transferkit.console import quiet_console
 
     with quiet_console(bool(cfg.debug)):
-        return module.run(cfg)
+        return module.run(cfg, compose_config) if command == "tune" else module.run(cfg)
 
 
 # --- sweeps (`<command> -m key=a,b ...`): Hydra's parser expands the grid, transferkit.sweep runs each job
