@@ -28,11 +28,18 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from transferkit.checkpoint_io import checkpoint_problem
 from transferkit.errors import ConfigError
 from transferkit.run_guards import RunInterrupted, RunStopped
-from transferkit.rundir import ENV_RUN_DIR, create_run_dir, is_ddp_child, reuse_run_dir, write_config, write_json
+from transferkit.rundir import (
+    ENV_CV_DIR,
+    ENV_RUN_DIR,
+    create_run_dir,
+    is_ddp_child,
+    reuse_run_dir,
+    write_config,
+    write_json,
+)
 
 log = logging.getLogger("transferkit")
 
-CV_DIR_ENV = "TRANSFERKIT_CV_DIR"  # DDP workers find the cv run their parent opened
 PLAN_FILE = "folds.json"  # what each fold does in this session; DDP workers follow it, never the disk
 ROW_KEYS = ("fold", "status", "epochs", "train_size", "val_size")
 
@@ -157,9 +164,9 @@ def open_cv_run(cfg: DictConfig) -> tuple[Path, dict]:
     from transferkit.commands.resuming import read_results, session_record
 
     if is_ddp_child():
-        return Path(os.environ[CV_DIR_ENV]), {}
+        return Path(os.environ[ENV_CV_DIR]), {}
     root = reuse_run_dir(cfg.resume) if cfg.get("resume") else create_run_dir(cfg.run_dir)
-    os.environ[CV_DIR_ENV] = str(root)
+    os.environ[ENV_CV_DIR] = str(root)
     previous = read_results(root) if cfg.get("resume") else {}
     session = session_record(root, "cv", previous, {"folds": "finished folds skipped"} if cfg.get("resume") else None)
     if not cfg.get("resume"):
@@ -218,12 +225,13 @@ def record_cv_stop(err: BaseException, root: Path, session: dict, start: float, 
     """results.json of a cv run that stopped in `fold`; an interruption says how to resume the cv run."""
     stop = err
     if isinstance(err, RunInterrupted):
-        stop = RunInterrupted(f"fold {fold}: {str(err).splitlines()[0].split(';')[0]}; resume the cv run (finished folds are "
-                              f"skipped) with: python -m transferkit cv resume={shlex.quote(str(root))}",
-                              err.exit_code)
-    status = getattr(stop, "status", "failed") if isinstance(stop, RunStopped) else "failed"
+        what = str(err).splitlines()[0].split(";")[0]
+        stop = RunInterrupted(f"fold {fold}: {what}; resume the cv run (finished folds are skipped) with: "
+                              f"python -m transferkit cv resume={shlex.quote(str(root))}", err.exit_code)
+    status = stop.status if isinstance(stop, RunStopped) else "failed"
     if not is_ddp_child():
-        record = {**session, "status": status, "stopped_in_fold": fold, "message": str(stop).splitlines()[0] if str(stop) else type(stop).__name__,
+        message = str(stop).splitlines()[0] if str(stop) else type(stop).__name__
+        record = {**session, "status": status, "stopped_in_fold": fold, "message": message,
                   "wall_seconds": round(time.time() - start + session.get("wall_seconds", 0.0), 2)}
         write_json(record, root / "results.json")
     return stop

@@ -160,11 +160,10 @@ def config_of_resumed_run(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 def config_of_resumed_cv(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """`cv resume=<cv run directory>`: its own config.yaml plus the RESUME_KEYS given; the cv command
     skips the finished folds and resumes an interrupted one from its last.ckpt."""
-    from transferkit.commands.cv import CV_DIR_ENV
-    from transferkit.rundir import is_ddp_child
+    from transferkit.rundir import ENV_CV_DIR, is_ddp_child
 
     child = is_ddp_child()
-    run_dir = Path(os.environ[CV_DIR_ENV]) if child else find_run(str(cfg.resume), command="cv")
+    run_dir = Path(os.environ[ENV_CV_DIR]) if child else find_run(str(cfg.resume), command="cv")
     keys = check_overrides(overrides, run_dir)
     results = read_results(run_dir)
     if results.get("command") != "cv":

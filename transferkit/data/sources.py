@@ -126,7 +126,8 @@ class ConcatSource(Dataset):
 
     def __init__(self, sources: Sequence[Dataset]) -> None:
         self.sources = list(sources)
-        self.labels = np.concatenate([source_labels(s) for s in self.sources]) if self.sources else np.zeros(0, np.int64)
+        labels = [source_labels(s) for s in self.sources]
+        self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
         self.starts = np.cumsum([0, *(len(s) for s in self.sources)])
 
     def __len__(self) -> int:
