@@ -43,7 +43,7 @@ def save_checkpoint(task, path: Path) -> Path:
 
 def test_ensemble_averages_the_members_softmax_exactly():
     one, two = constant_task([0.6, 0.3, 0.1]), constant_task([0.1, 0.8, 0.1])
-    ensemble = EnsembleTask([one, two], flips=[True, True])
+    ensemble = EnsembleTask([one, two], tta="flip")
     x = torch.randn(2, 3, 32, 32)
     probs = ensemble.probabilities([x, x])
     assert torch.allclose(probs, torch.tensor([[0.35, 0.55, 0.10]] * 2), atol=1e-6)
@@ -131,7 +131,18 @@ def test_checkpoint_paths_expand_cv_and_fit_run_directories(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no checkpoints/best.ckpt"):
         checkpoint_paths(str(tmp_path / "empty"))
     ensemble, paths = load_ensemble(str(tmp_path / "cv"), "flip")
-    assert len(ensemble.members) == 4 and ensemble.flips == [True] * 4
+    assert len(ensemble.members) == 4 and ensemble.tta == ["flip"] * 4
+
+
+def test_members_that_a_view_does_not_suit_predict_without_it(tmp_path, caplog):
+    flipped = save_checkpoint(constant_task([0.5, 0.25, 0.25]), tmp_path / "a" / "checkpoints" / "best.ckpt")
+    digits = save_checkpoint(constant_task([0.5, 0.25, 0.25], data={**DATA, "flips": False}),
+                             tmp_path / "b" / "checkpoints" / "best.ckpt")
+    with caplog.at_level(logging.WARNING, logger="transferkit"):
+        ensemble, _ = load_ensemble([str(flipped), str(digits)], "flip")
+    assert ensemble.tta == ["flip", "none"]
+    assert "tta=flip: " + str(digits) + " trained without flips" in caplog.text and str(flipped) not in caplog.text
+    assert load_ensemble([str(flipped), str(digits)], "multiscale")[0].tta == ["multiscale"] * 2
 
 
 def test_flips_record_old_checkpoints_fall_back_to_the_run_config(tmp_path, caplog):

@@ -130,23 +130,43 @@ def trained_flips(task, path: Path) -> bool:
     return False
 
 
+def member_tta(requested: str, tasks: list, paths: list[Path]) -> list[str]:
+    """Each member's TTA: `requested`, except `none` where its views would mislead or fail, with a
+    one-line warning naming those members (flip: trained without flips; multiscale: a backbone with a
+    fixed input size, e.g. ViT)."""
+    import logging
+
+    from transferkit.models.backbones import has_fixed_input_size
+
+    if requested == "flip":
+        unsuited = [not trained_flips(task, path) for task, path in zip(tasks, paths)]
+        why = ("trained without flips (augment.flips=false, or augment.name without a flip), so a mirror "
+               "image may change its class")
+    elif requested == "multiscale":
+        backbones = [str(dict(task.hparams.get("model") or {}).get("backbone", "")) for task in tasks]
+        unsuited = [has_fixed_input_size(name) for name in backbones]
+        why = "has a fixed input size (position embeddings)"
+    else:
+        return [requested] * len(tasks)
+    if any(unsuited):
+        names = ", ".join(str(p) for p, u in zip(paths, unsuited) if u)
+        logging.getLogger("transferkit").warning("tta=%s: %s %s; predicting without tta=%s there.",
+                                                 requested, names, why, requested)
+    return ["none" if u else requested for u in unsuited]
+
+
 def load_ensemble(value, tta: str = "none", key: str = "ckpt_path"):
     """The `EnsembleTask` of every checkpoint `value` names (one checkpoint makes an ensemble of one)."""
     import logging
 
     from transferkit.tasks.ensemble import EnsembleTask
+    from transferkit.tta import check_tta
 
     paths = checkpoint_paths(value, key)
     tasks = [load_task(path) for path in paths]
     check_same_classes(tasks, paths, key)
-    flips = [trained_flips(task, path) for task, path in zip(tasks, paths)]
-    if str(tta) == "flip" and not all(flips):
-        unflipped = [str(p) for p, f in zip(paths, flips) if not f]
-        logging.getLogger("transferkit").warning(
-            "tta=flip: %s trained without flips (augment.flips=false or no flip in augment.name), so a "
-            "mirror image may change its class; %s without the flip.", ", ".join(unflipped),
-            "it predicts" if len(unflipped) == 1 else "they predict")
+    modes = member_tta(check_tta(tta), tasks, paths)
     if len(paths) > 1:
         logging.getLogger("transferkit").info("Ensemble of %d checkpoints: %s", len(paths),
                                               ", ".join(str(p) for p in paths))
-    return EnsembleTask(tasks, flips, tta).eval(), paths
+    return EnsembleTask(tasks, modes).eval(), paths

@@ -30,18 +30,19 @@ class EnsembleTask(pl.LightningModule):
 
     Args:
         members: loaded tasks (`transferkit.loading.load_ensemble` checks their class lists).
-        flips: per member, whether it was trained on mirrored images (`tta=flip` flips only those).
-        tta: `none`, `flip` or `multiscale`.
+        tta: `none`, `flip` or `multiscale`, for every member or one per member (`load_ensemble`
+            gives `none` to a member a view does not suit: `flip` for one trained without flips).
     """
 
-    def __init__(self, members: Sequence[nn.Module], flips: Sequence[bool] | None = None,
-                 tta: str = "none") -> None:
+    def __init__(self, members: Sequence[nn.Module], tta: str | Sequence[str] = "none") -> None:
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member.")
         self.members = nn.ModuleList(members)
-        self.flips = list(flips) if flips is not None else [False] * len(members)
-        self.tta = check_tta(tta)
+        modes = [tta] * len(members) if isinstance(tta, str) else list(tta)
+        if len(modes) != len(members):
+            raise ValueError(f"{len(modes)} tta modes for {len(members)} members.")
+        self.tta = [check_tta(mode) for mode in modes]
         first = members[0]
         self.class_names = list(first.class_names)
         self.segmentation = type(first).__name__ == "SegmentationTask"
@@ -60,8 +61,8 @@ class EnsembleTask(pl.LightningModule):
     def probabilities(self, views: Sequence[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
         """Averaged probabilities: N x C, or N x C x H x W at `size` (default: the first view's pixels)."""
         outputs = []
-        for member, x, flips in zip(self.members, views, self.flips):
-            probs = tta_probabilities(member, x.to(self.device), self.tta, flips, self.segmentation)
+        for member, x, mode in zip(self.members, views, self.tta):
+            probs = tta_probabilities(member, x.to(self.device), mode, True, self.segmentation)
             if self.segmentation:
                 target = tuple(size or views[0].shape[-2:])
                 if probs.shape[-2:] != target:
