@@ -161,7 +161,7 @@ def cv_table(mean: dict, std: dict, ensemble: dict) -> str:
 
 def open_cv_run(cfg: DictConfig) -> tuple[Path, dict]:
     """A new cv run directory (or with `resume=` the one being continued); results.json says running."""
-    from transferkit.commands.resuming import read_results, session_record
+    from transferkit.commands.resuming import read_results, session_record, write_resumed_config
 
     if is_ddp_child():
         return Path(os.environ[ENV_CV_DIR]), {}
@@ -169,7 +169,9 @@ def open_cv_run(cfg: DictConfig) -> tuple[Path, dict]:
     os.environ[ENV_CV_DIR] = str(root)
     previous = read_results(root) if cfg.get("resume") else {}
     session = session_record(root, "cv", previous, {"folds": "finished folds skipped"} if cfg.get("resume") else None)
-    if not cfg.get("resume"):
+    if cfg.get("resume"):
+        write_resumed_config(cfg, root)  # config.yaml stays the run's own, with this session's RESUME_KEYS
+    else:
         write_config(cfg, root)
     write_json(session, root / "results.json")
     log.info("cv run directory: %s", root)
