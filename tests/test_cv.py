@@ -43,7 +43,7 @@ def test_cv_refuses_what_it_cannot_run(tmp_path):
     with pytest.raises(ConfigError, match="data.fold=1 picks one fold"):
         cli.run(["cv", "data.num_folds=3", "data.fold=1", f"run_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="task.kind='segmentation' has no folds"):
-        cli.run(["cv", "recipe=fcn32s", "+data.num_folds=3", f"run_dir={tmp_path}"])
+        cli.run(["cv", "recipe=fcn32s", f"run_dir={tmp_path}"])
 
 
 def test_fold_action_reads_what_a_fold_left(tmp_path):

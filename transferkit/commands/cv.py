@@ -41,11 +41,13 @@ from transferkit.rundir import (
 log = logging.getLogger("transferkit")
 
 PLAN_FILE = "folds.json"  # what each fold does in this session; DDP workers follow it, never the disk
-ROW_KEYS = ("fold", "status", "epochs", "train_size", "val_size")
 
 
 def check_cv(cfg: DictConfig) -> int:
     """The number of folds; the config must ask for a cross-validation this command can run."""
+    if cfg.task.kind != "classification":
+        raise ConfigError(f"cv splits classification data into stratified folds; task.kind={cfg.task.kind!r} "
+                          "has no folds. Use fit, and test/predict with ckpt_path=[...] for an ensemble.")
     folds = cfg.data.get("num_folds")
     if folds is None or int(folds) < 2:
         raise ConfigError(f"data.num_folds={folds!r}: cv needs 2 or more folds, e.g. "
@@ -53,9 +55,6 @@ def check_cv(cfg: DictConfig) -> int:
     if cfg.data.get("fold") is not None:
         raise ConfigError(f"data.fold={cfg.data.fold!r} picks one fold for a fit run; cv trains every fold. "
                           "Drop data.fold (or run fit data.num_folds=... data.fold=...).")
-    if cfg.task.kind != "classification":
-        raise ConfigError(f"cv splits classification data into stratified folds; task.kind={cfg.task.kind!r} "
-                          "has no folds. Use fit, and test/predict with ckpt_path=[...] for an ensemble.")
     if cfg.get("ckpt_path"):
         raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: cv trains each fold from the start; to continue an "
                           "interrupted cv run use python -m transferkit cv resume=<its run directory>.")
