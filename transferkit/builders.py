@@ -62,9 +62,14 @@ def construct(cls: type, kwargs: dict, group: str):
 
 def data_config(cfg: DictConfig) -> dict:
     """The input format a task records, so predict/export prepare images exactly as training did."""
+    from transferkit.data.transforms import trains_with_flips
+
     data = cfg.data
+    # The segmentation datamodule flips whenever its pipeline does; classification obeys augment.flips.
+    flips = cfg.task.kind == "segmentation" or bool(cfg.augment.get("flips", True))
     return {"image_size": int(data.image_size), "in_chans": int(cfg.model.in_chans), "mean": list(data.mean),
-            "std": list(data.std), "interpolation": str(data.interpolation), "augment": cfg.augment.name}
+            "std": list(data.std), "interpolation": str(data.interpolation), "augment": cfg.augment.name,
+            "flips": trains_with_flips(cfg.augment.name, flips)}
 
 
 def build_task(cfg: DictConfig, datamodule, weights: WeightsSource | None = None):

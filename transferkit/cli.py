@@ -22,6 +22,7 @@ log = logging.getLogger("transferkit")
 
 COMMANDS: dict[str, str] = {
     "fit": "transferkit.commands.fit",
+    "cv": "transferkit.commands.cv",
     "test": "transferkit.commands.test",
     "predict": "transferkit.commands.predict",
     "pretrain": "transferkit.commands.pretrain",
@@ -38,6 +39,7 @@ USAGE = (
     "  python -m transferkit fit recipe=small_similar\n"
     "  python -m transferkit fit recipe=small_similar data.root=/path/to/images trainer.max_epochs=5\n"
     "  python -m transferkit predict ckpt_path=outputs/.../checkpoints/best.ckpt input=/path/to/images\n"
+    "  python -m transferkit cv recipe=small_similar data.num_folds=5\n"
     "See README.md for the config keys."
 )
 
@@ -111,10 +113,21 @@ def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:
     return [*kept, f"recipe={name}"], str(path)
 
 
+def checkpoint_run_config(ckpt_path) -> Path:
+    """Where the config of the run behind `ckpt_path` lies: beside a checkpoint (<run>/checkpoints/x.ckpt),
+    in a run directory (a cv or fit run), or for a list, that of its first entry."""
+    from transferkit.loading import is_many
+
+    first = (list(ckpt_path) or [None])[0] if is_many(ckpt_path) else ckpt_path
+    path = Path(str(first)).expanduser().resolve()
+    return (path if path.is_dir() else path.parent.parent) / "config.yaml"
+
+
 def config_of_checkpoint_run(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """Start from the config saved beside a checkpoint (its run's data, model, recipe),
-    then apply this command line's `key=value` overrides on top."""
-    saved = Path(str(cfg.ckpt_path)).expanduser().resolve().parent.parent / "config.yaml"
+    then apply this command line's `key=value` overrides on top. `ckpt_path` may also be a
+    list (an ensemble: the first member's run) or a run directory (a cv run: its own config)."""
+    saved = checkpoint_run_config(cfg.ckpt_path)
     if not saved.is_file():
         return cfg
     base = OmegaConf.load(saved)
@@ -171,11 +184,12 @@ def run(argv: list[str]) -> dict:
         with open_dict(cfg):
             cfg.tune.overrides = list(overrides)
     if cfg.get("resume") and command != "tune":  # tune resume=<dir> continues its own study
-        if command != "fit":
-            raise UsageError(f"resume={cfg.resume} continues a fit run: python -m transferkit fit resume=...")
-        from transferkit.commands.resuming import config_of_resumed_run
+        if command not in ("fit", "cv"):
+            raise UsageError(f"resume={cfg.resume} continues a fit run (python -m transferkit fit resume=...) "
+                             "or a cv run (python -m transferkit cv resume=...).")
+        from transferkit.commands.resuming import config_of_resumed_cv, config_of_resumed_run
 
-        cfg = config_of_resumed_run(cfg, overrides)
+        cfg = (config_of_resumed_cv if command == "cv" else config_of_resumed_run)(cfg, overrides)
     module = importlib.import_module(COMMANDS[command])
     from transferkit.console import quiet_console
 

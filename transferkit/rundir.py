@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 ENV_RUN_DIR = "TRANSFERKIT_RUN_DIR"
+ENV_CV_DIR = "TRANSFERKIT_CV_DIR"  # a cv run's own directory, for its DDP workers (each fold has ENV_RUN_DIR)
 
 
 def is_ddp_child() -> bool:

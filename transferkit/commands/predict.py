@@ -1,4 +1,8 @@
-"""`python -m transferkit predict ckpt_path=... input=FILE_OR_FOLDER [output=preds.csv] [top_k=3]`."""
+"""`python -m transferkit predict ckpt_path=... input=FILE_OR_FOLDER [output=preds.csv] [top_k=3] [tta=flip]`.
+
+`ckpt_path` may be a list of checkpoints or a run directory (a cv run: its folds): an ensemble
+whose averaged probabilities fill the same CSV columns as one checkpoint's.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from transferkit.loading import load_task, require
+from transferkit.loading import checkpoint_paths, is_many, load_ensemble, require
 from transferkit.rundir import create_run_dir, write_config, write_json
+from transferkit.tasks.ensemble import EnsembleTask
+from transferkit.tta import check_tta
 
 log = logging.getLogger("transferkit")
 
@@ -36,10 +42,11 @@ def list_inputs(path: Path) -> list[Path]:
 
 
 class PredictDataset(Dataset):
-    """Decoded + eval-transformed images; unreadable files yield `None` and are reported."""
+    """Decoded images, each prepared by every member's eval pipeline; unreadable files yield no views
+    and are reported."""
 
-    def __init__(self, paths: list[Path], in_chans: int, transform) -> None:
-        self.paths, self.in_chans, self.transform = paths, in_chans, transform
+    def __init__(self, paths: list[Path], in_chans: list[int], transforms: list) -> None:
+        self.paths, self.in_chans, self.transforms = paths, list(in_chans), list(transforms)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -48,16 +55,16 @@ class PredictDataset(Dataset):
         from transferkit.data.decode import load_image
 
         try:
-            image = load_image(self.paths[index], in_chans=self.in_chans)
+            decoded = {c: load_image(self.paths[index], in_chans=c) for c in sorted(set(self.in_chans))}
         except (OSError, ValueError) as err:
-            return torch.zeros(0), index, str(err)
-        return self.transform(image=image)["image"], index, ""
+            return (), index, str(err)
+        return tuple(t(image=decoded[c])["image"] for t, c in zip(self.transforms, self.in_chans)), index, ""
 
 
 def collate(batch):
-    good = [b for b in batch if b[0].numel()]
-    images = torch.stack([b[0] for b in good]) if good else torch.zeros(0)
-    return images, [b[1] for b in good], [(b[1], b[2]) for b in batch if not b[0].numel()]
+    good = [b for b in batch if b[0]]
+    views = [torch.stack([b[0][k] for b in good]) for k in range(len(good[0][0]))] if good else []
+    return views, [b[1] for b in good], [(b[1], b[2]) for b in batch if not b[0]]
 
 
 def output_path(cfg: DictConfig, run_dir: Path) -> Path:
@@ -81,45 +88,59 @@ def eval_transform(task):
                             interpolation=data.get("interpolation", "bilinear"))
 
 
-def predict_probabilities(task, paths: list[Path], batch_size: int, num_workers: int):
-    """Softmax probabilities per readable image, plus (index, reason) for unreadable ones."""
-    data = task.hparams.data_config
-    loader = DataLoader(PredictDataset(paths, data["in_chans"], eval_transform(task)), batch_size=batch_size,
+def as_ensemble(model) -> EnsembleTask:
+    """An `EnsembleTask` (a single task becomes an ensemble of one, without TTA)."""
+    return model if isinstance(model, EnsembleTask) else EnsembleTask([model]).eval()
+
+
+def member_inputs(ensemble: EnsembleTask) -> tuple[list[int], list]:
+    """Per member: its input channels and its eval pipeline (each keeps its own preprocessing)."""
+    members = list(ensemble.members)
+    return [int(m.hparams.data_config["in_chans"]) for m in members], [eval_transform(m) for m in members]
+
+
+def predict_probabilities(model, paths: list[Path], batch_size: int, num_workers: int):
+    """Softmax probabilities (averaged over members and TTA views) per readable image, plus (index,
+    reason) for unreadable ones."""
+    ensemble = as_ensemble(model)
+    in_chans, transforms = member_inputs(ensemble)
+    loader = DataLoader(PredictDataset(paths, in_chans, transforms), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate)
     probs: dict[int, np.ndarray] = {}
     failed: list[tuple[int, str]] = []
-    device = next(task.parameters()).device
     with torch.inference_mode():
-        for images, indices, bad in loader:
+        for views, indices, bad in loader:
             failed += bad
             if len(indices):
-                out = task.predict_step(images.to(device), 0).cpu().numpy()
-                probs.update(zip(indices, out))
+                probs.update(zip(indices, ensemble.probabilities(views).cpu().numpy()))
     return probs, failed
 
 
-def write_masks(task, paths: list[Path], directory: Path) -> int:
+def write_masks(model, paths: list[Path], directory: Path) -> int:
     """For each image write ``<stem>_mask.png`` (palette index PNG) and ``<stem>_overlay.png``.
 
-    Masks have the image's own size. Unreadable files are logged and skipped; returns how many
-    images were written.
+    Masks have the image's own size: each member's per-pixel probabilities are resized to it and
+    averaged. Unreadable files are logged and skipped; returns how many images were written.
     """
     from transferkit.data.decode import UnreadableImageError, load_image
     from transferkit.reports.seg_grid import save_prediction_pngs
 
-    transform, in_chans = eval_transform(task), int(task.hparams.data_config["in_chans"])
+    ensemble = as_ensemble(model)
+    in_chans, transforms = member_inputs(ensemble)
     seen: dict[str, int] = {}
     written = 0
     for path in map(Path, paths):
         try:
-            image = load_image(path, in_chans=in_chans)
+            decoded = {c: load_image(path, in_chans=c) for c in sorted(set(in_chans))}
         except UnreadableImageError as error:
             log.warning("skipped %s: %s", path, error.reason)
             continue
+        image = decoded[in_chans[0]]
         stem = path.stem if path.stem not in seen else f"{path.stem}_{seen[path.stem]}"
         seen[path.stem] = seen.get(path.stem, 0) + 1
-        x = transform(image=image)["image"][None]
-        mask = task.predict_mask(x, image.shape[:2])[0].cpu().numpy()
+        views = [t(image=decoded[c])["image"][None] for t, c in zip(transforms, in_chans)]
+        with torch.inference_mode():
+            mask = ensemble.probabilities(views, size=image.shape[:2]).argmax(dim=1)[0].cpu().numpy()
         save_prediction_pngs(image, mask, directory, stem)
         written += 1
     log.info("Wrote %d masks and overlays to %s", written, directory)
@@ -144,29 +165,29 @@ def write_rows(path: Path, paths: list[Path], probs, failed, class_names, top_k:
 
 def run(cfg: DictConfig) -> dict:
     start = time.time()
-    ckpt = require(cfg.ckpt_path, "ckpt_path", "a checkpoint written by fit")
+    tta = check_tta(cfg.get("tta"))
+    ckpts = checkpoint_paths(cfg.ckpt_path)
     source = require(cfg.input, "input", "an image file or a folder of images")
-    task = load_task(ckpt)
-    task.to("cuda" if torch.cuda.is_available() else "cpu")
+    ensemble, _ = load_ensemble(ckpts, tta)
+    ensemble.to("cuda" if torch.cuda.is_available() else "cpu")
     paths = list_inputs(source)
     run_dir = create_run_dir(cfg.run_dir)
     write_config(cfg, run_dir)
     log.info("Run directory: %s", run_dir)
-    if type(task).__name__ == "SegmentationTask":
-        written = write_masks(task, paths, run_dir if cfg.output is None else Path(str(cfg.output)))
-        results = {"command": "predict", "checkpoint": str(ckpt), "input": str(source),
-                   "written": written, "run_dir": str(run_dir)}
+    checkpoint = str(ckpts[0]) if len(ckpts) == 1 and not is_many(cfg.ckpt_path) else [str(p) for p in ckpts]
+    results = {"command": "predict", "checkpoint": checkpoint, "tta": tta, "input": str(source)}
+    if ensemble.segmentation:
+        written = write_masks(ensemble, paths, run_dir if cfg.output is None else Path(str(cfg.output)))
+        results.update({"written": written, "run_dir": str(run_dir)})
     else:
         csv_path = output_path(cfg, run_dir)
-        probs, failed = predict_probabilities(task, paths, cfg.data.batch_size, 0)
-        top_k = max(1, min(int(cfg.top_k), len(task.class_names)))
-        ok = write_rows(csv_path, paths, probs, failed, task.class_names, top_k)
+        probs, failed = predict_probabilities(ensemble, paths, cfg.data.batch_size, 0)
+        top_k = max(1, min(int(cfg.top_k), len(ensemble.class_names)))
+        ok = write_rows(csv_path, paths, probs, failed, ensemble.class_names, top_k)
         for index, reason in failed:
             log.warning("skipped %s: %s", paths[index], reason)
         log.info("Wrote %d predictions to %s", ok, csv_path)
-        results = {"command": "predict", "checkpoint": str(ckpt), "input": str(source),
-                   "output": str(csv_path), "predicted": ok, "failed": len(failed),
-                   "run_dir": str(run_dir)}
+        results.update({"output": str(csv_path), "predicted": ok, "failed": len(failed), "run_dir": str(run_dir)})
     results["wall_seconds"] = round(time.time() - start, 2)
     write_json(results, run_dir / "results.json")
     return results

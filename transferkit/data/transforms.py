@@ -70,6 +70,16 @@ TRAIN_PIPELINES: dict[str, Callable[..., Steps]] = {
 }
 
 
+def trains_with_flips(name: str, flips: bool = True) -> bool:
+    """Whether the train pipeline `augment.name` mirrors images left-right (with `augment.flips`).
+
+    Recorded in each checkpoint's data config, so test-time augmentation flips only models that saw
+    mirrored images in training (a mirrored digit is not a digit).
+    """
+    steps = lookup(TRAIN_PIPELINES, name, "augment.name")(32)
+    return bool(flips) and any(isinstance(t, A.HorizontalFlip) for t in steps)
+
+
 class TorchSeededCompose(A.Compose):
     """`A.Compose` that seeds its one random generator from torch's seed in each process.
 
