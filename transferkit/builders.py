@@ -81,6 +81,8 @@ def build_task(cfg: DictConfig, datamodule, weights: WeightsSource | None = None
         "scheduler": container(cfg.scheduler),
         "data_config": data_config(cfg),
     }
+    if cfg.get("regularization") is not None:
+        kwargs["regularization"] = container(cfg.regularization)
     params = inspect.signature(cls).parameters
     augment = container(cfg.augment)
     for key in ("mixup_alpha", "cutmix_alpha"):
@@ -132,6 +134,10 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
         from transferkit.tasks.linear_probe import LinearProbeCallback
 
         callbacks.append(LinearProbeCallback(seed=int(cfg.seed)))  # finetune.head_solver=lbfgs or lpft
+    from transferkit.averaging import build_averaging_callbacks
+
+    # After the linear probe: an average starts from the solved head.
+    callbacks += build_averaging_callbacks(container(cfg.get("ema")), container(cfg.get("swa")))
     if cfg.task.kind == "segmentation":
         from transferkit.reports.seg_grid import GRID_SAMPLES, SegmentationGridCallback
 
