@@ -7,6 +7,7 @@ import logging
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+from torchmetrics import MeanMetric
 
 from transferkit.errors import ConfigError
 from transferkit.finetune import (
@@ -119,6 +120,13 @@ class BaseTask(pl.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def build_eval_losses() -> nn.ModuleDict:
+    """`val/loss` and `test/loss` as torchmetrics means: their sums and counts add up over DDP ranks
+    exactly. (`self.log(..., sync_dist=True)` averages the per-rank image counts as integers, which
+    is off whenever the ranks hold different numbers of images: transferkit.data.eval_sampler.)"""
+    return nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
 
 def fit_warmup(schedule: dict, max_epochs: int) -> dict:

@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transferkit.errors import ConfigError
 from transferkit.models.backbones import create_backbone
 from transferkit.models.heads import create_head, create_spatial_dropout, pooled_with_spatial_dropout
-from transferkit.tasks.base import BaseTask
+from transferkit.tasks.base import BaseTask, build_eval_losses
 from transferkit.tasks.linear_probe import LinearProbeCallback
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class ClassificationTask(BaseTask):
         metrics = build_metrics(num_classes, top_k)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self.eval_losses = build_eval_losses()
 
     @staticmethod
     def _build_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int, label_smoothing: float):
@@ -129,8 +130,9 @@ class ClassificationTask(BaseTask):
     def _eval_step(self, batch, metrics: MetricCollection, stage: str) -> None:
         x, y = batch
         logits = self(x)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True,
-                 prog_bar=stage == "val", batch_size=x.shape[0])
+        mean_loss = self.eval_losses[stage]
+        mean_loss.update(F.cross_entropy(logits, y), weight=x.shape[0])
+        self.log(f"{stage}/loss", mean_loss, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0])
         metrics.update(logits, y)
         self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0])
 

@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from transferkit.errors import ConfigError
 from transferkit.models.fcn import create_segmentation_model, fcn_forward
-from transferkit.tasks.base import BaseTask
+from transferkit.tasks.base import BaseTask, build_eval_losses
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class SegmentationTask(BaseTask):
         self.data_config = dict(data_config or {})
         self.val_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
         self.test_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
+        self.eval_losses = build_eval_losses()  # exact over uneven DDP ranks
 
     @staticmethod
     def _model_spec(model: dict | None) -> dict:
@@ -136,8 +137,9 @@ class SegmentationTask(BaseTask):
     def _eval_step(self, batch, confusion: MulticlassConfusionMatrix, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        self.log(f"{stage}/loss", self.loss(logits, y), on_epoch=True, sync_dist=True,
-                 prog_bar=stage == "val", batch_size=x.shape[0])
+        mean_loss = self.eval_losses[stage]
+        mean_loss.update(self.loss(logits, y), weight=x.shape[0])
+        self.log(f"{stage}/loss", mean_loss, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0])
         preds = logits.argmax(dim=1)
         confusion.update(preds, y)
         return preds
