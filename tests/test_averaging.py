@@ -133,3 +133,19 @@ def test_averaging_is_off_by_default_and_refused_with_auto(image_folder, fast) -
     assert build_averaging_callbacks(dict(cfg.ema), dict(cfg.swa)) == [] and cfg.regularization.l1 == 0
     with pytest.raises(ConfigError, match="finetune=auto"):
         cli.run(["fit", f"data.root={image_folder}", *fast, "finetune=auto", "ema.decay=0.99"])
+
+
+@pytest.mark.slow
+def test_swa_lr_from_epoch_start_through_the_cli(image_folder, fast, tmp_path) -> None:
+    import csv
+
+    args = [a for a in fast if not a.startswith("trainer.max_epochs")]
+    results = cli.run(["fit", f"data.root={image_folder}", *args, "finetune=partial", "finetune.trainable_stages=1",
+                       "augment=none", "trainer.max_epochs=3", "swa.epoch_start=1", "swa.lr=0.01"])
+    rows = [r for r in csv.DictReader((Path(results["run_dir"]) / "metrics.csv").open()) if r.get("lr-AdamW/head")]
+    head = [float(r["lr-AdamW/head"]) for r in rows]
+    backbone = [float(r["lr-AdamW/backbone.4"]) for r in rows]
+    assert head[0] != 0.01 and head[1:] == [0.01, 0.01]
+    assert backbone[1:] == pytest.approx([0.001, 0.001])  # each group keeps its scale (0.1)
+    last = read_checkpoint(Path(results["last_checkpoint"]))
+    assert last["callbacks"]["TrainableSWA"]["applied"] and last["callbacks"]["TrainableSWA"]["n_averaged"] == 2

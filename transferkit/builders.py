@@ -124,7 +124,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
     # resume from last.ckpt could lose epochs; this one is overwritten after every epoch.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                            auto_insert_metric_name=False, enable_version_counter=False)
-    callbacks: list[pl.Callback] = [checkpoint, last, LearningRateMonitor(logging_interval="epoch")]
+    callbacks: list[pl.Callback] = [checkpoint, last]
     callbacks += run_guard_callbacks(run_dir / "checkpoints")
     patience = cfg.early_stopping.patience
     if patience:
@@ -138,6 +138,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
 
     # After the linear probe: an average starts from the solved head.
     callbacks += build_averaging_callbacks(container(cfg.get("ema")), container(cfg.get("swa")))
+    callbacks.append(LearningRateMonitor(logging_interval="epoch"))  # after swa.lr is set for the epoch
     if cfg.task.kind == "segmentation":
         from transferkit.reports.seg_grid import GRID_SAMPLES, SegmentationGridCallback
 

@@ -53,7 +53,8 @@ def detect_launch(num_nodes: int = 1) -> Launch | None:
             agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true")
     from lightning_fabric.plugins.environments import SLURMEnvironment
 
-    if SLURMEnvironment.detect() and int(env.get("SLURM_NTASKS", "1")) > 1:
+    in_srun_step = "SLURM_STEP_ID" in env or "SLURM_STEPID" in env  # not the batch script itself
+    if SLURMEnvironment.detect() and in_srun_step and int(env.get("SLURM_NTASKS", "1")) > 1:
         slurm = SLURMEnvironment()
         return Launch(int(env.get("SLURM_PROCID", "0")), int(env["SLURM_NTASKS"]), slurm.main_address,
                       slurm.main_port)
@@ -82,6 +83,8 @@ def agree_on_run_dir(launch: Launch, choose: Callable[[], Path]) -> Path:
     if launch.index == 0:
         path = choose()
         store.set(launch.key, str(path))
+        log.info("Run directory %s: waiting for the other %d process(es) of the launch at %s:%d",
+                 path, launch.count - 1, launch.host, launch.port)
         deadline = time.monotonic() + RENDEZVOUS_TIMEOUT.total_seconds()
         while int(store.add(f"{launch.key}/read", 0)) < launch.count - 1:
             if time.monotonic() > deadline:
