@@ -86,6 +86,8 @@ def build_task(cfg: DictConfig, datamodule, weights: WeightsSource | None = None
         "scheduler": container(cfg.scheduler),
         "data_config": data_config(cfg),
     }
+    if cfg.get("regularization") is not None:
+        kwargs["regularization"] = container(cfg.regularization)
     params = inspect.signature(cls).parameters
     augment = container(cfg.augment)
     for key in ("mixup_alpha", "cutmix_alpha"):
@@ -127,7 +129,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
     # resume from last.ckpt could lose epochs; this one is overwritten after every epoch.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                            auto_insert_metric_name=False, enable_version_counter=False)
-    callbacks: list[pl.Callback] = [checkpoint, last, LearningRateMonitor(logging_interval="epoch")]
+    callbacks: list[pl.Callback] = [checkpoint, last]
     callbacks += run_guard_callbacks(run_dir / "checkpoints")
     patience = cfg.early_stopping.patience
     if patience:
@@ -137,6 +139,11 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
         from transferkit.tasks.linear_probe import LinearProbeCallback
 
         callbacks.append(LinearProbeCallback(seed=int(cfg.seed)))  # finetune.head_solver=lbfgs or lpft
+    from transferkit.averaging import build_averaging_callbacks
+
+    # After the linear probe: an average starts from the solved head.
+    callbacks += build_averaging_callbacks(container(cfg.get("ema")), container(cfg.get("swa")))
+    callbacks.append(LearningRateMonitor(logging_interval="epoch"))  # after swa.lr is set for the epoch
     if cfg.task.kind == "segmentation":
         from transferkit.reports.seg_grid import GRID_SAMPLES, SegmentationGridCallback
 

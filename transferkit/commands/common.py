@@ -86,10 +86,14 @@ def check_ckpt_path(cfg: DictConfig) -> None:
                           "run under outputs/) or resume=<run directory>.")
 
 
+def num_nodes(cfg: DictConfig) -> int:
+    return int(cfg.trainer.get("num_nodes") or 1)
+
+
 def open_run(cfg: DictConfig, command: str, datamodule) -> tuple[Path, dict]:
     """A new run directory, or with `resume=` the run being continued; results.json says running."""
     resumed = cfg.get("resume")
-    run_dir = reuse_run_dir(resumed) if resumed else create_run_dir(cfg.run_dir)
+    run_dir = reuse_run_dir(resumed) if resumed else create_run_dir(cfg.run_dir, num_nodes(cfg))
     previous, resumed_from = read_results(run_dir) if resumed else {}, None
     if resumed:
         meta = checkpoint_meta(Path(cfg.ckpt_path))

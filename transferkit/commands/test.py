@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from transferkit.builders import build_datamodule, build_trainer
-from transferkit.commands.common import metrics_table
+from transferkit.commands.common import metrics_table, num_nodes
 from transferkit.loading import checkpoint_paths, is_many, load_ensemble, load_task
 from transferkit.planning import plan_for_checkpoint
 from transferkit.rundir import create_run_dir, write_config, write_json
@@ -41,7 +41,7 @@ def run(cfg: DictConfig) -> dict:
             f"data.root={cfg.data.root!r} has classes {datamodule.class_names} but the checkpoint "
             f"{str(paths[0])!r} was trained on {model.class_names}; point data.root at matching data."
         )
-    run_dir = create_run_dir(cfg.run_dir)
+    run_dir = create_run_dir(cfg.run_dir, num_nodes(cfg))
     trainer = build_trainer(cfg, run_dir, first.monitor, first.monitor_mode)
     if trainer.is_global_zero:
         log.info("Run directory: %s", run_dir)

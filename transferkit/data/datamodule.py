@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
 from transferkit.data.embedded import embedded_spec
+from transferkit.data.eval_sampler import eval_sampler
 from transferkit.data.sources import (
     FileSource,
     TransformedDataset,
@@ -211,6 +212,8 @@ class ClassificationDataModule(pl.LightningDataModule):
             from transferkit.data.balance import build_weighted_sampler
 
             sampler = build_weighted_sampler(self.labels("train"), len(self.class_names), self.seed)
+        if not train:
+            sampler = eval_sampler(dataset, split)  # DDP: each image once, no padding
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=train and sampler is None,
                           sampler=sampler, num_workers=self.num_workers, drop_last=False,
                           persistent_workers=self.num_workers > 0, pin_memory=False)
