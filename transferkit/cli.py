@@ -27,6 +27,8 @@ COMMANDS: dict[str, str] = {
     "advise": "transferkit.commands.advise",
     "show-augs": "transferkit.commands.show_augs",
     "plot-lr": "transferkit.commands.plot_lr",
+    "summary": "transferkit.commands.summary",
+    "show-features": "transferkit.commands.show_features",
 }
 USAGE = (
     "usage: python -m transferkit <command> [key=value ...]\n"
@@ -136,7 +138,7 @@ def run(argv: list[str]) -> dict:
 
         raise UsageError(f"unknown command {command!r}.{did_you_mean(command, COMMANDS)}\n{USAGE}")
     cfg = compose_config(overrides)
-    if command in ("test", "advise", "show-augs") and cfg.ckpt_path:
+    if command in ("test", "advise", "show-augs", "show-features") and cfg.ckpt_path:
         cfg = config_of_checkpoint_run(cfg, overrides)
     if cfg.get("resume"):
         if command != "fit":
