@@ -15,7 +15,8 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from transferkit import cli
-from transferkit.model_arithmetic import output_size, trace_layers
+from transferkit.layer_records import trace_layers
+from transferkit.model_arithmetic import output_size
 
 
 @pytest.mark.parametrize(("size", "kernel", "stride", "padding", "dilation", "ceil", "expected"), [

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -21,7 +20,8 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from transferkit.errors import ConfigError
-from transferkit.model_arithmetic import GLOBAL, LayerRecord, trace_layers
+from transferkit.layer_records import LayerRecord, trace_layers
+from transferkit.model_arithmetic import GLOBAL
 from transferkit.planning import plan_model
 from transferkit.rundir import create_run_dir, write_config, write_json
 
