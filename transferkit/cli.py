@@ -31,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "plot-lr": "transferkit.commands.plot_lr",
     "lr-find": "transferkit.commands.lr_find",
     "tune": "transferkit.commands.tune",
+    "summary": "transferkit.commands.summary",
+    "show-features": "transferkit.commands.show_features",
 }
 USAGE = (
     "usage: python -m transferkit <command> [-m] [key=value ...]   (-m: sweep, e.g. optimizer.lr=0.01,0.001)\n"
@@ -178,7 +180,7 @@ def run(argv: list[str]) -> dict:
     if multirun:
         return run_sweep(command, overrides)
     cfg = compose_config(overrides)
-    if command in ("test", "advise", "show-augs") and cfg.ckpt_path:
+    if command in ("test", "advise", "show-augs", "show-features") and cfg.ckpt_path:
         cfg = config_of_checkpoint_run(cfg, overrides)
     if command == "tune":  # each trial composes this command line with its sampled values
         with open_dict(cfg):
