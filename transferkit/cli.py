@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import sys
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -27,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "advise": "transferkit.commands.advise",
     "show-augs": "transferkit.commands.show_augs",
     "plot-lr": "transferkit.commands.plot_lr",
+    "export": "transferkit.commands.export",
 }
 USAGE = (
     "usage: python -m transferkit <command> [key=value ...]\n"
@@ -90,7 +90,9 @@ def compose_config(overrides: list[str]) -> DictConfig:
 def config_of_checkpoint_run(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """Start from the config saved beside a checkpoint (its run's data, model, recipe),
     then apply this command line's `key=value` overrides on top."""
-    saved = Path(str(cfg.ckpt_path)).expanduser().resolve().parent.parent / "config.yaml"
+    from transferkit.rundir import checkpoint_run_config
+
+    saved = checkpoint_run_config(cfg.ckpt_path)
     if not saved.is_file():
         return cfg
     base = OmegaConf.load(saved)
@@ -100,6 +102,9 @@ def config_of_checkpoint_run(cfg: DictConfig, overrides: list[str]) -> DictConfi
     with open_dict(merged):
         merged.run_dir = cfg.run_dir
         merged.ckpt_path = cfg.ckpt_path
+        for key in cfg:  # keys added to conf/ after that run (e.g. export options) get their defaults
+            if key not in merged:
+                merged[key] = cfg[key]
     log.info("Using the config of the checkpoint's run: %s", saved)
     return merged
 
@@ -136,7 +141,7 @@ def run(argv: list[str]) -> dict:
 
         raise UsageError(f"unknown command {command!r}.{did_you_mean(command, COMMANDS)}\n{USAGE}")
     cfg = compose_config(overrides)
-    if command in ("test", "advise", "show-augs") and cfg.ckpt_path:
+    if command in ("test", "advise", "show-augs", "export") and cfg.ckpt_path:
         cfg = config_of_checkpoint_run(cfg, overrides)
     if cfg.get("resume"):
         if command != "fit":

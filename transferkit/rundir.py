@@ -52,6 +52,11 @@ def reuse_run_dir(run_dir: str) -> Path:
     return path
 
 
+def checkpoint_run_config(ckpt_path: str | Path) -> Path:
+    """The config.yaml of the run that wrote `<run_dir>/checkpoints/<name>.ckpt` (it may not exist)."""
+    return Path(str(ckpt_path)).expanduser().resolve().parent.parent / "config.yaml"
+
+
 def write_config(cfg: DictConfig, run_dir: Path) -> Path:
     path = run_dir / "config.yaml"
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
