@@ -50,6 +50,13 @@ def export(ckpt: Path, run_dir: Path, *overrides: str) -> dict:
     return cli.run(["export", f"ckpt_path={ckpt}", f"run_dir={run_dir}", *overrides])
 
 
+@pytest.fixture(scope="module")
+def cls_onnx(cls_ckpt, work) -> Path:
+    """One ONNX export (float input) that several tests read."""
+    export(cls_ckpt, work / "cls_onnx", "format=onnx")
+    return work / "cls_onnx"
+
+
 def read_csv(path: Path) -> list[dict]:
     return list(csv.DictReader(path.open()))
 
@@ -63,22 +70,19 @@ def assert_same_predictions(a: Path, b: Path) -> None:
         assert [t.split(":")[0] for t in x["top_k"].split(";")] == [t.split(":")[0] for t in y["top_k"].split(";")]
 
 
-@pytest.mark.parametrize("fmt,preprocessing", [("onnx", "false"), ("torchscript", "true")])
-def test_classification_export_parity_and_predict_csv(fmt, preprocessing, cls_ckpt, folder, work):
-    out = work / f"cls_{fmt}"
-    results = export(cls_ckpt, out, f"format={fmt}", f"export.include_preprocessing={preprocessing}")
+def check_classification_export(out: Path, fmt: str, uint8_input: bool, ckpt: Path, folder: Path, work: Path):
     name = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}[fmt]
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.meta.json", name, "results.json"]
     meta = json.loads((out / "model.meta.json").read_text())
     parity = meta["parity"]
     assert parity["passed"] and parity["images"] == 2 and parity["argmax_agreement"] == 1.0
     assert parity["max_abs_logit_diff"] < 1e-4 and parity["other_shape"]["passed"]
-    assert meta["export"]["include_preprocessing"] == (preprocessing == "true")
-    assert meta["input"]["dtype"] == ("uint8" if preprocessing == "true" else "float32")
-    assert results["parity"]["passed"]
+    assert meta["export"]["include_preprocessing"] == uint8_input
+    assert meta["input"]["dtype"] == ("uint8" if uint8_input else "float32")
+    assert json.loads((out / "results.json").read_text())["parity"]["passed"]
 
     from_ckpt, from_export = work / f"ckpt_{fmt}.csv", work / f"exported_{fmt}.csv"
-    cli.run(["predict", f"ckpt_path={cls_ckpt}", f"input={folder}", f"output={from_ckpt}", "top_k=2",
+    cli.run(["predict", f"ckpt_path={ckpt}", f"input={folder}", f"output={from_ckpt}", "top_k=2",
              "data.num_workers=0", f"run_dir={work / f'p_ckpt_{fmt}'}"])
     cli.run(["predict", f"ckpt_path={out / name}", f"input={folder}", f"output={from_export}", "top_k=2",
              "data.num_workers=0", f"run_dir={work / f'p_exp_{fmt}'}"])
@@ -86,14 +90,22 @@ def test_classification_export_parity_and_predict_csv(fmt, preprocessing, cls_ck
     assert_same_predictions(from_ckpt, from_export)
 
 
-def test_metadata_alone_reproduces_preprocessing(cls_ckpt, folder, work):
+def test_onnx_classification_parity_and_predict_csv(cls_onnx, cls_ckpt, folder, work):
+    check_classification_export(cls_onnx, "onnx", False, cls_ckpt, folder, work)
+
+
+def test_torchscript_classification_with_preprocessing_in_graph(cls_ckpt, folder, work):
+    export(cls_ckpt, work / "cls_ts", "format=torchscript", "export.include_preprocessing=true")
+    check_classification_export(work / "cls_ts", "torchscript", True, cls_ckpt, folder, work)
+
+
+def test_metadata_alone_reproduces_preprocessing(cls_onnx, cls_ckpt, folder, work):
     """A user with only model.onnx + model.meta.json (PIL, OpenCV, onnxruntime; no transferkit)
     gets the checkpoint's probabilities."""
     import cv2
     import onnxruntime as ort
 
-    out = work / "cls_meta"
-    export(cls_ckpt, out, "format=onnx")
+    out = cls_onnx
     meta = json.loads((out / "model.meta.json").read_text())
     spec, size = meta["input"], meta["input"]["image_size"]
     assert spec["interpolation"] == "bilinear" and spec["normalization"] == "mean_std" and spec["layout"] == "NCHW"
@@ -138,26 +150,67 @@ def test_fcn8s_export_parity_and_masks(fmt, preprocessing, seg_ckpt, work):
         assert a.shape == b.shape and (a == b).mean() >= 0.999
 
 
-def test_corrupt_missing_or_lonely_model_files_fail_in_one_line(cls_ckpt, work, folder):
-    out = work / "cls_errors"
-    export(cls_ckpt, out, "format=onnx")
-    broken = work / "broken"
-    broken.mkdir()
+def test_corrupt_missing_or_lonely_model_files_fail_in_one_line(cls_onnx, work, folder, capsys):
+    meta = json.loads((cls_onnx / "model.meta.json").read_text())
+    broken, broken_ts, lonely, odd = (work / name for name in ("broken", "broken_ts", "lonely", "odd"))
+    for directory in (broken, broken_ts, lonely, odd):
+        directory.mkdir()
     (broken / "model.onnx").write_bytes(b"\x08\x07not really onnx")
-    (broken / "model.meta.json").write_text((out / "model.meta.json").read_text())
-    (work / "broken_ts").mkdir()
-    (work / "broken_ts" / "model.torchscript.pt").write_bytes(b"PK\x03\x04truncated")
-    (work / "broken_ts" / "model.meta.json").write_text("{}")
-    lonely = work / "lonely"
-    lonely.mkdir()
-    (lonely / "model.onnx").write_bytes((out / "model.onnx").read_bytes())
-    cases = {broken / "model.onnx": "not a readable ONNX model", work / "nowhere" / "model.onnx": "does not exist",
-             lonely / "model.onnx": "no metadata file", work / "broken_ts" / "model.torchscript.pt": "lacks"}
+    (broken / "model.meta.json").write_text(json.dumps(meta))
+    (broken_ts / "model.torchscript.pt").write_bytes(b"PK\x03\x04truncated")
+    (broken_ts / "model.meta.json").write_text(json.dumps({**meta, "export": {**meta["export"], "format": "torchscript"}}))
+    (lonely / "model.onnx").write_bytes((cls_onnx / "model.onnx").read_bytes())
+    (odd / "model.onnx").write_bytes((cls_onnx / "model.onnx").read_bytes())
+    (odd / "model.meta.json").write_text("{}")
+    cases = {broken / "model.onnx": "not a readable ONNX model",
+             broken_ts / "model.torchscript.pt": "not a readable TorchScript model",
+             work / "nowhere" / "model.onnx": "does not exist",
+             lonely / "model.onnx": "no metadata file", odd / "model.onnx": "lacks"}
     for path, what in cases.items():
-        proc = subprocess.run([sys.executable, "-m", "transferkit", "predict", f"ckpt_path={path}",
-                               f"input={folder}", f"run_dir={work / 'never'}"], capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 1, proc.stderr
-        error = proc.stderr.splitlines()[0]
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(["predict", f"ckpt_path={path}", f"input={folder}", f"run_dir={work / 'never'}"])
+        assert stopped.value.code == 1
+        error = capsys.readouterr().err.splitlines()[0]
         assert error.startswith("transferkit: error:") and str(path) in error and what in error, error
     assert not (work / "never").exists()
+
+
+def test_exported_predict_path_imports_neither_lightning_nor_timm(cls_onnx, folder, work):
+    """Predict from the exported file in a fresh interpreter: same CSV as the checkpoint's, and
+    pytorch_lightning / timm never imported."""
+    out = work / "fresh.csv"
+    code = ("import sys; from transferkit.inference.run import predict_exported; "
+            f"predict_exported({str(cls_onnx / 'model.onnx')!r}, {str(folder)!r}, {str(out)!r}, top_k=2); "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('pytorch_lightning', 'lightning', 'lightning_fabric', 'timm')); print(heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert_same_predictions(work / "ckpt_onnx.csv" if (work / "ckpt_onnx.csv").exists() else
+                            predict_with_checkpoint(cls_onnx, folder, work), out)
+
+
+def predict_with_checkpoint(exported: Path, folder: Path, work: Path) -> Path:
+    ckpt = json.loads((exported / "model.meta.json").read_text())["source"]["checkpoint"]
+    out = work / "ckpt_fresh.csv"
+    cli.run(["predict", f"ckpt_path={ckpt}", f"input={folder}", f"output={out}", "top_k=2",
+             "data.num_workers=0", f"run_dir={work / 'p_fresh'}"])
+    return out
+
+
+def test_failed_parity_keeps_nothing_and_names_the_files(cls_ckpt, work, monkeypatch):
+    from transferkit.commands import export as export_command
+    from transferkit.inference.exported import ExportedModel
+
+    class Drifting(ExportedModel):  # an exporter bug: logits off by 0.05
+        def __call__(self, batch):
+            return super().__call__(batch) + 0.05
+
+    monkeypatch.setattr(export_command, "ExportedModel", Drifting)
+    out = work / "drift"
+    with pytest.raises(export_command.ParityError, match=r"max \|dlogit\| 0\.05.*First disagreeing: image .*\.png"):
+        export(cls_ckpt, out, "format=torchscript")
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "results.json"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "failed" and results["parity"]["logits_outside_tolerance"] > 0
