@@ -165,13 +165,13 @@ def test_corrupt_missing_or_lonely_model_files_fail_in_one_line(cls_onnx, work, 
     cases = {broken / "model.onnx": "not a readable ONNX model",
              broken_ts / "model.torchscript.pt": "not a readable TorchScript model",
              work / "nowhere" / "model.onnx": "does not exist",
-             lonely / "model.onnx": "no metadata file", odd / "model.onnx": "lacks"}
-    for path, what in cases.items():
+             lonely / "model.onnx": "no metadata file", odd / "model.onnx": "model.meta.json' lacks"}
+    for path, what in cases.items():  # each names the file at fault (the model, or its metadata)
         with pytest.raises(SystemExit) as stopped:
             cli.main(["predict", f"ckpt_path={path}", f"input={folder}", f"run_dir={work / 'never'}"])
         assert stopped.value.code == 1
         error = capsys.readouterr().err.splitlines()[0]
-        assert error.startswith("transferkit: error:") and str(path) in error and what in error, error
+        assert error.startswith("transferkit: error:") and str(path.parent) in error and what in error, error
     assert not (work / "never").exists()
 
 
