@@ -214,3 +214,17 @@ def test_failed_parity_keeps_nothing_and_names_the_files(cls_ckpt, work, monkeyp
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "results.json"]
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "failed" and results["parity"]["logits_outside_tolerance"] > 0
+
+
+def test_checkpoint_without_its_run_checks_parity_on_input(cls_ckpt, folder, work):
+    from transferkit.errors import ConfigError
+
+    moved = work / "moved" / "best.ckpt"
+    moved.parent.mkdir()
+    moved.write_bytes(cls_ckpt.read_bytes())
+    with pytest.raises(ConfigError, match=r"no run config.yaml.*pass input="):
+        export(moved, work / "moved_run", "format=torchscript")
+    assert not (work / "moved_run").exists()
+    results = export(moved, work / "moved_input", "format=torchscript", f"input={folder}")
+    assert results["parity"]["passed"] and results["parity"]["images"] == 12
+    assert results["parity"]["on"] == f"input={folder}"
