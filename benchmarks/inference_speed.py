@@ -172,7 +172,8 @@ def markdown(result: dict) -> str:
              "| method | " + " | ".join(f"batch {b}" for b in batches) + " |",
              "|---|" + "---|" * len(batches)]
     for method, per in result["median_images_per_s"].items():
-        lines.append(f"| {method} | " + " | ".join(f"{per[b]:.0f}" for b in batches) + " |")
+        lines.append(f"| {method} | " + " | ".join(f"{per[b]:.1f}" if per[b] < 10 else f"{per[b]:.0f}"
+                                                    for b in batches) + " |")
     lines.append("| predict / plain | " + " | ".join(f"{result['predict_vs_plain'][b]:.2f}x" for b in batches) + " |")
     m = result["machine"]
     lines += ["", f"{m['platform']}, {m['cpus']} CPUs, torch {m['torch']}, onnxruntime {m['onnxruntime']}, "
