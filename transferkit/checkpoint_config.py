@@ -36,5 +36,8 @@ def config_of_checkpoint_run(cfg: DictConfig, overrides: list[str]) -> DictConfi
     with open_dict(merged):
         merged.run_dir = cfg.run_dir
         merged.ckpt_path = cfg.ckpt_path
+        for key in cfg:  # keys added to conf/ after that run (e.g. export options) get their defaults
+            if key not in merged:
+                merged[key] = cfg[key]
     log.info("Using the config of the checkpoint's run: %s", saved)
     return merged

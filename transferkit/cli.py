@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "tune": "transferkit.commands.tune",
     "summary": "transferkit.commands.summary",
     "show-features": "transferkit.commands.show_features",
+    "export": "transferkit.commands.export",
 }
 USAGE = (
     "usage: python -m transferkit <command> [-m] [key=value ...]   (-m: sweep, e.g. optimizer.lr=0.01,0.001)\n"
@@ -94,6 +95,8 @@ def compose_config(overrides: list[str]) -> DictConfig:
     return cfg
 
 
+
+
 def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:
     """The recipe the overrides choose (a name, or a file's absolute path); `recipe=path/to/my.yaml`
     becomes an option of the `recipe` group, and its override names that option."""
@@ -152,7 +155,7 @@ def run(argv: list[str]) -> dict:
     if multirun:
         return run_sweep(command, overrides)
     cfg = compose_config(overrides)
-    if command in ("test", "advise", "show-augs", "show-features") and cfg.ckpt_path:
+    if command in ("test", "advise", "show-augs", "show-features", "export") and cfg.ckpt_path:
         cfg = config_of_checkpoint_run(cfg, overrides)
     if command == "tune":  # each trial composes this command line with its sampled values
         with open_dict(cfg):

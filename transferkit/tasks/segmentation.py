@@ -178,6 +178,6 @@ class SegmentationTask(BaseTask):
 
         The logits are resized bilinearly to ``size`` (the images' own size) before the argmax.
         """
-        logits = F.interpolate(self(x.to(self.device)), size=tuple(size), mode="bilinear",
-                               align_corners=False)
-        return logits.argmax(dim=1)
+        from transferkit.inference.outputs import mask_at_size
+
+        return mask_at_size(self(x.to(self.device)), size)
