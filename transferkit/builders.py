@@ -132,6 +132,12 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
         from transferkit.tasks.linear_probe import LinearProbeCallback
 
         callbacks.append(LinearProbeCallback(seed=int(cfg.seed)))  # finetune.head_solver=lbfgs or lpft
+    from transferkit.reports.run_report import report_options
+
+    if report_options(cfg)["enabled"]:
+        from transferkit.reports.test_outputs import TestOutputsCallback
+
+        callbacks.append(TestOutputsCallback())  # the test pass's outputs, for report.html
     if cfg.task.kind == "segmentation":
         from transferkit.reports.seg_grid import GRID_SAMPLES, SegmentationGridCallback
 

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "advise": "transferkit.commands.advise",
     "show-augs": "transferkit.commands.show_augs",
     "plot-lr": "transferkit.commands.plot_lr",
+    "report": "transferkit.commands.report",
 }
 USAGE = (
     "usage: python -m transferkit <command> [key=value ...]\n"

@@ -12,6 +12,7 @@ from transferkit.builders import build_datamodule, build_trainer
 from transferkit.commands.common import metrics_table
 from transferkit.loading import load_task, require
 from transferkit.planning import plan_for_checkpoint
+from transferkit.reports.run_report import finish_run_report
 from transferkit.rundir import create_run_dir, write_config, write_json
 
 log = logging.getLogger("transferkit")
@@ -43,4 +44,5 @@ def run(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         write_json(results, run_dir / "results.json")
         log.info("%s", metrics_table(metrics))
+        finish_run_report(cfg, trainer, datamodule, run_dir, results)
     return results
