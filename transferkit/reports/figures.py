@@ -78,7 +78,11 @@ def curves_figure(curves: dict[str, dict[str, list[tuple[int, float]]]], path: P
         for stage, points in curves[quantity].items():
             epochs, values = zip(*points)
             axes.plot([e + 1 for e in epochs], values, marker="o", markersize=3, label=stage)
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epochs = sorted({e + 1 for points in curves[quantity].values() for e, _ in points})
+        if len(epochs) <= 12:
+            axes.set_xticks(epochs)
+        else:
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("epoch")
         axes.set_title(quantity)
         axes.grid(alpha=0.3)

@@ -16,8 +16,9 @@ h1{margin-bottom:.1em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
 th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 code,pre{background:#f6f8fa;border-radius:3px}code{padding:.1em .3em}pre{padding:.8em;overflow:auto}
-img{max-width:100%;border:1px solid #eee}.figs{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
-.bad{color:#b00020}.ok{color:#1b7f3b}
+img{max-width:100%;border:1px solid #eee}.row img{max-width:640px}.figs{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
+.row{display:flex;flex-wrap:wrap;gap:2em;align-items:flex-start}.row h2{margin-top:.6em}
+.bad{color:#b00020}
 """
 KEY_METRICS_FIRST = ("test/", "best/", "val/")
 
@@ -53,6 +54,10 @@ def wall_time(seconds) -> str:
     return f"{int(minutes)} min {rest:04.1f} s" if minutes else f"{rest:.1f} s"
 
 
+def plain(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def overview(results: dict, command: str) -> str:
     data = results.get("data") or {}
     source = data.get("root") or (f"embedded:{data['embedded']}" if data.get("embedded") else None)
@@ -66,14 +71,14 @@ def overview(results: dict, command: str) -> str:
             ("started", escape(str(results.get("started", "-"))))]
     if results.get("checkpoint"):
         rows.append(("checkpoint", escape(str(results["checkpoint"]))))
-    return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+    return "<div><h2>Run</h2><table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table></div>"
 
 
 def metrics_section(results: dict) -> str:
     metrics = results.get("metrics") or {}
     order = sorted(metrics, key=lambda k: (next((i for i, p in enumerate(KEY_METRICS_FIRST) if k.startswith(p)),
                                                  len(KEY_METRICS_FIRST)), k))
-    return "<h2>Metrics</h2>" + table(["metric", "value"], [(k, float(metrics[k])) for k in order])
+    return "<div><h2>Metrics</h2>" + table(["metric", "value"], [(k, float(metrics[k])) for k in order]) + "</div>"
 
 
 def data_section(results: dict) -> str:
@@ -83,22 +88,23 @@ def data_section(results: dict) -> str:
     text = table(["split", "images"], sizes)
     if names:
         shown = ", ".join(map(str, names[:40])) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
-        text += f"<p>{len(names)} classes: {escape(shown)}</p>"
+        text += f'<p style="max-width:22em">{len(names)} classes: {escape(shown)}</p>'
     skipped = data.get("skipped_files") or []
     if skipped:
         text += f"<p class=\"bad\">{len(skipped)} unreadable file(s) skipped (see results.json).</p>"
-    return "<h2>Data</h2>" + text
+    return "<div><h2>Data</h2>" + text + "</div>"
 
 
 def plan_section(results: dict) -> str:
     plan, finetune = results.get("plan") or {}, results.get("finetune") or {}
     if not plan and not finetune:
         return ""
-    parts = ["<h2>Plan and strategy</h2>"]
+    parts = ["<h2>Plan and strategy</h2>", '<div class="row">']
     if finetune:
-        parts.append(table(["finetune", "value"], [(k, json.dumps(v)) for k, v in finetune.items()]))
+        parts.append(table(["finetune", "value"], [(k, plain(v)) for k, v in finetune.items()]))
     if plan.get("input"):
-        parts.append(table(["input", "value"], [(k, json.dumps(v)) for k, v in plan["input"].items()]))
+        parts.append(table(["input", "value"], [(k, plain(v)) for k, v in plan["input"].items()]))
+    parts.append("</div>")
     notes = list(plan.get("notes") or [])
     if notes:
         parts.append("<ul>" + "".join(f"<li>{escape(str(n))}</li>" for n in notes) + "</ul>")
@@ -121,10 +127,12 @@ def classification_sections(run_dir: Path, files: dict, tables: dict) -> str:
     top = [(k + 1, r["index"], r["path"] or "-", r["true"], r["predicted"], r["probability"])
            for k, r in enumerate(tables["top_losses"])]
     return "".join([
-        "<h2>Confusion matrix (test)</h2>", figure(run_dir, files["confusion_png"], "confusion matrix"),
-        f"<p>{link(run_dir, files['confusion_csv'])} (rows: true class, columns: predicted)</p>",
-        "<h2>Per class (test)</h2>", table(["class", "precision", "recall", "F1", "support"], per_class),
-        f"<p>{link(run_dir, files['per_class_csv'])}, every test image: {link(run_dir, files['predictions_csv'])}</p>",
+        '<div class="row"><div><h2>Confusion matrix (test)</h2>',
+        figure(run_dir, files["confusion_png"], "confusion matrix"),
+        f"<p>{link(run_dir, files['confusion_csv'])} (rows: true class, columns: predicted)</p></div>",
+        "<div><h2>Per class (test)</h2>", table(["class", "precision", "recall", "F1", "support"], per_class),
+        f"<p>{link(run_dir, files['per_class_csv'])}; every test image: {link(run_dir, files['predictions_csv'])}</p>",
+        "</div></div>",
         "<h2>Top losses (test)</h2>", figure(run_dir, files["top_losses"], "top losses"),
         table(["#", "index", "path", "true", "predicted", "probability"], top),
     ])
@@ -155,13 +163,13 @@ def files_section(run_dir: Path) -> str:
 def render_page(run_dir: Path, results: dict, command: str, task: str, files: dict, tables: dict) -> str:
     run_dir = Path(run_dir)
     body = [f"<h1>transferkit {escape(str(results.get('command', 'run')))} report</h1>",
-            f'<p class="sub">{escape(str(run_dir))}</p>', overview(results, command), metrics_section(results),
-            data_section(results), plan_section(results)]
+            f'<p class="sub">{escape(str(run_dir))}</p>',
+            '<div class="row">', overview(results, command), metrics_section(results), data_section(results), "</div>"]
     if "curves" in files:
         body += ["<h2>Training curves</h2>", figure(run_dir, files["curves"], "loss and metric per epoch")]
     body.append(segmentation_sections(run_dir, files, tables) if task == "segmentation"
                 else classification_sections(run_dir, files, tables))
-    body.append(files_section(run_dir))
+    body += [plan_section(results), files_section(run_dir)]
     config = run_dir / "config.yaml"
     if config.is_file():
         body.append(f"<details><summary>config.yaml</summary><pre>{escape(config.read_text())}</pre></details>")

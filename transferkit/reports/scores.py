@@ -4,6 +4,7 @@ the ranking of the worst predictions. Pure numpy; the report writes these as CSV
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
 
@@ -15,29 +16,29 @@ def confusion_matrix(targets: np.ndarray, preds: np.ndarray, num_classes: int) -
     return flat.reshape(num_classes, num_classes)
 
 
-def ratio(numerator: float, denominator: float) -> float:
-    """numerator / denominator, 0.0 where the denominator is 0 (scikit-learn's zero_division=0)."""
-    return float(numerator) / float(denominator) if denominator else 0.0
+def ratio(numerator, denominator) -> Fraction:
+    """numerator / denominator, exactly; 0 where the denominator is 0 (scikit-learn's zero_division=0)."""
+    return Fraction(numerator) / Fraction(denominator) if denominator else Fraction(0)
 
 
 def per_class_rows(confmat: np.ndarray, class_names: Sequence[str]) -> list[dict]:
     """One row per class (precision, recall, F1, support), then `macro avg` and `weighted avg` rows
-    as scikit-learn's classification_report computes them."""
+    as scikit-learn's classification_report defines them. Computed in exact fractions, so each value
+    is the correctly rounded float of its true value."""
     confmat = np.asarray(confmat, dtype=np.int64)
-    hits, support, predicted = np.diag(confmat), confmat.sum(axis=1), confmat.sum(axis=0)
-    rows = []
-    for k, name in enumerate(class_names):
-        precision, recall = ratio(hits[k], predicted[k]), ratio(hits[k], support[k])
-        rows.append({"class": str(name), "precision": precision, "recall": recall,
-                     "f1": ratio(2 * precision * recall, precision + recall), "support": int(support[k])})
-    averages = []
-    for label, weights in (("macro avg", np.ones(len(rows))), ("weighted avg", support.astype(np.float64))):
-        row = {"class": label}
-        for key in ("precision", "recall", "f1"):
-            values = np.array([r[key] for r in rows])
-            row[key] = ratio(float((values * weights).sum()), float(weights.sum()))
-        averages.append({**row, "support": int(support.sum())})
-    return rows + averages
+    hits, support, predicted = (np.diag(confmat).tolist(), confmat.sum(axis=1).tolist(),
+                                confmat.sum(axis=0).tolist())
+    exact = [{"precision": ratio(hits[k], predicted[k]), "recall": ratio(hits[k], support[k]),
+              "f1": ratio(2 * hits[k], predicted[k] + support[k])}  # = 2PR / (P + R)
+             for k in range(len(class_names))]
+    total = sum(support)
+    macro = {key: ratio(sum(row[key] for row in exact), len(exact)) for key in ("precision", "recall", "f1")}
+    weighted = {key: ratio(sum(row[key] * n for row, n in zip(exact, support)), total)
+                for key in ("precision", "recall", "f1")}
+    rows = [{"class": str(name), **exact[k], "support": int(support[k])} for k, name in enumerate(class_names)]
+    rows += [{"class": "macro avg", **macro, "support": total}, {"class": "weighted avg", **weighted, "support": total}]
+    return [{key: float(value) if isinstance(value, Fraction) else value for key, value in row.items()}
+            for row in rows]
 
 
 def iou_rows(confmat: np.ndarray, class_names: Sequence[str]) -> list[dict]:
