@@ -18,6 +18,12 @@ ANNOTATE_UP_TO = 25  # classes; bigger matrices are colour only
 LABEL_UP_TO = 60     # classes; bigger matrices have no tick labels
 
 
+def label_inches(labels: Sequence[str], fontsize: float = 8) -> float:
+    """Room a column of tick labels needs (fixed margins instead of tight_layout, which draws twice)."""
+    longest = max((len(str(label)) for label in labels), default=1)
+    return min(0.15 + 0.6 * fontsize / 72 * longest, 2.5)
+
+
 def save(figure: Figure, path: Path, dpi: int = 100) -> Path:
     figure.savefig(path, dpi=dpi, metadata=PNG_METADATA)
     return path
@@ -28,13 +34,18 @@ def confusion_figure(confmat: np.ndarray, class_names: Sequence[str], path: Path
     n = len(class_names)
     rows = confmat.sum(axis=1, keepdims=True)
     fractions = np.divide(confmat, rows, out=np.zeros(confmat.shape, dtype=np.float64), where=rows > 0)
-    side = min(max(4.0, 0.45 * n + 2.0), 16.0)
-    figure = Figure(figsize=(side + 1.0, side))
-    axes = figure.add_subplot()
+    side = min(max(3.5, 0.4 * n), 14.0)  # inches of the matrix itself
+    rotate = n > 10 or max((len(str(c)) for c in class_names), default=1) > 3
+    labels = label_inches(class_names) if n <= LABEL_UP_TO else 0.1
+    left, bottom, top, right = labels + 0.45, (labels if rotate else 0.25) + 0.45, 0.45, 1.3
+    width, height = left + side + right, bottom + side + top
+    figure = Figure(figsize=(width, height))
+    axes = figure.add_axes((left / width, bottom / height, side / width, side / height))
     image = axes.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
+    bar = figure.add_axes(((left + side + 0.2) / width, bottom / height, 0.2 / width, side / height))
+    figure.colorbar(image, cax=bar, label="fraction of the true class")
     if n <= LABEL_UP_TO:
-        axes.set_xticks(range(n), [str(c) for c in class_names], rotation=90 if n > 10 else 0, fontsize=8)
+        axes.set_xticks(range(n), [str(c) for c in class_names], rotation=90 if rotate else 0, fontsize=8)
         axes.set_yticks(range(n), [str(c) for c in class_names], fontsize=8)
     if n <= ANNOTATE_UP_TO:
         for (i, j), count in np.ndenumerate(confmat):
@@ -43,8 +54,7 @@ def confusion_figure(confmat: np.ndarray, class_names: Sequence[str], path: Path
                 axes.text(j, i, str(count), ha="center", va="center", fontsize=8, color=colour)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
-    axes.set_title(title)
-    figure.tight_layout()
+    axes.set_title(title, fontsize=10)
     return save(figure, path)
 
 
@@ -52,8 +62,10 @@ def iou_figure(rows: Sequence[dict], path: Path, title: str) -> Path:
     """Horizontal bars, one per class; classes absent from truth and prediction are marked n/a."""
     names = [r["class"] for r in rows]
     values = [r["iou"] if r["iou"] is not None else 0.0 for r in rows]
-    figure = Figure(figsize=(6.0, max(2.0, 0.35 * len(rows) + 1.2)))
-    axes = figure.add_subplot()
+    left, height = label_inches(names) + 0.2, max(2.0, 0.35 * len(rows) + 1.2)
+    width = left + 5.0
+    figure = Figure(figsize=(width, height))
+    axes = figure.add_axes((left / width, 0.6 / height, 4.6 / width, (height - 1.0) / height))
     positions = np.arange(len(rows))
     axes.barh(positions, values, color="tab:blue")
     for y, row in zip(positions, rows):
@@ -63,8 +75,7 @@ def iou_figure(rows: Sequence[dict], path: Path, title: str) -> Path:
     axes.invert_yaxis()
     axes.set_xlim(0, 1)
     axes.set_xlabel("IoU (test)")
-    axes.set_title(title)
-    figure.tight_layout()
+    axes.set_title(title, fontsize=10)
     return save(figure, path)
 
 
@@ -87,24 +98,33 @@ def curves_figure(curves: dict[str, dict[str, list[tuple[int, float]]]], path: P
         axes.set_title(quantity)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.75 / figure.get_figwidth(), right=0.98,
+                           bottom=0.17, top=0.9, wspace=0.3)
     return save(figure, path)
 
 
 def top_losses_figure(images: np.ndarray, captions: Sequence[str], wrong: Sequence[bool], path: Path,
                       title: str, columns: int = 4) -> Path:
-    """A grid of ``H x W x 3`` images, each under its caption (red: wrong, green: right)."""
+    """A grid of ``H x W x 3`` images, each under its two-line caption (red: wrong, green: right).
+
+    Panels are placed at fixed pixel positions (no tight_layout, which draws the figure twice)."""
+    cell, caption, header, dpi = 190, 34, 30, 100  # pixels
     count = max(len(images), 1)
     columns = min(columns, count)
     rows = -(-count // columns)
-    figure = Figure(figsize=(1.9 * columns, 2.05 * rows + 0.35))
+    width, height = columns * cell, rows * (cell + caption) + header
+    figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    figure.text(0.5, 1 - header / 2 / height, title, ha="center", va="center", fontsize=9)
     for k, image in enumerate(images):
-        axes = figure.add_subplot(rows, columns, k + 1)
+        row, col = divmod(k, columns)
+        top = height - header - row * (cell + caption)
+        side = cell - 12
+        axes = figure.add_axes(((col * cell + 6) / width, (top - caption - side) / height, side / width,
+                                side / height))
         axes.imshow(image, interpolation="nearest")
         axes.set_axis_off()
-        axes.set_title(captions[k], fontsize=7, color="tab:red" if wrong[k] else "tab:green")
+        figure.text((col * cell + cell / 2) / width, (top - caption / 2) / height, captions[k], ha="center",
+                    va="center", fontsize=8, color="tab:red" if wrong[k] else "tab:green")
     if not len(images):
-        figure.text(0.5, 0.5, "no test images", ha="center", va="center")
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    return save(figure, path)
+        figure.text(0.5, 0.4, "no test images", ha="center", va="center")
+    return save(figure, path, dpi=dpi)

@@ -71,7 +71,7 @@ def overview(results: dict, command: str) -> str:
             ("started", escape(str(results.get("started", "-"))))]
     if results.get("checkpoint"):
         rows.append(("checkpoint", escape(str(results["checkpoint"]))))
-    return "<div><h2>Run</h2><table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table></div>"
+    return '<div style="max-width:34em"><h2>Run</h2><table>' + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table></div>"
 
 
 def metrics_section(results: dict) -> str:
