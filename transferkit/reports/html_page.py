@@ -16,8 +16,8 @@ h1{margin-bottom:.1em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
 th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 code,pre{background:#f6f8fa;border-radius:3px}code{padding:.1em .3em}pre{padding:.8em;overflow:auto}
-img{max-width:100%;border:1px solid #eee}.row img{max-width:640px}.figs{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
-.row{display:flex;flex-wrap:wrap;gap:2em;align-items:flex-start}.row h2{margin-top:.6em}
+img{max-width:100%;border:1px solid #eee}.row img{max-width:520px}.figs{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
+.row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}.row h2{margin-top:.6em}
 .bad{color:#b00020}
 """
 KEY_METRICS_FIRST = ("test/", "best/", "val/")
@@ -131,7 +131,7 @@ def classification_sections(run_dir: Path, files: dict, tables: dict) -> str:
         figure(run_dir, files["confusion_png"], "confusion matrix"),
         f"<p>{link(run_dir, files['confusion_csv'])} (rows: true class, columns: predicted)</p></div>",
         "<div><h2>Per class (test)</h2>", table(["class", "precision", "recall", "F1", "support"], per_class),
-        f"<p>{link(run_dir, files['per_class_csv'])}; every test image: {link(run_dir, files['predictions_csv'])}</p>",
+        f"<p>{link(run_dir, files['per_class_csv'])}<br>all test images: {link(run_dir, files['predictions_csv'])}</p>",
         "</div></div>",
         "<h2>Top losses (test)</h2>", figure(run_dir, files["top_losses"], "top losses"),
         table(["#", "index", "path", "true", "predicted", "probability"], top),
