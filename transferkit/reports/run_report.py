@@ -75,7 +75,7 @@ def finish_run_report(cfg, trainer, datamodule, run_dir: Path, results: dict) ->
 
 
 # -- saving the test pass -----------------------------------------------------------------------
-def test_dataset(datamodule):
+def tested_dataset(datamodule):
     """The dataset the test pass read (the test split, or val where there is no test split)."""
     inner = getattr(datamodule, "datamodule", datamodule)  # under a feature cache, the image data
     return inner, inner.test_dataloader().dataset
@@ -107,7 +107,7 @@ def save_test_outputs(outputs: TestOutputs, datamodule, run_dir: Path, top_losse
     if outputs.task == "segmentation":
         arrays["confusion"] = outputs.confusion
     else:
-        inner, dataset = test_dataset(datamodule)
+        inner, dataset = tested_dataset(datamodule)
         paths = source_paths(dataset)
         worst = scores.rank_top_losses(scores.softmax(outputs.logits), outputs.targets, top_losses)
         arrays.update(indices=outputs.indices, logits=outputs.logits, targets=outputs.targets,
