@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -70,8 +69,8 @@ def test_per_class_csv_is_exact_on_a_constructed_case(tmp_path: Path) -> None:
     from sklearn.metrics import precision_recall_fscore_support
 
     truth, predicted = [0, 0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 0, 0, 1, 1, 1, 2, 2, 0, 0]
-    p, r, f, s = precision_recall_fscore_support(truth, predicted, labels=[0, 1, 2, 3], zero_division=0)
-    np.testing.assert_allclose([float(rows[c]["f1"]) for c in "abcd"], f, rtol=1e-12)
+    _, _, f1s, _ = precision_recall_fscore_support(truth, predicted, labels=[0, 1, 2, 3], zero_division=0)
+    np.testing.assert_allclose([float(rows[c]["f1"]) for c in "abcd"], f1s, rtol=1e-12)
     confusion = [[int(v) for v in list(r.values())[1:]] for r in read_rows(run_dir / "report" / "confusion_matrix.csv")]
     assert confusion == [[3, 1, 0, 0], [0, 2, 0, 0], [2, 0, 2, 0], [0, 0, 0, 0]]
     # No metrics.csv and no results.json in this run: no curves, the rest is drawn all the same.
