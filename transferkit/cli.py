@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "summary": "transferkit.commands.summary",
     "show-features": "transferkit.commands.show_features",
     "export": "transferkit.commands.export",
+    "report": "transferkit.commands.report",
 }
 USAGE = (
     "usage: python -m transferkit <command> [-m] [key=value ...]   (-m: sweep, e.g. optimizer.lr=0.01,0.001)\n"

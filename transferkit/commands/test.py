@@ -19,6 +19,7 @@ from transferkit.builders import build_datamodule, build_trainer
 from transferkit.commands.common import metrics_table, num_nodes
 from transferkit.loading import checkpoint_paths, is_many, load_ensemble, load_task
 from transferkit.planning import plan_for_checkpoint
+from transferkit.reports.run_report import finish_run_report
 from transferkit.rundir import create_run_dir, write_config, write_json
 from transferkit.tta import check_tta
 
@@ -58,6 +59,7 @@ def run(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         write_json(results, run_dir / "results.json")
         log.info("%s", metrics_table(metrics))
+        finish_run_report(cfg, trainer, datamodule, run_dir, results)
     return results
 
 

@@ -161,8 +161,9 @@ class SegmentationTask(BaseTask):
     def on_validation_epoch_end(self) -> None:
         self._log_scores(self.val_confusion, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_confusion, "test")
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Predicted class ids ``N x H x W``, handed to callbacks (the run report counts them)."""
+        return self._eval_step(batch, self.test_confusion, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_scores(self.test_confusion, "test")
