@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from transferkit.checkpoint_io import checkpoint_problem, describe_bad_checkpoint
+from transferkit.checkpoint_io import checkpoint_meta, checkpoint_problem, describe_bad_checkpoint
 from transferkit.errors import ConfigError
 
 log = logging.getLogger("transferkit")
@@ -97,7 +97,12 @@ def check_not_running(results: dict, run_dir: Path) -> None:
 
 
 def check_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint to continue from: `last.ckpt` (epoch end or signal), or the mid-epoch one
+    (`checkpoint.every_minutes`) when that is whole and from a later step."""
     last = run_dir / "checkpoints" / "last.ckpt"
+    mid = newer_mid_epoch(run_dir, last)
+    if mid is not None:
+        return mid
     if not last.exists():
         raise FileNotFoundError(f"resume={run_dir}: there is no checkpoints/last.ckpt (the run stopped before its "
                                 "first epoch ended), so nothing can resume; start the run again.")
@@ -105,6 +110,21 @@ def check_checkpoint(run_dir: Path) -> Path:
     if problem:
         raise ValueError(f"resume: {describe_bad_checkpoint(last, problem, last.with_name('best.ckpt'))}")
     return last
+
+
+def newer_mid_epoch(run_dir: Path, last: Path) -> Path | None:
+    """`checkpoints/mid-epoch.ckpt` if it is whole and a later step than a whole `last.ckpt`."""
+    from transferkit.interval_checkpoint import MID_EPOCH
+
+    mid = run_dir / "checkpoints" / MID_EPOCH
+    if not mid.is_file() or checkpoint_problem(mid):
+        return None
+    if last.exists() and (checkpoint_problem(last) or
+                          checkpoint_meta(last)["global_step"] >= checkpoint_meta(mid)["global_step"]):
+        return None
+    log.info("Resuming from the mid-epoch checkpoint %s (newer than last.ckpt); the rest of its epoch is "
+             "drawn from a fresh shuffle.", mid)
+    return mid
 
 
 def race_winner_config(saved: DictConfig, results: dict, run_dir: Path) -> DictConfig:
