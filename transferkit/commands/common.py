@@ -14,7 +14,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferkit.builders import build_datamodule, build_feature_cache, build_task, build_trainer
-from transferkit.checkpoint_io import checkpoint_meta, checkpoint_problem
+from transferkit.checkpoint_io import checkpoint_meta, checkpoint_problem, remove_stale_temps
 from transferkit.commands.resuming import (
     carried_over,
     check_same_splits,
@@ -93,6 +93,7 @@ def open_run(cfg: DictConfig, command: str, datamodule) -> tuple[Path, dict]:
         log.info("Run directory: %s", run_dir)
         if resumed:
             check_same_splits(datamodule.split_record, run_dir)
+            remove_stale_temps(run_dir / "checkpoints")
             set_aside_metrics(run_dir, resumed_from["global_step"])
             write_resumed_config(cfg, run_dir)
         else:
