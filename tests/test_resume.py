@@ -146,6 +146,15 @@ def test_resume_last_finds_the_newest_fit_run_under_outputs(finished_run, tmp_pa
     assert resuming.find_run("last") == newer.resolve()
 
 
+def test_a_run_killed_after_its_last_epoch_resumes_to_the_same_results(finished_run, tmp_path):
+    run = copy_run(finished_run, tmp_path)
+    finished = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({"command": "fit", "status": "running"}))  # kill -9 while testing
+    resumed = cli.run(["fit", f"resume={run}"])
+    assert resumed["status"] == "completed" and resumed["epochs"] == finished["epochs"]
+    assert resumed["metrics"] == finished["metrics"]  # val/* measured again: this session trained nothing
+
+
 def test_a_race_stopped_mid_way_is_refused(finished_run, tmp_path):
     run = copy_run(finished_run, tmp_path)
     config = yaml.safe_load((run / "config.yaml").read_text())

@@ -109,6 +109,11 @@ def fit_and_test(plan: Plan, datamodule, run_dir: Path, command: str, start: flo
     trainer, task, fit_data, extra = fit(plan, datamodule, run_dir)
     winner = extra.pop("_winner", None)
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if not val_metrics and cfg.get("resume") and plan.race is None:
+        # Resumed after its last epoch (killed while testing): this session validated nothing, so the
+        # final model's val metrics are measured again (the same weights and data give the same values).
+        trainer.validate(task, datamodule=fit_data, verbose=False)
+        val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     tested = trainer.test(task, datamodule=fit_data, ckpt_path=best or None, verbose=False, weights_only=True)
     results = collect_results(cfg, command, task, datamodule, trainer, val_metrics, tested, run_dir, start)
