@@ -155,14 +155,51 @@ def test_a_run_killed_after_its_last_epoch_resumes_to_the_same_results(finished_
     assert resumed["metrics"] == finished["metrics"]  # val/* measured again: this session trained nothing
 
 
-def test_a_race_stopped_mid_way_is_refused(finished_run, tmp_path):
+def test_a_race_stopped_before_it_began_is_refused(finished_run, tmp_path):
     run = copy_run(finished_run, tmp_path)
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["finetune"]["strategy"] = "auto"
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     (run / "results.json").write_text(json.dumps({"command": "fit", "status": "interrupted"}))
-    with pytest.raises(ConfigError, match="stopped mid-race"):
+    with pytest.raises(FileNotFoundError, match="stopped before its race began"):
         cli.run(["fit", f"resume={run}"])
+
+
+class SigtermInTheFinishersSecondEpoch(builders.pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 1 and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_race_stopped_mid_way_resumes_keeping_its_record_and_winner(image_folder, fast, tmp_path, monkeypatch):
+    from transferkit.commands import racing
+
+    # On 12 random images any plan may win; make lpft-full win so that it is the finisher.
+    monkeypatch.setattr(racing, "choose_survivors",
+                        lambda scores, keep, val_size: sorted(scores, key="lpft-full".__ne__)[:keep])
+    guards = builders.run_guard_callbacks
+    monkeypatch.setattr(builders, "run_guard_callbacks", lambda d: [*guards(d), SigtermInTheFinishersSecondEpoch()])
+    run_dir = tmp_path / "auto"
+    with pytest.raises(RunInterrupted, match=f"resume it with: python -m transferkit fit resume={run_dir}"):
+        cli.run(["fit", f"data.root={image_folder}", *fast[:-1], "finetune=auto", "augment=none",
+                 "trainer.max_epochs=3", f"run_dir={run_dir}"])
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
+    stopped = json.loads((run_dir / "race" / "progress.json").read_text())
+    assert stopped["alive"] == ["freeze", "lpft-full"]  # the cut after epoch 1 was made
+    first_rungs = {e["name"]: e["rungs"][0] for e in stopped["entries"]}
+
+    monkeypatch.setattr(builders, "run_guard_callbacks", guards)
+    resumed = cli.run(["fit", f"resume={run_dir}"])
+    auto = resumed["auto"]
+    assert resumed["status"] == "completed" and auto["winner"] == "lpft-full" and "race" in resumed["resumes"][0]
+    assert {c["name"]: c["rungs"][0] for c in auto["candidates"]} == first_rungs  # the record is kept
+    assert [r["epochs"] for r in next(c for c in auto["candidates"] if c["name"] == "lpft-full")["rungs"]] == [1, 3]
+    last = torch.load(resumed["last_checkpoint"], map_location="cpu", weights_only=True)
+    batches = -(-resumed["data"]["train_size"] // 4)
+    assert last["global_step"] == 3 * batches  # the rest of epoch 2, then epoch 3: one schedule
+    steps = [row["step"] for row in metric_rows(str(run_dir / "race" / "lpft-full" / "logs" / "leg1"))
+             if row.get("train/loss_step")]
+    assert len(steps) == len(set(steps))  # the leg's rows appended, none twice
 
 
 def test_a_finished_race_continues_its_winner(image_folder, fast, tmp_path):

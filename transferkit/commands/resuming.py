@@ -2,7 +2,8 @@
 
 The one deliberate exception to "a run directory is never reused". The run keeps its own
 `config.yaml`; only keys that do not change what is trained may be given again (`RESUME_KEYS`).
-A finished `finetune=auto` race continues its winner; a race stopped mid-way cannot resume yet.
+A finished `finetune=auto` race continues its winner; a race stopped mid-way continues the race
+(`commands.race_progress`).
 Metrics are appended (rows past the checkpoint's step are dropped first), results.json updated.
 """
 
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transferkit.checkpoint_io import checkpoint_meta, checkpoint_problem, describe_bad_checkpoint
 from transferkit.errors import ConfigError
+from transferkit.race import RACE_PROGRESS
 
 log = logging.getLogger("transferkit")
 
@@ -127,6 +129,17 @@ def newer_mid_epoch(run_dir: Path, last: Path) -> Path | None:
     return mid
 
 
+def check_race_resumable(saved: DictConfig, cfg: DictConfig, keys: list[str], run_dir: Path) -> None:
+    """A `finetune=auto` run stopped mid-race resumes the race itself, as it was planned."""
+    if not (run_dir / RACE_PROGRESS).is_file():
+        raise FileNotFoundError(f"resume={run_dir}: this finetune=auto run stopped before its race began (there "
+                                f"is no {RACE_PROGRESS}), so nothing can resume; start the run again.")
+    if "trainer.max_epochs" in keys and int(cfg.trainer.max_epochs) != int(saved.trainer.max_epochs):
+        raise ConfigError(f"trainer.max_epochs cannot change while resuming {run_dir} mid-race: its cuts were planned "
+                          f"for trainer.max_epochs={saved.trainer.max_epochs}. Resume the race as it was, then "
+                          "resume again with a larger trainer.max_epochs to train its winner longer.")
+
+
 def race_winner_config(saved: DictConfig, results: dict, run_dir: Path) -> DictConfig:
     """A finished `finetune=auto` run continues as its winner (finetune group and augmentation)."""
     from transferkit.commands.racing import candidate_config
@@ -134,9 +147,6 @@ def race_winner_config(saved: DictConfig, results: dict, run_dir: Path) -> DictC
     from transferkit.race import build_candidates, explicit_keys
 
     winner = (results.get("auto") or {}).get("winner")
-    if not winner:
-        raise ConfigError(f"resume={run_dir}: this finetune=auto run stopped mid-race (results.json names no "
-                          "winner); resuming a race is not supported yet. Start the run again.")
     explicit = explicit_keys(OmegaConf.to_container(saved.finetune, resolve=True),
                              load_group_option("finetune", "auto"))
     candidates = {c.name: c for c in build_candidates(explicit, use_weights=True, with_scratch=True)}
@@ -159,15 +169,19 @@ def config_of_resumed_run(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         raise ConfigError(f"resume={run_dir}: that is a {results['command']!r} run; resume continues fit runs.")
     if not child:
         check_not_running(results, run_dir)
-    last = check_checkpoint(run_dir)
     saved = OmegaConf.load(run_dir / "config.yaml")
-    if saved.finetune.get("strategy") == "auto":
-        saved = race_winner_config(saved, results, run_dir)
+    last: Path | None = None
+    if saved.finetune.get("strategy") == "auto" and not (results.get("auto") or {}).get("winner"):
+        check_race_resumable(saved, cfg, keys, run_dir)  # each candidate continues from its own checkpoint
+    else:
+        last = check_checkpoint(run_dir)
+        if saved.finetune.get("strategy") == "auto":
+            saved = race_winner_config(saved, results, run_dir)
     with open_dict(saved):
         for key in keys:
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
-        saved.resume, saved.run_dir, saved.ckpt_path = str(run_dir), str(run_dir), str(last)
-    log.info("Resuming %s from %s", run_dir, last)
+        saved.resume, saved.run_dir, saved.ckpt_path = str(run_dir), str(run_dir), str(last) if last else None
+    log.info("Resuming %s from %s", run_dir, last or f"the race record {run_dir / RACE_PROGRESS}")
     return saved
 
 
