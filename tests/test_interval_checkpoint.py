@@ -33,8 +33,9 @@ def test_every_minutes_must_be_a_positive_number(value) -> None:
     assert check_every_minutes(None) is None and check_every_minutes(1) == 60 / 60
 
 
-def test_every_minutes_defaults_to_null() -> None:
+def test_every_minutes_defaults_to_null_and_may_be_set_when_resuming(tmp_path: Path) -> None:
     assert cli.compose_config([]).checkpoint.every_minutes is None
+    assert resuming.check_overrides(["checkpoint.every_minutes=30"], tmp_path) == ["checkpoint.every_minutes"]
 
 
 def save(path: Path, step: int) -> None:

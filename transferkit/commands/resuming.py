@@ -29,7 +29,7 @@ log = logging.getLogger("transferkit")
 
 # What may change on resume: nothing that changes what is trained.
 RESUME_KEYS = ("resume", "trainer.max_epochs", "data.num_workers", "trainer.enable_progress_bar",
-               "trainer.log_every_n_steps", "trainer.enable_model_summary", "debug")
+               "trainer.log_every_n_steps", "trainer.enable_model_summary", "checkpoint.every_minutes", "debug")
 OUTPUTS = Path("outputs")
 
 
