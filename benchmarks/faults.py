@@ -404,7 +404,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="faults-", dir=args.workdir))
     record = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "python": platform.python_version(), "torch": torch.__version__, "workdir": str(work),
-              "filesystem": filesystem(work), "seed": args.seed}
+              "filesystem": filesystem(work), "seed": args.seed,
+              "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     import pytorch_lightning
 
     record["lightning"] = pytorch_lightning.__version__
