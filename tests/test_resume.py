@@ -18,7 +18,7 @@ import yaml
 
 from conftest import write_class_folder
 from transferkit import builders, cli
-from transferkit.commands import resuming
+from transferkit.commands import metrics_files, resuming
 from transferkit.errors import ConfigError
 from transferkit.run_guards import RunInterrupted
 
@@ -224,12 +224,12 @@ def test_metrics_past_the_checkpoint_are_dropped_and_sessions_joined(tmp_path):
             writer.writerows({"epoch": s // 4, "step": s, "train/loss": 1.0 / (s + 1)} for s in steps)
 
     write(tmp_path / "metrics.csv", range(10))  # steps 8 and 9 came after the checkpoint at step 8
-    resuming.set_aside_metrics(tmp_path, global_step=8)
+    metrics_files.set_aside_metrics(tmp_path, global_step=8)
     assert not (tmp_path / "metrics.csv").exists()
     write(tmp_path / "metrics.csv", range(8, 12))  # the resumed session logs from step 8 again
-    resuming.join_metrics(tmp_path)
+    metrics_files.join_metrics(tmp_path)
     assert [int(r["step"]) for r in metric_rows(str(tmp_path))] == list(range(12))
-    assert not (tmp_path / resuming.PREVIOUS_METRICS).exists()
+    assert not (tmp_path / metrics_files.PREVIOUS_METRICS).exists()
 
 
 def test_a_run_still_going_is_not_resumed_under_it(finished_run, tmp_path):

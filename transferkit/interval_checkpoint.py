@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from transferkit.checkpoint_io import checkpoint_meta, checkpoint_problem
 from transferkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -66,3 +67,17 @@ class IntervalCheckpoint(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:  # the fit finished: last.ckpt is newer, the mid-epoch one is stale
             self.path.unlink(missing_ok=True)
+
+
+def newer_mid_epoch(run_dir: Path, last: Path) -> Path | None:
+    """`<run_dir>/checkpoints/mid-epoch.ckpt` if it is whole and from a later step than `last`
+    (`fit resume=` and a race leg continue from it then)."""
+    mid = run_dir / "checkpoints" / MID_EPOCH
+    if not mid.is_file() or checkpoint_problem(mid):
+        return None
+    if last.exists() and (checkpoint_problem(last) or
+                          checkpoint_meta(last)["global_step"] >= checkpoint_meta(mid)["global_step"]):
+        return None
+    log.info("Resuming from the mid-epoch checkpoint %s (newer than last.ckpt); the rest of its epoch is "
+             "drawn from a fresh shuffle.", mid)
+    return mid

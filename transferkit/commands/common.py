@@ -15,14 +15,13 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferkit.builders import build_datamodule, build_feature_cache, build_task, build_trainer
 from transferkit.checkpoint_io import checkpoint_meta, checkpoint_problem, remove_stale_temps
+from transferkit.commands.metrics_files import join_metrics, set_aside_metrics
 from transferkit.commands.resuming import (
     carried_over,
     check_same_splits,
-    join_metrics,
     read_results,
     resume_callbacks,
     session_record,
-    set_aside_metrics,
     write_resumed_config,
 )
 from transferkit.errors import ConfigError

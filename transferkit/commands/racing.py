@@ -27,7 +27,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from transferkit.builders import build_feature_cache, build_task, build_trainer
 from transferkit.checkpoint_io import checkpoint_meta
 from transferkit.commands.race_progress import RaceProgress
-from transferkit.commands.resuming import join_metrics, set_aside_metrics
+from transferkit.interval_checkpoint import newer_mid_epoch
+from transferkit.commands.metrics_files import join_metrics, set_aside_metrics
 from transferkit.planning import SOLVED_HEAD_TRAINER
 from transferkit.race import Candidate, Entry, Rung, choose_survivors, leg_score
 from transferkit.tasks.linear_probe import LinearProbeCallback, probe_report
@@ -78,8 +79,6 @@ class Leg:
 
     def resume_checkpoint(self) -> Path | None:
         """Where its next leg continues from: last.ckpt, or a newer mid-epoch checkpoint."""
-        from transferkit.commands.resuming import newer_mid_epoch
-
         return newer_mid_epoch(self.directory, self.last_checkpoint) or (
             self.last_checkpoint if self.last_checkpoint.is_file() else None)
 

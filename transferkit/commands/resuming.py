@@ -9,7 +9,6 @@ Metrics are appended (rows past the checkpoint's step are dropped first), result
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -21,8 +20,9 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from transferkit.checkpoint_io import checkpoint_meta, checkpoint_problem, describe_bad_checkpoint
+from transferkit.checkpoint_io import checkpoint_problem, describe_bad_checkpoint
 from transferkit.errors import ConfigError
+from transferkit.interval_checkpoint import newer_mid_epoch
 from transferkit.race import RACE_PROGRESS
 
 log = logging.getLogger("transferkit")
@@ -112,21 +112,6 @@ def check_checkpoint(run_dir: Path) -> Path:
     if problem:
         raise ValueError(f"resume: {describe_bad_checkpoint(last, problem, last.with_name('best.ckpt'))}")
     return last
-
-
-def newer_mid_epoch(run_dir: Path, last: Path) -> Path | None:
-    """`checkpoints/mid-epoch.ckpt` if it is whole and a later step than a whole `last.ckpt`."""
-    from transferkit.interval_checkpoint import MID_EPOCH
-
-    mid = run_dir / "checkpoints" / MID_EPOCH
-    if not mid.is_file() or checkpoint_problem(mid):
-        return None
-    if last.exists() and (checkpoint_problem(last) or
-                          checkpoint_meta(last)["global_step"] >= checkpoint_meta(mid)["global_step"]):
-        return None
-    log.info("Resuming from the mid-epoch checkpoint %s (newer than last.ckpt); the rest of its epoch is "
-             "drawn from a fresh shuffle.", mid)
-    return mid
 
 
 def check_race_resumable(saved: DictConfig, cfg: DictConfig, keys: list[str], run_dir: Path) -> None:
@@ -245,50 +230,3 @@ class KeepBestScore(pl.Callback):
 
 def resume_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     return [KeepBestScore(run_dir / "checkpoints" / "best.ckpt")] if cfg.get("resume") else []
-
-
-# -- metrics.csv across sessions ---------------------------------------------------------------
-PREVIOUS_METRICS = "metrics.previous.csv"
-
-
-def read_rows(path: Path) -> tuple[list[str], list[dict]]:
-    if not path.is_file():
-        return [], []
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        return list(reader.fieldnames or []), list(reader)
-
-
-def write_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    with temp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    temp.replace(path)
-
-
-def united_rows(paths: list[Path]) -> tuple[list[str], list[dict]]:
-    fields, rows = [], []
-    for path in paths:
-        more_fields, more_rows = read_rows(path)
-        fields += [f for f in more_fields if f not in fields]
-        rows += more_rows
-    return fields, rows
-
-
-def set_aside_metrics(run_dir: Path, global_step: int) -> None:
-    """Before a resumed fit: Lightning's CSV logger starts metrics.csv afresh, so the rows logged up
-    to the checkpoint wait in metrics.previous.csv; rows past its step were lost work and go."""
-    fields, rows = united_rows([run_dir / PREVIOUS_METRICS, run_dir / "metrics.csv"])
-    kept = [row for row in rows if int(float(row.get("step") or 0)) < global_step]
-    write_rows(run_dir / PREVIOUS_METRICS, fields, kept)
-    (run_dir / "metrics.csv").unlink(missing_ok=True)
-
-
-def join_metrics(run_dir: Path) -> None:
-    """After a resumed fit (finished or not): earlier rows, then this session's, in metrics.csv."""
-    previous = run_dir / PREVIOUS_METRICS
-    if previous.is_file():
-        write_rows(run_dir / "metrics.csv", *united_rows([previous, run_dir / "metrics.csv"]))
-        previous.unlink()
