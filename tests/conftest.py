@@ -73,15 +73,23 @@ def fast(tmp_path: Path, test_resnet_weights: Path) -> list[str]:
     ]
 
 
-def fit_two_process_ddp(image_folder: Path, weights: Path, cwd: Path, *overrides: str, timeout: int = 300):
+PROBE = Path(__file__).with_name("ddp_probe.py")
+
+
+def fit_two_process_ddp(image_folder: Path, weights: Path, cwd: Path, *overrides: str, timeout: int = 300,
+                        probe_dir: Path | None = None):
     """`python -m transferkit fit` on `image_folder` as a 2-process CPU DDP run (a subprocess: Lightning
-    re-launches argv); asserts it succeeded and returns the finished process."""
+    re-launches argv); asserts it succeeded and returns the finished process. With `probe_dir`, each
+    rank writes what it evaluated and its weights' checksum there (tests/ddp_probe.py)."""
     import subprocess
     import sys
 
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("TRANSFERKIT_RUN_DIR", None)
-    cmd = [sys.executable, "-m", "transferkit", "fit", f"data.root={image_folder}", "model.backbone=test_resnet",
+    launcher = [sys.executable, "-m", "transferkit"]
+    if probe_dir is not None:
+        launcher, env["TRANSFERKIT_PROBE_DIR"] = [sys.executable, str(PROBE)], str(probe_dir)
+    cmd = [*launcher, "fit", f"data.root={image_folder}", "model.backbone=test_resnet",
            f"model.weights={weights}", "data.image_size=32", "data.batch_size=2", "data.num_workers=0",
            "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", *overrides]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

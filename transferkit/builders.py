@@ -62,9 +62,14 @@ def construct(cls: type, kwargs: dict, group: str):
 
 def data_config(cfg: DictConfig) -> dict:
     """The input format a task records, so predict/export prepare images exactly as training did."""
+    from transferkit.data.transforms import trains_with_flips
+
     data = cfg.data
+    # The segmentation datamodule flips whenever its pipeline does; classification obeys augment.flips.
+    flips = cfg.task.kind == "segmentation" or bool(cfg.augment.get("flips", True))
     return {"image_size": int(data.image_size), "in_chans": int(cfg.model.in_chans), "mean": list(data.mean),
-            "std": list(data.std), "interpolation": str(data.interpolation), "augment": cfg.augment.name}
+            "std": list(data.std), "interpolation": str(data.interpolation), "augment": cfg.augment.name,
+            "flips": trains_with_flips(cfg.augment.name, flips)}
 
 
 def build_task(cfg: DictConfig, datamodule, weights: WeightsSource | None = None):
@@ -81,6 +86,8 @@ def build_task(cfg: DictConfig, datamodule, weights: WeightsSource | None = None
         "scheduler": container(cfg.scheduler),
         "data_config": data_config(cfg),
     }
+    if cfg.get("regularization") is not None:
+        kwargs["regularization"] = container(cfg.regularization)
     params = inspect.signature(cls).parameters
     augment = container(cfg.augment)
     for key in ("mixup_alpha", "cutmix_alpha"):
@@ -122,7 +129,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
     # resume from last.ckpt could lose epochs; this one is overwritten after every epoch.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                            auto_insert_metric_name=False, enable_version_counter=False)
-    callbacks: list[pl.Callback] = [checkpoint, last, LearningRateMonitor(logging_interval="epoch")]
+    callbacks: list[pl.Callback] = [checkpoint, last]
     callbacks += run_guard_callbacks(run_dir / "checkpoints")
     every_minutes = (cfg.get("checkpoint") or {}).get("every_minutes")
     if every_minutes is not None:
@@ -137,6 +144,17 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
         from transferkit.tasks.linear_probe import LinearProbeCallback
 
         callbacks.append(LinearProbeCallback(seed=int(cfg.seed)))  # finetune.head_solver=lbfgs or lpft
+    from transferkit.averaging import build_averaging_callbacks
+
+    # After the linear probe: an average starts from the solved head.
+    callbacks += build_averaging_callbacks(container(cfg.get("ema")), container(cfg.get("swa")))
+    callbacks.append(LearningRateMonitor(logging_interval="epoch"))  # after swa.lr is set for the epoch
+    from transferkit.reports.run_report import report_options
+
+    if report_options(cfg)["enabled"]:
+        from transferkit.reports.test_outputs import TestOutputsCallback
+
+        callbacks.append(TestOutputsCallback())  # the test pass's outputs, for report.html
     if cfg.task.kind == "segmentation":
         from transferkit.reports.seg_grid import GRID_SAMPLES, SegmentationGridCallback
 

@@ -6,35 +6,44 @@ This is the only module that uses Hydra. Recipes in `recipes/` are registered as
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
 import re
 import sys
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from transferkit.checkpoint_config import config_of_checkpoint_run  # noqa: F401 - used by run(), and by tests as cli.*
 from transferkit.config_files import config_keys, package_dir, recipe_names
 
 log = logging.getLogger("transferkit")
 
 COMMANDS: dict[str, str] = {
     "fit": "transferkit.commands.fit",
+    "cv": "transferkit.commands.cv",
     "test": "transferkit.commands.test",
     "predict": "transferkit.commands.predict",
     "pretrain": "transferkit.commands.pretrain",
     "advise": "transferkit.commands.advise",
     "show-augs": "transferkit.commands.show_augs",
     "plot-lr": "transferkit.commands.plot_lr",
+    "lr-find": "transferkit.commands.lr_find",
+    "tune": "transferkit.commands.tune",
+    "summary": "transferkit.commands.summary",
+    "show-features": "transferkit.commands.show_features",
+    "export": "transferkit.commands.export",
+    "report": "transferkit.commands.report",
 }
 USAGE = (
-    "usage: python -m transferkit <command> [key=value ...]\n"
+    "usage: python -m transferkit <command> [-m] [key=value ...]   (-m: sweep, e.g. optimizer.lr=0.01,0.001)\n"
     f"commands: {', '.join(COMMANDS)}\n"
     "examples:\n"
     "  python -m transferkit fit recipe=small_similar\n"
     "  python -m transferkit fit recipe=small_similar data.root=/path/to/images trainer.max_epochs=5\n"
     "  python -m transferkit predict ckpt_path=outputs/.../checkpoints/best.ckpt input=/path/to/images\n"
+    "  python -m transferkit cv recipe=small_similar data.num_folds=5\n"
     "See README.md for the config keys."
 )
 
@@ -77,31 +86,37 @@ def compose_config(overrides: list[str]) -> DictConfig:
         if "=" not in item:
             raise UsageError(f"{item!r} is not a key=value override (e.g. trainer.max_epochs=5).")
     register_recipes()
+    overrides, recipe = register_recipe_file(overrides)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(package_dir("conf")), version_base="1.3"):
         cfg = compose("config", overrides=expand_trainer_overrides(overrides))
     GlobalHydra.instance().clear()
-    recipe = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "recipe"]
     with open_dict(cfg):
-        cfg.recipe = recipe[-1] if recipe else None  # recorded in config.yaml and results.json
+        cfg.recipe = recipe  # recorded in config.yaml and results.json
     return cfg
 
 
-def config_of_checkpoint_run(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """Start from the config saved beside a checkpoint (its run's data, model, recipe),
-    then apply this command line's `key=value` overrides on top."""
-    saved = Path(str(cfg.ckpt_path)).expanduser().resolve().parent.parent / "config.yaml"
-    if not saved.is_file():
-        return cfg
-    base = OmegaConf.load(saved)
-    explicit = [o.lstrip("+") for o in overrides
-                if "." in o.split("=", 1)[0] or o.split("=", 1)[0] in cfg and not isinstance(cfg.get(o.split("=", 1)[0]), DictConfig)]
-    merged = OmegaConf.merge(base, OmegaConf.from_dotlist(explicit))
-    with open_dict(merged):
-        merged.run_dir = cfg.run_dir
-        merged.ckpt_path = cfg.ckpt_path
-    log.info("Using the config of the checkpoint's run: %s", saved)
-    return merged
+
+
+def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:
+    """The recipe the overrides choose (a name, or a file's absolute path); `recipe=path/to/my.yaml`
+    becomes an option of the `recipe` group, and its override names that option."""
+    from hydra.core.config_store import ConfigStore
+
+    from transferkit.config_files import is_recipe_file, load_recipe_file
+    from transferkit.errors import ConfigError
+
+    chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "recipe"]
+    if not chosen or not is_recipe_file(chosen[-1]):
+        return overrides, chosen[-1] if chosen else None
+    try:
+        path, node = load_recipe_file(chosen[-1])
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    name = "file-" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    ConfigStore.instance().store(group="recipe", name=name, node=OmegaConf.create(node), package="_global_")
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+") != "recipe"]
+    return [*kept, f"recipe={name}"], str(path)
 
 
 def configure_logging(debug: bool) -> None:
@@ -115,6 +130,8 @@ def explain_config_error(err: Exception) -> str:
     cause = err.__cause__ or err.__context__
     if cause is not None and str(cause).strip():
         message += f" ({str(cause).strip().splitlines()[0]})"
+    if message.startswith("Ambiguous value for argument"):
+        return f"{message}: to sweep over the values add -m (fit -m key=a,b); for a list write key=[a,b]."
     missing = re.search(r"Could not find '(\w+)/([^']+)'", message)
     if missing and missing.group(1) in ("model", "recipe") or missing is None and "recipe" in message:
         from transferkit.config_files import group_options
@@ -127,7 +144,8 @@ def explain_config_error(err: Exception) -> str:
 
 
 def run(argv: list[str]) -> dict:
-    """Run one command; returns the command's result dict (used by tests)."""
+    """Run one command (or with `-m` a sweep of it); returns the result dict (used by tests)."""
+    multirun, argv = any(a in MULTIRUN_FLAGS for a in argv), [a for a in argv if a not in MULTIRUN_FLAGS]
     if not argv or argv[0] in ("-h", "--help", "help"):
         raise UsageError(USAGE)
     command, overrides = argv[0], argv[1:]
@@ -135,20 +153,93 @@ def run(argv: list[str]) -> dict:
         from transferkit.errors import did_you_mean
 
         raise UsageError(f"unknown command {command!r}.{did_you_mean(command, COMMANDS)}\n{USAGE}")
+    if multirun:
+        return run_sweep(command, overrides)
     cfg = compose_config(overrides)
-    if command in ("test", "advise", "show-augs") and cfg.ckpt_path:
+    if command in ("test", "advise", "show-augs", "show-features", "export") and cfg.ckpt_path:
         cfg = config_of_checkpoint_run(cfg, overrides)
-    if cfg.get("resume"):
-        if command != "fit":
-            raise UsageError(f"resume={cfg.resume} continues a fit run: python -m transferkit fit resume=...")
-        from transferkit.commands.resuming import config_of_resumed_run
+    if command == "tune":  # each trial composes this command line with its sampled values
+        with open_dict(cfg):
+            cfg.tune.overrides = list(overrides)
+    if cfg.get("resume") and command != "tune":  # tune resume=<dir> continues its own study
+        if command not in ("fit", "cv"):
+            raise UsageError(f"resume={cfg.resume} continues a fit run (python -m transferkit fit resume=...) "
+                             "or a cv run (python -m transferkit cv resume=...).")
+        from transferkit.commands.resuming import config_of_resumed_cv, config_of_resumed_run
 
-        cfg = config_of_resumed_run(cfg, overrides)
+        cfg = (config_of_resumed_cv if command == "cv" else config_of_resumed_run)(cfg, overrides)
     module = importlib.import_module(COMMANDS[command])
     from transferkit.console import quiet_console
 
     with quiet_console(bool(cfg.debug)):
-        return module.run(cfg)
+        return module.run(cfg, compose_config) if command == "tune" else module.run(cfg)
+
+
+# --- sweeps (`<command> -m key=a,b ...`): Hydra's parser expands the grid, transferkit.sweep runs each job
+# through run() (why not Hydra's own runner: see transferkit/sweep.py).
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+SWEEPABLE = ("fit", "test", "pretrain")
+
+
+def run_sweep(command: str, overrides: list[str]) -> dict:
+    """Expand the grid and compose every job's config (a bad value fails before anything trains), then run it."""
+    from transferkit.errors import ConfigError
+    from transferkit.launchers import launcher_of, refusal
+    from transferkit.sweep import run_sweep as run_jobs
+
+    if command not in SWEEPABLE:
+        raise UsageError(f"-m sweeps the commands {list(SWEEPABLE)}, not {command!r}.")
+    try:
+        launcher = launcher_of(command, [o for o in overrides if o.startswith("hydra")])
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    jobs, run_dir = expand_sweep([o for o in overrides if not o.startswith("hydra")])
+    for job in jobs:
+        reason = refusal(compose_config(list(job.overrides)).trainer, launcher)
+        if reason:
+            raise UsageError(reason)
+    return run_jobs(command, jobs, launcher, run_dir, run_job, [command, "-m", *overrides])
+
+
+def expand_sweep(overrides: list[str]) -> tuple[list, str | None]:
+    """Hydra's grid (comma lists, range(), choice(), glob() over group options) as sweep Jobs,
+    and the sweep directory `run_dir=` asks for."""
+    from hydra import initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from transferkit.launchers import Job
+
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"{item!r} is not a key=value override (e.g. optimizer.lr=0.01,0.001).")
+    register_recipes()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(package_dir("conf")), version_base="1.3"):
+        parsed = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader()).parse_overrides(overrides)
+        values = {o.get_key_element(): list(o.sweep_string_iterator()) for o in parsed if o.is_sweep_override()}
+        grid = BasicSweeper.split_arguments(parsed, None)[0]  # glob() lists group options through the loader
+    GlobalHydra.instance().clear()
+    for key, found in values.items():
+        if not found:
+            raise UsageError(f"{key}=... matches nothing to sweep over; see `python -m transferkit --help`.")
+        if key.lstrip("+") == "run_dir":
+            raise UsageError("run_dir= cannot be swept: it names the sweep's directory (each job gets <run_dir>/<n>).")
+    if any(o.split("=", 1)[0].lstrip("+") == "resume" for o in grid[0]):
+        raise UsageError("resume=... continues one run in place; it cannot be part of a sweep.")
+    run_dirs = [o.split("=", 1)[1] for o in grid[0] if o.split("=", 1)[0].lstrip("+") == "run_dir"]
+    jobs = [Job(n, tuple(o for o in point if o.split("=", 1)[0].lstrip("+") != "run_dir"),
+                {k: v for k, v in (o.split("=", 1) for o in point) if k in values})
+            for n, point in enumerate(grid)]
+    return jobs, run_dirs[-1] if run_dirs else None
+
+
+def run_job(argv: list[str]) -> dict:
+    """One sweep job: run() with logging set up (a submitit job starts in a fresh process)."""
+    configure_logging(any(a in ("debug=true", "debug=True") for a in argv))
+    return run(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = any(a in ("debug=true", "debug=True") for a in argv) or os.environ.get("TRANSFERKIT_DEBUG") == "1"
     configure_logging(debug)
     try:
-        run(argv)
+        results = run(argv)
     except UsageError as err:
         sys.stderr.write(f"{err}\n")
         raise SystemExit(2) from None
@@ -175,3 +266,8 @@ def main(argv: list[str] | None = None) -> None:
         text = explain_config_error(err) if config_error else f"{type(err).__name__}: {err}"
         sys.stderr.write(f"transferkit: error: {text}\n(add debug=true for the full traceback)\n")
         raise SystemExit(2 if config_error else 1) from None
+    if isinstance(results, dict) and results.get("kind") == "sweep" and results["status"] != "completed":
+        from transferkit.sweep import failure_line
+
+        sys.stderr.write(f"transferkit: error: {failure_line(results)}\n")
+        raise SystemExit(1)

@@ -29,6 +29,26 @@ def recipe_path(name: str) -> Path:
     return path
 
 
+def is_recipe_file(value: str) -> bool:
+    """`recipe=` names a file (`my.yaml`, `path/to/recipe`) rather than an option of `recipes/`."""
+    return value.endswith((".yaml", ".yml")) or "/" in value or "\\" in value
+
+
+def load_recipe_file(value: str) -> tuple[Path, dict]:
+    """`recipe=path/to/my.yaml`: the file's absolute path and its content (a recipe like those in recipes/)."""
+    path = Path(value).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"recipe={value!r}: there is no such file ({path}); give the path of a recipe .yaml "
+                          f"file or one of the recipes {recipe_names()}.")
+    try:
+        node = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as err:  # noqa: BLE001 - YAML syntax errors come in several types
+        raise ConfigError(f"recipe={value!r}: {path} is not valid YAML ({str(err).splitlines()[0]}).") from None
+    if not isinstance(node, dict):
+        raise ConfigError(f"recipe={value!r}: {path} must hold a mapping of config keys, like recipes/*.yaml.")
+    return path, node
+
+
 def group_options(group: str) -> list[str]:
     """The option names of a config group (`model` -> ['auto', 'charnet', 'resnet18', ...])."""
     return sorted(p.stem for p in (package_dir("conf") / group).glob("*.yaml"))

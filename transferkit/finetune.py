@@ -208,7 +208,12 @@ def keep_frozen_norms_eval(backbone: nn.Module) -> None:
             module.eval()
 
 
-def _no_decay_names(module: nn.Module, prefix: str = "") -> set[str]:
+def trainable_norms(module: nn.Module) -> list[nn.Module]:
+    """Norm layers with running statistics that are not frozen (their statistics may be recomputed)."""
+    return [m for m in module.modules() if _has_running_stats(m) and not _is_frozen(m, module)]
+
+
+def no_decay_names(module: nn.Module, prefix: str = "") -> set[str]:
     """Parameters without weight decay: norms and biases (ndim <= 1) plus timm's `no_weight_decay()`."""
     names = {n for n, p in module.named_parameters() if p.ndim <= 1}
     found = _grouping_module(module)
@@ -239,14 +244,14 @@ def build_param_groups(backbone: nn.Module, head: nn.Module, plan: FinetunePlan,
     """
     groups: list[dict] = []
     head_named = [(n, p) for n, p in head.named_parameters() if p.requires_grad]
-    head_nd = _no_decay_names(head)
+    head_nd = no_decay_names(head)
     groups += _split_decay("head", [p for _, p in head_named], [n in head_nd for n, _ in head_named], weight_decay, 1.0)
     strategy = plan.strategy if plan.strategy != "auto" else active_strategy(plan)
     wanted = trainable_names(backbone, strategy, plan.trainable_stages)
     if not wanted:
         return groups
     params = dict(backbone.named_parameters())
-    backbone_nd = _no_decay_names(backbone)
+    backbone_nd = no_decay_names(backbone)
     layered = backbone_groups(backbone, coarse=plan.layer_decay is None)
     top = len(layered) - 1
     for depth, names in enumerate(layered):

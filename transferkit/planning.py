@@ -185,6 +185,12 @@ def plan_finetune(plan: Plan, datamodule) -> tuple[dict, dict | None]:
                 "scratch with finetune=full.")
     if strategy != AUTO:
         return finetune, None
+    averaging = [f"{key}={OmegaConf.select(cfg, key)!r}" for key in ("ema.decay", "swa.epoch_start")
+                 if OmegaConf.select(cfg, key) is not None]
+    if averaging:
+        raise ConfigError(f"{', '.join(averaging)} with finetune=auto: the race trains its candidates in legs, "
+                          "which weight averaging does not follow yet. Choose finetune=freeze|partial|full, or "
+                          "set ema.decay=null and swa.epoch_start=null.")
     recorded = recorded_race(cfg)
     if recorded is not None:  # `fit resume=` of a race stopped mid-way: the race it planned, as it was
         advice, plan.race = recorded.get("advice"), plan_from_record(finetune, recorded["plan"])
@@ -220,7 +226,7 @@ def plan_cache(cfg: DictConfig, finetune: dict) -> dict:
     blockers = cache_blockers(cfg.task.kind, finetune.get("strategy"), finetune.get("unfreeze_at_epoch"),
                               augment.get("name"), augment.get("mixup_alpha", 0.0),
                               augment.get("cutmix_alpha", 0.0), model.get("drop_rate", 0.0),
-                              model.get("drop_path_rate", 0.0))
+                              model.get("drop_path_rate", 0.0), model.get("spatial_dropout", 0.0))
     requested = finetune.get("cache_features")
     wasteful = "trainer.fast_dev_run reads only a batch or two" if cfg.trainer.get("fast_dev_run") else None
     use = choose_feature_cache(requested, blockers, wasteful)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 ENV_RUN_DIR = "TRANSFERKIT_RUN_DIR"
+ENV_CV_DIR = "TRANSFERKIT_CV_DIR"  # a cv run's own directory, for its DDP workers (each fold has ENV_RUN_DIR)
 
 
 def is_ddp_child() -> bool:
@@ -25,23 +26,35 @@ def default_run_dir(now: datetime | None = None, base: Path = Path("outputs")) -
     return base / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")
 
 
-def create_run_dir(run_dir: str | None) -> Path:
+def create_run_dir(run_dir: str | None, num_nodes: int = 1) -> Path:
     """Create a fresh run directory (never reusing one that has files in it).
 
-    DDP children get their parent's directory through `TRANSFERKIT_RUN_DIR`, so one
-    run writes exactly one directory however many processes it spans.
+    DDP children get their parent's directory through `TRANSFERKIT_RUN_DIR`, and the processes of a
+    multi-node, torchrun or SLURM launch take global rank 0's (`transferkit.launch`), so one run
+    writes exactly one directory however many processes it spans.
     """
     if is_ddp_child():
         return Path(os.environ[ENV_RUN_DIR])
-    path = Path(run_dir).expanduser() if run_dir else default_run_dir()
+    from transferkit.launch import agree_on_run_dir, detect_launch
+
+    launch = detect_launch(num_nodes)
+    candidate = fresh_run_dir(run_dir) if launch is None else agree_on_run_dir(launch, lambda: fresh_run_dir(run_dir))
+    os.environ[ENV_RUN_DIR] = str(candidate)
+    return candidate
+
+
+def fresh_run_dir(run_dir: str | None) -> Path:
+    return create_fresh_dir(Path(run_dir).expanduser() if run_dir else default_run_dir())
+
+
+def create_fresh_dir(path: Path) -> Path:
+    """Create `path`, or `path-1`, `path-2`, ... if it holds files already; returns it resolved."""
     candidate, n = path, 1
     while candidate.exists() and any(candidate.iterdir()):
         candidate = path.with_name(f"{path.name}-{n}")
         n += 1
     candidate.mkdir(parents=True, exist_ok=True)
-    candidate = candidate.resolve()
-    os.environ[ENV_RUN_DIR] = str(candidate)
-    return candidate
+    return candidate.resolve()
 
 
 def reuse_run_dir(run_dir: str) -> Path:

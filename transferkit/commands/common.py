@@ -26,8 +26,10 @@ from transferkit.commands.resuming import (
 )
 from transferkit.errors import ConfigError
 from transferkit.loading import read_checkpoint, require
+from transferkit.lr_finder import wants_search
 from transferkit.planning import Plan, plan_model, plan_training
 from transferkit.race import RACE_PROGRESS
+from transferkit.reports.run_report import finish_run_report
 from transferkit.run_guards import EXIT_SIGNAL, RunDiverged, RunInterrupted, signal_name
 from transferkit.rundir import create_run_dir, reuse_run_dir, write_config, write_json
 from transferkit.tasks.linear_probe import probe_report
@@ -45,19 +47,24 @@ def plan_run(cfg: DictConfig) -> tuple[Plan, object]:
     return plan_training(plan, datamodule), datamodule
 
 
-def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, object, object, Path]:
+def train_and_test(cfg: DictConfig, command: str, callbacks: list[pl.Callback] | None = None,
+                   ) -> tuple[dict, pl.Trainer, object, object, Path]:
     """Fit the configured task (or race the candidates of `finetune=auto`), evaluate the best
-    checkpoint, write results.json (`status` running, then completed, interrupted or diverged)."""
+    checkpoint, write results.json (`status` running, then completed, interrupted or diverged).
+    `callbacks` join the fit's trainer (e.g. a search's pruning callback; not a race's legs)."""
     start = time.time()
     check_ckpt_path(cfg)
     if cfg.get("ckpt_path"):  # Lightning resumes from it later: refuse a file that would run code now
         read_checkpoint(require(cfg.ckpt_path, "ckpt_path", "a checkpoint to resume from"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     plan, datamodule = plan_run(cfg)
+    search = search_lr(plan, datamodule) if wants_search(plan.cfg) else None
     cfg = plan.cfg
     run_dir, session = open_run(cfg, command, datamodule)
     try:
-        results, trainer, task = fit_and_test(plan, datamodule, run_dir, command, start)
+        results, trainer, task = fit_and_test(plan, datamodule, run_dir, command, start, callbacks)
+        if search is not None:
+            results["lr_find"] = record_search(search, run_dir)
     except BaseException as err:
         raise record_stop(err, plan, run_dir, session, start) from None
     finally:
@@ -69,6 +76,7 @@ def train_and_test(cfg: DictConfig, command: str) -> tuple[dict, pl.Trainer, obj
         write_json(results, run_dir / "results.json")
         log.info("%s", metrics_table(results["metrics"]))
         log.info("Results: %s", run_dir / "results.json")
+        finish_run_report(cfg, trainer, datamodule, run_dir, results)
     return results, trainer, task, datamodule, run_dir
 
 
@@ -80,10 +88,14 @@ def check_ckpt_path(cfg: DictConfig) -> None:
                           "run under outputs/) or resume=<run directory>.")
 
 
+def num_nodes(cfg: DictConfig) -> int:
+    return int(cfg.trainer.get("num_nodes") or 1)
+
+
 def open_run(cfg: DictConfig, command: str, datamodule) -> tuple[Path, dict]:
     """A new run directory, or with `resume=` the run being continued; results.json says running."""
     resumed = cfg.get("resume")
-    run_dir = reuse_run_dir(resumed) if resumed else create_run_dir(cfg.run_dir)
+    run_dir = reuse_run_dir(resumed) if resumed else create_run_dir(cfg.run_dir, num_nodes(cfg))
     previous, resumed_from = read_results(run_dir) if resumed else {}, None
     if resumed and cfg.get("ckpt_path"):
         resumed_from = {"checkpoint": str(cfg.ckpt_path), **checkpoint_meta(Path(cfg.ckpt_path))}
@@ -105,10 +117,36 @@ def open_run(cfg: DictConfig, command: str, datamodule) -> tuple[Path, dict]:
     return run_dir, session
 
 
-def fit_and_test(plan: Plan, datamodule, run_dir: Path, command: str, start: float) -> tuple[dict, pl.Trainer, object]:
+def search_lr(plan: Plan, datamodule):
+    """`optimizer.lr=find`: Lightning's LR range test on the planned run; the plan then trains with
+    its suggestion (config.yaml records the number). The random streams are left as they were."""
+    from transferkit.lr_finder import check_searchable, find_lr, with_lr
+    from transferkit.planning import preserved_rng
+
+    check_searchable(plan.cfg, "fit")
+    with preserved_rng():
+        search = find_lr(plan.cfg, datamodule, plan.weights)
+    plan.cfg = with_lr(plan.cfg, search.suggestion)
+    plan.notes.append(f"optimizer.lr=find: trains with the suggested base LR {search.suggestion:.3g}")
+    return search
+
+
+def record_search(search, run_dir: Path) -> dict:
+    from transferkit.lr_finder import plot_lr_search
+
+    png = run_dir / "lr_find.png"
+    if rank_zero_only.rank == 0:
+        plot_lr_search(search, png, "optimizer.lr=find")
+    return {**search.to_dict(), "plot": str(png)}
+
+
+def fit_and_test(plan: Plan, datamodule, run_dir: Path, command: str, start: float,
+                 callbacks: list[pl.Callback] | None = None) -> tuple[dict, pl.Trainer, object]:
     cfg = plan.cfg
-    fit = fit_race if plan.race is not None else fit_fixed
-    trainer, task, fit_data, extra = fit(plan, datamodule, run_dir)
+    if plan.race is not None:
+        trainer, task, fit_data, extra = fit_race(plan, datamodule, run_dir)
+    else:
+        trainer, task, fit_data, extra = fit_fixed(plan, datamodule, run_dir, callbacks)
     winner = extra.pop("_winner", None)
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if not val_metrics and cfg.get("resume"):
@@ -175,12 +213,13 @@ def stop_of(err: BaseException, plan: Plan, run_dir: Path, command: str) -> Base
                           f"python -m transferkit fit resume={shlex.quote(str(run_dir))}", code)
 
 
-def fit_fixed(plan: Plan, datamodule, run_dir: Path) -> tuple[pl.Trainer, object, object, dict]:
+def fit_fixed(plan: Plan, datamodule, run_dir: Path, callbacks: list[pl.Callback] | None = None,
+              ) -> tuple[pl.Trainer, object, object, dict]:
     """One fit with the planned strategy (on cached features where planning said so)."""
     cfg = plan.cfg
     task = build_task(cfg, datamodule, plan.weights)
     trainer = build_trainer(cfg, run_dir, task.monitor, task.monitor_mode,
-                            extra_callbacks=resume_callbacks(cfg, run_dir))
+                            extra_callbacks=resume_callbacks(cfg, run_dir) + list(callbacks or []))
     fit_data = build_feature_cache(cfg, datamodule, task, run_dir) if plan.cache["used"] else datamodule
     trainer.fit(task, datamodule=fit_data, ckpt_path=cfg.ckpt_path, weights_only=True)  # quiet_console filters noise
     return trainer, task, fit_data, {"feature_cache": dict(plan.cache)}
@@ -240,6 +279,7 @@ def collect_results(cfg, command, task, datamodule, trainer, val_metrics, tested
                  "skipped_files": [[str(p), r] for p, r in getattr(datamodule, "skipped", [])]},
         "params": task.num_params(),
         "metrics": metrics,
+        "monitor": {"metric": callback.monitor, "mode": callback.mode} if callback else None,  # sweep tables sort by it
         "best_checkpoint": callback.best_model_path if callback else None,
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt") if callback else None,
         "epochs": trainer.current_epoch,

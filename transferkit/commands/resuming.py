@@ -53,12 +53,16 @@ def is_fit_run(run_dir: Path) -> bool:
     return command == "fit" or command is None and (run_dir / "checkpoints").is_dir()
 
 
-def find_run(value: str, base: Path = OUTPUTS) -> Path:
-    """The run directory `resume=` names: a path, or `last` for the newest fit run under `base`."""
+def is_run_of(run_dir: Path, command: str) -> bool:
+    return is_fit_run(run_dir) if command == "fit" else read_results(run_dir).get("command") == command
+
+
+def find_run(value: str, base: Path = OUTPUTS, command: str = "fit") -> Path:
+    """The run directory `resume=` names: a path, or `last` for the newest `command` run under `base`."""
     if str(value) == "last":
-        runs = [p.parent for p in base.glob("*/*/config.yaml") if is_fit_run(p.parent)]
+        runs = [p.parent for p in base.glob("*/*/config.yaml") if is_run_of(p.parent, command)]
         if not runs:
-            raise FileNotFoundError(f"resume=last: no fit run under {base.resolve()}/ (runs live in "
+            raise FileNotFoundError(f"resume=last: no {command} run under {base.resolve()}/ (runs live in "
                                     "outputs/<date>/<time>/); pass resume=<run directory> instead.")
         return max(runs, key=run_order).resolve()
     path = Path(str(value)).expanduser()
@@ -151,7 +155,9 @@ def config_of_resumed_run(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     keys = check_overrides(overrides, run_dir)
     results = read_results(run_dir)
     if results.get("command") not in (None, "fit"):
-        raise ConfigError(f"resume={run_dir}: that is a {results['command']!r} run; resume continues fit runs.")
+        again = " (python -m transferkit cv resume=...)" if results["command"] == "cv" else ""
+        raise ConfigError(f"resume={run_dir}: that is a {results['command']!r} run; fit resume continues fit "
+                          f"runs. Resume it with its own command{again}.")
     if not child:
         check_not_running(results, run_dir)
     saved = OmegaConf.load(run_dir / "config.yaml")
@@ -167,6 +173,29 @@ def config_of_resumed_run(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
         saved.resume, saved.run_dir, saved.ckpt_path = str(run_dir), str(run_dir), str(last) if last else None
     log.info("Resuming %s from %s", run_dir, last or f"the race record {run_dir / RACE_PROGRESS}")
+    return saved
+
+
+def config_of_resumed_cv(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """`cv resume=<cv run directory>`: its own config.yaml plus the RESUME_KEYS given; the cv command
+    skips the finished folds and resumes an interrupted one from its last.ckpt."""
+    from transferkit.rundir import ENV_CV_DIR, is_ddp_child
+
+    child = is_ddp_child()
+    run_dir = Path(os.environ[ENV_CV_DIR]) if child else find_run(str(cfg.resume), command="cv")
+    keys = check_overrides(overrides, run_dir)
+    results = read_results(run_dir)
+    if results.get("command") != "cv":
+        raise ConfigError(f"resume={run_dir}: that is not a cv run (its results.json says command "
+                          f"{results.get('command')!r}); continue a fit run with python -m transferkit fit resume=...")
+    if not child:
+        check_not_running(results, run_dir)
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    with open_dict(saved):
+        for key in keys:
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+        saved.resume, saved.run_dir = str(run_dir), str(run_dir)
+    log.info("Resuming the cv run %s", run_dir)
     return saved
 
 

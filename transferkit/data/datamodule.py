@@ -12,7 +12,14 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
 from transferkit.data.embedded import embedded_spec
-from transferkit.data.sources import FileSource, TransformedDataset, source_labels, subset_source
+from transferkit.data.eval_sampler import eval_sampler
+from transferkit.data.sources import (
+    FileSource,
+    TransformedDataset,
+    pool_sources,
+    source_labels,
+    subset_source,
+)
 from transferkit.errors import lookup
 
 if TYPE_CHECKING:
@@ -127,11 +134,28 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.class_names = list(data.class_names)
         self.sources = dict(data.sources)
         self.split_record = dict(data.record)
+        if self.num_folds is not None or self.fold is not None:
+            self._fold_embedded()
         if self.train_per_class is not None:
             labels = source_labels(self.sources["train"])
             chosen = self._draw_train(labels, self.class_names)
             self.sources["train"] = subset_source(self.sources["train"], chosen, labels)
             self.split_record.update(self._draw_record(chosen))
+
+    def _fold_embedded(self) -> None:
+        """k-fold over the embedded train+val (as for folders): fold `fold` is val; test is untouched."""
+        from transferkit.data.splits import kfold
+
+        if self.num_folds is None:
+            raise ValueError(f"data.fold={self.fold!r} needs data.num_folds (e.g. data.num_folds=5).")
+        pool = pool_sources(self.sources["train"], self.sources["val"])
+        labels = source_labels(pool)
+        items = list(enumerate(labels.tolist()))
+        train, val = kfold(items, self.num_folds, self.fold or 0, self.seed, self.class_names)
+        self.sources["train"] = subset_source(pool, [i for i, _ in train], labels)
+        self.sources["val"] = subset_source(pool, [i for i, _ in val], labels)
+        self.split_record.update({"num_folds": self.num_folds, "fold": self.fold or 0,
+                                  "val_indices": [i for i, _ in val]})
 
     def _draw_train(self, labels: Sequence[int] | np.ndarray, class_names: Sequence[str]) -> np.ndarray:
         """Indices of the training images kept by `train_per_class`; warns for each smaller class."""
@@ -188,6 +212,8 @@ class ClassificationDataModule(pl.LightningDataModule):
             from transferkit.data.balance import build_weighted_sampler
 
             sampler = build_weighted_sampler(self.labels("train"), len(self.class_names), self.seed)
+        if not train:
+            sampler = eval_sampler(dataset, split)  # DDP: each image once, no padding
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=train and sampler is None,
                           sampler=sampler, num_workers=self.num_workers, drop_last=False,
                           persistent_workers=self.num_workers > 0, pin_memory=False)

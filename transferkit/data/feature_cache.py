@@ -37,7 +37,7 @@ DETERMINISTIC_AUGMENTS = frozenset({"none"})
 # -- deciding ----------------------------------------------------------------------------------
 def cache_blockers(task_kind: str, strategy: str, unfreeze_at_epoch: int | None, augment: str,
                    mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, drop_rate: float = 0.0,
-                   drop_path_rate: float = 0.0) -> list[str]:
+                   drop_path_rate: float = 0.0, spatial_dropout: float = 0.0) -> list[str]:
     """Why cached features would not match what the backbone computes during training ([] = valid)."""
     reasons = []
     if task_kind != "classification":
@@ -53,7 +53,8 @@ def cache_blockers(task_kind: str, strategy: str, unfreeze_at_epoch: int | None,
         reasons.append(f"augment.name={augment!r} draws new random augmentations every epoch; use "
                        f"augment={sorted(DETERMINISTIC_AUGMENTS)[0]}")
     for key, value in (("augment.mixup_alpha", mixup_alpha), ("augment.cutmix_alpha", cutmix_alpha),
-                       ("model.drop_rate", drop_rate), ("model.drop_path_rate", drop_path_rate)):
+                       ("model.drop_rate", drop_rate), ("model.drop_path_rate", drop_path_rate),
+                       ("model.spatial_dropout", spatial_dropout)):
         if value:
             reasons.append(f"{key}={value!r} makes each training forward pass random; set it to 0")
     return reasons

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from transferkit.data.decode import IMAGE_EXTENSIONS, displayed_size, load_image
 from transferkit.data.embedded import embedded_spec
+from transferkit.data.eval_sampler import eval_sampler
 from transferkit.data.masks import load_mask
 from transferkit.data.sources import match_image_channels
 from transferkit.data.transforms import TRAIN_PIPELINES, build_transforms
@@ -260,7 +261,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         return JointTransformDataset(self.sources[split], self.transform(train), self.in_chans)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        return DataLoader(self.dataset(split, train), batch_size=self.batch_size, shuffle=train,
+        dataset = self.dataset(split, train)
+        sampler = None if train else eval_sampler(dataset, split)  # DDP: each image once, no padding
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, sampler=sampler,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

@@ -75,6 +75,35 @@ class TransformedDataset(Dataset):
         return self.transform(image=image)["image"], label
 
 
+class ViewsDataset(Dataset):
+    """Each raw sample prepared by several pipelines (one per ensemble member, each its own size and
+    normalisation): yields `(tuple of C x H x W tensors, label)`; with `with_mask` the mask is moved
+    by the first pipeline and yielded in place of the label."""
+
+    def __init__(self, source: Dataset, transforms: Sequence[Callable], in_chans: Sequence[int],
+                 with_mask: bool = False) -> None:
+        if len(transforms) != len(in_chans):
+            raise ValueError(f"{len(transforms)} pipelines but {len(in_chans)} channel counts.")
+        self.source, self.transforms, self.in_chans = source, list(transforms), list(in_chans)
+        self.with_mask = with_mask
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        image, target = self.source[index]
+        views = []
+        for k, (transform, channels) in enumerate(zip(self.transforms, self.in_chans)):
+            pixels = match_image_channels(image, channels)
+            if self.with_mask and k == 0:
+                out = transform(image=pixels, mask=target)
+                target = out["mask"].long()
+            else:
+                out = transform(image=pixels)
+            views.append(out["image"])
+        return tuple(views), target
+
+
 class SubsetSource(Dataset):
     """The items ``indices`` of ``source``, in that order, with their ``labels`` known up front."""
 
@@ -90,6 +119,32 @@ class SubsetSource(Dataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         return self.source[self.indices[index]]
+
+
+class ConcatSource(Dataset):
+    """The items of ``sources`` one after another, with their labels known up front."""
+
+    def __init__(self, sources: Sequence[Dataset]) -> None:
+        self.sources = list(sources)
+        labels = [source_labels(s) for s in self.sources]
+        self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+        self.starts = np.cumsum([0, *(len(s) for s in self.sources)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        part = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return self.sources[part][index - int(self.starts[part])]
+
+
+def pool_sources(first: Dataset, second: Dataset) -> Dataset:
+    """``first`` then ``second`` as one source (k-fold pools train and val before splitting them)."""
+    if isinstance(first, ArraySource) and isinstance(second, ArraySource) and first.in_chans == second.in_chans \
+            and first.images.shape[1:] == second.images.shape[1:]:
+        return ArraySource(np.concatenate([first.images, second.images]),
+                           np.concatenate([first.labels, second.labels]), in_chans=first.in_chans)
+    return ConcatSource([first, second])
 
 
 def subset_source(source: Dataset, indices: Sequence[int], labels: np.ndarray) -> Dataset:

@@ -70,6 +70,16 @@ TRAIN_PIPELINES: dict[str, Callable[..., Steps]] = {
 }
 
 
+def trains_with_flips(name: str, flips: bool = True) -> bool:
+    """Whether the train pipeline `augment.name` mirrors images left-right (with `augment.flips`).
+
+    Recorded in each checkpoint's data config, so test-time augmentation flips only models that saw
+    mirrored images in training (a mirrored digit is not a digit).
+    """
+    steps = lookup(TRAIN_PIPELINES, name, "augment.name")(32)
+    return bool(flips) and any(isinstance(t, A.HorizontalFlip) for t in steps)
+
+
 class TorchSeededCompose(A.Compose):
     """`A.Compose` that seeds its one random generator from torch's seed in each process.
 
@@ -156,6 +166,13 @@ def build_transforms(name: str, train: bool, image_size: int, mean: Sequence[flo
         steps = [t for t in steps if not isinstance(t, (A.HorizontalFlip, A.VerticalFlip))]
     normalize = build_normalize(name, mean, std, in_chans)
     return TorchSeededCompose([*steps, normalize, ToTensorV2()], mask_interpolation=cv2.INTER_NEAREST)
+
+
+def build_eval_resize(image_size: int, interpolation: str = "bilinear") -> A.Compose:
+    """The eval pipeline's resize alone: ``uint8 H x W x C`` in, ``uint8 image_size x image_size x C``
+    out (the input of an exported model that normalises inside its graph)."""
+    flag = lookup(INTERPOLATIONS, interpolation, "data.interpolation")
+    return A.Compose(_resize(image_size, 0, flag))
 
 
 def build_batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int,

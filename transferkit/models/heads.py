@@ -35,6 +35,25 @@ def create_head(in_features: int, num_classes: int, *, dropout: float = 0.0,
     return nn.Sequential(*layers)
 
 
+def create_spatial_dropout(p: float) -> nn.Dropout2d | None:
+    """`model.spatial_dropout`: channel-wise dropout (whole feature maps) before pooling; None when 0."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise ConfigError(f"model.spatial_dropout={p!r} must be in [0, 1) (e.g. 0.2; 0 = off).")
+    return nn.Dropout2d(float(p)) if p else None
+
+
+def pooled_with_spatial_dropout(backbone: nn.Module, dropout: nn.Dropout2d, x: torch.Tensor) -> torch.Tensor:
+    """What `backbone(x)` returns (timm, `num_classes=0`: pooled features), with `dropout` applied to
+    the last feature map between `forward_features` and the pooling in `forward_head`."""
+    features = backbone.forward_features(x)
+    if features.ndim != 4 or features.shape[1] != backbone.num_features:
+        raise ConfigError(
+            f"model.spatial_dropout={dropout.p!r} drops channels of an N x C x H x W feature map, but "
+            f"{type(backbone).__name__} gives {tuple(features.shape)} (a transformer's tokens or channels-last). "
+            "Use a CNN backbone (ResNet, EfficientNet, ConvNeXt, ...), or model.dropout / model.drop_path_rate.")
+    return backbone.forward_head(dropout(features))
+
+
 def init_linear(layer: nn.Linear, init: Init, relu: bool) -> None:
     match init:
         case "kaiming":

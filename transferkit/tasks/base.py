@@ -7,7 +7,9 @@ import logging
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+from torchmetrics import MeanMetric
 
+from transferkit.errors import ConfigError
 from transferkit.finetune import (
     FinetunePlan,
     apply_strategy,
@@ -17,6 +19,7 @@ from transferkit.finetune import (
     tracked_param_ids,
 )
 from transferkit.optim import build_optimizer
+from transferkit.regularization import check_l1, l1_penalty, l1_weights
 from transferkit.schedulers import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -32,8 +35,13 @@ class BaseTask(pl.LightningModule):
     monitor_mode: str = "min"
 
     def __init__(self, finetune: dict | None = None, optimizer: dict | None = None,
-                 scheduler: dict | None = None) -> None:
+                 scheduler: dict | None = None, regularization: dict | None = None) -> None:
         super().__init__()
+        regularization = dict(regularization or {})
+        unknown = sorted(set(regularization) - {"l1"})
+        if unknown:
+            raise ConfigError(f"regularization.{unknown[0]} is not an option; use regularization.l1.")
+        self.l1 = check_l1(regularization.get("l1") or 0.0)
         self.plan = FinetunePlan(**(finetune or {}))
         if self.plan.strategy == "auto":
             raise ValueError(
@@ -71,6 +79,15 @@ class BaseTask(pl.LightningModule):
         if self.plan.unfreeze_at_epoch is not None:
             sync_untracked_grads(self, getattr(self, "_ddp_tracked", tracked_param_ids(self)))
 
+    def regularized(self, loss: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """The training loss plus `regularization.l1` x sum|w| of the trainable weights (logged as
+        `train/l1`; `train/loss` stays the data loss, comparable with `val/loss`)."""
+        if not self.l1:
+            return loss
+        penalty = self.l1 * l1_penalty(l1_weights(self.encoder, self.head)).to(loss.device)
+        self.log("train/l1", penalty, on_step=True, on_epoch=True, batch_size=batch_size)
+        return loss + penalty
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["transferkit_task"] = type(self).__name__  # lets `load_task` pick the class
 
@@ -103,6 +120,13 @@ class BaseTask(pl.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def build_eval_losses() -> nn.ModuleDict:
+    """`val/loss` and `test/loss` as torchmetrics means: their sums and counts add up over DDP ranks
+    exactly. (`self.log(..., sync_dist=True)` averages the per-rank image counts as integers, which
+    is off whenever the ranks hold different numbers of images: transferkit.data.eval_sampler.)"""
+    return nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
 
 def fit_warmup(schedule: dict, max_epochs: int) -> dict:

@@ -11,15 +11,15 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from transferkit.errors import ConfigError
 from transferkit.models.backbones import create_backbone
-from transferkit.models.heads import create_head
-from transferkit.tasks.base import BaseTask
+from transferkit.models.heads import create_head, create_spatial_dropout, pooled_with_spatial_dropout
+from transferkit.tasks.base import BaseTask, build_eval_losses
 from transferkit.tasks.linear_probe import LinearProbeCallback
 
 log = logging.getLogger(__name__)
 
 # `weights` and `cache_dir` say where the backbone's first weights came from (planning loads them).
 MODEL_DEFAULTS = {"backbone": "resnet10t", "weights": "none", "in_chans": 3, "dropout": 0.0,
-                  "hidden_dim": None, "init": "kaiming", "drop_rate": 0.0, "drop_path_rate": 0.0,
+                  "spatial_dropout": 0.0, "hidden_dim": None, "init": "kaiming", "drop_rate": 0.0, "drop_path_rate": 0.0,
                   "cache_dir": None}
 
 
@@ -34,8 +34,10 @@ class ClassificationTask(BaseTask):
                  optimizer: dict | None = None, scheduler: dict | None = None,
                  label_smoothing: float = 0.0, top_k: int = 5,
                  class_weights: list[float] | None = None, mixup_alpha: float = 0.0,
-                 cutmix_alpha: float = 0.0, data_config: dict | None = None) -> None:
-        super().__init__(finetune=finetune, optimizer=optimizer, scheduler=scheduler)
+                 cutmix_alpha: float = 0.0, data_config: dict | None = None,
+                 regularization: dict | None = None) -> None:
+        super().__init__(finetune=finetune, optimizer=optimizer, scheduler=scheduler,
+                         regularization=regularization)
         self.save_hyperparameters()
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes!r}: classification needs at least 2 classes.")
@@ -58,6 +60,7 @@ class ClassificationTask(BaseTask):
                                        image_size=(data_config or {}).get("image_size"))
         self.head = create_head(self.encoder.num_features, num_classes, dropout=spec["dropout"],
                                 hidden_dim=spec["hidden_dim"], init=spec["init"])
+        self.spatial_dropout = create_spatial_dropout(spec["spatial_dropout"])
         self.setup_finetuning()
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
@@ -67,6 +70,7 @@ class ClassificationTask(BaseTask):
         metrics = build_metrics(num_classes, top_k)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self.eval_losses = build_eval_losses()
 
     @staticmethod
     def _build_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int, label_smoothing: float):
@@ -78,7 +82,11 @@ class ClassificationTask(BaseTask):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A 2-D batch holds backbone features cached by transferkit.data.feature_cache (frozen encoder).
-        return self.head(x if x.ndim == 2 else self.encoder(x))
+        if x.ndim == 2:
+            return self.head(x)
+        if self.spatial_dropout is None:
+            return self.head(self.encoder(x))
+        return self.head(pooled_with_spatial_dropout(self.encoder, self.spatial_dropout, x))
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if target.ndim == 2:  # soft targets from mixup/cutmix
@@ -105,7 +113,7 @@ class ClassificationTask(BaseTask):
                 log.warning("mixup/cutmix skipped for odd batches of %d; use an even data.batch_size.", x.shape[0])
         loss = self.loss(self(x), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
-        return loss
+        return self.regularized(loss, x.shape[0])
 
     def _solved_head_step(self, x: torch.Tensor, y: torch.Tensor, batch_idx: int) -> None:
         """The head was solved at train start (tasks/linear_probe.py): report its loss, change nothing."""
@@ -119,19 +127,22 @@ class ClassificationTask(BaseTask):
             optimizer.step()
             optimizer.zero_grad()
 
-    def _eval_step(self, batch, metrics: MetricCollection, stage: str) -> None:
+    def _eval_step(self, batch, metrics: MetricCollection, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True,
-                 prog_bar=stage == "val", batch_size=x.shape[0])
+        mean_loss = self.eval_losses[stage]
+        mean_loss.update(F.cross_entropy(logits, y), weight=x.shape[0])
+        self.log(f"{stage}/loss", mean_loss, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0])
         metrics.update(logits, y)
         self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0])
+        return logits
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """The logits ``N x C``, handed to callbacks (the run report collects them)."""
+        return self._eval_step(batch, self.test_metrics, "test")
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch

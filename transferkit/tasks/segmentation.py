@@ -16,14 +16,14 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from transferkit.errors import ConfigError
 from transferkit.models.fcn import create_segmentation_model, fcn_forward
-from transferkit.tasks.base import BaseTask
+from transferkit.tasks.base import BaseTask, build_eval_losses
 
 log = logging.getLogger(__name__)
 
 MODEL_DEFAULTS = {"backbone": "resnet10t", "weights": "none", "in_chans": 3, "head": "fcn8s",
                   "learnable_upsampling": True, "drop_rate": 0.0, "drop_path_rate": 0.0, "cache_dir": None}
 # Classification-only keys the shared `model` group may carry; segmentation ignores them.
-CLASSIFIER_KEYS = {"dropout", "hidden_dim", "init"}
+CLASSIFIER_KEYS = {"dropout", "hidden_dim", "init", "spatial_dropout"}
 
 
 def scores_from_confusion(confmat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -70,8 +70,9 @@ class SegmentationTask(BaseTask):
                  optimizer: dict | None = None, scheduler: dict | None = None,
                  ignore_index: int = 255, dice_weight: float = 0.0,
                  class_weights: list[float] | None = None, data_config: dict | None = None,
-                 grid_samples: int = 4) -> None:
-        super().__init__(finetune=finetune, optimizer=optimizer, scheduler=scheduler)
+                 grid_samples: int = 4, regularization: dict | None = None) -> None:
+        super().__init__(finetune=finetune, optimizer=optimizer, scheduler=scheduler,
+                         regularization=regularization)
         self.save_hyperparameters()
         spec = self._model_spec(model)
         if self.plan.probes_first:
@@ -101,11 +102,15 @@ class SegmentationTask(BaseTask):
         self.data_config = dict(data_config or {})
         self.val_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
         self.test_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
+        self.eval_losses = build_eval_losses()  # exact over uneven DDP ranks
 
     @staticmethod
     def _model_spec(model: dict | None) -> dict:
         model = {k: v for k, v in (model or {}).items() if v is not None or k not in MODEL_DEFAULTS}
         unknown = set(model) - set(MODEL_DEFAULTS) - CLASSIFIER_KEYS
+        if model.get("spatial_dropout"):
+            raise ConfigError(f"model.spatial_dropout={model['spatial_dropout']!r} acts before a classifier's "
+                              "pooling; segmentation has none. Set model.spatial_dropout=0.")
         if unknown:
             raise TypeError(f"model.{sorted(unknown)[0]} is not a segmentation model option; "
                             f"use {sorted(MODEL_DEFAULTS)}.")
@@ -127,13 +132,14 @@ class SegmentationTask(BaseTask):
         x, y = batch
         loss = self.loss(self(x), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
-        return loss
+        return self.regularized(loss, x.shape[0])
 
     def _eval_step(self, batch, confusion: MulticlassConfusionMatrix, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        self.log(f"{stage}/loss", self.loss(logits, y), on_epoch=True, sync_dist=True,
-                 prog_bar=stage == "val", batch_size=x.shape[0])
+        mean_loss = self.eval_losses[stage]
+        mean_loss.update(self.loss(logits, y), weight=x.shape[0])
+        self.log(f"{stage}/loss", mean_loss, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0])
         preds = logits.argmax(dim=1)
         confusion.update(preds, y)
         return preds
@@ -155,8 +161,9 @@ class SegmentationTask(BaseTask):
     def on_validation_epoch_end(self) -> None:
         self._log_scores(self.val_confusion, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_confusion, "test")
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Predicted class ids ``N x H x W``, handed to callbacks (the run report counts them)."""
+        return self._eval_step(batch, self.test_confusion, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_scores(self.test_confusion, "test")
@@ -172,6 +179,6 @@ class SegmentationTask(BaseTask):
 
         The logits are resized bilinearly to ``size`` (the images' own size) before the argmax.
         """
-        logits = F.interpolate(self(x.to(self.device)), size=tuple(size), mode="bilinear",
-                               align_corners=False)
-        return logits.argmax(dim=1)
+        from transferkit.inference.outputs import mask_at_size
+
+        return mask_at_size(self(x.to(self.device)), size)

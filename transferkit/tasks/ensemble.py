@@ -1,0 +1,94 @@
+"""Ensembles: several trained tasks (e.g. the folds of a `cv` run) averaging their probabilities.
+
+Each member sees the batch in its own preprocessing (`views[i]` is the batch prepared with member
+i's image size, mean and std); classification averages the softmax outputs, segmentation the
+per-pixel probabilities on the first member's pixels. Test-time augmentation (`transferkit.tta`)
+applies per member, before the average.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from transferkit.tta import check_tta, tta_probabilities
+
+
+def average_probabilities(probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The members' probabilities averaged with equal weights."""
+    if not probabilities:
+        raise ValueError("an ensemble needs at least one member.")
+    return torch.stack([p.float() for p in probabilities]).mean(dim=0)
+
+
+class EnsembleTask(pl.LightningModule):
+    """Trained tasks of one kind and one class list, evaluated together (`test`, `predict`, `cv`).
+
+    Args:
+        members: loaded tasks (`transferkit.loading.load_ensemble` checks their class lists).
+        tta: `none`, `flip` or `multiscale`, for every member or one per member (`load_ensemble`
+            gives `none` to a member a view does not suit: `flip` for one trained without flips).
+    """
+
+    def __init__(self, members: Sequence[nn.Module], tta: str | Sequence[str] = "none") -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member.")
+        self.members = nn.ModuleList(members)
+        modes = [tta] * len(members) if isinstance(tta, str) else list(tta)
+        if len(modes) != len(members):
+            raise ValueError(f"{len(modes)} tta modes for {len(members)} members.")
+        self.tta = [check_tta(mode) for mode in modes]
+        first = members[0]
+        self.class_names = list(first.class_names)
+        self.segmentation = type(first).__name__ == "SegmentationTask"
+        self.ignore_index = int(getattr(first, "ignore_index", -100)) if self.segmentation else -100
+        num_classes = len(self.class_names)
+        if self.segmentation:
+            from torchmetrics.classification import MulticlassConfusionMatrix
+
+            self.test_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=self.ignore_index)
+        else:
+            from transferkit.tasks.classification import build_metrics
+
+            top_k = int(first.hparams.get("top_k", 5))
+            self.test_metrics = build_metrics(num_classes, top_k).clone(prefix="test/")
+
+    def probabilities(self, views: Sequence[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Averaged probabilities: N x C, or N x C x H x W at `size` (default: the first view's pixels)."""
+        outputs = []
+        for member, x, mode in zip(self.members, views, self.tta):
+            probs = tta_probabilities(member, x.to(self.device), mode, True, self.segmentation)
+            if self.segmentation:
+                target = tuple(size or views[0].shape[-2:])
+                if probs.shape[-2:] != target:
+                    probs = F.interpolate(probs, size=target, mode="bilinear", align_corners=False)
+            outputs.append(probs)
+        return average_probabilities(outputs)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        views, y = batch
+        probs = self.probabilities(views)
+        loss = F.nll_loss(torch.log(probs.clamp_min(1e-12)), y, ignore_index=self.ignore_index)
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=y.shape[0])
+        if self.segmentation:
+            self.test_confusion.update(probs.argmax(dim=1), y)
+            return
+        self.test_metrics.update(probs, y)
+        self.log_dict(self.test_metrics, on_epoch=True, batch_size=y.shape[0])
+
+    def on_test_epoch_end(self) -> None:
+        if not self.segmentation:
+            return
+        from transferkit.tasks.segmentation import metric_name, scores_from_confusion
+
+        iou, miou, pixel_acc = scores_from_confusion(self.test_confusion.compute())
+        scores = {"test/miou": miou, "test/pixel_acc": pixel_acc}
+        scores.update({f"test/iou_{metric_name(name)}": value
+                       for name, value in zip(self.class_names, iou) if not value.isnan()})
+        self.log_dict(scores)
+        self.test_confusion.reset()
