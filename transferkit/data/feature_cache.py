@@ -37,7 +37,7 @@ DETERMINISTIC_AUGMENTS = frozenset({"none"})
 # -- deciding ----------------------------------------------------------------------------------
 def cache_blockers(task_kind: str, strategy: str, unfreeze_at_epoch: int | None, augment: str,
                    mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, drop_rate: float = 0.0,
-                   drop_path_rate: float = 0.0) -> list[str]:
+                   drop_path_rate: float = 0.0, decode: str = "cpu") -> list[str]:
     """Why cached features would not match what the backbone computes during training ([] = valid)."""
     reasons = []
     if task_kind != "classification":
@@ -52,6 +52,9 @@ def cache_blockers(task_kind: str, strategy: str, unfreeze_at_epoch: int | None,
     if augment not in DETERMINISTIC_AUGMENTS:
         reasons.append(f"augment.name={augment!r} draws new random augmentations every epoch; use "
                        f"augment={sorted(DETERMINISTIC_AUGMENTS)[0]}")
+    if decode != "cpu":
+        reasons.append(f"data.decode={decode!r} decodes batches on the device, outside the dataset the "
+                       "cache reads; use data.decode=cpu")
     for key, value in (("augment.mixup_alpha", mixup_alpha), ("augment.cutmix_alpha", cutmix_alpha),
                        ("model.drop_rate", drop_rate), ("model.drop_path_rate", drop_path_rate)):
         if value:

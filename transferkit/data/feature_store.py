@@ -73,8 +73,10 @@ def extract_features(encoder: nn.Module, dataset: Dataset, allocate: Allocate, b
     device = next(encoder.parameters()).device
     # Its own generator: creating the iterator must not draw from the global RNG, so the training
     # shuffles are the same as in an uncached run.
+    # A dataset of whole batches (data.embedded=synthetic, on the device) brings its own collate.
+    collate = dataset.collate if getattr(dataset, "yields_batches", False) else None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        generator=torch.Generator())
+                        generator=torch.Generator(), collate_fn=collate)
     out: np.ndarray | None = None
     modes = [(module, module.training) for module in encoder.modules()]
     encoder.eval()
@@ -86,7 +88,8 @@ def extract_features(encoder: nn.Module, dataset: Dataset, allocate: Allocate, b
                 if out is None:
                     out = allocate(len(dataset), feats.shape[1])
                 out[start:start + len(feats)] = feats
-                labels[start:start + len(feats)] = np.asarray(targets)
+                labels[start:start + len(feats)] = np.asarray(
+                    targets.cpu() if isinstance(targets, torch.Tensor) else targets)
                 start += len(feats)
     finally:
         for module, mode in modes:

@@ -260,8 +260,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         return JointTransformDataset(self.sources[split], self.transform(train), self.in_chans)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        return DataLoader(self.dataset(split, train), batch_size=self.batch_size, shuffle=train,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        from transferkit.data.loader_settings import loader_settings
+
+        settings = loader_settings(self.num_workers, getattr(self, "trainer", None))
+        return DataLoader(self.dataset(split, train), batch_size=self.batch_size, shuffle=train, **settings)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

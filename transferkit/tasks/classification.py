@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 # `weights` and `cache_dir` say where the backbone's first weights came from (planning loads them).
 MODEL_DEFAULTS = {"backbone": "resnet10t", "weights": "none", "in_chans": 3, "dropout": 0.0,
                   "hidden_dim": None, "init": "kaiming", "drop_rate": 0.0, "drop_path_rate": 0.0,
-                  "cache_dir": None}
+                  "cache_dir": None, "channels_last": False, "compile": False, "compile_mode": None}
 
 
 class ClassificationTask(BaseTask):
@@ -59,6 +59,7 @@ class ClassificationTask(BaseTask):
         self.head = create_head(self.encoder.num_features, num_classes, dropout=spec["dropout"],
                                 hidden_dim=spec["hidden_dim"], init=spec["init"])
         self.setup_finetuning()
+        self.setup_speed(spec["channels_last"], spec["compile"], spec["compile_mode"])
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.label_smoothing = label_smoothing
@@ -78,7 +79,7 @@ class ClassificationTask(BaseTask):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A 2-D batch holds backbone features cached by transferkit.data.feature_cache (frozen encoder).
-        return self.head(x if x.ndim == 2 else self.encoder(x))
+        return self.head(x if x.ndim == 2 else self.encoder(self.prepare_input(x)))
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if target.ndim == 2:  # soft targets from mixup/cutmix
