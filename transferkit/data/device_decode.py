@@ -90,7 +90,8 @@ class DeviceDecodeLoader:
         self.loader, self.pipeline, self.device = loader, pipeline, torch.device(device)
         self.seed, self.prefetch, self.epoch = int(seed), int(prefetch), 0
         self.dataset, self.batch_size = loader.dataset, loader.batch_size
-        self.sampler, self.drop_last, self.num_workers = loader.sampler, loader.drop_last, loader.num_workers
+        self.sampler, self.batch_sampler = loader.sampler, loader.batch_sampler
+        self.drop_last, self.num_workers = loader.drop_last, loader.num_workers
 
     def __len__(self) -> int:
         return len(self.loader)
