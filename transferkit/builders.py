@@ -150,15 +150,23 @@ def run_guard_callbacks(checkpoints: Path) -> list[pl.Callback]:
 
 
 def build_plugins(flags: dict) -> list:
-    """`trainer.plugins` plus atomic checkpoint writes, unless a CheckpointIO was given."""
+    """`trainer.plugins` plus atomic checkpoint writes in a background thread, unless a CheckpointIO
+    was given.
+
+    `AsyncCheckpointIO` copies the checkpoint's tensors in the training thread and writes them (atomically:
+    `AtomicCheckpointIO`) in its own, so training goes on during the write and fsync. Lightning's teardown
+    waits for the writes, so every checkpoint is complete on disk when `trainer.fit` returns or raises,
+    before `results.json` is written and before `test` reads best.ckpt.
+    """
     from lightning_fabric.plugins import CheckpointIO
+    from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
     from transferkit.checkpoint_io import AtomicCheckpointIO
 
     given = flags.pop("plugins", None) or []
     plugins = list(given) if isinstance(given, (list, tuple)) else [given]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
-        plugins.append(AtomicCheckpointIO())
+        plugins.append(AsyncCheckpointIO(AtomicCheckpointIO()))
     return plugins
 
 
