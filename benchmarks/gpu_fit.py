@@ -249,8 +249,9 @@ def frozen_case(s: Settings, workdir: Path) -> dict:
     start = time.perf_counter()
     overrides = fit_overrides(s, backbone, workdir / "frozen", f"model.weights={weights}", "finetune=freeze",
                               "finetune.head_solver=sgd", "finetune.cache_features=true", "augment=none",
-                              "trainer.max_epochs=3", f"data.embedded_length={size}")
-    overrides = [o for o in overrides if o not in ("model.weights=none", "finetune=full", "trainer.max_epochs=1")]
+                              "trainer.max_epochs=3")
+    dropped = ("model.weights=none", "finetune=full", "trainer.max_epochs=1", f"data.embedded_length={s.train_size}")
+    overrides = [o for o in overrides if o not in dropped] + [f"data.embedded_length={size}"]
     with extra_callback(timer):
         results = cli.run(["fit", *overrides])
     wall = time.perf_counter() - start

@@ -200,6 +200,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, monitor: str, mode: str,
             raise ConfigError(f"trainer.{key} is managed by transferkit (run_dir=..., early_stopping.*).")
     from transferkit.console import is_interactive, progress_callbacks
 
+    if flags.get("benchmark") is None and not flags.get("deterministic"):
+        flags["benchmark"] = True  # one input size per run: let cuDNN pick its fastest algorithms (GPU only)
     progress, progress_flags = progress_callbacks(is_interactive(), flags.pop("enable_progress_bar", None))
     callbacks = build_callbacks(cfg, run_dir, monitor, mode) + progress + list(extra_callbacks or [])
     plugins = build_plugins(flags)
