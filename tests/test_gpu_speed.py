@@ -250,3 +250,10 @@ def test_bf16_channels_last_fit_on_gpu(tmp_path, fast):
                        "model.channels_last=true", "data.embedded=synthetic", "data.embedded_length=64",
                        "finetune=full", f"run_dir={tmp_path / 'gpu'}"])
     assert results["status"] == "completed"
+
+
+def test_grey_models_get_grey_batches():
+    image = torch.zeros((3, 10, 10), dtype=torch.uint8)
+    image[0] = 90
+    out = DeviceAugment("none", False, 8, (0.0,), (1 / 255,), in_chans=1)([image], random.Random(0))
+    assert out.shape == (1, 1, 8, 8) and torch.allclose(out, torch.full_like(out, 30.0))

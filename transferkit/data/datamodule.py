@@ -224,7 +224,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             self._warned_decode = True
             log.warning("data.decode=gpu on a %s run: decoding and augmenting on the %s.", device.type, device.type)
         pipeline = DeviceAugment(self.augment if train else "none", train, self.image_size, tuple(self.mean),
-                                 tuple(self.std), self.interpolation, self.flips)
+                                 tuple(self.std), self.interpolation, self.flips, self.in_chans)
         if trainer is not None and trainer.world_size > 1 and sampler is None:
             from torch.utils.data import DistributedSampler
 

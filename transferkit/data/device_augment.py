@@ -59,6 +59,7 @@ class DeviceAugment:
     std: tuple[float, ...]
     interpolation: str = "bilinear"
     flips: bool = True
+    in_chans: int = 3  # 1: RGB averaged to grey, as the CPU path's `match_image_channels`
 
     def __post_init__(self) -> None:
         if self.augment not in DEVICE_AUGMENTS:
@@ -81,9 +82,14 @@ class DeviceAugment:
 
     def __call__(self, images: list[torch.Tensor], rng: random.Random) -> torch.Tensor:
         """uint8 C x H x W images (any sizes, one device) -> float N x C x S x S, normalised."""
+        from transferkit.data.transforms import per_channel
+
         crops, flips = self.draw([tuple(im.shape[-2:]) for im in images], rng)
+        if self.in_chans == 1:
+            images = [im.float().mean(0, keepdim=True).round().to(torch.uint8) for im in images]
         return resized_crops(images, crops, flips, self.image_size, GRID_MODES[self.interpolation],
-                             self.mean, self.std)
+                             per_channel(self.mean, self.in_chans, "data.mean"),
+                             per_channel(self.std, self.in_chans, "data.std"))
 
 
 def pad_batch(images: list[torch.Tensor]) -> torch.Tensor:

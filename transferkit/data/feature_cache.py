@@ -178,7 +178,7 @@ class FeatureCacheDataModule(pl.LightningDataModule):
         log.info("Feature cache: %s loader, %d x %d features %s (%s)", stage, *feature_set.features.shape,
                  action, feature_set.location)
         return DataLoader(FeatureDataset(feature_set), batch_size=loader.batch_size, sampler=loader.sampler,
-                          drop_last=loader.drop_last, num_workers=0)
+                          drop_last=loader.drop_last, num_workers=0, collate_fn=FeatureDataset.collate)
 
     def report(self) -> dict:
         """For results.json: what each loader served."""

@@ -54,6 +54,16 @@ class FeatureDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return torch.from_numpy(np.array(self.features[index], dtype=np.float32)), int(self.labels[index])
 
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch in one gather (the DataLoader's `collate_fn` must be `collate`)."""
+        index = np.asarray(indices, dtype=np.int64)
+        return (torch.from_numpy(np.asarray(self.features[index], dtype=np.float32)),
+                torch.from_numpy(np.asarray(self.labels[index], dtype=np.int64)))
+
+    @staticmethod
+    def collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch
+
 
 Allocate = Callable[[int, int], np.ndarray]
 
