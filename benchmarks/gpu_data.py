@@ -13,7 +13,7 @@ number of training images). Throughput: images per second inside epochs, from th
 epoch to its last (synchronised at both edges), over epochs 2.. (the first fills caches and starts
 workers). Ratios are against the synthetic run measured in the same process.
 
-    python benchmarks/gpu_data.py [--images 4000] [--epochs 6] [--budget 150]
+    python benchmarks/gpu_data.py [--images 4000] [--epochs 6] [--budget 100]
     python benchmarks/gpu_data.py --smoke     # CPU, tiny: checks the script works
 """
 
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model and folder")
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--budget", type=float, default=150.0, help="seconds; variants that would not fit are skipped")
+    parser.add_argument("--budget", type=float, default=100.0, help="seconds; variants that would not fit are skipped")
     parser.add_argument("--output", type=Path, default=None)
     a = parser.parse_args()
     if a.smoke:
