@@ -22,7 +22,7 @@ export NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-  echo "cpus: $(nproc)"; echo "cc: $(command -v cc gcc | head -1)"
+  echo "cpus: $(nproc)"; echo "cc: $(command -v cc gcc | head -1)"; df -h /dev/shm /tmp | tail -2; free -g | head -2
   python3 -c "import torch, torchvision, pytorch_lightning as pl, timm, hydra, albumentations as A; \
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__, \
 'lightning', pl.__version__, 'timm', timm.__version__, 'hydra', hydra.__version__, 'albumentations', A.__version__)"
