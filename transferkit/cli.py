@@ -102,7 +102,7 @@ def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:
     from transferkit.config_files import is_recipe_file, load_recipe_file
     from transferkit.errors import ConfigError
 
-    chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "recipe"]
+    chosen = [plain_value(o.split("=", 1)[1]) for o in overrides if o.split("=", 1)[0].lstrip("+") == "recipe"]
     if not chosen or not is_recipe_file(chosen[-1]):
         return overrides, chosen[-1] if chosen else None
     try:
@@ -113,6 +113,64 @@ def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:
     ConfigStore.instance().store(group="recipe", name=name, node=OmegaConf.create(node), package="_global_")
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+") != "recipe"]
     return [*kept, f"recipe={name}"], str(path)
+
+
+# --- Python values as override text (the Python API writes its keyword arguments as overrides) --------
+
+def parse_value(text: str):
+    """The value Hydra's override grammar reads from `text` (the part after `key=`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_override(f"key={text}").value()
+
+
+def plain_value(text: str) -> str:
+    """`text` as a plain string: a quoted value (`'my recipe.yaml'`) without its quotes."""
+    try:
+        value = parse_value(text)
+    except Exception:  # noqa: BLE001 - not valid override text: keep it as given, compose reports it
+        return text
+    return value if isinstance(value, str) else text
+
+
+def override_text(value, key: str = "value") -> str:
+    """`value` (None, bool, int, float, str, path, list, dict) written in Hydra's override grammar so that
+    composing `key=<text>` gives back exactly `value`: strings are quoted only when they must be.
+
+    Raises:
+        ConfigError: a value of another type, or a string the grammar cannot hold.
+    """
+    from transferkit.errors import ConfigError
+
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value) if isinstance(value, float) else str(int(value))
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_text(v, key) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_text(v, key)}" for k, v in value.items()) + "}"
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}={value!r}: a {type(value).__name__} cannot be a config value; pass None, a "
+                          "bool, a number, a string, a path, or a list or dict of those.")
+    for text in (value, quoted(value)):
+        try:
+            if parse_value(text) == value:
+                return text
+        except Exception:  # noqa: BLE001 - the grammar refused this spelling; try the next
+            continue
+    raise ConfigError(f"{key}={value!r} cannot be written as a config value (Hydra's override grammar); "
+                      "avoid ${...} and unbalanced quotes in it.")
+
+
+def quoted(text: str) -> str:
+    """`text` in single quotes; quotes and the backslashes before them (or before the end) escaped."""
+    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("'", "\\'") + "'"
 
 
 def checkpoint_run_config(ckpt_path) -> Path:
@@ -197,6 +255,20 @@ def run(argv: list[str]) -> dict:
 
     with quiet_console(bool(cfg.debug)):
         return module.run(cfg, compose_config) if command == "tune" else module.run(cfg)
+
+
+def run_for_python(argv: list[str]) -> dict:
+    """`run(argv)` for the Python API (transferkit.api): Hydra's and OmegaConf's composition errors
+    become a `ConfigError` with the one line `main` prints, and never a `SystemExit`."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from transferkit.errors import ConfigError
+
+    try:
+        return run(argv)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(explain_config_error(err)) from err
 
 
 # --- sweeps (`<command> -m key=a,b ...`): Hydra's parser expands the grid, transferkit.sweep runs each job

@@ -41,21 +41,27 @@ def list_inputs(path: Path) -> list[Path]:
     return images
 
 
-class PredictDataset(Dataset):
-    """Decoded images, each prepared by every member's eval pipeline; unreadable files yield no views
-    and are reported."""
+def decode_input(item, in_chans: int) -> np.ndarray:
+    """One input as a uint8 H x W x in_chans array: an image file (the decode path of fit), or an image
+    already in memory (a Pillow image or a numpy array, from the Python API)."""
+    from transferkit.data.decode import image_of_pixels, load_image
 
-    def __init__(self, paths: list[Path], in_chans: list[int], transforms: list) -> None:
+    return load_image(item, in_chans=in_chans) if isinstance(item, (str, Path)) else image_of_pixels(item, in_chans)
+
+
+class PredictDataset(Dataset):
+    """Decoded images (files, or images in memory), each prepared by every member's eval pipeline;
+    unreadable ones yield no views and are reported."""
+
+    def __init__(self, paths: list, in_chans: list[int], transforms: list) -> None:
         self.paths, self.in_chans, self.transforms = paths, list(in_chans), list(transforms)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from transferkit.data.decode import load_image
-
         try:
-            decoded = {c: load_image(self.paths[index], in_chans=c) for c in sorted(set(self.in_chans))}
+            decoded = {c: decode_input(self.paths[index], c) for c in sorted(set(self.in_chans))}
         except (OSError, ValueError) as err:
             return (), index, str(err)
         return tuple(t(image=decoded[c])["image"] for t, c in zip(self.transforms, self.in_chans)), index, ""
@@ -99,9 +105,9 @@ def member_inputs(ensemble: EnsembleTask) -> tuple[list[int], list]:
     return [int(m.hparams.data_config["in_chans"]) for m in members], [eval_transform(m) for m in members]
 
 
-def predict_probabilities(model, paths: list[Path], batch_size: int, num_workers: int):
-    """Softmax probabilities (averaged over members and TTA views) per readable image, plus (index,
-    reason) for unreadable ones."""
+def predict_probabilities(model, paths: list, batch_size: int, num_workers: int):
+    """Softmax probabilities (averaged over members and TTA views) per readable image (a path or an
+    image in memory), plus (index, reason) for unreadable ones."""
     ensemble = as_ensemble(model)
     in_chans, transforms = member_inputs(ensemble)
     loader = DataLoader(PredictDataset(paths, in_chans, transforms), batch_size=batch_size,
@@ -116,13 +122,24 @@ def predict_probabilities(model, paths: list[Path], batch_size: int, num_workers
     return probs, failed
 
 
+def predict_mask(ensemble: EnsembleTask, in_chans: list[int], transforms: list, item) -> tuple[np.ndarray, np.ndarray]:
+    """One input's decoded image and its class-index mask at the image's own size: each member's
+    per-pixel probabilities are resized to it and averaged."""
+    decoded = {c: decode_input(item, c) for c in sorted(set(in_chans))}
+    image = decoded[in_chans[0]]
+    views = [t(image=decoded[c])["image"][None] for t, c in zip(transforms, in_chans)]
+    with torch.inference_mode():
+        mask = ensemble.probabilities(views, size=image.shape[:2]).argmax(dim=1)[0].cpu().numpy()
+    return image, mask
+
+
 def write_masks(model, paths: list[Path], directory: Path) -> int:
     """For each image write ``<stem>_mask.png`` (palette index PNG) and ``<stem>_overlay.png``.
 
-    Masks have the image's own size: each member's per-pixel probabilities are resized to it and
-    averaged. Unreadable files are logged and skipped; returns how many images were written.
+    Masks have the image's own size (see `predict_mask`). Unreadable files are logged and skipped;
+    returns how many images were written.
     """
-    from transferkit.data.decode import UnreadableImageError, load_image
+    from transferkit.data.decode import UnreadableImageError
     from transferkit.reports.seg_grid import save_prediction_pngs
 
     ensemble = as_ensemble(model)
@@ -131,36 +148,47 @@ def write_masks(model, paths: list[Path], directory: Path) -> int:
     written = 0
     for path in map(Path, paths):
         try:
-            decoded = {c: load_image(path, in_chans=c) for c in sorted(set(in_chans))}
+            image, mask = predict_mask(ensemble, in_chans, transforms, path)
         except UnreadableImageError as error:
             log.warning("skipped %s: %s", path, error.reason)
             continue
-        image = decoded[in_chans[0]]
         stem = path.stem if path.stem not in seen else f"{path.stem}_{seen[path.stem]}"
         seen[path.stem] = seen.get(path.stem, 0) + 1
-        views = [t(image=decoded[c])["image"][None] for t, c in zip(transforms, in_chans)]
-        with torch.inference_mode():
-            mask = ensemble.probabilities(views, size=image.shape[:2]).argmax(dim=1)[0].cpu().numpy()
         save_prediction_pngs(image, mask, directory, stem)
         written += 1
     log.info("Wrote %d masks and overlays to %s", written, directory)
     return written
 
 
-def write_rows(path: Path, paths: list[Path], probs, failed, class_names, top_k: int) -> int:
+COLUMNS = ("path", "label", "probability", "top_k", "error")
+
+
+def prediction_rows(names: list, probs, failed, class_names, top_k: int) -> list[dict]:
+    """One record per input with the CSV's COLUMNS: the top label and its probability, the `top_k`
+    labels as `name:probability;...`, or the reason an input could not be read."""
     reasons = dict(failed)
+    rows = []
+    for i, name in enumerate(names):
+        if i in reasons:
+            rows.append({"path": name, "label": "", "probability": None, "top_k": "", "error": reasons[i]})
+            continue
+        p = probs[i]
+        order = np.argsort(-p)[:top_k]
+        top = ";".join(f"{class_names[j]}:{p[j]:.4f}" for j in order)
+        rows.append({"path": name, "label": class_names[order[0]], "probability": float(p[order[0]]),
+                     "top_k": top, "error": ""})
+    return rows
+
+
+def write_rows(path: Path, paths: list[Path], probs, failed, class_names, top_k: int) -> int:
+    rows = prediction_rows([str(p) for p in paths], probs, failed, class_names, top_k)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "label", "probability", "top_k", "error"])
-        for i, image_path in enumerate(paths):
-            if i in reasons:
-                writer.writerow([str(image_path), "", "", "", reasons[i]])
-                continue
-            p = probs[i]
-            order = np.argsort(-p)[:top_k]
-            top = ";".join(f"{class_names[j]}:{p[j]:.4f}" for j in order)
-            writer.writerow([str(image_path), class_names[order[0]], f"{p[order[0]]:.4f}", top, ""])
-    return len(paths) - len(reasons)
+        writer.writerow(COLUMNS)
+        for row in rows:
+            probability = "" if row["probability"] is None else f"{row['probability']:.4f}"
+            writer.writerow([row["path"], row["label"], probability, row["top_k"], row["error"]])
+    return len(paths) - len(dict(failed))
 
 
 def run(cfg: DictConfig) -> dict:

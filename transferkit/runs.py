@@ -1,0 +1,271 @@
+"""`Run`: a run directory from Python (its results, config, trained task) and `load` to open one.
+
+Torch and Lightning are imported only when a task is loaded or a prediction made.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger("transferkit")
+
+LOAD_HINT = "pass a run directory (outputs/<date>/<time>) or a checkpoint (<run>/checkpoints/best.ckpt)"
+
+
+class Run:
+    """One run directory: `.dir`, `.results`, `.config`, `.task` (loaded on first use), `.predict`, `.show`.
+
+    Every function of the Python API returns one (`transferkit.fit(...)`), and `transferkit.load` opens
+    one from a run directory or a checkpoint.
+
+    Example:
+        >>> import transferkit
+        >>> run = transferkit.fit(trainer={"max_epochs": 1})  # doctest: +SKIP
+        >>> run.results["metrics"]["test/acc"], run.dir        # doctest: +SKIP
+    """
+
+    def __init__(self, dir: str | os.PathLike, results: dict | None = None,
+                 checkpoint: str | os.PathLike | None = None) -> None:
+        self.dir = Path(dir)
+        self._results = results
+        self._checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self._task = None
+
+    @property
+    def results(self) -> dict:
+        """The run's results (what the command returned, else its results.json; {} if it wrote none).
+
+        Example:
+            >>> transferkit.load("outputs/2026-01-01/12-00-00").results["metrics"]  # doctest: +SKIP
+        """
+        if self._results is None:
+            path = self.dir / "results.json"
+            self._results = json.loads(path.read_text()) if path.is_file() else {}
+        return self._results
+
+    @property
+    def config(self):
+        """The run's config.yaml as an OmegaConf `DictConfig` (`run.config.trainer.max_epochs`).
+
+        Example:
+            >>> transferkit.load("outputs/2026-01-01/12-00-00").config.model.backbone  # doctest: +SKIP
+        """
+        from omegaconf import OmegaConf
+
+        path = self.dir / "config.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(f"{str(self.dir)!r} has no config.yaml; {LOAD_HINT}.")
+        return OmegaConf.load(path)
+
+    def checkpoints(self) -> list[Path]:
+        """The checkpoints this run stands for: the one it was loaded from, a fit run's best, the checkpoint(s)
+        a test or predict run used, or a cv run's folds (an ensemble).
+
+        Example:
+            >>> transferkit.load("outputs/2026-01-01/12-00-00").checkpoints()  # doctest: +SKIP
+        """
+        from transferkit.loading import checkpoint_paths
+
+        if self._checkpoint is not None:
+            return [self._checkpoint]
+        results = self.results
+        best = results.get("best_checkpoint")
+        if best and Path(best).is_file():
+            return [Path(best)]
+        if results.get("checkpoint") and results.get("command") in ("test", "predict"):
+            return checkpoint_paths(results["checkpoint"], key="checkpoint")
+        return checkpoint_paths(str(self.dir), key="run")
+
+    @property
+    def task(self):
+        """The trained LightningModule in eval mode, on the CPU (a cv run: the `EnsembleTask` of its folds),
+        loaded weights-only through `transferkit.loading` on first use.
+
+        Example:
+            >>> transferkit.load("outputs/2026-01-01/12-00-00").task.class_names  # doctest: +SKIP
+        """
+        if self._task is None:
+            from transferkit.loading import load_ensemble, load_task
+
+            paths = self.checkpoints()
+            self._task = load_task(paths[0]) if len(paths) == 1 else load_ensemble(paths)[0]
+        return self._task
+
+    def predict(self, inputs, top_k: int = 3, tta: str = "none", batch_size: int = 32):
+        """Predict image files, folders, Pillow images or uint8 numpy arrays (H x W or H x W x C), with the
+        preprocessing of `python -m transferkit predict` (`transferkit.commands.predict`).
+
+        Args:
+            inputs: one input or a list of them; a folder stands for every image under it.
+            top_k: how many labels the `top_k` column lists.
+            tta: test-time augmentation: none | flip | multiscale.
+            batch_size: images per forward pass.
+
+        Returns:
+            Classification: one record per image with the CSV's columns `path`, `label`, `probability`,
+            `top_k`, `error` (`path` is the input's index for an image in memory), as a pandas DataFrame
+            when pandas is installed, else a list of dicts. Segmentation: one class-index mask (an H x W
+            numpy array at the image's size) per image, None for an unreadable file.
+
+        Example:
+            >>> import numpy as np
+            >>> run = transferkit.fit(trainer={"max_epochs": 1})                    # doctest: +SKIP
+            >>> run.predict([np.zeros((32, 32), np.uint8), "digit.png"], top_k=2)   # doctest: +SKIP
+        """
+        from transferkit.commands import predict as cli_predict
+        from transferkit.loading import load_ensemble
+        from transferkit.tta import check_tta
+
+        tta = check_tta(tta)
+        items, names = expand_inputs(inputs)
+        model = self.task if tta == "none" else load_ensemble(self.checkpoints(), tta)[0]
+        ensemble = cli_predict.as_ensemble(model)
+        if ensemble.segmentation:
+            return predict_masks(ensemble, items, names)
+        probs, failed = cli_predict.predict_probabilities(ensemble, items, batch_size, 0)
+        top_k = max(1, min(int(top_k), len(ensemble.class_names)))
+        for index, reason in failed:
+            log.warning("skipped %s: %s", names[index], reason)
+        return as_table(cli_predict.prediction_rows(names, probs, failed, ensemble.class_names, top_k))
+
+    def show(self) -> None:
+        """Show the run in a notebook: its report.html if it has one, else its plots (PNG files) and metrics.
+        Outside IPython, writes the plots' paths and the metrics as text.
+
+        Example:
+            >>> transferkit.load("outputs/2026-01-01/12-00-00").show()  # doctest: +SKIP
+        """
+        report = self.dir / "report.html"
+        pngs = sorted(self.dir.glob("*.png"))
+        metrics = self.results.get("metrics") or {}
+        display = ipython_display()
+        if display is None:
+            lines = [f"run {self.dir}", *(f"plot: {p}" for p in pngs)]
+            lines += [f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in sorted(metrics.items())]
+            sys.stdout.write("\n".join([f"report: {report}"] if report.is_file() else lines) + "\n")
+            return
+        from IPython.display import HTML, Image, Markdown
+
+        if report.is_file():
+            display(HTML(report.read_text()))
+            return
+        display(Markdown(f"**{self.results.get('command', 'run')}** `{self.dir}`"))
+        for png in pngs:
+            display(Image(filename=str(png)))
+        if metrics:
+            rows = [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())]
+            display(Markdown("\n".join(["| metric | value |", "|---|---|", *rows])))
+
+    def __repr__(self) -> str:
+        metrics = self.results.get("metrics") or {}
+        shown = [f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test/") and isinstance(v, float)]
+        command = self.results.get("command")
+        return f"Run({str(self.dir)!r}{f', command={command!r}' if command else ''}{''.join(', ' + s for s in shown)})"
+
+
+def load(path: str | os.PathLike) -> Run:
+    """Open a finished run: a run directory (fit, cv, test, ...) or a checkpoint file, read weights-only
+    through `transferkit.loading` (a file that would run code when loaded is refused).
+
+    Raises:
+        FileNotFoundError: no such path, or a folder that holds no run.
+        ConfigError: a file that is not a transferkit checkpoint.
+
+    Example:
+        >>> import transferkit
+        >>> run = transferkit.load("outputs/2026-01-01/12-00-00")        # doctest: +SKIP
+        >>> run = transferkit.load("outputs/2026-01-01/12-00-00/checkpoints/best.ckpt")  # doctest: +SKIP
+    """
+    path = Path(os.fspath(path)).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"transferkit.load: {str(path)!r} does not exist; {LOAD_HINT}.")
+    if path.is_file():
+        from transferkit.loading import read_checkpoint
+
+        read_checkpoint(path, key="transferkit.load")
+        run_dir = path.parent.parent if (path.parent.parent / "config.yaml").is_file() else path.parent
+        return Run(run_dir, checkpoint=path)
+    if not any((path / name).is_file() for name in ("results.json", "config.yaml")):
+        raise FileNotFoundError(f"transferkit.load: {str(path)!r} holds no results.json nor config.yaml, so it is "
+                                f"not a run directory; {LOAD_HINT}.")
+    return Run(path)
+
+
+def is_in_memory(item) -> bool:
+    return type(item).__module__.startswith(("PIL.", "numpy")) or hasattr(item, "__array_interface__")
+
+
+def expand_inputs(inputs) -> tuple[list, list]:
+    """The images `inputs` names (folders expanded) and each one's name for the results: its path, or its
+    index in `inputs` when it is in memory. A bad array fails here, naming its index."""
+    from transferkit.commands.predict import list_inputs
+    from transferkit.data.decode import image_of_pixels
+
+    if isinstance(inputs, (str, os.PathLike)) or is_in_memory(inputs) and getattr(inputs, "ndim", 3) in (2, 3):
+        inputs = [inputs]
+    if not isinstance(inputs, Iterable):
+        raise TypeError(f"inputs: a {type(inputs).__name__}; pass image paths, a folder, Pillow images or "
+                        "uint8 numpy arrays (or a list of them).")
+    items, names = [], []
+    for index, item in enumerate(inputs):
+        if isinstance(item, (str, os.PathLike)):
+            path = Path(os.fspath(item)).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(f"inputs[{index}]={str(item)!r} does not exist; pass an image file, a "
+                                        "folder of images, a Pillow image or a numpy array.")
+            found = list_inputs(path)
+            items += found
+            names += [str(p) for p in found]
+        elif is_in_memory(item):
+            try:
+                image_of_pixels(item)
+            except ValueError as err:
+                raise ValueError(f"inputs[{index}]: {err}") from None
+            items.append(item)
+            names.append(index)
+        else:
+            raise TypeError(f"inputs[{index}]: a {type(item).__name__}; pass an image path, a folder, a Pillow "
+                            "image or a uint8 numpy array (H x W or H x W x C).")
+    if not items:
+        raise ValueError("inputs is empty; pass at least one image.")
+    return items, names
+
+
+def predict_masks(ensemble, items: list, names: list) -> list:
+    """One class-index mask per input (None, with a warning, for an unreadable file)."""
+    from transferkit.commands.predict import member_inputs, predict_mask
+    from transferkit.data.decode import UnreadableImageError
+
+    in_chans, transforms = member_inputs(ensemble)
+    masks = []
+    for item, name in zip(items, names):
+        try:
+            masks.append(predict_mask(ensemble, in_chans, transforms, item)[1])
+        except UnreadableImageError as error:
+            log.warning("skipped %s: %s", name, error.reason)
+            masks.append(None)
+    return masks
+
+
+def as_table(rows: list[dict]):
+    """A pandas DataFrame of `rows` when pandas is installed, else the list itself."""
+    try:
+        import pandas
+    except ImportError:
+        return rows
+    return pandas.DataFrame(rows, columns=["path", "label", "probability", "top_k", "error"])
+
+
+def ipython_display():
+    """IPython's `display` inside an IPython shell or notebook, else None."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None or ipython.get_ipython() is None:
+        return None
+    from IPython.display import display
+
+    return display
