@@ -26,6 +26,7 @@ from contextlib import contextmanager
 
 from transferkit import cli
 from transferkit.errors import ConfigError
+from transferkit.overrides import flatten, override_text
 from transferkit.runs import Run, load
 
 # One line per command: Python name -> (CLI command, what it does, a runnable example).
@@ -92,20 +93,8 @@ def overrides_of(recipe: str | os.PathLike | None, overrides: list[str] | None, 
         if item in cli.MULTIRUN_FLAGS:
             raise ConfigError(f"overrides: {item!r} (a sweep) is for the command line; from Python, loop over the "
                               "values and call the function once per value.")
-    recipe_part = [f"recipe={cli.override_text(recipe, 'recipe')}"] if recipe is not None else []
-    return [*recipe_part, *given, *flatten(keys)]
-
-
-def flatten(keys: Mapping, prefix: str = "") -> list[str]:
-    """`{"data": {"root": "/x"}, "seed": 1}` -> ["data.root=/x", "seed=1"]."""
-    items: list[str] = []
-    for name, value in keys.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, Mapping) and value:
-            items += flatten(value, f"{key}.")
-        else:
-            items.append(f"{key}={cli.override_text(value, key)}")
-    return items
+    recipe_part = [f"recipe={override_text(recipe, 'recipe', cli.parse_value)}"] if recipe is not None else []
+    return [*recipe_part, *given, *flatten(keys, cli.parse_value)]
 
 
 def run_command(command: str, recipe=None, overrides: list[str] | None = None, **keys) -> Run:

@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import sys
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -102,7 +101,9 @@ def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:
     from transferkit.config_files import is_recipe_file, load_recipe_file
     from transferkit.errors import ConfigError
 
-    chosen = [plain_value(o.split("=", 1)[1]) for o in overrides if o.split("=", 1)[0].lstrip("+") == "recipe"]
+    from transferkit.overrides import plain_value
+
+    chosen = [plain_value(o.split("=", 1)[1], parse_value) for o in overrides if o.split("=", 1)[0].lstrip("+") == "recipe"]
     if not chosen or not is_recipe_file(chosen[-1]):
         return overrides, chosen[-1] if chosen else None
     try:
@@ -115,90 +116,11 @@ def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:
     return [*kept, f"recipe={name}"], str(path)
 
 
-# --- Python values as override text (the Python API writes its keyword arguments as overrides) --------
-
 def parse_value(text: str):
     """The value Hydra's override grammar reads from `text` (the part after `key=`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     return OverridesParser.create().parse_override(f"key={text}").value()
-
-
-def plain_value(text: str) -> str:
-    """`text` as a plain string: a quoted value (`'my recipe.yaml'`) without its quotes."""
-    try:
-        value = parse_value(text)
-    except Exception:  # noqa: BLE001 - not valid override text: keep it as given, compose reports it
-        return text
-    return value if isinstance(value, str) else text
-
-
-def override_text(value, key: str = "value") -> str:
-    """`value` (None, bool, int, float, str, path, list, dict) written in Hydra's override grammar so that
-    composing `key=<text>` gives back exactly `value`: strings are quoted only when they must be.
-
-    Raises:
-        ConfigError: a value of another type, or a string the grammar cannot hold.
-    """
-    from transferkit.errors import ConfigError
-
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value) if isinstance(value, float) else str(int(value))
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(override_text(v, key) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{override_text(v, key)}" for k, v in value.items()) + "}"
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}={value!r}: a {type(value).__name__} cannot be a config value; pass None, a "
-                          "bool, a number, a string, a path, or a list or dict of those.")
-    for text in (value, quoted(value)):
-        try:
-            if parse_value(text) == value:
-                return text
-        except Exception:  # noqa: BLE001 - the grammar refused this spelling; try the next
-            continue
-    raise ConfigError(f"{key}={value!r} cannot be written as a config value (Hydra's override grammar); "
-                      "avoid ${...} and unbalanced quotes in it.")
-
-
-def quoted(text: str) -> str:
-    """`text` in single quotes; quotes and the backslashes before them (or before the end) escaped."""
-    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
-    return "'" + text.replace("'", "\\'") + "'"
-
-
-def checkpoint_run_config(ckpt_path) -> Path:
-    """Where the config of the run behind `ckpt_path` lies: beside a checkpoint (<run>/checkpoints/x.ckpt),
-    in a run directory (a cv or fit run), or for a list, that of its first entry."""
-    from transferkit.loading import is_many
-
-    first = (list(ckpt_path) or [None])[0] if is_many(ckpt_path) else ckpt_path
-    path = Path(str(first)).expanduser().resolve()
-    return (path if path.is_dir() else path.parent.parent) / "config.yaml"
-
-
-def config_of_checkpoint_run(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """Start from the config saved beside a checkpoint (its run's data, model, recipe),
-    then apply this command line's `key=value` overrides on top. `ckpt_path` may also be a
-    list (an ensemble: the first member's run) or a run directory (a cv run: its own config)."""
-    saved = checkpoint_run_config(cfg.ckpt_path)
-    if not saved.is_file():
-        return cfg
-    base = OmegaConf.load(saved)
-    explicit = [o.lstrip("+") for o in overrides
-                if "." in o.split("=", 1)[0] or o.split("=", 1)[0] in cfg and not isinstance(cfg.get(o.split("=", 1)[0]), DictConfig)]
-    merged = OmegaConf.merge(base, OmegaConf.from_dotlist(explicit))
-    with open_dict(merged):
-        merged.run_dir = cfg.run_dir
-        merged.ckpt_path = cfg.ckpt_path
-    log.info("Using the config of the checkpoint's run: %s", saved)
-    return merged
 
 
 def configure_logging(debug: bool) -> None:
@@ -239,6 +161,8 @@ def run(argv: list[str]) -> dict:
         return run_sweep(command, overrides)
     cfg = compose_config(overrides)
     if command in ("test", "advise", "show-augs", "show-features") and cfg.ckpt_path:
+        from transferkit.loading import config_of_checkpoint_run
+
         cfg = config_of_checkpoint_run(cfg, overrides)
     if command == "tune":  # each trial composes this command line with its sampled values
         with open_dict(cfg):
