@@ -44,7 +44,8 @@ def test_every_cli_command_has_a_documented_function() -> None:
         function = getattr(transferkit, name)
         assert name == command.replace("-", "_") and function.__name__ == name
         assert f"transferkit.{name}(" in example and example in function.__doc__
-    for name in ("load", "Run", "run_command"):
+    for name in ("load", "Run", "run_command", "overrides_of", "ConfigError", "RunStopped", "RunInterrupted",
+                 "RunDiverged"):
         assert "Example:" in getattr(transferkit, name).__doc__
     for name in ("results", "config", "task"):
         assert "Example:" in getattr(Run, name).__doc__
@@ -89,9 +90,10 @@ def test_a_recipe_file_path_with_spaces(tmp_path: Path) -> None:
     (lambda: transferkit.fit(overrides="trainer.max_epochs=1"), "must be a list"),
     (lambda: transferkit.fit(overrides=["-m", "seed=1,2"]), "sweep"),
     (lambda: transferkit.fit(seed=object()), "seed="),
+    (lambda: transferkit.fit("no/such/recipe.yaml"), "no such file"),
 ])
 def test_bad_keys_raise_exceptions_not_system_exit(call, match) -> None:
-    with pytest.raises(ValueError, match=match):  # ConfigError and UsageError are ValueErrors
+    with pytest.raises(ConfigError, match=match):
         call()
 
 
@@ -116,13 +118,17 @@ def test_a_system_exit_or_ctrl_c_inside_a_run_becomes_run_interrupted(monkeypatc
         transferkit.summary()
 
 
+def ours(environ) -> dict:
+    return {k: v for k, v in environ.items() if k.startswith(("TRANSFERKIT_", "PL_", "NO_ALBUMENTATIONS"))}
+
+
 # -- a real (tiny) run, shared by the tests below -------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, test_resnet_weights) -> tuple[Run, Path]:
     root = write_class_folder(tmp_path_factory.mktemp("data") / "images")
     out = tmp_path_factory.mktemp("runs")
-    roots, filters = list(logging.getLogger().handlers), list(warnings.filters)
+    roots, filters, env = list(logging.getLogger().handlers), list(warnings.filters), ours(os.environ)
     run = transferkit.fit(
         "small_similar", ["model.backbone=test_resnet"],
         model={"weights": test_resnet_weights, "in_chans": 3}, data={"root": root, "image_size": 32, "batch_size": 4,
@@ -130,6 +136,7 @@ def trained(tmp_path_factory, test_resnet_weights) -> tuple[Run, Path]:
         trainer={"max_epochs": 1, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
                  "enable_model_summary": False}, run_dir=out / "fit")
     assert logging.getLogger().handlers == roots and warnings.filters == filters  # nothing global changed
+    assert ours(os.environ) == env  # (torch and cv2 set some of their own at import)
     assert not logging.getLogger("transferkit").handlers
     return run, root
 

@@ -13,8 +13,7 @@ Example:
 __version__ = "0.1.0"
 
 # Names importable from transferkit without importing transferkit.api (and torch) up front.
-ERRORS = {"ConfigError": "transferkit.errors", "UsageError": "transferkit.cli",
-          "RunStopped": "transferkit.run_guards", "RunInterrupted": "transferkit.run_guards",
+ERRORS = {"ConfigError": "transferkit.errors", "RunStopped": "transferkit.run_guards", "RunInterrupted": "transferkit.run_guards",
           "RunDiverged": "transferkit.run_guards"}
 
 

@@ -159,7 +159,8 @@ def python_session(debug: bool = False) -> Iterator[None]:
             logger.setLevel(level)
 
 
-ENV_KEPT = ("NO_ALBUMENTATIONS_UPDATE", "TRANSFERKIT_RUN_DIR", "TRANSFERKIT_CV_DIR")
+# Set while a command runs: by transferkit (the run directory, for DDP workers) and by Lightning's seed_everything.
+ENV_KEPT = ("NO_ALBUMENTATIONS_UPDATE", "TRANSFERKIT_RUN_DIR", "TRANSFERKIT_CV_DIR", "PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 
 
 def command_function(name: str, command: str, summary: str, example: str):
@@ -179,4 +180,4 @@ for _name, _spec in COMMANDS.items():
     globals()[_name] = command_function(_name, *_spec)
 del _name, _spec
 
-__all__ = ["Run", "load", "run_command", *COMMANDS]
+__all__ = ["Run", "load", "run_command", "overrides_of", *COMMANDS]

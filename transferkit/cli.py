@@ -182,8 +182,8 @@ def run(argv: list[str]) -> dict:
 
 
 def run_for_python(argv: list[str]) -> dict:
-    """`run(argv)` for the Python API (transferkit.api): Hydra's and OmegaConf's composition errors
-    become a `ConfigError` with the one line `main` prints, and never a `SystemExit`."""
+    """`run(argv)` for the Python API (transferkit.api): usage errors and Hydra's and OmegaConf's composition
+    errors become a `ConfigError` with the one line `main` prints, and never a `SystemExit`."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -191,6 +191,8 @@ def run_for_python(argv: list[str]) -> dict:
 
     try:
         return run(argv)
+    except UsageError as err:  # from Python there is no command line: a bad recipe file, a malformed override
+        raise ConfigError(str(err)) from None
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(explain_config_error(err)) from err
 
