@@ -244,3 +244,11 @@ def test_show_displays_the_report_else_the_plots_and_metrics(trained, tmp_path: 
     (copy / "report.html").write_text("<h1>report</h1>")
     Run(copy).show()
     assert [type(s).__name__ for s in shown] == ["HTML"] and "report" in shown[0].data
+
+
+def test_other_commands_make_the_same_run_as_the_command_line(tmp_path: Path) -> None:
+    from_python = transferkit.summary(model={"backbone": "test_resnet"}, data={"image_size": 32}, run_dir=tmp_path / "py")
+    typed = cli.run(["summary", "model.backbone=test_resnet", "data.image_size=32", f"run_dir={tmp_path / 'cli'}"])
+    assert from_python.dir == tmp_path / "py" and from_python.results["command"] == "summary"
+    assert from_python.results["rows"] == typed["rows"] and from_python.results["params"] == typed["params"]
+    assert json.loads((from_python.dir / "results.json").read_text())["rows"] == typed["rows"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,12 +22,19 @@ def test_notebook_is_committed_without_outputs() -> None:
 
 
 @pytest.mark.slow
-def test_quickstart_notebook_runs_top_to_bottom(tmp_path: Path) -> None:
+def test_quickstart_notebook_runs_top_to_bottom(tmp_path: Path, monkeypatch) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+    # A kernel on this interpreter, whatever other "python3" kernels the machine has registered.
+    spec = tmp_path / "jupyter" / "kernels" / "transferkit-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "transferkit test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join([str(tmp_path / "jupyter"), os.environ.get("JUPYTER_PATH", "")]))
+    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="transferkit-test",
                                      resources={"metadata": {"path": str(tmp_path)}})
     # The kernel imports this checkout's transferkit (not another install) and stays on one thread per op.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(NOTEBOOK.parents[1]), os.environ.get("PYTHONPATH", "")]),
@@ -41,3 +50,4 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path: Path) -> None:
         assert "Run directory:" in text  # transferkit's log lines reach the notebook
     assert any("test/acc" in str(o) for cell in notebook.cells for o in cell.get("outputs", []))
     assert len(list(tmp_path.glob("outputs/*/*/results.json"))) == 2
+    assert (tmp_path / "quickstart_images" / "red").is_dir()
