@@ -5,6 +5,7 @@ Torch and Lightning are imported only when a task is loaded or a prediction made
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -151,8 +152,9 @@ class Run:
             return
         from IPython.display import HTML, Image, Markdown
 
-        if report.is_file():
-            display(HTML(report.read_text()))
+        if report.is_file():  # in an iframe: the report's own styles and scripts stay out of the notebook
+            page = html.escape(report.read_text(encoding="utf-8"), quote=True)
+            display(HTML(f'<iframe srcdoc="{page}" style="width:100%;height:720px;border:0"></iframe>'))
             return
         display(Markdown(f"**{self.results.get('command', 'run')}** `{self.dir}`"))
         for png in pngs:
