@@ -241,9 +241,12 @@ def test_show_displays_the_report_else_the_plots_and_metrics(trained, tmp_path: 
     Run(copy).show()
     assert [type(s).__name__ for s in shown] == ["Markdown", "Image", "Markdown"] and "0.5000" in shown[-1].data
     shown.clear()
-    (copy / "report.html").write_text("<h1>report</h1>")
+    (copy / "report").mkdir()
+    Image.new("RGB", (4, 4)).save(copy / "report" / "curves.png")
+    (copy / "report.html").write_text('<h1>report</h1><img src="report/curves.png"><img src="missing.png">')
     Run(copy).show()
     assert [type(s).__name__ for s in shown] == ["HTML"] and "&lt;h1&gt;report" in shown[0].data
+    assert "data:image/png;base64," in shown[0].data and "src=&quot;missing.png&quot;" in shown[0].data
 
 
 def test_other_commands_make_the_same_run_as_the_command_line(tmp_path: Path) -> None:

@@ -56,6 +56,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 'run = transferkit.summary(model="resnet18")'),
     "show_features": ("show-features", "First-layer filters and feature maps of one image (features.png).",
                       'run = transferkit.show_features(model="charnet", input="digit.png")'),
+    "export": ("export", "Export a checkpoint as model.onnx or model.torchscript.pt (+ model.meta.json), checked for parity.",
+               'run = transferkit.export(ckpt_path="outputs/<date>/<time>/checkpoints/best.ckpt", format="onnx")'),
+    "report": ("report", "Rebuild a run's report.html from the files the run saved (no re-evaluation).",
+               'run = transferkit.report(run="outputs/<date>/<time>")'),
 }
 
 EXPLAIN_KEYS = """

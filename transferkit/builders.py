@@ -144,6 +144,12 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
     # After the linear probe: an average starts from the solved head.
     callbacks += build_averaging_callbacks(container(cfg.get("ema")), container(cfg.get("swa")))
     callbacks.append(LearningRateMonitor(logging_interval="epoch"))  # after swa.lr is set for the epoch
+    from transferkit.reports.run_report import report_options
+
+    if report_options(cfg)["enabled"]:
+        from transferkit.reports.test_outputs import TestOutputsCallback
+
+        callbacks.append(TestOutputsCallback())  # the test pass's outputs, for report.html
     if cfg.task.kind == "segmentation":
         from transferkit.reports.seg_grid import GRID_SAMPLES, SegmentationGridCallback
 

@@ -15,6 +15,7 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from transferkit.checkpoint_config import config_of_checkpoint_run  # noqa: F401 - used by run(), and by tests as cli.*
 from transferkit.config_files import config_keys, package_dir, recipe_names
 
 log = logging.getLogger("transferkit")
@@ -32,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "tune": "transferkit.commands.tune",
     "summary": "transferkit.commands.summary",
     "show-features": "transferkit.commands.show_features",
+    "export": "transferkit.commands.export",
+    "report": "transferkit.commands.report",
 }
 USAGE = (
     "usage: python -m transferkit <command> [-m] [key=value ...]   (-m: sweep, e.g. optimizer.lr=0.01,0.001)\n"
@@ -91,6 +94,8 @@ def compose_config(overrides: list[str]) -> DictConfig:
     with open_dict(cfg):
         cfg.recipe = recipe  # recorded in config.yaml and results.json
     return cfg
+
+
 
 
 def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:
@@ -160,9 +165,7 @@ def run(argv: list[str]) -> dict:
     if multirun:
         return run_sweep(command, overrides)
     cfg = compose_config(overrides)
-    if command in ("test", "advise", "show-augs", "show-features") and cfg.ckpt_path:
-        from transferkit.loading import config_of_checkpoint_run
-
+    if command in ("test", "advise", "show-augs", "show-features", "export") and cfg.ckpt_path:
         cfg = config_of_checkpoint_run(cfg, overrides)
     if command == "tune":  # each trial composes this command line with its sampled values
         with open_dict(cfg):

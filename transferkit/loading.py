@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from transferkit.errors import ConfigError
@@ -171,32 +170,3 @@ def load_ensemble(value, tta: str = "none", key: str = "ckpt_path"):
         logging.getLogger("transferkit").info("Ensemble of %d checkpoints: %s", len(paths),
                                               ", ".join(str(p) for p in paths))
     return EnsembleTask(tasks, modes).eval(), paths
-
-
-# -- the config of a checkpoint's run (test, advise, show-augs, show-features start from it) ------------
-def checkpoint_run_config(ckpt_path) -> Path:
-    """Where the config of the run behind `ckpt_path` lies: beside a checkpoint (<run>/checkpoints/x.ckpt),
-    in a run directory (a cv or fit run), or for a list, that of its first entry."""
-    first = (list(ckpt_path) or [None])[0] if is_many(ckpt_path) else ckpt_path
-    path = Path(str(first)).expanduser().resolve()
-    return (path if path.is_dir() else path.parent.parent) / "config.yaml"
-
-
-def config_of_checkpoint_run(cfg, overrides: list[str]):
-    """Start from the config saved beside a checkpoint (its run's data, model, recipe),
-    then apply this command line's `key=value` overrides on top. `ckpt_path` may also be a
-    list (an ensemble: the first member's run) or a run directory (a cv run: its own config)."""
-    from omegaconf import DictConfig, OmegaConf, open_dict
-
-    saved = checkpoint_run_config(cfg.ckpt_path)
-    if not saved.is_file():
-        return cfg
-    base = OmegaConf.load(saved)
-    explicit = [o.lstrip("+") for o in overrides
-                if "." in o.split("=", 1)[0] or o.split("=", 1)[0] in cfg and not isinstance(cfg.get(o.split("=", 1)[0]), DictConfig)]
-    merged = OmegaConf.merge(base, OmegaConf.from_dotlist(explicit))
-    with open_dict(merged):
-        merged.run_dir = cfg.run_dir
-        merged.ckpt_path = cfg.ckpt_path
-    logging.getLogger("transferkit").info("Using the config of the checkpoint's run: %s", saved)
-    return merged

@@ -9,8 +9,8 @@ import html
 import json
 import logging
 import os
+import re
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 log = logging.getLogger("transferkit")
@@ -118,25 +118,21 @@ class Run:
             >>> run = transferkit.fit(trainer={"max_epochs": 1})                    # doctest: +SKIP
             >>> run.predict([np.zeros((32, 32), np.uint8), "digit.png"], top_k=2)   # doctest: +SKIP
         """
-        from transferkit.commands import predict as cli_predict
-        from transferkit.loading import load_ensemble
+        from transferkit.run_predict import expand_inputs, predict_one_model, predict_with_ensemble
         from transferkit.tta import check_tta
 
         tta = check_tta(tta)
         items, names = expand_inputs(inputs)
-        model = self.task if tta == "none" else load_ensemble(self.checkpoints(), tta)[0]
-        ensemble = cli_predict.as_ensemble(model)
-        if ensemble.segmentation:
-            return predict_masks(ensemble, items, names)
-        probs, failed = cli_predict.predict_probabilities(ensemble, items, batch_size, 0)
-        top_k = max(1, min(int(top_k), len(ensemble.class_names)))
-        for index, reason in failed:
-            log.warning("skipped %s: %s", names[index], reason)
-        return as_table(cli_predict.prediction_rows(names, probs, failed, ensemble.class_names, top_k))
+        if tta == "none" and type(self.task).__name__ != "EnsembleTask":
+            return predict_one_model(self.task, items, names, top_k, batch_size)
+        from transferkit.loading import load_ensemble
+
+        ensemble = self.task if tta == "none" else load_ensemble(self.checkpoints(), tta)[0]
+        return predict_with_ensemble(ensemble, items, names, top_k, batch_size)
 
     def show(self) -> None:
         """Show the run in a notebook: its report.html if it has one, else its plots (PNG files) and metrics.
-        Outside IPython, writes the plots' paths and the metrics as text.
+        Outside IPython, writes the report's (or the plots') path and the metrics as text.
 
         Example:
             >>> transferkit.load("outputs/2026-01-01/12-00-00").show()  # doctest: +SKIP
@@ -146,14 +142,14 @@ class Run:
         metrics = self.results.get("metrics") or {}
         display = ipython_display()
         if display is None:
-            lines = [f"run {self.dir}", *(f"plot: {p}" for p in pngs)]
+            lines = [f"run {self.dir}", *([f"report: {report}"] if report.is_file() else (f"plot: {p}" for p in pngs))]
             lines += [f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in sorted(metrics.items())]
-            sys.stdout.write("\n".join([f"report: {report}"] if report.is_file() else lines) + "\n")
+            sys.stdout.write("\n".join(lines) + "\n")
             return
         from IPython.display import HTML, Image, Markdown
 
         if report.is_file():  # in an iframe: the report's own styles and scripts stay out of the notebook
-            page = html.escape(report.read_text(encoding="utf-8"), quote=True)
+            page = html.escape(inlined_images(report), quote=True)
             display(HTML(f'<iframe srcdoc="{page}" style="width:100%;height:720px;border:0"></iframe>'))
             return
         display(Markdown(f"**{self.results.get('command', 'run')}** `{self.dir}`"))
@@ -198,69 +194,20 @@ def load(path: str | os.PathLike) -> Run:
     return Run(path)
 
 
-def is_in_memory(item) -> bool:
-    return type(item).__module__.startswith(("PIL.", "numpy")) or hasattr(item, "__array_interface__")
+def inlined_images(report: Path) -> str:
+    """report.html with the images it links (`src="report/x.png"`) inlined as data URIs, so that it shows
+    inside a notebook, where its relative links have no folder to resolve against."""
+    import base64
+    import mimetypes
 
+    def inline(match: re.Match) -> str:
+        target = (report.parent / html.unescape(match.group(1))).resolve()
+        kind = mimetypes.guess_type(target.name)[0]
+        if not kind or not kind.startswith("image/") or not target.is_file() or report.parent.resolve() not in target.parents:
+            return match.group(0)
+        return f'src="data:{kind};base64,{base64.b64encode(target.read_bytes()).decode()}"'
 
-def expand_inputs(inputs) -> tuple[list, list]:
-    """The images `inputs` names (folders expanded) and each one's name for the results: its path, or its
-    index in `inputs` when it is in memory. A bad array fails here, naming its index."""
-    from transferkit.commands.predict import list_inputs
-    from transferkit.data.decode import image_of_pixels
-
-    if isinstance(inputs, (str, os.PathLike)) or is_in_memory(inputs) and getattr(inputs, "ndim", 3) in (2, 3):
-        inputs = [inputs]
-    if not isinstance(inputs, Iterable):
-        raise TypeError(f"inputs: a {type(inputs).__name__}; pass image paths, a folder, Pillow images or "
-                        "uint8 numpy arrays (or a list of them).")
-    items, names = [], []
-    for index, item in enumerate(inputs):
-        if isinstance(item, (str, os.PathLike)):
-            path = Path(os.fspath(item)).expanduser()
-            if not path.exists():
-                raise FileNotFoundError(f"inputs[{index}]={str(item)!r} does not exist; pass an image file, a "
-                                        "folder of images, a Pillow image or a numpy array.")
-            found = list_inputs(path)
-            items += found
-            names += [str(p) for p in found]
-        elif is_in_memory(item):
-            try:
-                image_of_pixels(item)
-            except ValueError as err:
-                raise ValueError(f"inputs[{index}]: {err}") from None
-            items.append(item)
-            names.append(index)
-        else:
-            raise TypeError(f"inputs[{index}]: a {type(item).__name__}; pass an image path, a folder, a Pillow "
-                            "image or a uint8 numpy array (H x W or H x W x C).")
-    if not items:
-        raise ValueError("inputs is empty; pass at least one image.")
-    return items, names
-
-
-def predict_masks(ensemble, items: list, names: list) -> list:
-    """One class-index mask per input (None, with a warning, for an unreadable file)."""
-    from transferkit.commands.predict import member_inputs, predict_mask
-    from transferkit.data.decode import UnreadableImageError
-
-    in_chans, transforms = member_inputs(ensemble)
-    masks = []
-    for item, name in zip(items, names):
-        try:
-            masks.append(predict_mask(ensemble, in_chans, transforms, item)[1])
-        except UnreadableImageError as error:
-            log.warning("skipped %s: %s", name, error.reason)
-            masks.append(None)
-    return masks
-
-
-def as_table(rows: list[dict]):
-    """A pandas DataFrame of `rows` when pandas is installed, else the list itself."""
-    try:
-        import pandas
-    except ImportError:
-        return rows
-    return pandas.DataFrame(rows, columns=["path", "label", "probability", "top_k", "error"])
+    return re.sub(r'src="([^":]+)"', inline, report.read_text(encoding="utf-8"))
 
 
 def ipython_display():

@@ -29,6 +29,7 @@ from transferkit.errors import ConfigError
 from transferkit.loading import read_checkpoint, require
 from transferkit.lr_finder import wants_search
 from transferkit.planning import Plan, plan_model, plan_training
+from transferkit.reports.run_report import finish_run_report
 from transferkit.run_guards import EXIT_SIGNAL, RunDiverged, RunInterrupted, signal_name
 from transferkit.rundir import create_run_dir, reuse_run_dir, write_config, write_json
 from transferkit.tasks.linear_probe import probe_report
@@ -75,6 +76,7 @@ def train_and_test(cfg: DictConfig, command: str, callbacks: list[pl.Callback] |
         write_json(results, run_dir / "results.json")
         log.info("%s", metrics_table(results["metrics"]))
         log.info("Results: %s", run_dir / "results.json")
+        finish_run_report(cfg, trainer, datamodule, run_dir, results)
     return results, trainer, task, datamodule, run_dir
 
 
