@@ -255,3 +255,14 @@ def test_other_commands_make_the_same_run_as_the_command_line(tmp_path: Path) ->
     assert from_python.dir == tmp_path / "py" and from_python.results["command"] == "summary"
     assert from_python.results["rows"] == typed["rows"] and from_python.results["params"] == typed["params"]
     assert json.loads((from_python.dir / "results.json").read_text())["rows"] == typed["rows"]
+
+
+def test_export_then_load_the_exported_model_and_predict(trained, tmp_path: Path) -> None:
+    run, root = trained
+    exported = transferkit.export(ckpt_path=run.dir / "checkpoints" / "best.ckpt", format="torchscript",
+                                  run_dir=tmp_path / "export")
+    model = transferkit.load(exported.dir / "model.torchscript.pt")
+    pixels = np.asarray(Image.open(sorted((root / "dog").glob("*.png"))[0]))
+    assert model.predict(pixels)[0]["top_k"] == run.predict(pixels)[0]["top_k"]
+    with pytest.raises(ConfigError, match="exported model"):
+        model.task  # noqa: B018

@@ -51,13 +51,14 @@ def expand_inputs(inputs) -> tuple[list, list]:
     return items, names
 
 
-def predict_one_model(task, items: list, names: list, top_k: int, batch_size: int):
-    """One checkpoint's task through the predict loop of `python -m transferkit predict`."""
+def predict_one_model(model, items: list, names: list, top_k: int, batch_size: int):
+    """One checkpoint's task, or an exported model's file (model.onnx, model.torchscript.pt), through the
+    predict loop of `python -m transferkit predict`."""
     from transferkit.commands.predict import checkpoint_predictor
     from transferkit.inference.outputs import prediction_rows
-    from transferkit.inference.run import predict_mask, predict_probabilities
+    from transferkit.inference.run import exported_predictor, predict_mask, predict_probabilities
 
-    predictor = checkpoint_predictor(task)
+    predictor = exported_predictor(model) if isinstance(model, Path) else checkpoint_predictor(model)
     if predictor.task == "segmentation":
         return masks_of(lambda item: predict_mask(predictor, item)[1], items, names)
     probs, failed = predict_probabilities(predictor, items, batch_size, 0)

@@ -13,9 +13,12 @@ import re
 import sys
 from pathlib import Path
 
+from transferkit.errors import ConfigError
+
 log = logging.getLogger("transferkit")
 
-LOAD_HINT = "pass a run directory (outputs/<date>/<time>) or a checkpoint (<run>/checkpoints/best.ckpt)"
+LOAD_HINT = ("pass a run directory (outputs/<date>/<time>), a checkpoint (<run>/checkpoints/best.ckpt) or an "
+             "exported model (model.onnx, model.torchscript.pt)")
 
 
 class Run:
@@ -36,6 +39,17 @@ class Run:
         self._results = results
         self._checkpoint = Path(checkpoint) if checkpoint is not None else None
         self._task = None
+
+    @property
+    def exported(self) -> Path | None:
+        """The exported model file (model.onnx, model.torchscript.pt) this run was loaded from, else None.
+
+        Example:
+            >>> transferkit.load("outputs/2026-01-01/12-00-00/model.onnx").exported  # doctest: +SKIP
+        """
+        from transferkit.inference.spec import is_exported_model
+
+        return self._checkpoint if self._checkpoint is not None and is_exported_model(self._checkpoint) else None
 
     @property
     def results(self) -> dict:
@@ -90,6 +104,9 @@ class Run:
         Example:
             >>> transferkit.load("outputs/2026-01-01/12-00-00").task.class_names  # doctest: +SKIP
         """
+        if self.exported is not None:
+            raise ConfigError(f"{str(self.exported)!r} is an exported model, not a LightningModule: use .predict, or "
+                              "transferkit.load the checkpoint it was exported from.")
         if self._task is None:
             from transferkit.loading import load_ensemble, load_task
 
@@ -123,6 +140,10 @@ class Run:
 
         tta = check_tta(tta)
         items, names = expand_inputs(inputs)
+        if self.exported is not None:
+            if tta != "none":
+                raise ConfigError(f"tta={tta!r} needs the checkpoint; an exported model predicts without TTA.")
+            return predict_one_model(self.exported, items, names, top_k, batch_size)
         if tta == "none" and type(self.task).__name__ != "EnsembleTask":
             return predict_one_model(self.task, items, names, top_k, batch_size)
         from transferkit.loading import load_ensemble
@@ -167,8 +188,9 @@ class Run:
 
 
 def load(path: str | os.PathLike) -> Run:
-    """Open a finished run: a run directory (fit, cv, test, ...) or a checkpoint file, read weights-only
-    through `transferkit.loading` (a file that would run code when loaded is refused).
+    """Open a finished run: a run directory (fit, cv, test, ...), a checkpoint file, read weights-only
+    through `transferkit.loading` (a file that would run code when loaded is refused), or a model written
+    by `export` (predicts through onnxruntime / TorchScript, without the checkpoint).
 
     Raises:
         FileNotFoundError: no such path, or a folder that holds no run.
@@ -183,9 +205,11 @@ def load(path: str | os.PathLike) -> Run:
     if not path.exists():
         raise FileNotFoundError(f"transferkit.load: {str(path)!r} does not exist; {LOAD_HINT}.")
     if path.is_file():
+        from transferkit.inference.spec import is_exported_model
         from transferkit.loading import read_checkpoint
 
-        read_checkpoint(path, key="transferkit.load")
+        if not is_exported_model(path):  # an exported model is checked when it is first used
+            read_checkpoint(path, key="transferkit.load")
         run_dir = path.parent.parent if (path.parent.parent / "config.yaml").is_file() else path.parent
         return Run(run_dir, checkpoint=path)
     if not any((path / name).is_file() for name in ("results.json", "config.yaml")):
