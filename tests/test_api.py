@@ -266,3 +266,13 @@ def test_export_then_load_the_exported_model_and_predict(trained, tmp_path: Path
     assert model.predict(pixels)[0]["top_k"] == run.predict(pixels)[0]["top_k"]
     with pytest.raises(ConfigError, match="exported model"):
         model.task  # noqa: B018
+
+
+def test_docstring_examples_that_need_no_run_pass() -> None:
+    import doctest
+
+    from transferkit import overrides
+
+    for module in (overrides, api):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0
