@@ -131,6 +131,11 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
                            auto_insert_metric_name=False, enable_version_counter=False)
     callbacks: list[pl.Callback] = [checkpoint, last]
     callbacks += run_guard_callbacks(run_dir / "checkpoints")
+    every_minutes = (cfg.get("checkpoint") or {}).get("every_minutes")
+    if every_minutes is not None:
+        from transferkit.interval_checkpoint import IntervalCheckpoint
+
+        callbacks.append(IntervalCheckpoint(run_dir / "checkpoints", every_minutes))
     patience = cfg.early_stopping.patience
     if patience:
         callbacks.append(EarlyStopping(monitor=cfg.early_stopping.monitor or monitor, mode=mode,
