@@ -106,7 +106,9 @@ def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:
     from transferkit.config_files import is_recipe_file, load_recipe_file
     from transferkit.errors import ConfigError
 
-    chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "recipe"]
+    from transferkit.overrides import plain_value
+
+    chosen = [plain_value(o.split("=", 1)[1], parse_value) for o in overrides if o.split("=", 1)[0].lstrip("+") == "recipe"]
     if not chosen or not is_recipe_file(chosen[-1]):
         return overrides, chosen[-1] if chosen else None
     try:
@@ -117,6 +119,13 @@ def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:
     ConfigStore.instance().store(group="recipe", name=name, node=OmegaConf.create(node), package="_global_")
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+") != "recipe"]
     return [*kept, f"recipe={name}"], str(path)
+
+
+def parse_value(text: str):
+    """The value Hydra's override grammar reads from `text` (the part after `key=`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_override(f"key={text}").value()
 
 
 def configure_logging(debug: bool) -> None:
@@ -173,6 +182,22 @@ def run(argv: list[str]) -> dict:
 
     with quiet_console(bool(cfg.debug)):
         return module.run(cfg, compose_config) if command == "tune" else module.run(cfg)
+
+
+def run_for_python(argv: list[str]) -> dict:
+    """`run(argv)` for the Python API (transferkit.api): usage errors and Hydra's and OmegaConf's composition
+    errors become a `ConfigError` with the one line `main` prints, and never a `SystemExit`."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from transferkit.errors import ConfigError
+
+    try:
+        return run(argv)
+    except UsageError as err:  # from Python there is no command line: a bad recipe file, a malformed override
+        raise ConfigError(str(err)) from None
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(explain_config_error(err)) from err
 
 
 # --- sweeps (`<command> -m key=a,b ...`): Hydra's parser expands the grid, transferkit.sweep runs each job

@@ -10,7 +10,14 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A config value is wrong; the message names the key and says what to do."""
+    """A config value is wrong; the message names the key and says what to do.
+
+    Example:
+        >>> import transferkit
+        >>> transferkit.fit(trainer={"max_epochz": 1})  # doctest: +SKIP
+        Traceback (most recent call last):
+        transferkit.errors.ConfigError: Could not override 'trainer.max_epochz'. ...
+    """
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

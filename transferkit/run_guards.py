@@ -33,13 +33,32 @@ SIGNAL_OF_EXIT = {code: sig for sig, code in EXIT_SIGNAL.items()}
 
 
 class RunStopped(Exception):
-    """A fit that stopped before its end; `status` goes to results.json, `exit_code` to the shell."""
+    """A fit that stopped before its end; `status` goes to results.json, `exit_code` to the shell.
+
+    Example:
+        >>> import transferkit
+        >>> try:
+        ...     run = transferkit.fit(optimizer={"lr": 1e6})  # doctest: +SKIP
+        ... except transferkit.RunStopped as stop:
+        ...     print(stop.status, stop)
+    """
 
     status = "failed"
     exit_code = 1
 
 
 class RunInterrupted(RunStopped):
+    """Ctrl+C, SIGTERM, or (from Python) a KeyboardInterrupt or SystemExit stopped the run; the message says
+    how to resume it where a checkpoint was saved.
+
+    Example:
+        >>> import transferkit
+        >>> try:
+        ...     run = transferkit.fit(trainer={"max_epochs": 50})  # doctest: +SKIP
+        ... except transferkit.RunInterrupted as stop:  # the notebook's stop button
+        ...     print(stop)  # ...; resume it with: python -m transferkit fit resume=outputs/...
+    """
+
     status = "interrupted"
 
     def __init__(self, message: str, exit_code: int) -> None:
@@ -48,6 +67,16 @@ class RunInterrupted(RunStopped):
 
 
 class RunDiverged(RunStopped):
+    """The training loss became NaN or infinite; `record` holds the step, epoch, LR and last good checkpoint.
+
+    Example:
+        >>> import transferkit
+        >>> try:
+        ...     run = transferkit.fit(finetune="full", optimizer={"lr": 1e6})  # doctest: +SKIP
+        ... except transferkit.RunDiverged as stop:
+        ...     print(stop.record["step"], stop.record["last_good_checkpoint"])
+    """
+
     status = "diverged"
     exit_code = EXIT_DIVERGED
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from transferkit.inference.images import as_tensor
+from transferkit.inference.images import as_tensor, decode_input
 from transferkit.inference.outputs import unused_output, write_rows
 from transferkit.inference.spec import InputSpec
 from transferkit.tasks.ensemble import EnsembleTask
@@ -23,17 +23,15 @@ class MemberViewsDataset(Dataset):
     """Decoded images, each prepared by every member's eval pipeline; unreadable files yield no views
     and are reported."""
 
-    def __init__(self, paths: list[Path], in_chans: list[int], transforms: list) -> None:
+    def __init__(self, paths: list, in_chans: list[int], transforms: list) -> None:
         self.paths, self.in_chans, self.transforms = paths, list(in_chans), list(transforms)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from transferkit.data.decode import load_image
-
         try:
-            decoded = {c: load_image(self.paths[index], in_chans=c) for c in sorted(set(self.in_chans))}
+            decoded = {c: decode_input(self.paths[index], c) for c in sorted(set(self.in_chans))}
         except (OSError, ValueError) as err:
             return (), index, str(err)
         return tuple(as_tensor(t(image=decoded[c])["image"]) for t, c in zip(self.transforms, self.in_chans)), index, ""
@@ -67,10 +65,20 @@ def ensemble_probabilities(ensemble: EnsembleTask, paths: list[Path], batch_size
     return probs, failed
 
 
-def write_ensemble_masks(ensemble: EnsembleTask, paths: list[Path], directory: Path) -> int:
-    """`<stem>_mask.png` and `<stem>_overlay.png` per image, at the image's own size: each member's
+def ensemble_mask(ensemble: EnsembleTask, in_chans: list[int], transforms: list, item) -> tuple[np.ndarray, np.ndarray]:
+    """One input's decoded image and its class-index mask at the image's own size: each member's
     per-pixel probabilities are resized to it and averaged."""
-    from transferkit.data.decode import UnreadableImageError, load_image
+    decoded = {c: decode_input(item, c) for c in sorted(set(in_chans))}
+    image = decoded[in_chans[0]]
+    views = [as_tensor(t(image=decoded[c])["image"])[None] for t, c in zip(transforms, in_chans)]
+    with torch.inference_mode():
+        mask = ensemble.probabilities(views, size=image.shape[:2]).argmax(dim=1)[0].cpu().numpy()
+    return image, mask
+
+
+def write_ensemble_masks(ensemble: EnsembleTask, paths: list[Path], directory: Path) -> int:
+    """`<stem>_mask.png` and `<stem>_overlay.png` per image, at the image's own size (`ensemble_mask`)."""
+    from transferkit.data.decode import UnreadableImageError
     from transferkit.reports.overlays import save_prediction_pngs
 
     in_chans, transforms = member_inputs(ensemble)
@@ -78,16 +86,12 @@ def write_ensemble_masks(ensemble: EnsembleTask, paths: list[Path], directory: P
     written = 0
     for path in map(Path, paths):
         try:
-            decoded = {c: load_image(path, in_chans=c) for c in sorted(set(in_chans))}
+            image, mask = ensemble_mask(ensemble, in_chans, transforms, path)
         except UnreadableImageError as error:
             log.warning("skipped %s: %s", path, error.reason)
             continue
-        image = decoded[in_chans[0]]
         stem = path.stem if path.stem not in seen else f"{path.stem}_{seen[path.stem]}"
         seen[path.stem] = seen.get(path.stem, 0) + 1
-        views = [as_tensor(t(image=decoded[c])["image"])[None] for t, c in zip(transforms, in_chans)]
-        with torch.inference_mode():
-            mask = ensemble.probabilities(views, size=image.shape[:2]).argmax(dim=1)[0].cpu().numpy()
         save_prediction_pngs(image, mask, directory, stem)
         written += 1
     log.info("Wrote %d masks and overlays to %s", written, directory)

@@ -154,3 +154,24 @@ def load_image(
     """
     return to_array(open_image(path, min_size), in_chans=in_chans, background=background)
 
+
+
+def image_of_pixels(pixels, in_chans: int = 3, background: Sequence[int] = (255, 255, 255)) -> np.ndarray:
+    """An image already in memory (a Pillow image, or a ``uint8`` ``H x W`` / ``H x W x C`` array with C in
+    1, 3, 4) as the ``uint8`` ``H x W x in_chans`` array that `load_image` gives for a file.
+
+    Raises:
+        ValueError: an array of another dtype or shape.
+    """
+    if isinstance(pixels, Image.Image):
+        return to_array(pixels, in_chans=in_chans, background=background)
+    array = np.asarray(pixels)
+    if array.dtype != np.uint8:
+        raise ValueError(f"a numpy image of dtype {array.dtype}; pass uint8 pixels (0-255), e.g. "
+                         "(image * 255).clip(0, 255).astype(np.uint8).")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or array.ndim == 3 and array.shape[2] in (3, 4)) or 0 in array.shape:
+        raise ValueError(f"a numpy image of shape {array.shape}; pass H x W (grey) or H x W x C with C = 1, 3 "
+                         "or 4 (RGB/RGBA).")
+    return to_array(Image.fromarray(np.ascontiguousarray(array)), in_chans=in_chans, background=background)

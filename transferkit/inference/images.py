@@ -29,25 +29,32 @@ def list_inputs(path: Path) -> list[Path]:
     return images
 
 
+def decode_input(item, in_chans: int) -> np.ndarray:
+    """One input as a uint8 H x W x in_chans array: an image file (fit's decode path), or an image already
+    in memory (a Pillow image or a numpy array, from `Run.predict`) converted the same way."""
+    from transferkit.data.decode import image_of_pixels, load_image
+
+    return load_image(item, in_chans=in_chans) if isinstance(item, (str, Path)) else image_of_pixels(item, in_chans)
+
+
 def as_tensor(prepared) -> torch.Tensor:
     """A transform's output as a tensor (the resize-only pipeline returns a uint8 numpy array)."""
     return prepared if isinstance(prepared, torch.Tensor) else torch.from_numpy(np.require(prepared, requirements=["C", "W"]))
 
 
 class PredictDataset(Dataset):
-    """Decoded + prepared images; unreadable files yield an empty tensor and their reason."""
+    """Decoded + prepared images (files, or images in memory from the Python API); unreadable ones yield
+    an empty tensor and their reason."""
 
-    def __init__(self, paths: list[Path], in_chans: int, transform) -> None:
+    def __init__(self, paths: list, in_chans: int, transform) -> None:
         self.paths, self.in_chans, self.transform = paths, in_chans, transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from transferkit.data.decode import load_image
-
         try:
-            image = load_image(self.paths[index], in_chans=self.in_chans)
+            image = decode_input(self.paths[index], self.in_chans)
         except (OSError, ValueError) as err:
             return torch.zeros(0), index, str(err)
         return as_tensor(self.transform(image=image)["image"]), index, ""

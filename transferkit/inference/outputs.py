@@ -25,22 +25,35 @@ def unused_output(output: str | Path | None, default: Path) -> Path:
     return path
 
 
+def prediction_rows(names: list, probs: dict[int, np.ndarray], failed: list[tuple[int, str]],
+                    class_names: list[str], top_k: int) -> list[dict]:
+    """One record per input with the CSV_COLUMNS: the top label and its probability, the `top_k` labels as
+    `name:probability;...`, or the reason the input could not be read (`Run.predict` returns these)."""
+    reasons = dict(failed)
+    rows = []
+    for i, name in enumerate(names):
+        if i in reasons:
+            rows.append({"path": name, "label": "", "probability": None, "top_k": "", "error": reasons[i]})
+            continue
+        p = probs[i]
+        order = np.argsort(-p, kind="stable")[:top_k]
+        top = ";".join(f"{class_names[j]}:{p[j]:.4f}" for j in order)
+        rows.append({"path": name, "label": class_names[order[0]], "probability": float(p[order[0]]),
+                     "top_k": top, "error": ""})
+    return rows
+
+
 def write_rows(path: Path, paths: list[Path], probs: dict[int, np.ndarray], failed: list[tuple[int, str]],
                class_names: list[str], top_k: int) -> int:
     """`path,label,probability,top_k,error` per image; returns how many images got a label."""
-    reasons = dict(failed)
+    rows = prediction_rows([str(p) for p in paths], probs, failed, class_names, top_k)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
-        for i, image_path in enumerate(paths):
-            if i in reasons:
-                writer.writerow([str(image_path), "", "", "", reasons[i]])
-                continue
-            p = probs[i]
-            order = np.argsort(-p, kind="stable")[:top_k]
-            top = ";".join(f"{class_names[j]}:{p[j]:.4f}" for j in order)
-            writer.writerow([str(image_path), class_names[order[0]], f"{p[order[0]]:.4f}", top, ""])
-    return len(paths) - len(reasons)
+        for row in rows:
+            probability = "" if row["probability"] is None else f"{row['probability']:.4f}"
+            writer.writerow([row["path"], row["label"], probability, row["top_k"], row["error"]])
+    return len(paths) - len(dict(failed))
 
 
 def mask_at_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from transferkit.inference.images import PredictDataset, as_tensor, collate, list_inputs
+from transferkit.inference.images import PredictDataset, as_tensor, collate, decode_input, list_inputs
 from transferkit.inference.outputs import mask_at_size, unused_output, write_rows
 
 log = logging.getLogger("transferkit")
@@ -38,8 +38,9 @@ def exported_predictor(path: Path | str, key: str = "ckpt_path") -> Predictor:
                      lambda batch: torch.from_numpy(model(batch)))
 
 
-def predict_probabilities(predictor: Predictor, paths: list[Path], batch_size: int, num_workers: int):
-    """Softmax probabilities per readable image, plus (index, reason) for unreadable ones."""
+def predict_probabilities(predictor: Predictor, paths: list, batch_size: int, num_workers: int):
+    """Softmax probabilities per readable image (a path, or an image in memory), plus (index, reason) for
+    unreadable ones."""
     dataset = PredictDataset(paths, predictor.in_chans, predictor.transform)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
     probs: dict[int, np.ndarray] = {}
@@ -53,25 +54,31 @@ def predict_probabilities(predictor: Predictor, paths: list[Path], batch_size: i
     return probs, failed
 
 
+def predict_mask(predictor: Predictor, item) -> tuple[np.ndarray, np.ndarray]:
+    """One input's decoded image and its class-index mask at the image's own size."""
+    image = decode_input(item, predictor.in_chans)
+    x = as_tensor(predictor.transform(image=image)["image"])[None]
+    with torch.inference_mode():
+        mask = mask_at_size(predictor.logits(x).float().cpu(), image.shape[:2])[0].numpy()
+    return image, mask
+
+
 def write_masks(predictor: Predictor, paths: list[Path], directory: Path) -> int:
     """For each image write `<stem>_mask.png` (palette index PNG) and `<stem>_overlay.png`, at the
     image's own size. Unreadable files are logged and skipped; returns how many were written."""
-    from transferkit.data.decode import UnreadableImageError, load_image
+    from transferkit.data.decode import UnreadableImageError
     from transferkit.reports.overlays import save_prediction_pngs
 
     seen: dict[str, int] = {}
     written = 0
     for path in map(Path, paths):
         try:
-            image = load_image(path, in_chans=predictor.in_chans)
+            image, mask = predict_mask(predictor, path)
         except UnreadableImageError as error:
             log.warning("skipped %s: %s", path, error.reason)
             continue
         stem = path.stem if path.stem not in seen else f"{path.stem}_{seen[path.stem]}"
         seen[path.stem] = seen.get(path.stem, 0) + 1
-        x = as_tensor(predictor.transform(image=image)["image"])[None]
-        with torch.inference_mode():
-            mask = mask_at_size(predictor.logits(x).float().cpu(), image.shape[:2])[0].numpy()
         save_prediction_pngs(image, mask, directory, stem)
         written += 1
     log.info("Wrote %d masks and overlays to %s", written, directory)
