@@ -153,3 +153,29 @@ def test_one_sigterm_stops_every_ddp_rank_and_the_run_resumes(image_folder, test
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = json.loads((run_dir / "results.json").read_text())
     assert final["status"] == "completed" and final["epochs"] == 2 and final["resumes"][0]["global_step"] >= 3
+
+
+class _DoneEvent:
+    """Stands in for a CUDA event that has completed."""
+
+    def query(self) -> bool:
+        return True
+
+    def synchronize(self) -> None:
+        return None
+
+
+def test_gpu_loss_check_reads_the_flag_a_step_late_and_names_that_step(tmp_path):
+    from types import SimpleNamespace
+
+    from transferkit.run_guards import FiniteLossGuard
+
+    guard = FiniteLossGuard(tmp_path)
+    trainer = SimpleNamespace(strategy=SimpleNamespace(checkpoint_io=None), is_last_batch=False)
+    guard.pending = (torch.tensor(True), _DoneEvent(), torch.tensor(0.5), (7, 1, [0.1]))
+    guard.on_train_batch_end(trainer, None, None, None, 0)  # finite: nothing happens
+    assert guard.pending is None
+    guard.pending = (torch.tensor(False), _DoneEvent(), torch.tensor(float("nan")), (8, 1, [0.1]))
+    with pytest.raises(RunDiverged, match="at step 8 .*stopped before the next checkpoint") as err:
+        guard.on_train_epoch_end(trainer, None)
+    assert err.value.record["step"] == 8 and guard.pending is None

@@ -169,6 +169,7 @@ class FiniteLossGuard(pl.Callback):
     def __init__(self, dirpath: str | Path) -> None:
         self.last = Path(dirpath) / "last.ckpt"
         self.good_epochs: int | None = None  # epochs done in the last checkpoint saved or loaded
+        self.pending: tuple | None = None  # GPU: (pinned flag, event, loss, (step, epoch, lrs)) of the last step
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self.good_epochs = epochs_done(checkpoint)
@@ -177,17 +178,52 @@ class FiniteLossGuard(pl.Callback):
         self.good_epochs = epochs_done(checkpoint)
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        if bool(torch.isfinite(loss.detach()).all()):
+        """On the CPU, check this step's loss now. On a GPU, reading the loss would stall the queue of
+        kernels every step (a host sync before backward), so the flag is copied to pinned memory
+        without blocking and read one step later, and at the last batch of every epoch, before
+        validation and checkpoints: no checkpoint ever holds a diverged model."""
+        finite = torch.isfinite(loss.detach()).all()
+        where = (trainer.global_step + 1, trainer.current_epoch + 1, current_lrs(trainer))
+        if loss.device.type != "cuda":
+            if not bool(finite):
+                self.diverged(trainer, loss.detach(), *where, late=False)
             return
-        value = float(loss.detach().float().mean())
-        step, epoch, lrs = trainer.global_step + 1, trainer.current_epoch + 1, current_lrs(trainer)
+        self.check_pending(trainer)
+        flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+        flag.copy_(finite, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending = (flag, event, loss.detach(), where)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        pending = getattr(self, "pending", None)
+        if pending is not None and (trainer.is_last_batch or pending[1].query()):
+            self.check_pending(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check_pending(trainer)
+
+    def check_pending(self, trainer: pl.Trainer) -> None:
+        pending, self.pending = getattr(self, "pending", None), None
+        if pending is None:
+            return
+        flag, event, loss, where = pending
+        event.synchronize()
+        if not bool(flag):
+            self.diverged(trainer, loss, *where, late=True)
+
+    def diverged(self, trainer: pl.Trainer, loss: torch.Tensor, step: int, epoch: int, lrs: list[float],
+                 late: bool) -> None:
+        value = float(loss.float().mean())
         wait_for_checkpoint_writes(trainer)  # last.ckpt of the previous epoch may still be being written
         good = str(self.last) if self.last.is_file() else None
         where = (f"the last good checkpoint is {good} (after epoch {self.good_epochs})" if good and self.good_epochs
                  else f"the last good checkpoint is {good}" if good else "no checkpoint had been saved yet")
         lr_text = ", ".join(f"{lr:.3g}" for lr in lrs)
+        stopped = "stopped before the next checkpoint" if late else "stopped before that step"
         message = (f"training loss is {'nan' if math.isnan(value) else value} at step {step} (epoch {epoch}) "
-                   f"with lr {lr_text}; stopped before that step, {where}, best.ckpt untouched. "
+                   f"with lr {lr_text}; {stopped}, {where}, best.ckpt untouched. "
                    f"Lower optimizer.lr (or set trainer.gradient_clip_val) and start a new run.")
         record = {"step": step, "epoch": epoch, "lr": lrs, "loss": str(value), "last_good_checkpoint": good}
         raise RunDiverged(message, record)
