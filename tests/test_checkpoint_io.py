@@ -14,7 +14,7 @@ import torch
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
 from transferkit.builders import build_plugins
-from transferkit.checkpoint_io import AtomicCheckpointIO, checkpoint_problem, describe_bad_checkpoint
+from transferkit.checkpoint_io import AtomicCheckpointIO, checkpoint_problem, describe_bad_checkpoint, remove_stale_temps
 
 
 def temp_files(folder: Path) -> list[Path]:
@@ -58,6 +58,10 @@ def test_process_killed_between_write_and_replace_keeps_the_old_file(tmp_path):
     assert done.returncode == 9, done.stderr
     assert torch.equal(torch.load(target, weights_only=True)["w"], torch.zeros(3))
     assert len(temp_files(tmp_path)) == 1  # the new data never replaced the old file
+    dead = temp_files(tmp_path)
+    mine = tmp_path / f".best.ckpt.{os.getpid()}.1.tmp"  # a live writer's temporary file stays
+    mine.write_bytes(b"half")
+    assert remove_stale_temps(tmp_path) == dead and temp_files(tmp_path) == [mine]
 
 
 def test_async_checkpoint_io_wraps_the_atomic_one(tmp_path):

@@ -78,3 +78,7 @@ def test_two_process_cpu_ddp_writes_one_run_directory(image_folder, tmp_path, te
     assert len(list(outputs.glob("outputs/*/*"))) == 1
     results = json.loads((runs[0] / "results.json").read_text())
     assert "test/acc" in results["metrics"]
+    # The report gathers both ranks' test outputs: every test image once (DistributedSampler's padding dropped).
+    rows = list(csv.DictReader((runs[0] / "report" / "predictions.csv").open()))
+    assert sorted(int(r["index"]) for r in rows) == list(range(results["data"]["test_size"]))
+    assert all(Path(r["path"]).parent.name == r["true"] for r in rows)  # targets stayed with their images

@@ -78,6 +78,19 @@ def test_fit_refuses_to_resume_from_a_checkpoint_that_would_run_code(malicious, 
     assert not marker.exists()
 
 
+def test_fit_resume_refuses_a_last_checkpoint_that_would_run_code(malicious, image_folder: Path) -> None:
+    from omegaconf import OmegaConf
+
+    path, marker = malicious
+    run = path.parent.parent
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cli.compose_config([f"data.root={image_folder}"])))
+    path.rename(path.with_name("last.ckpt"))
+    with pytest.raises(ValueError) as info:  # UnsafeCheckpointError, or not a zip checkpoint at all (legacy)
+        cli.run(["fit", f"resume={run}"])
+    assert "\n" not in str(info.value) and "last.ckpt" in str(info.value)
+    assert not marker.exists()
+
+
 def test_model_weights_refuse_a_file_that_would_run_code(malicious, tmp_path: Path) -> None:
     from transferkit.models.weight_loading import read_state_dict
     from transferkit.models.weights import file_record

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import write_class_folder
 from transferkit import builders, cli
-from transferkit.commands import resuming
+from transferkit.commands import metrics_files, resuming
 from transferkit.errors import ConfigError
 from transferkit.run_guards import RunInterrupted
 
@@ -146,14 +146,60 @@ def test_resume_last_finds_the_newest_fit_run_under_outputs(finished_run, tmp_pa
     assert resuming.find_run("last") == newer.resolve()
 
 
-def test_a_race_stopped_mid_way_is_refused(finished_run, tmp_path):
+def test_a_run_killed_after_its_last_epoch_resumes_to_the_same_results(finished_run, tmp_path):
+    run = copy_run(finished_run, tmp_path)
+    finished = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({"command": "fit", "status": "running"}))  # kill -9 while testing
+    resumed = cli.run(["fit", f"resume={run}"])
+    assert resumed["status"] == "completed" and resumed["epochs"] == finished["epochs"]
+    assert resumed["metrics"] == finished["metrics"]  # val/* measured again: this session trained nothing
+
+
+def test_a_race_stopped_before_it_began_is_refused(finished_run, tmp_path):
     run = copy_run(finished_run, tmp_path)
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["finetune"]["strategy"] = "auto"
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     (run / "results.json").write_text(json.dumps({"command": "fit", "status": "interrupted"}))
-    with pytest.raises(ConfigError, match="stopped mid-race"):
+    with pytest.raises(FileNotFoundError, match="stopped before its race began"):
         cli.run(["fit", f"resume={run}"])
+
+
+class SigtermInTheFinishersSecondEpoch(builders.pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 1 and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_race_stopped_mid_way_resumes_keeping_its_record_and_winner(image_folder, fast, tmp_path, monkeypatch):
+    from transferkit.commands import racing
+
+    # On 12 random images any plan may win; make lpft-full win so that it is the finisher.
+    monkeypatch.setattr(racing, "choose_survivors",
+                        lambda scores, keep, val_size: sorted(scores, key="lpft-full".__ne__)[:keep])
+    guards = builders.run_guard_callbacks
+    monkeypatch.setattr(builders, "run_guard_callbacks", lambda d: [*guards(d), SigtermInTheFinishersSecondEpoch()])
+    run_dir = tmp_path / "auto"
+    with pytest.raises(RunInterrupted, match=f"resume it with: python -m transferkit fit resume={run_dir}"):
+        cli.run(["fit", f"data.root={image_folder}", *fast[:-1], "finetune=auto", "augment=none",
+                 "trainer.max_epochs=3", f"run_dir={run_dir}"])
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
+    stopped = json.loads((run_dir / "race" / "progress.json").read_text())
+    assert stopped["alive"] == ["freeze", "lpft-full"]  # the cut after epoch 1 was made
+    first_rungs = {e["name"]: e["rungs"][0] for e in stopped["entries"]}
+
+    monkeypatch.setattr(builders, "run_guard_callbacks", guards)
+    resumed = cli.run(["fit", f"resume={run_dir}"])
+    auto = resumed["auto"]
+    assert resumed["status"] == "completed" and auto["winner"] == "lpft-full" and "race" in resumed["resumes"][0]
+    assert {c["name"]: c["rungs"][0] for c in auto["candidates"]} == first_rungs  # the record is kept
+    assert [r["epochs"] for r in next(c for c in auto["candidates"] if c["name"] == "lpft-full")["rungs"]] == [1, 3]
+    last = torch.load(resumed["last_checkpoint"], map_location="cpu", weights_only=True)
+    batches = -(-resumed["data"]["train_size"] // 4)
+    assert last["global_step"] == 3 * batches  # the rest of epoch 2, then epoch 3: one schedule
+    steps = [row["step"] for row in metric_rows(str(run_dir / "race" / "lpft-full" / "logs" / "leg1"))
+             if row.get("train/loss_step")]
+    assert len(steps) == len(set(steps))  # the leg's rows appended, none twice
 
 
 def test_a_finished_race_continues_its_winner(image_folder, fast, tmp_path):
@@ -178,12 +224,12 @@ def test_metrics_past_the_checkpoint_are_dropped_and_sessions_joined(tmp_path):
             writer.writerows({"epoch": s // 4, "step": s, "train/loss": 1.0 / (s + 1)} for s in steps)
 
     write(tmp_path / "metrics.csv", range(10))  # steps 8 and 9 came after the checkpoint at step 8
-    resuming.set_aside_metrics(tmp_path, global_step=8)
+    metrics_files.set_aside_metrics(tmp_path, global_step=8)
     assert not (tmp_path / "metrics.csv").exists()
     write(tmp_path / "metrics.csv", range(8, 12))  # the resumed session logs from step 8 again
-    resuming.join_metrics(tmp_path)
+    metrics_files.join_metrics(tmp_path)
     assert [int(r["step"]) for r in metric_rows(str(tmp_path))] == list(range(12))
-    assert not (tmp_path / resuming.PREVIOUS_METRICS).exists()
+    assert not (tmp_path / metrics_files.PREVIOUS_METRICS).exists()
 
 
 def test_a_run_still_going_is_not_resumed_under_it(finished_run, tmp_path):

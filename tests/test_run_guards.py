@@ -93,3 +93,63 @@ def test_a_signal_saves_last_checkpoint_exits_and_the_run_resumes(sig, code, ima
     if sig == signal.SIGTERM:  # the same run continues, in place
         resumed = cli.run(["fit", f"resume={run_dir}", f"trainer.max_epochs={record['epochs_done'] + 1}"])
         assert resumed["status"] == "completed" and resumed["run_dir"] == str(run_dir.resolve())
+
+
+SIGTERM_AT_STEP = '''
+import os, signal, sys
+import pytorch_lightning as pl
+from transferkit import builders, cli
+
+class SigtermAtStep(pl.Callback):
+    """Rank 0 (the launcher) gets SIGTERM once, after training step {step}."""
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_rank == 0 and trainer.global_step == {step} and not getattr(self, "sent", False):
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+guards = builders.run_guard_callbacks
+builders.run_guard_callbacks = lambda folder: [*guards(folder), SigtermAtStep()]
+cli.main(sys.argv[1:])
+'''
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
+def test_one_sigterm_stops_every_ddp_rank_and_the_run_resumes(image_folder, test_resnet_weights, tmp_path):
+    """The wrapper script (Lightning re-launches it for rank 1) sends SIGTERM to rank 0 only."""
+    script, run_dir = tmp_path / "sigterm_at_step.py", tmp_path / "ddp"
+    script.write_text(SIGTERM_AT_STEP.format(step=3))
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("TRANSFERKIT_RUN_DIR", None)
+    common = [f"data.root={image_folder}", "model.backbone=test_resnet", f"model.weights={test_resnet_weights}",
+              "data.image_size=32", "data.batch_size=2", "data.num_workers=0", "trainer.accelerator=cpu",
+              "trainer.devices=2", "trainer.strategy=ddp", "finetune=full", "trainer.max_epochs=2",
+              "trainer.enable_progress_bar=false", f"run_dir={run_dir}"]
+    proc = subprocess.run([sys.executable, str(script), "fit", *common], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert f"resume it with: python -m transferkit fit resume={run_dir.resolve()}" in proc.stderr
+    deadline = time.monotonic() + 30
+    while processes_mentioning(str(script)) and time.monotonic() < deadline:  # rank 1 exits too
+        time.sleep(0.2)
+    assert processes_mentioning(str(script)) == []
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "interrupted" and record["signal"] == "SIGTERM" and record["exit_code"] == 143
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == record["global_step"] >= 3 and not list(run_dir.glob("checkpoints/.*.tmp"))
+
+    resumed = subprocess.run([sys.executable, "-m", "transferkit", "fit", f"resume={run_dir}"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = json.loads((run_dir / "results.json").read_text())
+    assert final["status"] == "completed" and final["epochs"] == 2 and final["resumes"][0]["global_step"] >= 3

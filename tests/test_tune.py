@@ -25,7 +25,7 @@ def test_recipe_may_be_a_file(tmp_path):
     recipe.write_text("# @package _global_\ndefaults:\n  - override /finetune: partial\noptimizer:\n  lr: 0.123\n")
     cfg = cli.compose_config([f"recipe={recipe}"])
     assert cfg.finetune.strategy == "partial" and cfg.optimizer.lr == 0.123 and cfg.recipe == str(recipe)
-    with pytest.raises(cli.UsageError, match="no such recipe file"):
+    with pytest.raises(cli.UsageError, match="no such file"):
         cli.compose_config([f"recipe={tmp_path / 'missing.yaml'}"])
 
 

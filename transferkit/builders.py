@@ -135,6 +135,11 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str,
                           every_n_epochs=last_every_n_epochs)
     callbacks: list[pl.Callback] = [checkpoint, last]
     callbacks += run_guard_callbacks(run_dir / "checkpoints")
+    every_minutes = (cfg.get("checkpoint") or {}).get("every_minutes")
+    if every_minutes is not None:
+        from transferkit.interval_checkpoint import IntervalCheckpoint
+
+        callbacks.append(IntervalCheckpoint(run_dir / "checkpoints", every_minutes))
     patience = cfg.early_stopping.patience
     if patience:
         callbacks.append(EarlyStopping(monitor=cfg.early_stopping.monitor or monitor, mode=mode,
@@ -148,6 +153,12 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str,
     # After the linear probe: an average starts from the solved head.
     callbacks += build_averaging_callbacks(container(cfg.get("ema")), container(cfg.get("swa")))
     callbacks.append(LearningRateMonitor(logging_interval="epoch"))  # after swa.lr is set for the epoch
+    from transferkit.reports.run_report import report_options
+
+    if report_options(cfg)["enabled"]:
+        from transferkit.reports.test_outputs import TestOutputsCallback
+
+        callbacks.append(TestOutputsCallback())  # the test pass's outputs, for report.html
     if cfg.task.kind == "segmentation":
         from transferkit.reports.seg_grid import GRID_SAMPLES, SegmentationGridCallback
 

@@ -58,6 +58,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         fsync_folder(target.parent)
 
 
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary files of writers killed mid-write (`kill -9`, a power cut): those whose
+    process is gone. Their targets are intact; the halves only take disk space."""
+    removed = []
+    for temp in Path(folder).glob(".*.tmp"):
+        parts = temp.name.split(".")
+        pid = int(parts[-3]) if len(parts) >= 5 and parts[-3].isdigit() else None
+        if pid is None or pid == os.getpid() or process_exists(pid):
+            continue
+        temp.unlink(missing_ok=True)
+        removed.append(temp)
+    if removed:
+        log.info("Removed %d half-written checkpoint file(s) of a killed run in %s.", len(removed), folder)
+    return removed
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def checkpoint_problem(path: Path) -> str | None:
     """What is wrong with the checkpoint file at `path` (missing, empty, truncated), or None.
 

@@ -12,10 +12,10 @@ import logging
 import os
 import re
 import sys
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from transferkit.checkpoint_config import config_of_checkpoint_run  # noqa: F401 - used by run(), and by tests as cli.*
 from transferkit.config_files import config_keys, package_dir, recipe_names
 
 log = logging.getLogger("transferkit")
@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "tune": "transferkit.commands.tune",
     "summary": "transferkit.commands.summary",
     "show-features": "transferkit.commands.show_features",
+    "export": "transferkit.commands.export",
+    "report": "transferkit.commands.report",
 }
 USAGE = (
     "usage: python -m transferkit <command> [-m] [key=value ...]   (-m: sweep, e.g. optimizer.lr=0.01,0.001)\n"
@@ -94,6 +96,8 @@ def compose_config(overrides: list[str]) -> DictConfig:
     return cfg
 
 
+
+
 def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:
     """The recipe the overrides choose (a name, or a file's absolute path); `recipe=path/to/my.yaml`
     becomes an option of the `recipe` group, and its override names that option."""
@@ -113,34 +117,6 @@ def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:
     ConfigStore.instance().store(group="recipe", name=name, node=OmegaConf.create(node), package="_global_")
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+") != "recipe"]
     return [*kept, f"recipe={name}"], str(path)
-
-
-def checkpoint_run_config(ckpt_path) -> Path:
-    """Where the config of the run behind `ckpt_path` lies: beside a checkpoint (<run>/checkpoints/x.ckpt),
-    in a run directory (a cv or fit run), or for a list, that of its first entry."""
-    from transferkit.loading import is_many
-
-    first = (list(ckpt_path) or [None])[0] if is_many(ckpt_path) else ckpt_path
-    path = Path(str(first)).expanduser().resolve()
-    return (path if path.is_dir() else path.parent.parent) / "config.yaml"
-
-
-def config_of_checkpoint_run(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """Start from the config saved beside a checkpoint (its run's data, model, recipe),
-    then apply this command line's `key=value` overrides on top. `ckpt_path` may also be a
-    list (an ensemble: the first member's run) or a run directory (a cv run: its own config)."""
-    saved = checkpoint_run_config(cfg.ckpt_path)
-    if not saved.is_file():
-        return cfg
-    base = OmegaConf.load(saved)
-    explicit = [o.lstrip("+") for o in overrides
-                if "." in o.split("=", 1)[0] or o.split("=", 1)[0] in cfg and not isinstance(cfg.get(o.split("=", 1)[0]), DictConfig)]
-    merged = OmegaConf.merge(base, OmegaConf.from_dotlist(explicit))
-    with open_dict(merged):
-        merged.run_dir = cfg.run_dir
-        merged.ckpt_path = cfg.ckpt_path
-    log.info("Using the config of the checkpoint's run: %s", saved)
-    return merged
 
 
 def configure_logging(debug: bool) -> None:
@@ -180,7 +156,7 @@ def run(argv: list[str]) -> dict:
     if multirun:
         return run_sweep(command, overrides)
     cfg = compose_config(overrides)
-    if command in ("test", "advise", "show-augs", "show-features") and cfg.ckpt_path:
+    if command in ("test", "advise", "show-augs", "show-features", "export") and cfg.ckpt_path:
         cfg = config_of_checkpoint_run(cfg, overrides)
     if command == "tune":  # each trial composes this command line with its sampled values
         with open_dict(cfg):

@@ -7,6 +7,7 @@ builders read it, nothing writes into it. What they decided and why goes to `res
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from transferkit.models.weights import (
     house_backbones,
     resolve_weights_source,
 )
-from transferkit.race import RacePlan, plan_race
+from transferkit.race import RACE_PROGRESS, RacePlan, plan_from_record, plan_race
 
 log = logging.getLogger("transferkit")
 
@@ -190,16 +191,28 @@ def plan_finetune(plan: Plan, datamodule) -> tuple[dict, dict | None]:
         raise ConfigError(f"{', '.join(averaging)} with finetune=auto: the race trains its candidates in legs, "
                           "which weight averaging does not follow yet. Choose finetune=freeze|partial|full, or "
                           "set ema.decay=null and swa.epoch_start=null.")
-    from transferkit.measure import measure_datamodule
+    recorded = recorded_race(cfg)
+    if recorded is not None:  # `fit resume=` of a race stopped mid-way: the race it planned, as it was
+        advice, plan.race = recorded.get("advice"), plan_from_record(finetune, recorded["plan"])
+    else:
+        from transferkit.measure import measure_datamodule
 
-    with preserved_rng():  # measuring must not change training's random stream
-        advice = measure_datamodule(cfg, datamodule, plan.weights, quick=True).to_dict()
-    plan.race = plan_race(finetune, advice, int(cfg.trainer.max_epochs))
+        with preserved_rng():  # measuring must not change training's random stream
+            advice = measure_datamodule(cfg, datamodule, plan.weights, quick=True).to_dict()
+        plan.race = plan_race(finetune, advice, int(cfg.trainer.max_epochs))
     race = plan.race
     log.info("finetune=auto: racing %s; cuts at epochs %s; scratch %s (%s)",
              ", ".join(c.name for c in race.candidates), [r.end for r in race.rungs],
              "enters" if race.scratch["entered"] else "left out", race.scratch["why"])
     return finetune, advice
+
+
+def recorded_race(cfg: DictConfig) -> dict | None:
+    """The race/progress.json of the run being resumed, if it stopped mid-race."""
+    if not cfg.get("resume"):
+        return None
+    path = Path(str(cfg.resume)) / RACE_PROGRESS
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def plan_cache(cfg: DictConfig, finetune: dict) -> dict:

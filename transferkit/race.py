@@ -22,6 +22,7 @@ LAYER_DECAY = 0.75          # full-llrd: each lower backbone group gets 0.75x th
 EPOCH_COST = {"freeze": 0.05, "lpft-partial": 0.7, "full-llrd": 1.0, "lpft-full": 1.0, "scratch": 1.0}
 ORDER = tuple(EPOCH_COST)   # the cost order: ties go to the earlier (cheaper) plan
 FREE_COST = 0.1             # a candidate this cheap is never cut: it waits for the finisher (see run_race)
+RACE_PROGRESS = "race/progress.json"  # under the run directory: how far the race got (commands.race_progress)
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,19 @@ def leg_score(val_losses: list[float], val_accs: list[float]) -> tuple[float, fl
 def explicit_keys(given: dict, defaults: dict) -> dict:
     """Finetune keys the user set (they differ from conf/finetune/auto.yaml): they bind every candidate."""
     return {k: v for k, v in given.items() if k not in ("strategy", "cache_features") and defaults.get(k) != v}
+
+
+def plan_from_record(given: dict, record: dict) -> RacePlan:
+    """The race a stopped run planned (`RacePlan.to_dict()` as race/progress.json keeps it), to resume it."""
+    explicit = explicit_keys(given, load_group_option("finetune", "auto"))
+    scratch = dict(record["scratch"])
+    built = build_candidates(explicit, use_weights=True, with_scratch=bool(scratch["entered"]))
+    candidates = [c for c in built if c.name in record["candidates"]]
+    if [c.name for c in candidates] != list(record["candidates"]):
+        raise ConfigError(f"the stopped race raced {record['candidates']}, which this version cannot rebuild "
+                          f"(its candidates are {[c.name for c in built]}); start a new run.")
+    rungs = [Rung(int(r["end"]), int(r["keep"])) for r in record["rungs"]]
+    return RacePlan(candidates, rungs, scratch, float(record["cost_bound"]))
 
 
 def plan_race(given: dict, advice: dict | None, max_epochs: int) -> RacePlan:

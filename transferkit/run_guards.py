@@ -73,12 +73,33 @@ class SignalCheckpoint(pl.Callback):
         self.ckpt_path = str(Path(dirpath) / "last.ckpt")
         self.received: signal.Signals | None = None
         self.previous_sigint: Any = None
+        self.pending = False  # DDP: a signal reached this rank; all ranks stop after the same step
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning installed its SIGTERM handler just before training; it restores every handler
-        # (this one too) when the fit ends.
-        if threading.current_thread() is threading.main_thread():
-            self.previous_sigint = signal.signal(signal.SIGINT, self.forward_sigint)
+        # (these too) when the fit ends.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self.previous_sigint = signal.signal(signal.SIGINT, self.forward_sigint)
+        if trainer.world_size > 1:
+            # Lightning's handler runs a collective (a broadcast) inside the signal handler, at whatever
+            # point each rank happens to be: under DDP that deadlocks the ranks. Note the signal here,
+            # agree on it between two steps (on_train_batch_end), then let Lightning stop every rank.
+            signal.signal(signal.SIGTERM, self.note_signal)
+
+    def note_signal(self, signum: int, frame: Any) -> None:
+        self.pending = True
+        log.warning("%s: stopping every rank after this step and saving %s.", signal.Signals(signum).name,
+                    self.ckpt_path)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.world_size <= 1 or trainer.received_sigterm:
+            return
+        flag = torch.tensor(float(self.pending), device=trainer.strategy.root_device)
+        if float(trainer.strategy.reduce(flag, reduce_op="max")) > 0:  # a signal reached some rank
+            # Lightning's loops raise SIGTERMException on every rank at this step's end.
+            trainer._signal_connector.received_sigterm = True
 
     def forward_sigint(self, signum: int, frame: Any) -> None:
         handler = signal.getsignal(signal.SIGTERM)

@@ -14,21 +14,22 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferkit.builders import build_datamodule, build_feature_cache, build_task, build_trainer
-from transferkit.checkpoint_io import checkpoint_meta, checkpoint_problem
+from transferkit.checkpoint_io import checkpoint_meta, checkpoint_problem, remove_stale_temps
+from transferkit.commands.metrics_files import join_metrics, set_aside_metrics
 from transferkit.commands.resuming import (
     carried_over,
     check_same_splits,
-    join_metrics,
     read_results,
     resume_callbacks,
     session_record,
-    set_aside_metrics,
     write_resumed_config,
 )
 from transferkit.errors import ConfigError
 from transferkit.loading import read_checkpoint, require
 from transferkit.lr_finder import wants_search
 from transferkit.planning import Plan, plan_model, plan_training
+from transferkit.race import RACE_PROGRESS
+from transferkit.reports.run_report import finish_run_report
 from transferkit.run_guards import EXIT_SIGNAL, RunDiverged, RunInterrupted, signal_name
 from transferkit.rundir import create_run_dir, reuse_run_dir, write_config, write_json
 from transferkit.tasks.linear_probe import probe_report
@@ -75,6 +76,7 @@ def train_and_test(cfg: DictConfig, command: str, callbacks: list[pl.Callback] |
         write_json(results, run_dir / "results.json")
         log.info("%s", metrics_table(results["metrics"]))
         log.info("Results: %s", run_dir / "results.json")
+        finish_run_report(cfg, trainer, datamodule, run_dir, results)
     return results, trainer, task, datamodule, run_dir
 
 
@@ -95,15 +97,18 @@ def open_run(cfg: DictConfig, command: str, datamodule) -> tuple[Path, dict]:
     resumed = cfg.get("resume")
     run_dir = reuse_run_dir(resumed) if resumed else create_run_dir(cfg.run_dir, num_nodes(cfg))
     previous, resumed_from = read_results(run_dir) if resumed else {}, None
-    if resumed:
-        meta = checkpoint_meta(Path(cfg.ckpt_path))
-        resumed_from = {"checkpoint": str(cfg.ckpt_path), **meta}
+    if resumed and cfg.get("ckpt_path"):
+        resumed_from = {"checkpoint": str(cfg.ckpt_path), **checkpoint_meta(Path(cfg.ckpt_path))}
+    elif resumed:  # a finetune=auto race stopped mid-way: each candidate continues from its own checkpoint
+        resumed_from = {"race": str(run_dir / RACE_PROGRESS)}
     session = session_record(run_dir, command, previous, resumed_from)
     if rank_zero_only.rank == 0:
         log.info("Run directory: %s", run_dir)
         if resumed:
             check_same_splits(datamodule.split_record, run_dir)
-            set_aside_metrics(run_dir, resumed_from["global_step"])
+            remove_stale_temps(run_dir / "checkpoints")
+            if "global_step" in resumed_from:
+                set_aside_metrics(run_dir, resumed_from["global_step"])
             write_resumed_config(cfg, run_dir)
         else:
             write_config(cfg, run_dir)
@@ -144,6 +149,11 @@ def fit_and_test(plan: Plan, datamodule, run_dir: Path, command: str, start: flo
         trainer, task, fit_data, extra = fit_fixed(plan, datamodule, run_dir, callbacks)
     winner = extra.pop("_winner", None)
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if not val_metrics and cfg.get("resume"):
+        # Resumed after its last epoch (killed while testing): this session validated nothing, so the
+        # final model's val metrics are measured again (the same weights and data give the same values).
+        trainer.validate(task, datamodule=fit_data, verbose=False)
+        val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     tested = trainer.test(task, datamodule=fit_data, ckpt_path=best or None, verbose=False, weights_only=True)
     results = collect_results(cfg, command, task, datamodule, trainer, val_metrics, tested, run_dir, start)
@@ -189,9 +199,9 @@ def stop_of(err: BaseException, plan: Plan, run_dir: Path, command: str) -> Base
     else:
         return err
     name = signal_name(code)
-    if plan.race is not None:
-        return RunInterrupted(f"{name} stopped the finetune=auto race in {run_dir}; a race cannot resume yet "
-                              "(only a finished race's winner can): run the same command again.", code)
+    if plan.race is not None and (run_dir / RACE_PROGRESS).is_file():
+        return RunInterrupted(f"{name} stopped the finetune=auto race in {run_dir}; resume it with: "
+                              f"python -m transferkit fit resume={shlex.quote(str(run_dir))}", code)
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file() or command != "fit":
         why = "before its first checkpoint" if command == "fit" else f"(resume continues fit runs, not {command})"
@@ -217,13 +227,16 @@ def fit_fixed(plan: Plan, datamodule, run_dir: Path, callbacks: list[pl.Callback
 
 def fit_race(plan: Plan, datamodule, run_dir: Path) -> tuple[pl.Trainer, object, object, dict]:
     """`finetune=auto`: successive halving over the planned candidates (see transferkit.race)."""
+    from transferkit.commands.race_progress import RaceProgress, read_progress
     from transferkit.commands.racing import race_table, run_race
 
     if plan.cfg.get("ckpt_path"):
         raise ConfigError("ckpt_path=... cannot resume a finetune=auto race; resume with the winner's "
                           "strategy (finetune=<results.json auto.winner's strategy>) instead.")
     race = plan.race
-    winner, entries = run_race(plan.cfg, race.candidates, race.rungs, datamodule, plan.weights, run_dir)
+    previous = read_progress(run_dir) if plan.cfg.get("resume") else None
+    progress = RaceProgress(run_dir, race, plan.advice, previous)
+    winner, entries = run_race(plan.cfg, race.candidates, race.rungs, datamodule, plan.weights, run_dir, progress)
     auto = {**race.to_dict(), "candidates": [e.to_dict() for e in entries], "winner": winner.candidate.name,
             "seconds": round(sum(e.seconds for e in entries), 2)}
     if winner.trainer.is_global_zero:

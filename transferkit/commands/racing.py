@@ -13,7 +13,10 @@ import csv
 import gc
 import logging
 import shutil
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from transferkit.builders import build_feature_cache, build_task, build_trainer
+from transferkit.checkpoint_io import checkpoint_meta
+from transferkit.commands.race_progress import RaceProgress
+from transferkit.interval_checkpoint import newer_mid_epoch
+from transferkit.commands.metrics_files import join_metrics, set_aside_metrics
 from transferkit.planning import SOLVED_HEAD_TRAINER
 from transferkit.race import Candidate, Entry, Rung, choose_survivors, leg_score
 from transferkit.tasks.linear_probe import LinearProbeCallback, probe_report
@@ -43,6 +50,13 @@ class ValidationRecorder(pl.Callback):
         metrics = trainer.callback_metrics
         self.losses.append(float(metrics["val/loss"]))
         self.accs.append(float(metrics.get("val/acc", float("nan"))))
+
+    # Saved in the candidate's checkpoints, so a leg resumed in a later session scores the same.
+    def state_dict(self) -> dict:
+        return {"losses": list(self.losses), "accs": list(self.accs)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.losses, self.accs = list(state_dict["losses"]), list(state_dict["accs"])
 
 
 class ScoredEpochsOnly(pl.Callback):
@@ -98,6 +112,15 @@ class Leg:
     @property
     def last_checkpoint(self) -> Path:
         return self.directory / "checkpoints" / "last.ckpt"
+
+    def resume_checkpoint(self) -> Path | None:
+        """Where its next leg continues from: last.ckpt, or a newer mid-epoch checkpoint."""
+        return newer_mid_epoch(self.directory, self.last_checkpoint) or (
+            self.last_checkpoint if self.last_checkpoint.is_file() else None)
+
+    def ran(self, rung: Rung) -> bool:
+        """Whether it already trained to this rung (in an earlier session of a resumed race)."""
+        return any(r["epochs"] == rung.end for r in self.entry.rungs)
 
 
 def candidate_config(cfg: DictConfig, candidate: Candidate) -> DictConfig:
@@ -189,26 +212,20 @@ def train_leg(leg: Leg, rung: Rung, shared: SharedProbe | None = None) -> None:
     """Train `leg` up to `rung.end` epochs of its schedule, continuing from its last checkpoint.
 
     A head solved by L-BFGS (freeze) is final after its one epoch: later rungs keep its score.
-    `last.ckpt` is written once, at the leg's end (the point the next leg resumes from). A leg that
-    stops before the schedule's end validates only its last two epochs (`ScoredEpochsOnly`); the
-    final leg validates every epoch, and `best.ckpt` is written whenever validation improves.
+    See `leg_trainer` for when it writes last.ckpt and validates.
     """
     if leg.legs_run and leg.task.plan.solves_head:
         leg.entry.rungs.append({**leg.entry.rungs[-1], "epochs": rung.end})
         return
     log.info("race: %s trains to epoch %d", leg.candidate.name, rung.end)
-    end = 1 if leg.task.plan.solves_head else rung.end
-    validate = validated_epochs_callbacks(leg.cfg, end, int(leg.task.schedule_epochs))
-    trainer = build_trainer(leg.cfg, leg.directory, leg.task.monitor, leg.task.monitor_mode,
-                            extra_callbacks=[leg.recorder, *validate], log_version=f"logs/leg{leg.legs_run}",
-                            flags_override={"max_epochs": end, "enable_model_summary": False},
-                            last_every_n_epochs=end)  # of this leg's epochs, `end` alone is a multiple of end
+    trainer = leg_trainer(leg, rung)
     for callback in trainer.callbacks:
         if isinstance(callback, LinearProbeCallback) and leg.candidate.use_weights and shared is not None:
             callback.given, callback.given_solution = shared.features, shared.solution
-    resume = leg.last_checkpoint if leg.last_checkpoint.is_file() else None
+    resume = leg.resume_checkpoint()
     start = time.time()
-    trainer.fit(leg.task, datamodule=leg.data, ckpt_path=resume, weights_only=True)
+    with kept_leg_logs(leg, checkpoint_meta(resume)["global_step"] if resume else None):
+        trainer.fit(leg.task, datamodule=leg.data, ckpt_path=resume, weights_only=True)
     leg.entry.seconds += time.time() - start
     leg.trainer, leg.legs_run = trainer, leg.legs_run + 1
     leg.probe = leg.probe or probe_report(trainer)
@@ -216,6 +233,44 @@ def train_leg(leg: Leg, rung: Rung, shared: SharedProbe | None = None) -> None:
     acc, loss = leg_score(recorder.losses, recorder.accs)
     leg.entry.rungs.append({"epochs": rung.end, "val_loss": recorder.losses[-1], "val_acc": recorder.accs[-1],
                             "score_acc": acc, "score_loss": loss})
+
+
+@contextmanager
+def kept_leg_logs(leg: Leg, step: int | None) -> Iterator[None]:
+    """A leg cut short in an earlier session logs into the same folder, whose metrics.csv Lightning's
+    logger would delete: its rows before `step` wait aside and are joined with the new ones after."""
+    logs = leg.directory / "logs" / f"leg{leg.legs_run}"
+    keep = step is not None and (logs / "metrics.csv").is_file() and rank_zero_only.rank == 0
+    if keep:
+        set_aside_metrics(logs, step)
+    try:
+        yield
+    finally:
+        if keep:
+            join_metrics(logs)
+
+
+def leg_trainer(leg: Leg, rung: Rung) -> pl.Trainer:
+    """The leg's trainer. A leg that stops before the schedule's end writes last.ckpt once, at its
+    end (of its epochs only `end` is a multiple of `end`), and validates only its scored epochs;
+    the finishing leg writes last.ckpt and validates after every epoch, as a fixed run does."""
+    end = 1 if leg.task.plan.solves_head else rung.end
+    final = end >= int(leg.task.schedule_epochs)
+    return build_trainer(leg.cfg, leg.directory, leg.task.monitor, leg.task.monitor_mode,
+                         extra_callbacks=[leg.recorder, *validated_epochs_callbacks(leg.cfg, end, int(leg.task.schedule_epochs))],
+                         log_version=f"logs/leg{leg.legs_run}",
+                         flags_override={"max_epochs": end, "enable_model_summary": False},
+                         last_every_n_epochs=1 if final else end)
+
+
+def reattach(leg: Leg, rung: Rung) -> None:
+    """A winner that finished its last leg in an earlier session: a trainer restored from its last
+    checkpoint (a fit with nothing left to train), for the test and the adoption that follow."""
+    leg.legs_run -= 1  # the same leg, its logs in the same folder
+    trainer = leg_trainer(leg, rung)
+    with kept_leg_logs(leg, sys.maxsize):
+        trainer.fit(leg.task, datamodule=leg.data, ckpt_path=leg.resume_checkpoint(), weights_only=True)
+    leg.trainer, leg.legs_run = trainer, leg.legs_run + 1
 
 
 def release(leg: Leg) -> None:
@@ -229,15 +284,17 @@ def release(leg: Leg) -> None:
         shutil.rmtree(leg.directory / "checkpoints", ignore_errors=True)
 
 
-def agree(trainer: pl.Trainer, names: list[str]) -> list[str]:
-    """Under DDP every rank takes rank 0's survivors (they already agree: val metrics are synced)."""
-    return list(trainer.strategy.broadcast(names, src=0))
+def agree(trainer: pl.Trainer | None, names: list[str]) -> list[str]:
+    """Under DDP every rank takes rank 0's survivors (they already agree: val metrics are synced).
+    Without a trainer (a resumed race whose legs all ran before) every rank read the same record."""
+    return names if trainer is None else list(trainer.strategy.broadcast(names, src=0))
 
 
 def cut(legs: dict[str, Leg], among: dict[str, Leg], rung: Rung, keep: int, val_size: int) -> None:
     """Keep the best `keep` of `among` (see race.choose_survivors); release the others."""
     scores = {name: leg.entry.score() for name, leg in among.items()}
-    kept = agree(next(iter(among.values())).trainer, choose_survivors(scores, keep, val_size))
+    trainer = next((leg.trainer for leg in among.values() if leg.trainer is not None), None)
+    kept = agree(trainer, choose_survivors(scores, keep, val_size))
     for name in [n for n in among if n not in kept]:
         log.info("race: %s stops after epoch %d (val acc %.4f, val loss %.4f)", name, rung.end, *scores[name])
         release(legs.pop(name))
@@ -245,22 +302,37 @@ def cut(legs: dict[str, Leg], among: dict[str, Leg], rung: Rung, keep: int, val_
 
 
 def run_race(cfg: DictConfig, candidates: list[Candidate], rungs: list[Rung], datamodule, weights,
-             run_dir: Path) -> tuple[Leg, list[Entry]]:
-    """Successive halving: returns the winner's leg (trained to the end) and every candidate's record."""
-    legs = start_legs(cfg, candidates, datamodule, weights, run_dir)
-    entries = [leg.entry for leg in legs.values()]
+             run_dir: Path, progress: RaceProgress | None = None) -> tuple[Leg, list[Entry]]:
+    """Successive halving: returns the winner's leg (trained to the end) and every candidate's record.
+
+    With `progress` the race is recorded after every leg and cut; a resumed race (its `previous`
+    record) starts only the candidates still in, and skips the legs they already ran."""
+    legs = start_legs(cfg, [c for c in candidates if progress is None or progress.still_in(c.name)],
+                      datamodule, weights, run_dir)
+    for leg in legs.values():
+        if progress is not None:
+            progress.restore(leg)
+    entries = [legs[c.name].entry if c.name in legs else progress.entry(c.name) for c in candidates]
+    record = (lambda: progress.save(legs, entries)) if progress is not None else (lambda: None)
+    record()
     shared = None
     val_size = len(datamodule.sources["val"]) if hasattr(datamodule, "sources") else 0
     for rung in rungs:
         for leg in legs.values():
-            train_leg(leg, rung, shared)
+            if not leg.ran(rung):
+                train_leg(leg, rung, shared)
+                record()
             shared = shared or shared_features(leg)
         paying = {name: leg for name, leg in legs.items() if not leg.candidate.free}
         if len(paying) > rung.keep:
             cut(legs, paying, rung, rung.keep, val_size)
+            record()
     if len(legs) > 1:  # the finisher meets the candidates too cheap to cut (freeze)
         cut(legs, legs, rungs[-1], 1, val_size)
+        record()
     winner = next(iter(legs.values()))
+    if winner.trainer is None:
+        reattach(winner, rungs[-1])
     log.info("race: rank %d winner %s", winner.trainer.global_rank, winner.candidate.name)
     return winner, entries
 

@@ -2,13 +2,13 @@
 
 The one deliberate exception to "a run directory is never reused". The run keeps its own
 `config.yaml`; only keys that do not change what is trained may be given again (`RESUME_KEYS`).
-A finished `finetune=auto` race continues its winner; a race stopped mid-way cannot resume yet.
+A finished `finetune=auto` race continues its winner; a race stopped mid-way continues the race
+(`commands.race_progress`).
 Metrics are appended (rows past the checkpoint's step are dropped first), results.json updated.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -22,12 +22,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transferkit.checkpoint_io import checkpoint_problem, describe_bad_checkpoint
 from transferkit.errors import ConfigError
+from transferkit.interval_checkpoint import newer_mid_epoch
+from transferkit.race import RACE_PROGRESS
 
 log = logging.getLogger("transferkit")
 
 # What may change on resume: nothing that changes what is trained.
 RESUME_KEYS = ("resume", "trainer.max_epochs", "data.num_workers", "trainer.enable_progress_bar",
-               "trainer.log_every_n_steps", "trainer.enable_model_summary", "debug")
+               "trainer.log_every_n_steps", "trainer.enable_model_summary", "checkpoint.every_minutes", "debug")
 OUTPUTS = Path("outputs")
 
 
@@ -101,7 +103,12 @@ def check_not_running(results: dict, run_dir: Path) -> None:
 
 
 def check_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint to continue from: `last.ckpt` (epoch end or signal), or the mid-epoch one
+    (`checkpoint.every_minutes`) when that is whole and from a later step."""
     last = run_dir / "checkpoints" / "last.ckpt"
+    mid = newer_mid_epoch(run_dir, last)
+    if mid is not None:
+        return mid
     if not last.exists():
         raise FileNotFoundError(f"resume={run_dir}: there is no checkpoints/last.ckpt (the run stopped before its "
                                 "first epoch ended), so nothing can resume; start the run again.")
@@ -111,6 +118,17 @@ def check_checkpoint(run_dir: Path) -> Path:
     return last
 
 
+def check_race_resumable(saved: DictConfig, cfg: DictConfig, keys: list[str], run_dir: Path) -> None:
+    """A `finetune=auto` run stopped mid-race resumes the race itself, as it was planned."""
+    if not (run_dir / RACE_PROGRESS).is_file():
+        raise FileNotFoundError(f"resume={run_dir}: this finetune=auto run stopped before its race began (there "
+                                f"is no {RACE_PROGRESS}), so nothing can resume; start the run again.")
+    if "trainer.max_epochs" in keys and int(cfg.trainer.max_epochs) != int(saved.trainer.max_epochs):
+        raise ConfigError(f"trainer.max_epochs cannot change while resuming {run_dir} mid-race: its cuts were planned "
+                          f"for trainer.max_epochs={saved.trainer.max_epochs}. Resume the race as it was, then "
+                          "resume again with a larger trainer.max_epochs to train its winner longer.")
+
+
 def race_winner_config(saved: DictConfig, results: dict, run_dir: Path) -> DictConfig:
     """A finished `finetune=auto` run continues as its winner (finetune group and augmentation)."""
     from transferkit.commands.racing import candidate_config
@@ -118,9 +136,6 @@ def race_winner_config(saved: DictConfig, results: dict, run_dir: Path) -> DictC
     from transferkit.race import build_candidates, explicit_keys
 
     winner = (results.get("auto") or {}).get("winner")
-    if not winner:
-        raise ConfigError(f"resume={run_dir}: this finetune=auto run stopped mid-race (results.json names no "
-                          "winner); resuming a race is not supported yet. Start the run again.")
     explicit = explicit_keys(OmegaConf.to_container(saved.finetune, resolve=True),
                              load_group_option("finetune", "auto"))
     candidates = {c.name: c for c in build_candidates(explicit, use_weights=True, with_scratch=True)}
@@ -145,15 +160,19 @@ def config_of_resumed_run(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                           f"runs. Resume it with its own command{again}.")
     if not child:
         check_not_running(results, run_dir)
-    last = check_checkpoint(run_dir)
     saved = OmegaConf.load(run_dir / "config.yaml")
-    if saved.finetune.get("strategy") == "auto":
-        saved = race_winner_config(saved, results, run_dir)
+    last: Path | None = None
+    if saved.finetune.get("strategy") == "auto" and not (results.get("auto") or {}).get("winner"):
+        check_race_resumable(saved, cfg, keys, run_dir)  # each candidate continues from its own checkpoint
+    else:
+        last = check_checkpoint(run_dir)
+        if saved.finetune.get("strategy") == "auto":
+            saved = race_winner_config(saved, results, run_dir)
     with open_dict(saved):
         for key in keys:
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
-        saved.resume, saved.run_dir, saved.ckpt_path = str(run_dir), str(run_dir), str(last)
-    log.info("Resuming %s from %s", run_dir, last)
+        saved.resume, saved.run_dir, saved.ckpt_path = str(run_dir), str(run_dir), str(last) if last else None
+    log.info("Resuming %s from %s", run_dir, last or f"the race record {run_dir / RACE_PROGRESS}")
     return saved
 
 
@@ -240,50 +259,3 @@ class KeepBestScore(pl.Callback):
 
 def resume_callbacks(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     return [KeepBestScore(run_dir / "checkpoints" / "best.ckpt")] if cfg.get("resume") else []
-
-
-# -- metrics.csv across sessions ---------------------------------------------------------------
-PREVIOUS_METRICS = "metrics.previous.csv"
-
-
-def read_rows(path: Path) -> tuple[list[str], list[dict]]:
-    if not path.is_file():
-        return [], []
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        return list(reader.fieldnames or []), list(reader)
-
-
-def write_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    with temp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    temp.replace(path)
-
-
-def united_rows(paths: list[Path]) -> tuple[list[str], list[dict]]:
-    fields, rows = [], []
-    for path in paths:
-        more_fields, more_rows = read_rows(path)
-        fields += [f for f in more_fields if f not in fields]
-        rows += more_rows
-    return fields, rows
-
-
-def set_aside_metrics(run_dir: Path, global_step: int) -> None:
-    """Before a resumed fit: Lightning's CSV logger starts metrics.csv afresh, so the rows logged up
-    to the checkpoint wait in metrics.previous.csv; rows past its step were lost work and go."""
-    fields, rows = united_rows([run_dir / PREVIOUS_METRICS, run_dir / "metrics.csv"])
-    kept = [row for row in rows if int(float(row.get("step") or 0)) < global_step]
-    write_rows(run_dir / PREVIOUS_METRICS, fields, kept)
-    (run_dir / "metrics.csv").unlink(missing_ok=True)
-
-
-def join_metrics(run_dir: Path) -> None:
-    """After a resumed fit (finished or not): earlier rows, then this session's, in metrics.csv."""
-    previous = run_dir / PREVIOUS_METRICS
-    if previous.is_file():
-        write_rows(run_dir / "metrics.csv", *united_rows([previous, run_dir / "metrics.csv"]))
-        previous.unlink()

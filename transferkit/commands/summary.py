@@ -12,6 +12,7 @@ Random weights: nothing is loaded or downloaded.
 from __future__ import annotations
 
 import csv
+import importlib
 import logging
 from pathlib import Path
 
@@ -175,7 +176,7 @@ def create_model(name: str, in_chans: int, image_size: int, num_classes: int = 0
         model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes or 1000, **kwargs)
         return model.eval()
     if name == "lenet5":
-        import transferkit.models.lenet  # noqa: F401 - registers lenet5 with timm
+        importlib.import_module("transferkit.models.lenet")  # registers lenet5 with timm
     from transferkit.models.backbones import create_backbone
 
     if num_classes:
@@ -203,7 +204,7 @@ def run(cfg: DictConfig) -> dict:
 
     options = cfg.get("summary") or {}
     if str(cfg.model.backbone) == "lenet5":
-        import transferkit.models.lenet  # noqa: F401 - registers lenet5 with timm
+        importlib.import_module("transferkit.models.lenet")  # registers lenet5 with timm
     if str(cfg.model.weights) in ("auto", "hub"):  # only a house name or a file implies the architecture
         cfg = cfg.copy()
         with open_dict(cfg):

@@ -19,6 +19,7 @@ from transferkit.builders import build_datamodule, build_trainer
 from transferkit.commands.common import metrics_table, num_nodes
 from transferkit.loading import checkpoint_paths, is_many, load_ensemble, load_task
 from transferkit.planning import plan_for_checkpoint
+from transferkit.reports.run_report import finish_run_report
 from transferkit.rundir import create_run_dir, write_config, write_json
 from transferkit.tta import check_tta
 
@@ -58,17 +59,17 @@ def run(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         write_json(results, run_dir / "results.json")
         log.info("%s", metrics_table(metrics))
+        finish_run_report(cfg, trainer, datamodule, run_dir, results)
     return results
 
 
 def views_loader(ensemble, datamodule, cfg: DictConfig) -> DataLoader:
     """The test split (val when there is none, as `test_dataloader`) in each member's preprocessing."""
-    from transferkit.commands.predict import eval_transform
+    from transferkit.commands.ensemble_predict import member_inputs
     from transferkit.data.sources import ViewsDataset
 
     split = "test" if len(datamodule.sources.get("test", ())) else "val"
-    transforms = [eval_transform(member) for member in ensemble.members]
-    channels = [int(member.hparams.data_config["in_chans"]) for member in ensemble.members]
+    channels, transforms = member_inputs(ensemble)
     dataset = ViewsDataset(datamodule.sources[split], transforms, channels, with_mask=ensemble.segmentation)
     return DataLoader(dataset, batch_size=int(cfg.data.batch_size), shuffle=False,
                       num_workers=int(cfg.data.get("num_workers", 0)))

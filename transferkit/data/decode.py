@@ -73,7 +73,8 @@ def open_image(path: Path | str, min_size: int | None = None) -> Image.Image:
             if min_size is not None:
                 image.draft(None, (min_size, min_size))
             image.load()
-            return ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # no copy of the (usual) upright image
+            return image
     except Image.DecompressionBombError as error:
         raise UnreadableImageError(path, bomb_reason(str(error))) from error
     except FileNotFoundError as error:

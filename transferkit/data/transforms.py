@@ -168,6 +168,13 @@ def build_transforms(name: str, train: bool, image_size: int, mean: Sequence[flo
     return TorchSeededCompose([*steps, normalize, ToTensorV2()], mask_interpolation=cv2.INTER_NEAREST)
 
 
+def build_eval_resize(image_size: int, interpolation: str = "bilinear") -> A.Compose:
+    """The eval pipeline's resize alone: ``uint8 H x W x C`` in, ``uint8 image_size x image_size x C``
+    out (the input of an exported model that normalises inside its graph)."""
+    flag = lookup(INTERPOLATIONS, interpolation, "data.interpolation")
+    return A.Compose(_resize(image_size, 0, flag))
+
+
 def build_batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int,
                     label_smoothing: float = 0.0):
     """timm's batch-level mixup/cutmix (soft targets summing to 1), or None when both alphas are 0.

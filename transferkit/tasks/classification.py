@@ -127,7 +127,7 @@ class ClassificationTask(BaseTask):
             optimizer.step()
             optimizer.zero_grad()
 
-    def _eval_step(self, batch, metrics: MetricCollection, stage: str) -> None:
+    def _eval_step(self, batch, metrics: MetricCollection, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         mean_loss = self.eval_losses[stage]
@@ -135,12 +135,14 @@ class ClassificationTask(BaseTask):
         self.log(f"{stage}/loss", mean_loss, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0])
         metrics.update(logits, y)
         self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val", batch_size=x.shape[0])
+        return logits
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """The logits ``N x C``, handed to callbacks (the run report collects them)."""
+        return self._eval_step(batch, self.test_metrics, "test")
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch

@@ -161,8 +161,9 @@ class SegmentationTask(BaseTask):
     def on_validation_epoch_end(self) -> None:
         self._log_scores(self.val_confusion, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_confusion, "test")
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Predicted class ids ``N x H x W``, handed to callbacks (the run report counts them)."""
+        return self._eval_step(batch, self.test_confusion, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_scores(self.test_confusion, "test")
@@ -178,6 +179,6 @@ class SegmentationTask(BaseTask):
 
         The logits are resized bilinearly to ``size`` (the images' own size) before the argmax.
         """
-        logits = F.interpolate(self(x.to(self.device)), size=tuple(size), mode="bilinear",
-                               align_corners=False)
-        return logits.argmax(dim=1)
+        from transferkit.inference.outputs import mask_at_size
+
+        return mask_at_size(self(x.to(self.device)), size)

@@ -1,0 +1,94 @@
+"""The images parity is checked on: `input=` (a file or folder), else the checkpoint run's own test
+split (its val split when it has no test split), prepared exactly as predict prepares them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from transferkit.errors import ConfigError
+from transferkit.inference.images import as_tensor
+from transferkit.inference.spec import InputSpec
+
+log = logging.getLogger("transferkit")
+
+Item = tuple[str, np.ndarray]  # (file or sample name, uint8 H x W x C)
+
+
+def input_items(source: Path, in_chans: int) -> tuple[str, int, Iterator[Item]]:
+    """Images of `input=`; unreadable files are skipped with a warning, as predict skips them."""
+    from transferkit.data.decode import UnreadableImageError, load_image
+    from transferkit.inference.images import list_inputs
+
+    paths = list_inputs(source)
+
+    def items() -> Iterator[Item]:
+        for path in paths:
+            try:
+                yield str(path), load_image(path, in_chans=in_chans)
+            except UnreadableImageError as error:
+                log.warning("parity: skipped %s: %s", path, error.reason)
+
+    return f"input={source}", len(paths), items()
+
+
+def item_name(source, index: int, fallback: str) -> str:
+    items = getattr(source, "items", None) or getattr(getattr(source, "source", None), "items", None)
+    if items:
+        return str(items[index][0])
+    pairs = getattr(source, "pairs", None)
+    return str(pairs[index][0]) if pairs else f"{fallback}[{index}]"
+
+
+def test_split_items(cfg: DictConfig, task, in_chans: int) -> tuple[str, int, Iterator[Item]]:
+    """The checkpoint run's test split (data from the run's config.yaml, format from the checkpoint)."""
+    from transferkit.builders import build_datamodule
+    from transferkit.data.sources import match_image_channels
+    from transferkit.planning import plan_for_checkpoint
+
+    if "cache" in cfg.data:
+        cfg = OmegaConf.merge(cfg, {"data": {"cache": False}})  # parity reads the images themselves
+    datamodule = build_datamodule(plan_for_checkpoint(cfg, dict(task.hparams)))
+    datamodule.scan()
+    if list(datamodule.class_names) != list(task.class_names):
+        raise ConfigError(f"data.root={cfg.data.root!r} has classes {list(datamodule.class_names)} but the "
+                          f"checkpoint was trained on {list(task.class_names)}; pass input=<images> for the "
+                          "parity check, or point data.root at the run's data.")
+    split = "test" if len(datamodule.sources.get("test", ())) else "val"
+    source = datamodule.sources[split]
+    where = f"{datamodule.describe()} {split} split"
+
+    def items() -> Iterator[Item]:
+        for i in range(len(source)):
+            yield item_name(source, i, f"{datamodule.describe()}/{split}"), match_image_channels(source[i][0], in_chans)
+
+    return where, len(source), items()
+
+
+def parity_batches(items: Iterator[Item], spec: InputSpec, uint8_input: bool, batch_size: int,
+                   limit: int | None = None):
+    """`(names, normalised float32 N x C x H x W, the exported model's input)` per batch."""
+    normalise, resize = spec.eval_transform(), spec.resize_transform()
+    chunk: list[Item] = []
+    for count, item in enumerate(items):
+        if limit is not None and count >= limit:
+            break
+        chunk.append(item)
+        if len(chunk) == batch_size:
+            yield prepare(chunk, normalise, resize, uint8_input)
+            chunk = []
+    if chunk:
+        yield prepare(chunk, normalise, resize, uint8_input)
+
+
+def prepare(chunk: list[Item], normalise, resize, uint8_input: bool):
+    names = [name for name, _ in chunk]
+    floats = torch.stack([normalise(image=image)["image"] for _, image in chunk])
+    if not uint8_input:
+        return names, floats, floats
+    return names, floats, torch.stack([as_tensor(resize(image=image)["image"]) for _, image in chunk])

@@ -1,0 +1,123 @@
+"""Load and run an exported model (`model.onnx` through ONNX Runtime, `model.torchscript.pt` through
+torch.jit) with its `model.meta.json`. Imports neither Lightning nor timm."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferkit.errors import ConfigError
+from transferkit.inference.spec import InputSpec, meta_path, model_format
+
+log = logging.getLogger("transferkit")
+
+INSTALL_HINT = 'pip install ".[export]"'
+EXPORT_HINT = "export it again with `python -m transferkit export ckpt_path=<run>/checkpoints/best.ckpt`"
+META_KEYS = ("task", "class_names", "input", "export")
+
+
+class ExportedModelError(ConfigError):
+    """An exported model or its metadata cannot be used (missing, corrupt, incomplete)."""
+
+
+def require_onnxruntime():
+    """The onnxruntime module, or a one-line error saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportedModelError(f"onnxruntime is not installed; ONNX models need the export extra: "
+                                 f"{INSTALL_HINT}") from None
+    return onnxruntime
+
+
+def first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+
+
+def read_meta(model_path: Path, key: str = "ckpt_path") -> dict:
+    """The metadata written beside an exported model, checked for what predict needs."""
+    path = meta_path(model_path)
+    if not path.is_file():
+        raise ExportedModelError(f"{key}={str(model_path)!r} has no metadata file {str(path)!r} beside it "
+                                 f"(class names and preprocessing live there); copy it along, or {EXPORT_HINT}.")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ExportedModelError(f"{str(path)!r} is not readable JSON ({first_line(error)}); {EXPORT_HINT}.") from None
+    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ExportedModelError(f"{str(path)!r} lacks {missing}; it is not a transferkit model.meta.json; {EXPORT_HINT}.")
+    return meta
+
+
+class ExportedModel:
+    """`model(batch) -> logits` (float32 numpy) for a batch prepared as `meta['input']` says:
+    float32 N x C x H x W normalised, or uint8 N x H x W x C when preprocessing is in the graph."""
+
+    def __init__(self, path: Path | str, meta: dict, key: str = "ckpt_path") -> None:
+        self.path, self.meta, self.key = Path(path), meta, key
+        self.format = meta["export"]["format"]
+        self.task, self.class_names = meta["task"], list(meta["class_names"])
+        self.spec = InputSpec.from_dict(meta["input"])
+        self.uint8_input = bool(meta["export"].get("include_preprocessing"))
+        if not self.path.is_file():
+            raise ExportedModelError(f"{key}={str(self.path)!r} does not exist (an exported model: "
+                                     f"model.onnx or model.torchscript.pt).")
+        if self.path.stat().st_size == 0:
+            raise ExportedModelError(f"{key}={str(self.path)!r} is empty (0 bytes); {EXPORT_HINT}.")
+        self._run = self._load_onnx() if self.format == "onnx" else self._load_torchscript()
+
+    def _load_onnx(self):
+        ort = require_onnxruntime()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: ORT's warnings would flood the console
+        try:
+            session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - ORT raises its own pybind types
+            raise ExportedModelError(f"{self.key}={str(self.path)!r} is not a readable ONNX model "
+                                     f"({first_line(error)}); {EXPORT_HINT}.") from None
+        name = session.get_inputs()[0].name
+        return lambda batch: session.run(None, {name: batch})[0]
+
+    def _load_torchscript(self):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+                module = torch.jit.load(str(self.path), map_location="cpu").eval()
+        except Exception as error:  # noqa: BLE001 - torch.jit raises RuntimeError/ValueError variants
+            raise ExportedModelError(f"{self.key}={str(self.path)!r} is not a readable TorchScript model "
+                                     f"({first_line(error)}); {EXPORT_HINT}.") from None
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return module(torch.from_numpy(batch)).numpy()
+
+        return run
+
+    def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        array = batch.numpy() if isinstance(batch, torch.Tensor) else batch
+        dtype = np.uint8 if self.uint8_input else np.float32
+        return self._run(np.ascontiguousarray(array, dtype=dtype))
+
+    def transform(self):
+        """How an image becomes this model's input (resize only when the graph normalises)."""
+        return self.spec.resize_transform() if self.uint8_input else self.spec.eval_transform()
+
+
+def load_exported(path: Path | str, key: str = "ckpt_path") -> ExportedModel:
+    """An exported model with the metadata beside it; one-line errors name the file."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ExportedModelError(f"{key}={str(path)!r} does not exist (an exported model: model.onnx or "
+                                 f"model.torchscript.pt, with model.meta.json beside it).")
+    meta = read_meta(path, key)
+    if meta["export"].get("format") != model_format(path):
+        raise ExportedModelError(f"{key}={str(path)!r} is named as {model_format(path)} but its metadata says "
+                                 f"format {meta['export'].get('format')!r}; {EXPORT_HINT}.")
+    return ExportedModel(path, meta, key)
