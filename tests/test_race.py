@@ -153,8 +153,10 @@ def test_auto_race_continues_the_winner_and_records_it(image_folder, fast, tmp_p
     assert auto["winner"] == "lpft-full" and results["linear_probe"]["then"] == "full"
     assert results["strategy"] == winner["strategy"] and "race (val loss / val acc" in caplog.text
     assert not (tmp_path / "auto" / "race" / "scratch" / "checkpoints").exists() or auto["winner"] == "scratch"
-    # last.ckpt once per leg (where the next leg resumes), not every epoch; freeze trains one leg.
-    legs = {c["name"]: 1 if c["name"] == "freeze" else len(c["rungs"]) for c in auto["candidates"]}
+    # last.ckpt once per early leg (where the next leg resumes), after every epoch of the finishing
+    # leg (epochs 2 and 3 here); freeze trains one one-epoch leg.
+    legs = {c["name"]: 1 if c["name"] == "freeze" else sum(1 if r["epochs"] < 3 else 2 for r in c["rungs"])
+            for c in auto["candidates"]}
     assert {name: saved.count(tmp_path / "auto" / "race" / name / "checkpoints" / "last.ckpt")
             for name in legs} == legs
     # The LP-FT winner started from the head the freeze candidate solved on the same features, and
