@@ -3,6 +3,7 @@ diagnosis of a checkpoint that cannot be resumed from."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -73,7 +74,38 @@ def test_async_checkpoint_io_wraps_the_atomic_one(tmp_path):
     assert temp_files(tmp_path) == []
     kept = build_plugins({"plugins": [io]})
     assert kept == [io]  # a CheckpointIO the user gave is kept, not doubled
-    assert isinstance(build_plugins({})[0], AtomicCheckpointIO)
+    default = build_plugins({})[0]
+    assert isinstance(default, AsyncCheckpointIO) and isinstance(default.checkpoint_io, AtomicCheckpointIO)
+
+
+@pytest.mark.slow
+def test_fit_writes_checkpoints_in_the_background_and_waits_for_them(fast, tmp_path, monkeypatch):
+    """Every write of a fit run goes through the writer thread, and all are on disk, whole, when
+    results.json says completed."""
+    from transferkit import cli
+
+    writes = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def slow_save(self, checkpoint, path, storage_options=None):
+        import threading
+        import time
+
+        writes.append((Path(path).name, threading.current_thread().name))
+        time.sleep(0.3)  # a slow disk: fit must still wait for this write
+        save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", slow_save)
+    results = cli.run(["fit", *fast, "trainer.max_epochs=2", "finetune=full", "finetune.lpft=false",
+                       "data.train_per_class=2"])
+    run_dir = Path(results["run_dir"])
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
+    names = {name for name, _ in writes}
+    assert names == {"best.ckpt", "last.ckpt"} and len(writes) >= 3
+    assert all(thread != "MainThread" for _, thread in writes)
+    for name in names:
+        assert checkpoint_problem(run_dir / "checkpoints" / name) is None
+    assert temp_files(run_dir / "checkpoints") == []
 
 
 def test_checkpoint_problems_are_named(tmp_path):

@@ -19,7 +19,8 @@ LOAD_ARGS = {"length": 8, "image_size": 16, "in_chans": 1, "seed": 0, "val_fract
 def test_table_lists_every_embedded_set_with_its_kind() -> None:
     kinds = {name: spec.kind for name, spec in EMBEDDED.items()}
     assert kinds == {"digits": "classification", "fonts": "classification", "synthdigits": "classification",
-                     "shapes": "classification", "scenes": "segmentation"}
+                     "shapes": "classification", "scenes": "segmentation",
+                     "synthetic": "classification"}
     assert all(isinstance(spec, EmbeddedSpec) and spec.name == name and spec.description
                for name, spec in EMBEDDED.items())
     assert (EMBEDDED["scenes"].in_chans, EMBEDDED["scenes"].image_size) == (3, 48)
@@ -42,7 +43,7 @@ def test_unknown_name_says_the_key_and_suggests() -> None:
 
 
 @pytest.mark.parametrize(("name", "kind", "fits"), [
-    ("scenes", "classification", r"\['digits', 'fonts', 'shapes', 'synthdigits'\]"),
+    ("scenes", "classification", r"\['digits', 'fonts', 'shapes', 'synthdigits', 'synthetic'\]"),
     ("digits", "segmentation", r"\['scenes'\]"),
 ])
 def test_wrong_kind_lists_the_names_that_fit(name: str, kind: str, fits: str) -> None:

@@ -188,15 +188,23 @@ def run_guard_callbacks(checkpoints: Path) -> list[pl.Callback]:
 
 
 def build_plugins(flags: dict) -> list:
-    """`trainer.plugins` plus atomic checkpoint writes, unless a CheckpointIO was given."""
+    """`trainer.plugins` plus atomic checkpoint writes in a background thread, unless a CheckpointIO
+    was given.
+
+    `AsyncCheckpointIO` copies the checkpoint's tensors in the training thread and writes them (atomically:
+    `AtomicCheckpointIO`) in its own, so training goes on during the write and fsync. Lightning's teardown
+    waits for the writes, so every checkpoint is complete on disk when `trainer.fit` returns or raises,
+    before `results.json` is written and before `test` reads best.ckpt.
+    """
     from lightning_fabric.plugins import CheckpointIO
+    from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
     from transferkit.checkpoint_io import AtomicCheckpointIO
 
     given = flags.pop("plugins", None) or []
     plugins = list(given) if isinstance(given, (list, tuple)) else [given]
     if not any(isinstance(p, CheckpointIO) for p in plugins):
-        plugins.append(AtomicCheckpointIO())
+        plugins.append(AsyncCheckpointIO(AtomicCheckpointIO()))
     return plugins
 
 
@@ -231,6 +239,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, monitor: str, mode: str,
             raise ConfigError(f"trainer.{key} is managed by transferkit (run_dir=..., early_stopping.*).")
     from transferkit.console import is_interactive, progress_callbacks
 
+    if flags.get("benchmark") is None and not flags.get("deterministic"):
+        flags["benchmark"] = True  # one input size per run: let cuDNN pick its fastest algorithms (GPU only)
     progress, progress_flags = progress_callbacks(is_interactive(), flags.pop("enable_progress_bar", None))
     callbacks = build_callbacks(cfg, run_dir, monitor, mode, last_every_n_epochs) + progress + list(extra_callbacks or [])
     plugins = build_plugins(flags)

@@ -3,7 +3,8 @@
 `AtomicCheckpointIO` is a Lightning `CheckpointIO` plugin: a checkpoint is written to a temporary
 file in the same folder, flushed and fsynced, then renamed over the old one (`os.replace`), so a
 crash or a full disk at any moment leaves either the old file or the new one, never half of one.
-It composes with Lightning's `AsyncCheckpointIO(AtomicCheckpointIO())` (the write moves to a thread).
+It composes with Lightning's `AsyncCheckpointIO(AtomicCheckpointIO())` (the write moves to a thread),
+which is what `builders.build_plugins` gives every trainer.
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ def process_exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def wait_for_checkpoint_writes(trainer) -> None:
+    """Block until the checkpoints a background writer (`AsyncCheckpointIO`) holds are on disk, for code
+    that reads them during a fit. (Its teardown waits and raises a failed write; the next save restarts it.)"""
+    io = getattr(getattr(trainer, "strategy", None), "checkpoint_io", None)
+    if io is not None and getattr(io, "_executor", None) is not None:
+        io.teardown()
 
 
 def checkpoint_problem(path: Path) -> str | None:

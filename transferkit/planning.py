@@ -226,7 +226,8 @@ def plan_cache(cfg: DictConfig, finetune: dict) -> dict:
     blockers = cache_blockers(cfg.task.kind, finetune.get("strategy"), finetune.get("unfreeze_at_epoch"),
                               augment.get("name"), augment.get("mixup_alpha", 0.0),
                               augment.get("cutmix_alpha", 0.0), model.get("drop_rate", 0.0),
-                              model.get("drop_path_rate", 0.0), model.get("spatial_dropout", 0.0))
+                              model.get("drop_path_rate", 0.0), model.get("spatial_dropout", 0.0),
+                              str(cfg.data.get("decode", "cpu")))
     requested = finetune.get("cache_features")
     wasteful = "trainer.fast_dev_run reads only a batch or two" if cfg.trainer.get("fast_dev_run") else None
     use = choose_feature_cache(requested, blockers, wasteful)
@@ -264,8 +265,21 @@ def plan_head(plan: Plan, finetune: dict) -> tuple[dict, dict]:
     return finetune, trainer
 
 
+def check_device_decode(cfg: DictConfig, finetune: dict) -> None:
+    """`data.decode=gpu` batches exist only inside the training loop: nothing may read the dataset itself."""
+    from transferkit.finetune import FinetunePlan
+
+    if str(cfg.data.get("decode", "cpu")) != "gpu":
+        return
+    if finetune.get("strategy") == AUTO or FinetunePlan(**finetune).probes_first:
+        raise ConfigError("data.decode=gpu decodes inside the training loop, but finetune=auto, "
+                          "finetune.head_solver=lbfgs and finetune.lpft=true read the images before it; "
+                          "choose finetune=freeze|partial|full with finetune.head_solver=sgd, or data.decode=cpu.")
+
+
 def plan_training(plan: Plan, datamodule) -> Plan:
     """Resolve the fine-tuning plan and the feature cache; the config is read-only afterwards."""
+    check_device_decode(plan.cfg, OmegaConf.to_container(plan.cfg.finetune, resolve=True))
     finetune, advice = plan_finetune(plan, datamodule)
     cache = plan_cache(plan.cfg, finetune)
     finetune, trainer = plan_head(plan, finetune)

@@ -23,7 +23,7 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from transferkit.checkpoint_io import epochs_done
+from transferkit.checkpoint_io import epochs_done, wait_for_checkpoint_writes
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ class FiniteLossGuard(pl.Callback):
             return
         value = float(loss.detach().float().mean())
         step, epoch, lrs = trainer.global_step + 1, trainer.current_epoch + 1, current_lrs(trainer)
+        wait_for_checkpoint_writes(trainer)  # last.ckpt of the previous epoch may still be being written
         good = str(self.last) if self.last.is_file() else None
         where = (f"the last good checkpoint is {good} (after epoch {self.good_epochs})" if good and self.good_epochs
                  else f"the last good checkpoint is {good}" if good else "no checkpoint had been saved yet")

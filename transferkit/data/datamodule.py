@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from transferkit.data.embedded import embedded_spec
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 BALANCE = ("none", "weights", "sampler")
 SPLITS = ("train", "val", "test")
+DECODE = ("cpu", "gpu")  # data.decode: in DataLoader workers, or on the training device (folders)
 
 
 class ClassificationDataModule(pl.LightningDataModule):
@@ -42,7 +44,7 @@ class ClassificationDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, root: str | None = None, embedded: str = "digits", image_size: int = 32,
-                 batch_size: int = 64, num_workers: int = 2, val_fraction: float = 0.15,
+                 batch_size: int = 64, num_workers: int | str = "auto", val_fraction: float = 0.15,
                  test_fraction: float = 0.15, max_bad_fraction: float = 0.05,
                  manifest: str | None = None, balance: str = "none", fold: int | None = None,
                  num_folds: int | None = None, cache: bool = False,
@@ -50,8 +52,14 @@ class ClassificationDataModule(pl.LightningDataModule):
                  train_per_class: int | None = None, draw_seed: int = 0,
                  seed: int = 0, in_chans: int = 3, mean: tuple[float, ...] = (0.5,),
                  std: tuple[float, ...] = (0.5,), augment: str = "light",
-                 cache_dir: str | None = None, flips: bool = True, interpolation: str = "bilinear") -> None:
+                 cache_dir: str | None = None, flips: bool = True, interpolation: str = "bilinear",
+                 decode: str = "cpu", synthetic_classes: int = 10) -> None:
         super().__init__()
+        from transferkit.data.loader_settings import check_num_workers
+
+        check_num_workers(num_workers)
+        self.decode = lookup({k: k for k in DECODE}, decode, "data.decode")
+        self.synthetic_classes = int(synthetic_classes)
         self.interpolation = interpolation
         if root is None:
             embedded_spec(embedded, "classification")
@@ -120,6 +128,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         return replace(scan, splits=splits, counts=class_counts(splits, len(scan.class_names))), chosen
 
     def _file_source(self, items: list[tuple[Path, int]]) -> Dataset:
+        if self.decode == "gpu":
+            from transferkit.data.device_decode import EncodedImages
+
+            return EncodedImages(items)
         source = FileSource(items, in_chans=self.in_chans, background=self.background)
         if not self.cache or not items:
             return source
@@ -130,7 +142,8 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _load_embedded(self) -> None:
         spec = embedded_spec(self.embedded, "classification")
         data = spec.load(length=self.embedded_length, image_size=self.image_size, in_chans=self.in_chans,
-                         seed=self.seed, val_fraction=self.val_fraction, test_fraction=self.test_fraction)
+                         seed=self.seed, val_fraction=self.val_fraction, test_fraction=self.test_fraction,
+                         num_classes=self.synthetic_classes)
         self.class_names = list(data.class_names)
         self.sources = dict(data.sources)
         self.split_record = dict(data.record)
@@ -206,17 +219,47 @@ class ClassificationDataModule(pl.LightningDataModule):
                                 interpolation=self.interpolation)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        dataset = TransformedDataset(self.sources[split], self.transform(train))
+        from transferkit.data.loader_settings import loader_settings
+
+        source, trainer = self.sources[split], getattr(self, "trainer", None)
+        settings = loader_settings(self.num_workers, trainer)
         sampler = None
         if train and self.balance == "sampler":
             from transferkit.data.balance import build_weighted_sampler
 
             sampler = build_weighted_sampler(self.labels("train"), len(self.class_names), self.seed)
         if not train:
-            sampler = eval_sampler(dataset, split)  # DDP: each image once, no padding
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train and sampler is None,
-                          sampler=sampler, num_workers=self.num_workers, drop_last=False,
-                          persistent_workers=self.num_workers > 0, pin_memory=False)
+            sampler = eval_sampler(source, split)  # DDP: each image once, no padding
+        if getattr(source, "yields_batches", False):  # data.embedded=synthetic: already on the device
+            device = trainer.strategy.root_device if trainer is not None else "cpu"
+            return DataLoader(source.to_device(device), batch_size=self.batch_size, shuffle=train and sampler is None,
+                              sampler=sampler, collate_fn=source.collate, num_workers=0)
+        if self.decode == "gpu":
+            return self._device_loader(source, train, sampler, settings)
+        return DataLoader(TransformedDataset(source, self.transform(train)), batch_size=self.batch_size,
+                          shuffle=train and sampler is None, sampler=sampler, drop_last=False, **settings)
+
+    def _device_loader(self, source, train: bool, sampler, settings: dict):
+        """data.decode=gpu: workers read bytes; decoding and augmentation run on the training device."""
+        from transferkit.data.device_augment import DeviceAugment
+        from transferkit.data.device_decode import DeviceDecodeLoader
+
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if device.type != "cuda" and not getattr(self, "_warned_decode", False):
+            self._warned_decode = True
+            log.warning("data.decode=gpu on a %s run: decoding and augmenting on the %s.", device.type, device.type)
+        pipeline = DeviceAugment(self.augment if train else "none", train, self.image_size, tuple(self.mean),
+                                 tuple(self.std), self.interpolation, self.flips, self.in_chans)
+        if trainer is not None and trainer.world_size > 1 and sampler is None:
+            from torch.utils.data import DistributedSampler
+
+            sampler = DistributedSampler(source, shuffle=train, seed=self.seed)
+        loader = DataLoader(source, batch_size=self.batch_size, shuffle=train and sampler is None, sampler=sampler,
+                            collate_fn=source.collate, num_workers=settings["num_workers"],
+                            persistent_workers=settings["persistent_workers"])
+        rank = trainer.global_rank if trainer is not None else 0
+        return DeviceDecodeLoader(loader, pipeline, device, seed=self.seed + 1000 * rank + (0 if train else 1))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -37,7 +37,7 @@ DETERMINISTIC_AUGMENTS = frozenset({"none"})
 # -- deciding ----------------------------------------------------------------------------------
 def cache_blockers(task_kind: str, strategy: str, unfreeze_at_epoch: int | None, augment: str,
                    mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, drop_rate: float = 0.0,
-                   drop_path_rate: float = 0.0, spatial_dropout: float = 0.0) -> list[str]:
+                   drop_path_rate: float = 0.0, spatial_dropout: float = 0.0, decode: str = "cpu") -> list[str]:
     """Why cached features would not match what the backbone computes during training ([] = valid)."""
     reasons = []
     if task_kind != "classification":
@@ -52,6 +52,9 @@ def cache_blockers(task_kind: str, strategy: str, unfreeze_at_epoch: int | None,
     if augment not in DETERMINISTIC_AUGMENTS:
         reasons.append(f"augment.name={augment!r} draws new random augmentations every epoch; use "
                        f"augment={sorted(DETERMINISTIC_AUGMENTS)[0]}")
+    if decode != "cpu":
+        reasons.append(f"data.decode={decode!r} decodes batches on the device, outside the dataset the "
+                       "cache reads; use data.decode=cpu")
     for key, value in (("augment.mixup_alpha", mixup_alpha), ("augment.cutmix_alpha", cutmix_alpha),
                        ("model.drop_rate", drop_rate), ("model.drop_path_rate", drop_path_rate),
                        ("model.spatial_dropout", spatial_dropout)):
@@ -176,7 +179,7 @@ class FeatureCacheDataModule(pl.LightningDataModule):
         log.info("Feature cache: %s loader, %d x %d features %s (%s)", stage, *feature_set.features.shape,
                  action, feature_set.location)
         return DataLoader(FeatureDataset(feature_set), batch_size=loader.batch_size, sampler=loader.sampler,
-                          drop_last=loader.drop_last, num_workers=0)
+                          drop_last=loader.drop_last, num_workers=0, collate_fn=FeatureDataset.collate)
 
     def report(self) -> dict:
         """For results.json: what each loader served."""

@@ -54,6 +54,16 @@ class FeatureDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return torch.from_numpy(np.array(self.features[index], dtype=np.float32)), int(self.labels[index])
 
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch in one gather (the DataLoader's `collate_fn` must be `collate`)."""
+        index = np.asarray(indices, dtype=np.int64)
+        return (torch.from_numpy(np.asarray(self.features[index], dtype=np.float32)),
+                torch.from_numpy(np.asarray(self.labels[index], dtype=np.int64)))
+
+    @staticmethod
+    def collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch
+
 
 Allocate = Callable[[int, int], np.ndarray]
 
@@ -73,8 +83,10 @@ def extract_features(encoder: nn.Module, dataset: Dataset, allocate: Allocate, b
     device = next(encoder.parameters()).device
     # Its own generator: creating the iterator must not draw from the global RNG, so the training
     # shuffles are the same as in an uncached run.
+    # A dataset of whole batches (data.embedded=synthetic, on the device) brings its own collate.
+    collate = dataset.collate if getattr(dataset, "yields_batches", False) else None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        generator=torch.Generator())
+                        generator=torch.Generator(), collate_fn=collate)
     out: np.ndarray | None = None
     modes = [(module, module.training) for module in encoder.modules()]
     encoder.eval()
@@ -86,7 +98,8 @@ def extract_features(encoder: nn.Module, dataset: Dataset, allocate: Allocate, b
                 if out is None:
                     out = allocate(len(dataset), feats.shape[1])
                 out[start:start + len(feats)] = feats
-                labels[start:start + len(feats)] = np.asarray(targets)
+                labels[start:start + len(feats)] = np.asarray(
+                    targets.cpu() if isinstance(targets, torch.Tensor) else targets)
                 start += len(feats)
     finally:
         for module, mode in modes:

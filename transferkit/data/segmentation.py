@@ -261,10 +261,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         return JointTransformDataset(self.sources[split], self.transform(train), self.in_chans)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
+        from transferkit.data.loader_settings import loader_settings
+
+        settings = loader_settings(self.num_workers, getattr(self, "trainer", None))
         dataset = self.dataset(split, train)
         sampler = None if train else eval_sampler(dataset, split)  # DDP: each image once, no padding
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, sampler=sampler,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, sampler=sampler, **settings)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

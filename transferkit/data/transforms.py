@@ -26,6 +26,12 @@ INTERPOLATIONS = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
 
 Steps = list[A.BasicTransform]
 
+# The `light` recipe's random resized crop and flip: one definition for the albumentations pipeline
+# and for the on-device one (`data.decode=gpu`, transferkit.data.device_augment).
+LIGHT_CROP_SCALE = (0.7, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)  # albumentations' (and torchvision's) default aspect-ratio range
+HFLIP_P = 0.5
+
 
 def _resize(image_size: int, fill_mask: int = 0, interpolation: int = cv2.INTER_LINEAR) -> Steps:
     return [A.Resize(image_size, image_size, interpolation=interpolation,
@@ -33,8 +39,9 @@ def _resize(image_size: int, fill_mask: int = 0, interpolation: int = cv2.INTER_
 
 
 def _light(image_size: int, fill_mask: int = 0, interpolation: int = cv2.INTER_LINEAR) -> Steps:
-    return [A.RandomResizedCrop((image_size, image_size), scale=(0.7, 1.0), interpolation=interpolation),
-            A.HorizontalFlip(p=0.5)]
+    return [A.RandomResizedCrop((image_size, image_size), scale=LIGHT_CROP_SCALE, ratio=CROP_RATIO,
+                                interpolation=interpolation),
+            A.HorizontalFlip(p=HFLIP_P)]
 
 
 def _strong(image_size: int, fill_mask: int = 0, interpolation: int = cv2.INTER_LINEAR) -> Steps:

@@ -18,6 +18,7 @@ from transferkit.finetune import (
     sync_untracked_grads,
     tracked_param_ids,
 )
+from transferkit.models.speed import apply_channels_last, apply_compile, check_compile_mode, to_channels_last
 from transferkit.optim import build_optimizer
 from transferkit.regularization import check_l1, l1_penalty, l1_weights
 from transferkit.schedulers import build_scheduler
@@ -53,6 +54,29 @@ class BaseTask(pl.LightningModule):
 
     encoder: nn.Module
     head: nn.Module
+
+    channels_last: bool = False
+    compile_mode: str | None = None
+    compiles: bool = False
+
+    def setup_speed(self, channels_last: bool = False, compile: bool = False,
+                    compile_mode: str | None = None) -> None:
+        """`model.channels_last` (weights and inputs NHWC now) and `model.compile` (at `setup`)."""
+        self.channels_last, self.compiles = bool(channels_last), bool(compile)
+        self.compile_mode = check_compile_mode(compile_mode)
+        if self.channels_last:
+            apply_channels_last(self)
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The image batch as the model wants it (channels last with `model.channels_last`)."""
+        return to_channels_last(x) if self.channels_last else x
+
+    def setup(self, stage: str) -> None:
+        # Compiled once, in place, when a trainer first uses the task: loading, exporting and
+        # predicting without a trainer keep the plain module.
+        if self.compiles and not getattr(self, "_compiled", False):
+            apply_compile(self.encoder, self.compile_mode)
+            self._compiled = True
 
     def setup_finetuning(self) -> None:
         """Apply the strategy: set `requires_grad` and put frozen norms in eval mode."""

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 # `weights` and `cache_dir` say where the backbone's first weights came from (planning loads them).
 MODEL_DEFAULTS = {"backbone": "resnet10t", "weights": "none", "in_chans": 3, "dropout": 0.0,
                   "spatial_dropout": 0.0, "hidden_dim": None, "init": "kaiming", "drop_rate": 0.0, "drop_path_rate": 0.0,
-                  "cache_dir": None}
+                  "cache_dir": None, "channels_last": False, "compile": False, "compile_mode": None}
 
 
 class ClassificationTask(BaseTask):
@@ -62,6 +62,7 @@ class ClassificationTask(BaseTask):
                                 hidden_dim=spec["hidden_dim"], init=spec["init"])
         self.spatial_dropout = create_spatial_dropout(spec["spatial_dropout"])
         self.setup_finetuning()
+        self.setup_speed(spec["channels_last"], spec["compile"], spec["compile_mode"])
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.label_smoothing = label_smoothing
@@ -84,6 +85,7 @@ class ClassificationTask(BaseTask):
         # A 2-D batch holds backbone features cached by transferkit.data.feature_cache (frozen encoder).
         if x.ndim == 2:
             return self.head(x)
+        x = self.prepare_input(x)
         if self.spatial_dropout is None:
             return self.head(self.encoder(x))
         return self.head(pooled_with_spatial_dropout(self.encoder, self.spatial_dropout, x))

@@ -21,7 +21,8 @@ from transferkit.tasks.base import BaseTask, build_eval_losses
 log = logging.getLogger(__name__)
 
 MODEL_DEFAULTS = {"backbone": "resnet10t", "weights": "none", "in_chans": 3, "head": "fcn8s",
-                  "learnable_upsampling": True, "drop_rate": 0.0, "drop_path_rate": 0.0, "cache_dir": None}
+                  "learnable_upsampling": True, "drop_rate": 0.0, "drop_path_rate": 0.0, "cache_dir": None,
+                  "channels_last": False, "compile": False, "compile_mode": None}
 # Classification-only keys the shared `model` group may carry; segmentation ignores them.
 CLASSIFIER_KEYS = {"dropout", "hidden_dim", "init", "spatial_dropout"}
 
@@ -94,6 +95,7 @@ class SegmentationTask(BaseTask):
             drop_path_rate=spec["drop_path_rate"])
         self.encoder, self.head, self.feature_indices = net.encoder, net.decoder, net.feature_indices
         self.setup_finetuning()
+        self.setup_speed(spec["channels_last"], spec["compile"], spec["compile_mode"])
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.ignore_index, self.dice_weight = ignore_index, dice_weight
@@ -118,7 +120,7 @@ class SegmentationTask(BaseTask):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``N x num_classes x H x W`` for images ``N x C x H x W`` of any size."""
-        return fcn_forward(self.encoder, self.head, self.feature_indices, x)
+        return fcn_forward(self.encoder, self.head, self.feature_indices, self.prepare_input(x))
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index)

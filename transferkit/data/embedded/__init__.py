@@ -35,7 +35,7 @@ class EmbeddedSpec:
     description: str
     in_chans: int | None  # the data's own channel count when it matters for the demo, else None
     image_size: int | None  # the data's own size when it matters, else None
-    # load(*, length, image_size, in_chans, seed, val_fraction, test_fraction) -> EmbeddedData
+    # load(*, length, image_size, in_chans, seed, val_fraction, test_fraction, num_classes) -> EmbeddedData
     load: Callable[..., EmbeddedData]
 
 
@@ -49,7 +49,7 @@ def classification_lengths(length: int) -> dict[str, int]:
 
 
 def load_digits(*, length: int, image_size: int, in_chans: int, seed: int, val_fraction: float,
-                test_fraction: float) -> EmbeddedData:
+                test_fraction: float, num_classes: int | None = None) -> EmbeddedData:
     """scikit-learn's 1797 digits; the split seed is fixed at 0 so `seed` changes only training."""
     from transferkit.data.embedded.digits import DIGIT_CLASS_NAMES, load_digits_splits
     from transferkit.data.sources import ArraySource
@@ -61,7 +61,7 @@ def load_digits(*, length: int, image_size: int, in_chans: int, seed: int, val_f
 
 
 def load_fonts(*, length: int, image_size: int, in_chans: int, seed: int, val_fraction: float,
-               test_fraction: float) -> EmbeddedData:
+               test_fraction: float, num_classes: int | None = None) -> EmbeddedData:
     """Characters rendered on the fly, each item fixed by (split seed, index)."""
     from transferkit.data.embedded.fonts import CHARSET, FontCharDataset
 
@@ -72,7 +72,7 @@ def load_fonts(*, length: int, image_size: int, in_chans: int, seed: int, val_fr
 
 
 def load_synthdigits(*, length: int, image_size: int, in_chans: int, seed: int, val_fraction: float,
-                     test_fraction: float) -> EmbeddedData:
+                     test_fraction: float, num_classes: int | None = None) -> EmbeddedData:
     """Distorted font digits, generated once into memory (8 x 8, like the real digits)."""
     from transferkit.data.embedded.synthdigits import SYNTH_DIGIT_CLASS_NAMES, generate_synth_digits
     from transferkit.data.sources import ArraySource
@@ -85,7 +85,7 @@ def load_synthdigits(*, length: int, image_size: int, in_chans: int, seed: int, 
 
 
 def load_shapes(*, length: int, image_size: int, in_chans: int, seed: int, val_fraction: float,
-                test_fraction: float) -> EmbeddedData:
+                test_fraction: float, num_classes: int | None = None) -> EmbeddedData:
     """Textured shapes at `image_size`, generated once into memory."""
     from transferkit.data.embedded.shapes import SHAPE_CLASS_NAMES, generate_shapes
     from transferkit.data.sources import ArraySource
@@ -97,7 +97,7 @@ def load_shapes(*, length: int, image_size: int, in_chans: int, seed: int, val_f
 
 
 def load_scenes(*, length: int, image_size: int, in_chans: int, seed: int, val_fraction: float,
-                test_fraction: float) -> EmbeddedData:
+                test_fraction: float, num_classes: int | None = None) -> EmbeddedData:
     """RGB scenes with masks; kept in memory when small (items are identical either way)."""
     from transferkit.data.embedded.scenes import SCENE_CLASSES, SceneDataset, materialize_if_small
 
@@ -105,6 +105,20 @@ def load_scenes(*, length: int, image_size: int, in_chans: int, seed: int, val_f
     lengths = {"train": length, "val": max(32, length // 8), "test": max(64, length // 4)}
     sources = {s: materialize_if_small(SceneDataset(lengths[s], image_size, seeds[s])) for s in SPLITS}
     return EmbeddedData(list(SCENE_CLASSES), sources, {"embedded": "scenes", "seeds": seeds, "sizes": lengths})
+
+
+def load_synthetic(*, length: int, image_size: int, in_chans: int, seed: int, val_fraction: float,
+                   test_fraction: float, num_classes: int | None = None) -> EmbeddedData:
+    """Random images on the training device (benchmarks): val and test are fractions of `length`."""
+    from transferkit.data.embedded.synthetic import SyntheticImages
+
+    classes = int(num_classes or 10)
+    seeds = split_seeds(seed)
+    lengths = {"train": length, "val": max(1, round(length * val_fraction)),
+               "test": max(1, round(length * test_fraction))}
+    sources = {s: SyntheticImages(lengths[s], image_size, in_chans, classes, seeds[s]) for s in SPLITS}
+    names = [f"class_{i}" for i in range(classes)]
+    return EmbeddedData(names, sources, {"embedded": "synthetic", "seeds": seeds, "sizes": lengths})
 
 
 EMBEDDED: Mapping[str, EmbeddedSpec] = MappingProxyType({spec.name: spec for spec in (
@@ -123,6 +137,9 @@ EMBEDDED: Mapping[str, EmbeddedSpec] = MappingProxyType({spec.name: spec for spe
     EmbeddedSpec("scenes", "segmentation",
                  "circles, squares, triangles and stars on textured RGB backgrounds, with masks",
                  3, 48, load_scenes),
+    EmbeddedSpec("synthetic", "classification",
+                 "random images and labels generated on the training device (speed benchmarks, no learning)",
+                 None, None, load_synthetic),
 )})
 
 
