@@ -228,5 +228,6 @@ def test_only_non_final_legs_skip_validations():
     assert racing.validated_epochs_callbacks(cfg, 15, 15) == []  # the finisher validates every epoch
     steered = cli.compose_config(["trainer.max_epochs=15", "data.num_workers=0", "early_stopping.patience=3"])
     assert racing.validated_epochs_callbacks(steered, 5, 15) == []
-    workers = cli.compose_config(["trainer.max_epochs=15", "data.num_workers=2"])
-    assert racing.validated_epochs_callbacks(workers, 5, 15) == []
+    for workers in ("2", "auto"):
+        loaders = cli.compose_config(["trainer.max_epochs=15", f"data.num_workers={workers}"])
+        assert racing.validated_epochs_callbacks(loaders, 5, 15) == []

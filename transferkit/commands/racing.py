@@ -90,7 +90,7 @@ def validated_epochs_callbacks(cfg: DictConfig, end: int, schedule_epochs: int) 
     trainer = cfg.trainer
     plain = (trainer.get("check_val_every_n_epoch", 1) == 1 and trainer.get("val_check_interval") in (None, 1, 1.0)
              and not cfg.early_stopping.get("patience") and cfg.scheduler.get("name") != "plateau"
-             and int(cfg.data.get("num_workers") or 0) == 0)
+             and str(cfg.data.get("num_workers")) == "0")  # auto: workers, whose draws differ
     return [ScoredEpochsOnly(first=end - 2)] if plain and end - 2 > 0 and end < schedule_epochs else []
 
 
