@@ -11,6 +11,8 @@ benchmark fits a 2-core CPU in well under 90 minutes. Every strategy of a row ge
     python benchmarks/auto_vs_fixed.py --rows digits-10pc --strategies freeze auto --seeds 5
     python benchmarks/auto_vs_fixed.py --draws 5             # + the spread over 5 draws of 10/class
     python benchmarks/auto_vs_fixed.py --scale 0.2 --seeds 1 # plumbing check, minutes
+    python benchmarks/auto_vs_fixed.py --rows digits-5pc shapes-large --strategies full auto --redo
+                                                             # measure those again, keep the rest
 
 Writes `benchmarks/results/auto_vs_fixed.json` (every run, appended as they finish, so an
 interrupted benchmark resumes where it stopped) and `auto_vs_fixed.md` (the table README quotes).
@@ -170,6 +172,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=1.0, help="< 1: fewer epochs and images (plumbing check)")
     parser.add_argument("--runs-dir", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "auto_vs_fixed.json")
+    parser.add_argument("--redo", action="store_true",
+                        help="run the selected rows x strategies x seeds again, replacing their records in "
+                             "--output (without it, runs recorded there are skipped: an interrupted run, or an "
+                             "interrupted --redo, resumes by running the same command without --redo)")
     return parser.parse_args(argv)
 
 
@@ -181,6 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [(r, s, seed, 0) for r in args.rows for seed in seeds for s in args.strategies]
     jobs += [("digits-10pc", s, 42, d) for d in range(1, args.draws) for s in ("freeze", "auto")]
     record = json.loads(args.output.read_text()) if args.output.is_file() else {"runs": []}
+    if args.redo:  # drop the old records of these jobs; an interrupted redo resumes without --redo
+        again = set(jobs)
+        record["runs"] = [r for r in record["runs"] if (r["row"], r["strategy"], r["seed"], r["draw"]) not in again]
     done = {(r["row"], r["strategy"], r["seed"], r["draw"]) for r in record["runs"]}
     start = time.time()
     for job in jobs:

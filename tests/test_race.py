@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import weakref
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from tests.conftest import fit_two_process_ddp
 from transferkit import cli
+from transferkit.checkpoint_io import AtomicCheckpointIO
 from transferkit.commands import racing
 from transferkit.race import (
     Rung,
@@ -131,6 +135,11 @@ def test_auto_race_continues_the_winner_and_records_it(image_folder, fast, tmp_p
     # On 12 random images any plan may win; make lpft-full win so that it runs every leg.
     monkeypatch.setattr(racing, "choose_survivors",
                         lambda scores, keep, val_size: sorted(scores, key="lpft-full".__ne__)[:keep])
+    saved: list[Path] = []
+    real_save = AtomicCheckpointIO.save_checkpoint
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint",
+                        lambda self, checkpoint, path, *args, **kwargs: (
+                            saved.append(Path(path)), real_save(self, checkpoint, path, *args, **kwargs)))
     results = cli.run(["fit", f"data.root={image_folder}", *fast[:-1], "finetune=auto", "trainer.max_epochs=3",
                        "augment=none", f"run_dir={tmp_path / 'auto'}"])
     auto = results["auto"]
@@ -144,6 +153,16 @@ def test_auto_race_continues_the_winner_and_records_it(image_folder, fast, tmp_p
     assert auto["winner"] == "lpft-full" and results["linear_probe"]["then"] == "full"
     assert results["strategy"] == winner["strategy"] and "race (val loss / val acc" in caplog.text
     assert not (tmp_path / "auto" / "race" / "scratch" / "checkpoints").exists() or auto["winner"] == "scratch"
+    # last.ckpt once per early leg (where the next leg resumes), after every epoch of the finishing
+    # leg (epochs 2 and 3 here); freeze trains one one-epoch leg.
+    legs = {c["name"]: 1 if c["name"] == "freeze" else sum(1 if r["epochs"] < 3 else 2 for r in c["rungs"])
+            for c in auto["candidates"]}
+    assert {name: saved.count(tmp_path / "auto" / "race" / name / "checkpoints" / "last.ckpt")
+            for name in legs} == legs
+    # The LP-FT winner started from the head the freeze candidate solved on the same features, and
+    # the weights file was read once for the measurement and once for all pretrained candidates.
+    assert results["linear_probe"]["reused"] and results["linear_probe"]["seconds"] == 0
+    assert len(re.findall(r"Loaded \d+ tensors from", caplog.text)) == 2
 
 
 @pytest.mark.slow
@@ -154,3 +173,61 @@ def test_two_process_ddp_agrees_on_the_winner(image_folder, tmp_path, test_resne
     assert len(said) == 2 and said[0].split()[-1] == said[1].split()[-1], said
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert said[0].endswith(results["auto"]["winner"])
+
+
+class TinyTask(pl.LightningModule):
+    """A linear model on shuffled random data: its training depends on torch's random stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 2)
+        self.validations = 0
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.layer(x + 0.1 * torch.randn_like(x)), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", torch.nn.functional.cross_entropy(self.layer(x), y))
+
+    def on_validation_epoch_end(self) -> None:
+        self.validations += 0 if self.trainer.sanity_checking else 1
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        data = torch.utils.data.TensorDataset(torch.randn(32, 4, generator=torch.Generator().manual_seed(0)),
+                                              torch.arange(32) % 2)
+        return torch.utils.data.DataLoader(data, batch_size=8, shuffle=True)
+
+    def val_dataloader(self):
+        data = torch.utils.data.TensorDataset(torch.ones(8, 4), torch.arange(8) % 2)
+        return torch.utils.data.DataLoader(data, batch_size=4)
+
+
+@pytest.mark.parametrize("first", [0, 3])
+def test_a_leg_validates_only_its_scored_epochs_and_trains_the_same(first):
+    def fit(callbacks):
+        pl.seed_everything(0, verbose=False)
+        task = TinyTask()
+        pl.Trainer(max_epochs=5, callbacks=callbacks, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0).fit(task)
+        return task, torch.randn(1).item()  # the random stream after training
+
+    plain, after_plain = fit([])
+    scored, after_scored = fit([racing.ScoredEpochsOnly(first)])
+    assert plain.validations == 5 and scored.validations == 5 - first
+    assert torch.equal(plain.layer.weight, scored.layer.weight) and after_plain == after_scored
+
+
+def test_only_non_final_legs_skip_validations():
+    cfg = cli.compose_config(["trainer.max_epochs=15", "data.num_workers=0"])
+    assert [c.first for c in racing.validated_epochs_callbacks(cfg, 5, 15)] == [3]
+    assert racing.validated_epochs_callbacks(cfg, 15, 15) == []  # the finisher validates every epoch
+    steered = cli.compose_config(["trainer.max_epochs=15", "data.num_workers=0", "early_stopping.patience=3"])
+    assert racing.validated_epochs_callbacks(steered, 5, 15) == []
+    for workers in ("2", "auto"):
+        loaders = cli.compose_config(["trainer.max_epochs=15", f"data.num_workers={workers}"])
+        assert racing.validated_epochs_callbacks(loaders, 5, 15) == []

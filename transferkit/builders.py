@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from transferkit.errors import ConfigError, did_you_mean, lookup
 from transferkit.finetune import FinetunePlan
@@ -119,16 +120,19 @@ def trainer_flags() -> set[str]:
     return {n for n in inspect.signature(pl.Trainer.__init__).parameters if n != "self"}
 
 
-def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> list[pl.Callback]:
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str,
+                    last_every_n_epochs: int = 1) -> list[pl.Callback]:
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
 
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
                                  mode=mode, save_last=False, auto_insert_metric_name=False,
                                  enable_version_counter=False)
     # save_last=True would refresh last.ckpt only when best.ckpt is saved (Lightning 2.6), so a
-    # resume from last.ckpt could lose epochs; this one is overwritten after every epoch.
-    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                           auto_insert_metric_name=False, enable_version_counter=False)
+    # resume from last.ckpt could lose epochs; this one is overwritten after every epoch (or every
+    # `last_every_n_epochs`: a finetune=auto race leg writes it once, where the next leg resumes).
+    last = LastCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                          auto_insert_metric_name=False, enable_version_counter=False,
+                          every_n_epochs=last_every_n_epochs)
     callbacks: list[pl.Callback] = [checkpoint, last]
     callbacks += run_guard_callbacks(run_dir / "checkpoints")
     every_minutes = (cfg.get("checkpoint") or {}).get("every_minutes")
@@ -161,6 +165,17 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, monitor: str, mode: str) -> 
         samples = cfg.task.get("grid_samples", GRID_SAMPLES)
         callbacks.append(SegmentationGridCallback(run_dir, samples=samples))
     return callbacks
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """last.ckpt: its saved state does not depend on how often it saves (`every_n_epochs`), so a
+    race leg that writes it only at its end resumes the state the previous leg saved."""
+
+    @property
+    def state_key(self) -> str:  # the plain every-epoch ModelCheckpoint's key, as in any run's last.ckpt
+        options = {"monitor": self.monitor, "mode": self.mode, "every_n_train_steps": 0, "every_n_epochs": 1,
+                   "train_time_interval": None}
+        return f"ModelCheckpoint{options!r}"
 
 
 def run_guard_callbacks(checkpoints: Path) -> list[pl.Callback]:
@@ -210,9 +225,10 @@ def build_loggers(run_dir: Path, version: str = "") -> list:
 
 def build_trainer(cfg: DictConfig, run_dir: Path, monitor: str, mode: str,
                   extra_callbacks: list | None = None, flags_override: dict | None = None,
-                  log_version: str = "") -> pl.Trainer:
-    """The Trainer of `cfg.trainer`; `flags_override` (e.g. a race leg's max_epochs) and
-    `log_version` (a sub-folder for its metrics) are for runs made of several fits."""
+                  log_version: str = "", last_every_n_epochs: int = 1) -> pl.Trainer:
+    """The Trainer of `cfg.trainer`; `flags_override` (e.g. a race leg's max_epochs), `log_version`
+    (a sub-folder for its metrics) and `last_every_n_epochs` (last.ckpt only at the epochs it
+    divides, e.g. a race leg's end) are for runs made of several fits."""
     flags = {**container(cfg.trainer), **(flags_override or {})}
     valid = trainer_flags()
     for key in flags:
@@ -226,7 +242,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, monitor: str, mode: str,
     if flags.get("benchmark") is None and not flags.get("deterministic"):
         flags["benchmark"] = True  # one input size per run: let cuDNN pick its fastest algorithms (GPU only)
     progress, progress_flags = progress_callbacks(is_interactive(), flags.pop("enable_progress_bar", None))
-    callbacks = build_callbacks(cfg, run_dir, monitor, mode) + progress + list(extra_callbacks or [])
+    callbacks = build_callbacks(cfg, run_dir, monitor, mode, last_every_n_epochs) + progress + list(extra_callbacks or [])
     plugins = build_plugins(flags)
     return pl.Trainer(**flags, **progress_flags, default_root_dir=str(run_dir), callbacks=callbacks,
                       logger=build_loggers(run_dir, log_version), plugins=plugins)

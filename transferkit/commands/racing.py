@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -56,6 +57,41 @@ class ValidationRecorder(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.losses, self.accs = list(state_dict["losses"]), list(state_dict["accs"])
+
+
+class ScoredEpochsOnly(pl.Callback):
+    """Validate a non-final leg only at the epochs it is scored on, its last two (`race.leg_score`):
+    the others would only offer best.ckpt an early epoch of a leg that does not finish the schedule.
+
+    Lightning validates when (epoch + 1) is a multiple of `check_val_every_n_epoch`; this sets it per
+    epoch. Training stays exactly as with every validation: a skipped validation's one draw from
+    torch's random stream (its DataLoader iterator's base seed, with `data.num_workers=0`) is drawn.
+    """
+
+    def __init__(self, first: int) -> None:
+        self.first = first  # 0-based index of the first epoch to validate
+
+    def skips(self, epoch: int) -> bool:
+        return epoch < self.first
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        trainer.check_val_every_n_epoch = epoch + 2 if self.skips(epoch) else 1  # epoch + 1: no multiple
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.skips(trainer.current_epoch):
+            torch.empty((), dtype=torch.int64).random_()  # what the val loader's iterator would draw
+
+
+def validated_epochs_callbacks(cfg: DictConfig, end: int, schedule_epochs: int) -> list[pl.Callback]:
+    """`ScoredEpochsOnly` for a leg that stops before the schedule's end, unless validation steers
+    training (early stopping, the plateau scheduler) or runs other than once per epoch in this
+    process (`trainer.check_val_every_n_epoch`, `val_check_interval`, loader workers)."""
+    trainer = cfg.trainer
+    plain = (trainer.get("check_val_every_n_epoch", 1) == 1 and trainer.get("val_check_interval") in (None, 1, 1.0)
+             and not cfg.early_stopping.get("patience") and cfg.scheduler.get("name") != "plateau"
+             and str(cfg.data.get("num_workers")) == "0")  # auto: workers, whose draws differ
+    return [ScoredEpochsOnly(first=end - 2)] if plain and end - 2 > 0 and end < schedule_epochs else []
 
 
 @dataclass
@@ -103,10 +139,20 @@ def candidate_config(cfg: DictConfig, candidate: Candidate) -> DictConfig:
     return derived
 
 
-def start_leg(cfg: DictConfig, candidate: Candidate, datamodule, weights, run_dir: Path) -> Leg:
-    """Build the candidate's task (pretrained or random init) and the data it trains on."""
+def start_leg(cfg: DictConfig, candidate: Candidate, datamodule, weights, run_dir: Path,
+              pretrained: tuple[dict, object] | None = None) -> Leg:
+    """Build the candidate's task (pretrained or random init) and the data it trains on.
+
+    `pretrained` (see `pretrained_state`): the encoder state an earlier candidate loaded from
+    `weights`, copied instead of reading the weights file again.
+    """
     leg_cfg = candidate_config(cfg, candidate)
-    task = build_task(leg_cfg, datamodule, weights if candidate.use_weights else None)
+    if candidate.use_weights and pretrained is not None:
+        task = build_task(leg_cfg, datamodule, None)  # the same random init draws as with weights
+        task.encoder.load_state_dict(pretrained[0])
+        task.weights_report = pretrained[1]
+    else:
+        task = build_task(leg_cfg, datamodule, weights if candidate.use_weights else None)
     task.schedule_epochs = int(cfg.trainer.max_epochs)
     directory = run_dir / "race" / candidate.name
     data = datamodule
@@ -119,22 +165,54 @@ def start_leg(cfg: DictConfig, candidate: Candidate, datamodule, weights, run_di
     return Leg(candidate, leg_cfg, task, data, directory, entry, ValidationRecorder())
 
 
-def shared_features(leg: Leg) -> tuple | None:
+def pretrained_state(leg: Leg) -> tuple[dict, object] | None:
+    """A fresh pretrained candidate's encoder state and weights report, for the candidates built
+    after it (the weights are read once per race). None when some encoder keys were not in the
+    weights or did not fit (they keep each model's own random init: copying them would change it)."""
+    report = getattr(leg.task, "weights_report", None)
+    if not leg.candidate.use_weights or report is None or report.missing or report.mismatched:
+        return None
+    return {k: v.detach().clone() for k, v in leg.task.encoder.state_dict().items()}, report
+
+
+def start_legs(cfg: DictConfig, candidates: list[Candidate], datamodule, weights, run_dir: Path,
+               ) -> dict[str, Leg]:
+    legs, pretrained = {}, None
+    for candidate in candidates:
+        leg = start_leg(cfg, candidate, datamodule, weights, run_dir, pretrained)
+        pretrained = pretrained or pretrained_state(leg)
+        legs[candidate.name] = leg
+    return legs
+
+
+@dataclass(frozen=True)
+class SharedProbe:
+    """What the race's freeze candidate computed that the LP-FT candidates' probes reuse."""
+
+    features: tuple   # (features, labels, origin): its cached training features
+    solution: tuple | None = None  # (solver options, HeadSolution): the head it solved on them
+
+
+def shared_features(leg: Leg) -> SharedProbe | None:
     """The freeze candidate's cached training features, for the LP-FT candidates' probes: the same
-    pretrained encoder and, with augment=none, the eval transform's resize and normalisation."""
+    pretrained encoder and, with augment=none, the eval transform's resize and normalisation. With
+    them the head it solved: the LP-FT probes would solve the same problem again."""
     from transferkit.data.feature_store import FeatureDataset
     from transferkit.data.transforms import PER_IMAGE_STANDARDISED
 
     dataset = getattr(getattr(leg.trainer, "train_dataloader", None), "dataset", None)
     if not isinstance(dataset, FeatureDataset) or leg.cfg.augment.name in PER_IMAGE_STANDARDISED:
         return None
-    return dataset.features, dataset.labels, "feature cache (shared with the race's freeze candidate)"
+    solved = [cb.solution for cb in leg.trainer.callbacks if isinstance(cb, LinearProbeCallback)]
+    return SharedProbe((dataset.features, dataset.labels, "feature cache (shared with the race's freeze candidate)"),
+                       solved[0] if solved else None)
 
 
-def train_leg(leg: Leg, rung: Rung, probe_features: tuple | None = None) -> None:
+def train_leg(leg: Leg, rung: Rung, shared: SharedProbe | None = None) -> None:
     """Train `leg` up to `rung.end` epochs of its schedule, continuing from its last checkpoint.
 
     A head solved by L-BFGS (freeze) is final after its one epoch: later rungs keep its score.
+    See `leg_trainer` for when it writes last.ckpt and validates.
     """
     if leg.legs_run and leg.task.plan.solves_head:
         leg.entry.rungs.append({**leg.entry.rungs[-1], "epochs": rung.end})
@@ -142,8 +220,8 @@ def train_leg(leg: Leg, rung: Rung, probe_features: tuple | None = None) -> None
     log.info("race: %s trains to epoch %d", leg.candidate.name, rung.end)
     trainer = leg_trainer(leg, rung)
     for callback in trainer.callbacks:
-        if isinstance(callback, LinearProbeCallback) and leg.candidate.use_weights:
-            callback.given = probe_features
+        if isinstance(callback, LinearProbeCallback) and leg.candidate.use_weights and shared is not None:
+            callback.given, callback.given_solution = shared.features, shared.solution
     resume = leg.resume_checkpoint()
     start = time.time()
     with kept_leg_logs(leg, checkpoint_meta(resume)["global_step"] if resume else None):
@@ -173,10 +251,16 @@ def kept_leg_logs(leg: Leg, step: int | None) -> Iterator[None]:
 
 
 def leg_trainer(leg: Leg, rung: Rung) -> pl.Trainer:
+    """The leg's trainer. A leg that stops before the schedule's end writes last.ckpt once, at its
+    end (of its epochs only `end` is a multiple of `end`), and validates only its scored epochs;
+    the finishing leg writes last.ckpt and validates after every epoch, as a fixed run does."""
+    end = 1 if leg.task.plan.solves_head else rung.end
+    final = end >= int(leg.task.schedule_epochs)
     return build_trainer(leg.cfg, leg.directory, leg.task.monitor, leg.task.monitor_mode,
-                         extra_callbacks=[leg.recorder], log_version=f"logs/leg{leg.legs_run}",
-                         flags_override={"max_epochs": 1 if leg.task.plan.solves_head else rung.end,
-                                         "enable_model_summary": False})
+                         extra_callbacks=[leg.recorder, *validated_epochs_callbacks(leg.cfg, end, int(leg.task.schedule_epochs))],
+                         log_version=f"logs/leg{leg.legs_run}",
+                         flags_override={"max_epochs": end, "enable_model_summary": False},
+                         last_every_n_epochs=1 if final else end)
 
 
 def reattach(leg: Leg, rung: Rung) -> None:
@@ -191,14 +275,13 @@ def reattach(leg: Leg, rung: Rung) -> None:
 
 def release(leg: Leg) -> None:
     """Free what an eliminated candidate holds: its model, optimizer state, cached features and
-    checkpoints on disk (its logs stay in `race/<name>/logs`)."""
+    checkpoints on disk (its logs stay in `race/<name>/logs`). `cut` collects the garbage once."""
     store = getattr(leg.data, "store", None)
     if store is not None:
         store.release()
     leg.task = leg.trainer = leg.data = None  # type: ignore[assignment]
     if rank_zero_only.rank == 0:
         shutil.rmtree(leg.directory / "checkpoints", ignore_errors=True)
-    gc.collect()
 
 
 def agree(trainer: pl.Trainer | None, names: list[str]) -> list[str]:
@@ -215,6 +298,7 @@ def cut(legs: dict[str, Leg], among: dict[str, Leg], rung: Rung, keep: int, val_
     for name in [n for n in among if n not in kept]:
         log.info("race: %s stops after epoch %d (val acc %.4f, val loss %.4f)", name, rung.end, *scores[name])
         release(legs.pop(name))
+    gc.collect()  # once per cut, not per candidate: a full collection is not free
 
 
 def run_race(cfg: DictConfig, candidates: list[Candidate], rungs: list[Rung], datamodule, weights,
@@ -223,8 +307,8 @@ def run_race(cfg: DictConfig, candidates: list[Candidate], rungs: list[Rung], da
 
     With `progress` the race is recorded after every leg and cut; a resumed race (its `previous`
     record) starts only the candidates still in, and skips the legs they already ran."""
-    legs = {c.name: start_leg(cfg, c, datamodule, weights, run_dir) for c in candidates
-            if progress is None or progress.still_in(c.name)}
+    legs = start_legs(cfg, [c for c in candidates if progress is None or progress.still_in(c.name)],
+                      datamodule, weights, run_dir)
     for leg in legs.values():
         if progress is not None:
             progress.restore(leg)

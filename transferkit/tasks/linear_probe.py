@@ -58,6 +58,10 @@ class LinearProbeCallback(pl.Callback):
         # (features, labels, origin) already computed for the same frozen encoder and eval transform
         # (the finetune=auto race shares its freeze candidate's cached features); None = compute.
         self.given: tuple[np.ndarray, np.ndarray, str] | None = None
+        # A head already solved on `given` (the race's freeze candidate), with the solver options it
+        # was solved with: reused when this task's options are the same (the solve is deterministic).
+        self.given_solution: tuple[dict, HeadSolution] | None = None
+        self.solution: tuple[dict, HeadSolution] | None = None  # (options, solution) of this fit's solve
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.ckpt_path is not None or trainer.current_epoch > 0:
@@ -65,13 +69,22 @@ class LinearProbeCallback(pl.Callback):
             return
         features, labels, origin = self.given or probe_features(trainer, pl_module.encoder)
         weights = getattr(pl_module, "class_weights", None)
-        solution = solve_linear_head(features, labels, int(pl_module.hparams.num_classes), seed=self.seed,
-                                     class_weights=weights.tolist() if weights is not None else None,
-                                     label_smoothing=float(getattr(pl_module, "label_smoothing", 0.0)))
+        options = {"num_classes": int(pl_module.hparams.num_classes), "seed": self.seed,
+                   "class_weights": weights.tolist() if weights is not None else None,
+                   "label_smoothing": float(getattr(pl_module, "label_smoothing", 0.0))}
+        reused = self.given is not None and self.given_solution is not None and self.given_solution[0] == options
+        if reused:
+            solution = self.given_solution[1]
+            log.info("Linear probe: the head solved on the same %s, reused (C=%g)", origin, solution.c)
+        else:
+            solution = solve_linear_head(features, labels, **options)
+            log_solution(solution, len(labels), origin)
         set_linear_head(pl_module.head, solution.weight, solution.bias)
+        self.solution = (options, solution)
         self.report = {**solution.to_dict(), "items": int(len(labels)), "features": origin,
                        "then": "validate only" if pl_module.plan.solves_head else pl_module.plan.strategy}
-        log_solution(solution, len(labels), origin)
+        if reused:
+            self.report.update({"seconds": 0.0, "reused": "the race's freeze candidate's solve"})
 
 
 def log_solution(solution: HeadSolution, items: int, origin: str) -> None:
