@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from transferkit.rng_state import preserved_rng
 from transferkit.errors import ConfigError
 from transferkit.models.input_format import INTERPOLATIONS, InputFormat, match_channels, native_format
 from transferkit.models.weights import (
@@ -147,21 +145,6 @@ def plan_model(cfg: DictConfig, *, load_weights: bool = True) -> Plan:
     log.info("Model: %s, weights %s; input %d ch, %d px, %s (%s)", choice.backbone, source.describe(),
              fmt.in_chans, fmt.image_size, fmt.interpolation, choice.why)
     return Plan(resolved, source, fmt, notes=[choice.why, *warnings])
-
-
-@contextmanager
-def preserved_rng() -> Iterator[None]:
-    """Run a measurement without touching training's random streams (torch, numpy, python)."""
-    import numpy as np
-    import torch
-
-    states = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())
-    try:
-        yield
-    finally:
-        torch.random.set_rng_state(states[0])
-        np.random.set_state(states[1])
-        random.setstate(states[2])
 
 
 def plan_finetune(plan: Plan, datamodule) -> tuple[dict, dict | None]:

@@ -13,6 +13,7 @@ import os
 import random
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytorch_lightning as pl
@@ -131,3 +132,18 @@ class RngStateCallback(pl.Callback):
         if state.get("sampler_epoch") is not None:
             for sampler in samplers(trainer):
                 sampler.set_epoch(state["sampler_epoch"])
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a measurement without touching training's random streams (torch, numpy, python)."""
+    import numpy as np
+    import torch
+
+    states = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])

@@ -121,7 +121,7 @@ def search_lr(plan: Plan, datamodule):
     """`optimizer.lr=find`: Lightning's LR range test on the planned run; the plan then trains with
     its suggestion (config.yaml records the number). The random streams are left as they were."""
     from transferkit.lr_finder import check_searchable, find_lr, with_lr
-    from transferkit.planning import preserved_rng
+    from transferkit.rng_state import preserved_rng
 
     check_searchable(plan.cfg, "fit")
     with preserved_rng():

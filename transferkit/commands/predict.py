@@ -36,6 +36,13 @@ def checkpoint_predictor(task) -> Predictor:
                      lambda batch: task(batch.to(device)).float().cpu())
 
 
+def eval_workers(requested) -> int:
+    """`data.num_workers` (a number or `auto`) for an inference loader outside a Trainer."""
+    from transferkit.data.loader_settings import choose_num_workers, usable_cpus
+
+    return choose_num_workers(requested, on_gpu=torch.cuda.is_available(), cpus=usable_cpus())
+
+
 def run(cfg: DictConfig) -> dict:
     start = time.time()
     tta = check_tta(cfg.get("tta"))
@@ -61,7 +68,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir = create_run_dir(cfg.run_dir)
     write_config(cfg, run_dir)
     log.info("Run directory: %s", run_dir)
-    options = dict(top_k=int(cfg.top_k), batch_size=int(cfg.data.batch_size), num_workers=int(cfg.data.num_workers))
+    options = dict(top_k=int(cfg.top_k), batch_size=int(cfg.data.batch_size), num_workers=eval_workers(cfg.data.num_workers))
     summary = (predict_files(model, paths, run_dir, cfg.output, **options) if single else
                predict_ensemble(model, paths, run_dir, cfg.output, **options))
     results = {"command": "predict", "checkpoint": checkpoint, "tta": tta, "input": str(source), **summary,

@@ -9,7 +9,6 @@ winner's checkpoints become the run's `checkpoints/best.ckpt` and `last.ckpt`.
 from __future__ import annotations
 
 import copy
-import csv
 import gc
 import logging
 import shutil
@@ -21,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from transferkit.builders import build_feature_cache, build_task, build_trainer
 from transferkit.checkpoint_io import checkpoint_meta
 from transferkit.commands.race_progress import RaceProgress
+from transferkit.commands.race_record import adopt_winner, race_table
+from transferkit.commands.race_validation import ScoredEpochsOnly, ValidationRecorder, validated_epochs_callbacks
 from transferkit.interval_checkpoint import newer_mid_epoch
 from transferkit.commands.metrics_files import join_metrics, set_aside_metrics
 from transferkit.planning import SOLVED_HEAD_TRAINER
@@ -36,62 +36,8 @@ from transferkit.tasks.linear_probe import LinearProbeCallback, probe_report
 
 log = logging.getLogger("transferkit")
 
-
-class ValidationRecorder(pl.Callback):
-    """Keeps every validation loss and accuracy of a candidate (the race scores legs on them)."""
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-        self.accs: list[float] = []
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
-            return
-        metrics = trainer.callback_metrics
-        self.losses.append(float(metrics["val/loss"]))
-        self.accs.append(float(metrics.get("val/acc", float("nan"))))
-
-    # Saved in the candidate's checkpoints, so a leg resumed in a later session scores the same.
-    def state_dict(self) -> dict:
-        return {"losses": list(self.losses), "accs": list(self.accs)}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.losses, self.accs = list(state_dict["losses"]), list(state_dict["accs"])
-
-
-class ScoredEpochsOnly(pl.Callback):
-    """Validate a non-final leg only at the epochs it is scored on, its last two (`race.leg_score`):
-    the others would only offer best.ckpt an early epoch of a leg that does not finish the schedule.
-
-    Lightning validates when (epoch + 1) is a multiple of `check_val_every_n_epoch`; this sets it per
-    epoch. Training stays exactly as with every validation: a skipped validation's one draw from
-    torch's random stream (its DataLoader iterator's base seed, with `data.num_workers=0`) is drawn.
-    """
-
-    def __init__(self, first: int) -> None:
-        self.first = first  # 0-based index of the first epoch to validate
-
-    def skips(self, epoch: int) -> bool:
-        return epoch < self.first
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        trainer.check_val_every_n_epoch = epoch + 2 if self.skips(epoch) else 1  # epoch + 1: no multiple
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.skips(trainer.current_epoch):
-            torch.empty((), dtype=torch.int64).random_()  # what the val loader's iterator would draw
-
-
-def validated_epochs_callbacks(cfg: DictConfig, end: int, schedule_epochs: int) -> list[pl.Callback]:
-    """`ScoredEpochsOnly` for a leg that stops before the schedule's end, unless validation steers
-    training (early stopping, the plateau scheduler) or runs other than once per epoch in this
-    process (`trainer.check_val_every_n_epoch`, `val_check_interval`, loader workers)."""
-    trainer = cfg.trainer
-    plain = (trainer.get("check_val_every_n_epoch", 1) == 1 and trainer.get("val_check_interval") in (None, 1, 1.0)
-             and not cfg.early_stopping.get("patience") and cfg.scheduler.get("name") != "plateau"
-             and str(cfg.data.get("num_workers")) == "0")  # auto: workers, whose draws differ
-    return [ScoredEpochsOnly(first=end - 2)] if plain and end - 2 > 0 and end < schedule_epochs else []
+__all__ = ["Leg", "ScoredEpochsOnly", "ValidationRecorder", "adopt_winner", "race_table", "run_race",
+           "validated_epochs_callbacks"]
 
 
 @dataclass
@@ -335,44 +281,3 @@ def run_race(cfg: DictConfig, candidates: list[Candidate], rungs: list[Rung], da
         reattach(winner, rungs[-1])
     log.info("race: rank %d winner %s", winner.trainer.global_rank, winner.candidate.name)
     return winner, entries
-
-
-def adopt_winner(winner: Leg, run_dir: Path) -> dict[str, str]:
-    """Move the winner's checkpoints, and merge its metrics, to where a fixed-strategy run keeps them."""
-    target = run_dir / "checkpoints"
-    target.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name in ("best", "last"):
-        source = winner.directory / "checkpoints" / f"{name}.ckpt"
-        if source.is_file():
-            paths[name] = str(shutil.move(source, target / f"{name}.ckpt"))
-    merge_csv(sorted((winner.directory / "logs").glob("leg*/metrics.csv")), run_dir / "metrics.csv")
-    return paths
-
-
-def merge_csv(sources: list[Path], target: Path) -> None:
-    """One metrics.csv from several (each leg's logger wrote its own), columns united."""
-    rows, fields = [], []
-    for source in sources:
-        with source.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            fields += [f for f in reader.fieldnames or [] if f not in fields]
-            rows += list(reader)
-    with target.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def race_table(entries: list[Entry], rungs: list[Rung], winner: str) -> str:
-    """The race as a small table for the log: val loss / val acc per rung, seconds."""
-    head = ["candidate", "strategy", *[f"epoch {r.end}" for r in rungs], "seconds"]
-    lines = []
-    for entry in entries:
-        cells = [f"{r['val_loss']:.4f} / {r['val_acc']:.3f}" for r in entry.rungs]
-        cells += ["-"] * (len(rungs) - len(cells))
-        mark = " <- winner" if entry.name == winner else ""
-        lines.append([entry.name, entry.strategy, *cells, f"{entry.seconds:.1f}{mark}"])
-    widths = [max(len(str(row[i])) for row in [head, *lines]) for i in range(len(head))]
-    text = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [head, *lines]]
-    return "race (val loss / val acc at each cut):\n" + "\n".join(text)

@@ -53,7 +53,7 @@ def augment_row(sample: tuple, transform: Callable, variants: int,
                 show: Callable[[object], np.ndarray]) -> list[np.ndarray]:
     """The decoded sample, then `variants` draws of `transform` (masks overlaid when present)."""
     from transferkit.reports.augment_grid import to_rgb
-    from transferkit.reports.seg_grid import overlay
+    from transferkit.reports.overlays import overlay
 
     image, target = sample
     mask = target if isinstance(target, np.ndarray) else None

@@ -66,13 +66,14 @@ def run(cfg: DictConfig) -> dict:
 def views_loader(ensemble, datamodule, cfg: DictConfig) -> DataLoader:
     """The test split (val when there is none, as `test_dataloader`) in each member's preprocessing."""
     from transferkit.commands.ensemble_predict import member_inputs
+    from transferkit.commands.predict import eval_workers
     from transferkit.data.sources import ViewsDataset
 
     split = "test" if len(datamodule.sources.get("test", ())) else "val"
     channels, transforms = member_inputs(ensemble)
     dataset = ViewsDataset(datamodule.sources[split], transforms, channels, with_mask=ensemble.segmentation)
     return DataLoader(dataset, batch_size=int(cfg.data.batch_size), shuffle=False,
-                      num_workers=int(cfg.data.get("num_workers", 0)))
+                      num_workers=eval_workers(cfg.data.get("num_workers", 0)))
 
 
 def test_ensemble(cfg: DictConfig, paths: list[Path], datamodule, run_dir: Path) -> dict:
