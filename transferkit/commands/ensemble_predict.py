@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from transferkit.inference.images import as_tensor, decode_input
-from transferkit.inference.outputs import unused_output, write_rows
+from transferkit.inference.outputs import unused_output
+from transferkit.inference.run import write_masks_of, write_predictions
 from transferkit.inference.spec import InputSpec
 from transferkit.tasks.ensemble import EnsembleTask
 
@@ -78,24 +79,8 @@ def ensemble_mask(ensemble: EnsembleTask, in_chans: list[int], transforms: list,
 
 def write_ensemble_masks(ensemble: EnsembleTask, paths: list[Path], directory: Path) -> int:
     """`<stem>_mask.png` and `<stem>_overlay.png` per image, at the image's own size (`ensemble_mask`)."""
-    from transferkit.data.decode import UnreadableImageError
-    from transferkit.reports.overlays import save_prediction_pngs
-
     in_chans, transforms = member_inputs(ensemble)
-    seen: dict[str, int] = {}
-    written = 0
-    for path in map(Path, paths):
-        try:
-            image, mask = ensemble_mask(ensemble, in_chans, transforms, path)
-        except UnreadableImageError as error:
-            log.warning("skipped %s: %s", path, error.reason)
-            continue
-        stem = path.stem if path.stem not in seen else f"{path.stem}_{seen[path.stem]}"
-        seen[path.stem] = seen.get(path.stem, 0) + 1
-        save_prediction_pngs(image, mask, directory, stem)
-        written += 1
-    log.info("Wrote %d masks and overlays to %s", written, directory)
-    return written
+    return write_masks_of(lambda path: ensemble_mask(ensemble, in_chans, transforms, path), paths, directory)
 
 
 def predict_ensemble(ensemble: EnsembleTask, paths: list[Path], run_dir: Path, output=None, top_k: int = 3,
@@ -105,9 +90,4 @@ def predict_ensemble(ensemble: EnsembleTask, paths: list[Path], run_dir: Path, o
         return {"written": write_ensemble_masks(ensemble, paths, run_dir if output is None else Path(str(output)))}
     csv_path = unused_output(output, run_dir / "predictions.csv")
     probs, failed = ensemble_probabilities(ensemble, paths, batch_size, num_workers)
-    top_k = max(1, min(int(top_k), len(ensemble.class_names)))
-    ok = write_rows(csv_path, paths, probs, failed, ensemble.class_names, top_k)
-    for index, reason in failed:
-        log.warning("skipped %s: %s", paths[index], reason)
-    log.info("Wrote %d predictions to %s", ok, csv_path)
-    return {"output": str(csv_path), "predicted": ok, "failed": len(failed)}
+    return write_predictions(csv_path, paths, probs, failed, ensemble.class_names, top_k)

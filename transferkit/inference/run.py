@@ -66,6 +66,11 @@ def predict_mask(predictor: Predictor, item) -> tuple[np.ndarray, np.ndarray]:
 def write_masks(predictor: Predictor, paths: list[Path], directory: Path) -> int:
     """For each image write `<stem>_mask.png` (palette index PNG) and `<stem>_overlay.png`, at the
     image's own size. Unreadable files are logged and skipped; returns how many were written."""
+    return write_masks_of(lambda path: predict_mask(predictor, path), paths, directory)
+
+
+def write_masks_of(mask_of: Callable[[Path], tuple], paths: list[Path], directory: Path) -> int:
+    """`write_masks` for any `mask_of(path) -> (image, mask)` (one model, or an ensemble)."""
     from transferkit.data.decode import UnreadableImageError
     from transferkit.reports.overlays import save_prediction_pngs
 
@@ -73,7 +78,7 @@ def write_masks(predictor: Predictor, paths: list[Path], directory: Path) -> int
     written = 0
     for path in map(Path, paths):
         try:
-            image, mask = predict_mask(predictor, path)
+            image, mask = mask_of(path)
         except UnreadableImageError as error:
             log.warning("skipped %s: %s", path, error.reason)
             continue
@@ -85,6 +90,16 @@ def write_masks(predictor: Predictor, paths: list[Path], directory: Path) -> int
     return written
 
 
+def write_predictions(csv_path: Path, paths: list[Path], probs, failed, class_names: list[str], top_k: int) -> dict:
+    """The predictions CSV from per-image probabilities; the summary for results.json."""
+    top_k = max(1, min(int(top_k), len(class_names)))
+    ok = write_rows(csv_path, paths, probs, failed, class_names, top_k)
+    for index, reason in failed:
+        log.warning("skipped %s: %s", paths[index], reason)
+    log.info("Wrote %d predictions to %s", ok, csv_path)
+    return {"output": str(csv_path), "predicted": ok, "failed": len(failed)}
+
+
 def predict_files(predictor: Predictor, paths: list[Path], run_dir: Path, output=None, top_k: int = 3,
                   batch_size: int = 64, num_workers: int = 0) -> dict:
     """Predict `paths` (see `list_inputs`): the CSV (classification, default `<run_dir>/predictions.csv`)
@@ -94,12 +109,7 @@ def predict_files(predictor: Predictor, paths: list[Path], run_dir: Path, output
         return {"written": written}
     csv_path = unused_output(output, run_dir / "predictions.csv")
     probs, failed = predict_probabilities(predictor, paths, batch_size, num_workers)
-    top_k = max(1, min(int(top_k), len(predictor.class_names)))
-    ok = write_rows(csv_path, paths, probs, failed, predictor.class_names, top_k)
-    for index, reason in failed:
-        log.warning("skipped %s: %s", paths[index], reason)
-    log.info("Wrote %d predictions to %s", ok, csv_path)
-    return {"output": str(csv_path), "predicted": ok, "failed": len(failed)}
+    return write_predictions(csv_path, paths, probs, failed, predictor.class_names, top_k)
 
 
 def predict_exported(model_path: Path | str, source: Path | str, output: Path | str, top_k: int = 3,
