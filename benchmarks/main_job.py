@@ -27,16 +27,22 @@ REPO = Path(__file__).resolve().parents[1]
 COMMAND = ["-m", "transferkit", "fit", "recipe=small_similar", "trainer.enable_progress_bar=false"]
 
 
-def run(tree: Path, run_dir: Path) -> dict:
+def run_process(tree: Path, run_dir: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict, float]:
+    """The main job (plus `extra` overrides) as a fresh process of `tree`: the process, its results.json
+    and its whole wall time (start to exit)."""
     env = {**os.environ, "PYTHONPATH": str(tree), "NO_ALBUMENTATIONS_UPDATE": "1"}
     env.pop("TRANSFERKIT_RUN_DIR", None)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, *COMMAND, f"run_dir={run_dir}"], cwd=run_dir.parent, env=env,
+    proc = subprocess.run([sys.executable, *COMMAND, *extra, f"run_dir={run_dir}"], cwd=run_dir.parent, env=env,
                           capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{tree}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
-    results = json.loads((run_dir / "results.json").read_text())
+    return proc, json.loads((run_dir / "results.json").read_text()), wall
+
+
+def run(tree: Path, run_dir: Path) -> dict:
+    _, results, wall = run_process(tree, run_dir)
     return {"wall_seconds": round(wall, 2), "test_acc": results["metrics"]["test/acc"]}
 
 

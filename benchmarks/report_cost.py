@@ -20,27 +20,15 @@ import os
 import platform
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-COMMAND = ["-m", "transferkit", "fit", "recipe=small_similar", "trainer.enable_progress_bar=false"]
+from main_job import COMMAND, REPO, run_process  # noqa: E402 - the same process harness (benchmarks/ is on sys.path)
 
 
 def run(enabled: bool, run_dir: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
-    env.pop("TRANSFERKIT_RUN_DIR", None)
     load = os.getloadavg()[0]
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, *COMMAND, f"report.enabled={str(enabled).lower()}", f"run_dir={run_dir}"],
-                          cwd=run_dir.parent, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"exit {proc.returncode}\n{proc.stderr[-2000:]}")
-    results = json.loads((run_dir / "results.json").read_text())
+    proc, results, wall = run_process(REPO, run_dir, f"report.enabled={str(enabled).lower()}")
     drawn = re.search(r"Report: .* \(([\d.]+) s\)", proc.stderr)
     return {"wall_seconds": round(wall, 2), "fit_wall_seconds": results["wall_seconds"],
             "report_seconds": float(drawn.group(1)) if drawn else None, "load_before": round(load, 2),
