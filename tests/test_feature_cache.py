@@ -115,6 +115,51 @@ def test_features_equal_the_eval_mode_encoder_and_modes_are_restored(image_folde
     assert labels.tolist() == [dataset[i][1] for i in range(len(dataset))]
 
 
+def test_chunked_host_copies_give_the_same_features_and_labels(image_folder, monkeypatch):
+    """On a GPU the features are copied to the host in chunks; a chunk smaller than one batch and one
+    larger than the set give the per-batch result, in order."""
+    from transferkit.data import feature_store
+
+    encoder = create_backbone("test_resnet", in_chans=3)
+    dataset = _dataset(image_folder)
+    plain = extract_features(encoder, dataset, lambda n, d: np.empty((n, d), np.float32), 3)
+    real_sink = feature_store._HostSink
+    for chunk in (1, 10**9):
+        sink_outputs = []
+
+        def sink(allocate, labels, chunk_bytes, chunk=chunk):
+            made = real_sink(allocate, labels, chunk)
+            sink_outputs.append(made)
+            return made
+
+        monkeypatch.setattr(feature_store, "_HostSink", sink)
+        chunked = extract_features(encoder, dataset, lambda n, d: np.empty((n, d), np.float32), 3)
+        np.testing.assert_array_equal(chunked[0], plain[0])
+        assert chunked[1].tolist() == plain[1].tolist() and sink_outputs[0].start == len(dataset)
+
+
+def test_features_are_served_from_the_gpu_only_when_they_fit():
+    from transferkit.data.feature_cache import choose_feature_device
+
+    gpu = torch.device("cuda", 0)
+    assert choose_feature_device(10 * 2**30, gpu, 141 * 2**30) == gpu
+    assert choose_feature_device(20 * 2**30, gpu, 141 * 2**30) is None  # above an eighth of its memory
+    assert choose_feature_device(1, torch.device("cpu"), 0) is None
+    assert choose_feature_device(1, None, 0) is None
+
+
+def test_device_feature_batches_equal_the_host_batches():
+    from transferkit.data.feature_store import FeatureDataset, FeatureSet
+
+    rng = np.random.default_rng(0)
+    feature_set = FeatureSet(rng.normal(size=(9, 4)).astype(np.float32), np.arange(9) % 3, "k", "memory")
+    host, device = FeatureDataset(feature_set), FeatureDataset(feature_set, device=torch.device("cpu"))
+    for batch in ([0, 5, 2], [8], list(range(9))):
+        for got, want in zip(device.__getitems__(batch), host.__getitems__(batch)):
+            torch.testing.assert_close(got, want)
+    assert device.features is feature_set.features  # the host arrays stay (linear probe, race)
+
+
 def test_store_spills_large_sets_to_disk_and_release_removes_them(image_folder, tmp_path):
     encoder = create_backbone("test_resnet", in_chans=3)
     dataset = _dataset(image_folder)

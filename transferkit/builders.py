@@ -113,7 +113,7 @@ def build_feature_cache(cfg: DictConfig, datamodule, task, run_dir: Path):
                          spill_dir=run_dir / "feature_cache")
     return FeatureCacheDataModule(datamodule, task.encoder, str(cfg.model.backbone),
                                   image_size=int(cfg.data.image_size), in_chans=int(cfg.model.in_chans),
-                                  store=store)
+                                  store=store, prepare_input=task.prepare_input)
 
 
 def trainer_flags() -> set[str]:

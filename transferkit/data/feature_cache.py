@@ -82,6 +82,19 @@ def choose_feature_cache(requested: bool | None, blockers: list[str], wasteful: 
     return not blockers and (requested is True or wasteful is None)
 
 
+# Features kept on the GPU when they take at most this fraction of its memory (else served from the host).
+DEVICE_FEATURE_FRACTION = 0.125
+
+
+def choose_feature_device(nbytes: int, device: torch.device | None, device_memory: int,
+                          fraction: float = DEVICE_FEATURE_FRACTION) -> torch.device | None:
+    """Where the cached features are served from: the training GPU when the set is small beside its
+    memory (then a batch is one gather on the device), else None (the host: gathered and copied per batch)."""
+    if device is None or device.type != "cuda" or nbytes > fraction * device_memory:
+        return None
+    return device
+
+
 # -- invalidation key -----------------------------------------------------------------------
 def encoder_digest(encoder: nn.Module) -> str:
     """SHA-256 over the encoder's state dict (parameter and buffer names, dtypes, shapes, values)."""
@@ -129,9 +142,13 @@ class FeatureCacheDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, datamodule: pl.LightningDataModule, encoder: nn.Module, backbone: str,
-                 image_size: int, in_chans: int, store: FeatureStore | None = None) -> None:
+                 image_size: int, in_chans: int, store: FeatureStore | None = None,
+                 prepare_input: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
         self.datamodule, self.encoder, self.backbone = datamodule, encoder, backbone
+        # The task's own input preparation (channels last with model.channels_last), so the encoder
+        # runs on the batches as it would in training.
+        self.prepare_input = prepare_input or (lambda x: x)
         self.image_size, self.in_chans = image_size, in_chans
         self.store = store or FeatureStore()
         self.loaders: dict[str, dict] = {}
@@ -170,16 +187,27 @@ class FeatureCacheDataModule(pl.LightningDataModule):
         context = plugin.forward_context if plugin is not None else nullcontext
         convert = plugin.convert_input if plugin is not None else (lambda x: x)
         return self.store.get(key, lambda allocate: extract_features(
-            self.encoder, dataset, allocate, batch_size, num_workers, context, convert))
+            self.encoder, dataset, allocate, batch_size, num_workers, context,
+            lambda x: self.prepare_input(convert(x))))
 
     def _cached(self, stage: str, loader: DataLoader) -> DataLoader:
         feature_set = self.features(loader.dataset, loader.batch_size or 1, loader.num_workers)
         self.loaders[stage] = feature_set.describe()
+        device = self._device()
+        on_device = choose_feature_device(feature_set.features.nbytes, device,
+                                          torch.cuda.get_device_properties(device).total_memory
+                                          if device is not None and device.type == "cuda" else 0)
+        self.loaders[stage]["served_from"] = str(on_device) if on_device is not None else "host"
         action = "reused" if feature_set.reused else f"computed in {feature_set.seconds:.2f} s"
-        log.info("Feature cache: %s loader, %d x %d features %s (%s)", stage, *feature_set.features.shape,
-                 action, feature_set.location)
-        return DataLoader(FeatureDataset(feature_set), batch_size=loader.batch_size, sampler=loader.sampler,
-                          drop_last=loader.drop_last, num_workers=0, collate_fn=FeatureDataset.collate)
+        log.info("Feature cache: %s loader, %d x %d features %s (%s), served from %s", stage,
+                 *feature_set.features.shape, action, feature_set.location, self.loaders[stage]["served_from"])
+        return DataLoader(FeatureDataset(feature_set, device=on_device), batch_size=loader.batch_size,
+                          sampler=loader.sampler, drop_last=loader.drop_last, num_workers=0,
+                          collate_fn=FeatureDataset.collate)
+
+    def _device(self) -> torch.device | None:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else None
 
     def report(self) -> dict:
         """For results.json: what each loader served."""

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from transferkit.data.device_index import device_index
+
 log = logging.getLogger(__name__)
 
 # Above this, features go to a memory-mapped file (data.cache_dir, else the run directory).
@@ -43,10 +45,21 @@ class FeatureSet:
 
 
 class FeatureDataset(Dataset):
-    """`(feature vector, label)` items: what the task's head sees in place of `(image, label)`."""
+    """`(feature vector, label)` items: what the task's head sees in place of `(image, label)`.
 
-    def __init__(self, feature_set: FeatureSet) -> None:
+    `features` and `labels` stay the host arrays. With `device` (a GPU run whose set fits, see
+    `feature_cache.choose_feature_device`) a copy lives on the device and `__getitems__` gathers whole
+    batches there: no per-step host gather and host-to-device copy, and the DataLoader's batch
+    transfer is a no-op.
+    """
+
+    def __init__(self, feature_set: FeatureSet, device: torch.device | None = None) -> None:
         self.features, self.labels = feature_set.features, feature_set.labels
+        self.device = torch.device(device) if device is not None else None
+        self._on_device = None
+        if self.device is not None:
+            self._on_device = (torch.from_numpy(np.ascontiguousarray(self.features, dtype=np.float32)).to(self.device),
+                               torch.from_numpy(np.asarray(self.labels, dtype=np.int64)).to(self.device))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -56,6 +69,9 @@ class FeatureDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch in one gather (the DataLoader's `collate_fn` must be `collate`)."""
+        if self._on_device is not None:
+            index = device_index(indices, self.device)
+            return self._on_device[0][index], self._on_device[1][index]
         index = np.asarray(indices, dtype=np.int64)
         return (torch.from_numpy(np.asarray(self.features[index], dtype=np.float32)),
                 torch.from_numpy(np.asarray(self.labels[index], dtype=np.int64)))
@@ -75,7 +91,9 @@ def extract_features(encoder: nn.Module, dataset: Dataset, allocate: Allocate, b
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Pooled `encoder(x)` of every item in order (eval mode, inference mode); returns (features, labels).
 
-    `allocate(n, dim)` returns the N x D float32 array to fill (in memory or a memmap).
+    `allocate(n, dim)` returns the N x D float32 array to fill (in memory or a memmap). On a GPU the
+    features stay on the device and are copied to the host in chunks of `HOST_COPY_BYTES`, so the
+    device is not drained by a blocking copy after every batch.
     """
     labels = np.empty(len(dataset), dtype=np.int64)
     if not len(dataset):
@@ -84,28 +102,58 @@ def extract_features(encoder: nn.Module, dataset: Dataset, allocate: Allocate, b
     # Its own generator: creating the iterator must not draw from the global RNG, so the training
     # shuffles are the same as in an uncached run.
     # A dataset of whole batches (data.embedded=synthetic, on the device) brings its own collate.
-    collate = dataset.collate if getattr(dataset, "yields_batches", False) else None
+    on_device = getattr(dataset, "yields_batches", False)
+    collate = dataset.collate if on_device else None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        generator=torch.Generator(), collate_fn=collate)
-    out: np.ndarray | None = None
+                        generator=torch.Generator(), collate_fn=collate,
+                        pin_memory=device.type == "cuda" and not on_device)
+    sink = _HostSink(allocate, labels, chunk_bytes=HOST_COPY_BYTES if device.type == "cuda" else 0)
     modes = [(module, module.training) for module in encoder.modules()]
     encoder.eval()
-    start = 0
     try:
         with torch.inference_mode(), forward_context():
             for images, targets in loader:
-                feats = encoder(convert_input(images.to(device))).float().cpu().numpy()
-                if out is None:
-                    out = allocate(len(dataset), feats.shape[1])
-                out[start:start + len(feats)] = feats
-                labels[start:start + len(feats)] = np.asarray(
-                    targets.cpu() if isinstance(targets, torch.Tensor) else targets)
-                start += len(feats)
+                feats = encoder(convert_input(images.to(device, non_blocking=True))).float()
+                sink.add(feats, targets)
+            sink.flush()
     finally:
         for module, mode in modes:
             module.training = mode
-    assert out is not None and start == len(dataset), "feature extraction saw fewer items than the dataset"
-    return out, labels
+    assert sink.out is not None and sink.start == len(dataset), "feature extraction saw fewer items than the dataset"
+    return sink.out, labels
+
+
+HOST_COPY_BYTES = 64 * 2**20  # GPU features gathered on the device up to this size, then copied at once
+
+
+class _HostSink:
+    """Writes batches of features and labels into the host arrays, in order: at once on the CPU, in
+    chunks of about `chunk_bytes` from a GPU (one host synchronisation per chunk, not per batch)."""
+
+    def __init__(self, allocate: Allocate, labels: np.ndarray, chunk_bytes: int) -> None:
+        self.allocate, self.labels, self.chunk_bytes = allocate, labels, chunk_bytes
+        self.out: np.ndarray | None = None
+        self.start = 0
+        self.pending: list[tuple[torch.Tensor, torch.Tensor | list]] = []
+        self.pending_bytes = 0
+
+    def add(self, feats: torch.Tensor, targets) -> None:
+        self.pending.append((feats, targets))
+        self.pending_bytes += feats.numel() * feats.element_size()
+        if self.pending_bytes >= self.chunk_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        feats = torch.cat([f for f, _ in self.pending]).cpu().numpy()
+        targets = [t.cpu() if isinstance(t, torch.Tensor) else t for _, t in self.pending]
+        self.pending, self.pending_bytes = [], 0
+        if self.out is None:
+            self.out = self.allocate(len(self.labels), feats.shape[1])
+        self.out[self.start:self.start + len(feats)] = feats
+        self.labels[self.start:self.start + len(feats)] = np.concatenate([np.asarray(t).reshape(-1) for t in targets])
+        self.start += len(feats)
 
 
 def _feature_paths(directory: Path, key: str) -> tuple[Path, Path]:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from transferkit.data.device_index import device_index
+
 POOL = 1024  # distinct images kept on the device (the rest repeat them)
 
 
@@ -53,16 +55,10 @@ class SyntheticImages(Dataset):
         self._labels = torch.from_numpy(self.labels).to(device)
         return self
 
-    def _indices(self, indices) -> torch.Tensor:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        if self.device.type == "cuda":  # pinned + non_blocking: no wait for the GPU to catch up
-            return index.pin_memory().to(self.device, non_blocking=True)
-        return index.to(self.device)
-
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         if self._images is None:
             self.to_device("cpu")
-        index = self._indices(indices)
+        index = device_index(indices, self.device)
         return self._images[index % len(self._images)], self._labels[index]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
