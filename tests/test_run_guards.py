@@ -172,10 +172,40 @@ def test_gpu_loss_check_reads_the_flag_a_step_late_and_names_that_step(tmp_path)
 
     guard = FiniteLossGuard(tmp_path)
     trainer = SimpleNamespace(strategy=SimpleNamespace(checkpoint_io=None), is_last_batch=False)
-    guard.pending = (torch.tensor(True), _DoneEvent(), torch.tensor(0.5), (7, 1, [0.1]))
+    guard.pending.append((torch.tensor(True), _DoneEvent(), torch.tensor(0.5), (7, 1, [0.1])))
     guard.on_train_batch_end(trainer, None, None, None, 0)  # finite: nothing happens
-    assert guard.pending is None
-    guard.pending = (torch.tensor(False), _DoneEvent(), torch.tensor(float("nan")), (8, 1, [0.1]))
+    assert not guard.pending
+    guard.pending.append((torch.tensor(False), _DoneEvent(), torch.tensor(float("nan")), (8, 1, [0.1])))
     with pytest.raises(RunDiverged, match="at step 8 .*stopped before the next checkpoint") as err:
         guard.on_train_epoch_end(trainer, None)
-    assert err.value.record["step"] == 8 and guard.pending is None
+    assert err.value.record["step"] == 8 and not guard.pending
+
+
+class _PendingEvent(_DoneEvent):
+    """A CUDA event whose work has not run yet: polling skips it, waiting completes it."""
+
+    def __init__(self) -> None:
+        self.waited = False
+
+    def query(self) -> bool:
+        return self.waited
+
+    def synchronize(self) -> None:
+        self.waited = True
+
+
+def test_gpu_loss_check_never_waits_between_steps_but_always_before_a_checkpoint(tmp_path):
+    from types import SimpleNamespace
+
+    from transferkit.run_guards import FiniteLossGuard
+
+    guard = FiniteLossGuard(tmp_path)
+    trainer = SimpleNamespace(strategy=SimpleNamespace(checkpoint_io=None), is_last_batch=False)
+    landed, in_flight = _DoneEvent(), _PendingEvent()
+    guard.pending.extend([(torch.tensor(True), landed, torch.tensor(0.5), (3, 1, [0.1])),
+                          (torch.tensor(False), in_flight, torch.tensor(float("inf")), (4, 1, [0.1]))])
+    guard.on_train_batch_end(trainer, None, None, None, 3)
+    assert len(guard.pending) == 1 and not in_flight.waited  # read what landed, did not wait for the rest
+    with pytest.raises(RunDiverged, match="at step 4 "):
+        guard.on_save_checkpoint(trainer, None, {})  # a checkpoint waits for every flag first
+    assert in_flight.waited and not guard.pending

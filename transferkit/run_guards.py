@@ -15,6 +15,7 @@ import logging
 import math
 import signal
 import threading
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -164,53 +165,71 @@ def current_lrs(trainer: pl.Trainer) -> list[float]:
 
 class FiniteLossGuard(pl.Callback):
     """Stops the fit at the first non-finite training loss, naming the step, the LR and the last
-    good checkpoint (`<dirpath>/last.ckpt` from an earlier epoch end, if any)."""
+    good checkpoint (`<dirpath>/last.ckpt` from an earlier epoch end, if any).
+
+    On the CPU each step's loss is checked before its backward pass. On a GPU, reading the loss
+    would stall the queue of kernels every step (a host sync), and even waiting for the previous
+    step's flag keeps the host from running ahead of the device. So each step's flag is copied into
+    a ring of pinned host memory without blocking; flags are read once their copies have landed
+    (polled, never waited for, between steps) and, waiting if need be, at the end of every epoch and
+    before any checkpoint is written: no checkpoint ever holds a diverged model.
+    """
+
+    RING = 64  # flags in flight at most; a host that many steps ahead waits for the oldest
 
     def __init__(self, dirpath: str | Path) -> None:
         self.last = Path(dirpath) / "last.ckpt"
         self.good_epochs: int | None = None  # epochs done in the last checkpoint saved or loaded
-        self.pending: tuple | None = None  # GPU: (pinned flag, event, loss, (step, epoch, lrs)) of the last step
+        # GPU: (flag, event, loss, (step, epoch, lrs)) of the steps whose flag was not read yet, oldest first
+        self.pending: deque = deque()
+        self._flags: torch.Tensor | None = None  # the pinned ring
+        self._slot = 0
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self.good_epochs = epochs_done(checkpoint)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self.check_pending(trainer, wait=True)  # raises (and nothing is written) if a step diverged
         self.good_epochs = epochs_done(checkpoint)
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        """On the CPU, check this step's loss now. On a GPU, reading the loss would stall the queue of
-        kernels every step (a host sync before backward), so the flag is copied to pinned memory
-        without blocking and read one step later, and at the last batch of every epoch, before
-        validation and checkpoints: no checkpoint ever holds a diverged model."""
         finite = torch.isfinite(loss.detach()).all()
         where = (trainer.global_step + 1, trainer.current_epoch + 1, current_lrs(trainer))
         if loss.device.type != "cuda":
             if not bool(finite):
                 self.diverged(trainer, loss.detach(), *where, late=False)
             return
-        self.check_pending(trainer)
-        flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+        self.check_pending(trainer, wait=False)
+        if len(self.pending) >= self.RING:  # the oldest flag's slot is about to be reused
+            self.check_one(trainer, self.pending.popleft(), wait=True)
+        if self._flags is None:
+            self._flags = torch.zeros(self.RING, dtype=torch.bool, pin_memory=True)
+        flag = self._flags[self._slot]
+        self._slot = (self._slot + 1) % self.RING
         flag.copy_(finite, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
-        self.pending = (flag, event, loss.detach(), where)
+        self.pending.append((flag, event, loss.detach(), where))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        pending = getattr(self, "pending", None)
-        if pending is not None and (trainer.is_last_batch or pending[1].query()):
-            self.check_pending(trainer)
+        self.check_pending(trainer, wait=bool(getattr(trainer, "is_last_batch", False)))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.check_pending(trainer)
+        self.check_pending(trainer, wait=True)
 
-    def check_pending(self, trainer: pl.Trainer) -> None:
-        pending, self.pending = getattr(self, "pending", None), None
-        if pending is None:
-            return
-        flag, event, loss, where = pending
-        event.synchronize()
+    def check_pending(self, trainer: pl.Trainer, wait: bool) -> None:
+        """Read the flags whose copies have landed (all of them, waiting, with `wait`), oldest first."""
+        pending = getattr(self, "pending", None)
+        while pending and (wait or pending[0][1].query()):
+            self.check_one(trainer, pending.popleft(), wait=True)
+
+    def check_one(self, trainer: pl.Trainer, entry: tuple, wait: bool) -> None:
+        flag, event, loss, where = entry
+        if wait:
+            event.synchronize()
         if not bool(flag):
+            self.pending.clear()
             self.diverged(trainer, loss, *where, late=True)
 
     def diverged(self, trainer: pl.Trainer, loss: torch.Tensor, step: int, epoch: int, lrs: list[float],
