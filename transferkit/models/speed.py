@@ -34,7 +34,11 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
 
 def apply_compile(module: nn.Module, mode: str | None = None) -> nn.Module:
     """Compile `module` in place (`nn.Module.compile`): its state dict keys stay the same, so
-    checkpoints of a compiled run load into an uncompiled model. Compilation happens at the first call."""
-    module.compile(mode=check_compile_mode(mode))
+    checkpoints of a compiled run load into an uncompiled model. Compilation happens at the first call.
+
+    Static shapes (`dynamic=False`): each batch shape gets its own graph, compiled once. With torch's
+    default, an epoch's shorter last batch recompiles the model for any batch size, and that graph
+    then serves every full batch of the later epochs, slower than the one made for their shape."""
+    module.compile(mode=check_compile_mode(mode), dynamic=False)
     log.info("model.compile: %s compiled with torch.compile (mode %s)", type(module).__name__, mode or "default")
     return module
