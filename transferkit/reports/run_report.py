@@ -78,7 +78,13 @@ def finish_run_report(cfg, trainer, datamodule, run_dir: Path, results: dict) ->
 def tested_dataset(datamodule):
     """The dataset the test pass read (the test split, or val where there is no test split)."""
     inner = getattr(datamodule, "datamodule", datamodule)  # under a feature cache, the image data
-    return inner, inner.test_dataloader().dataset
+    dataset = inner.test_dataloader().dataset
+    if getattr(inner, "decode", "cpu") == "gpu":  # file bytes: shown through the CPU eval pipeline
+        from transferkit.data.sources import FileSource, TransformedDataset
+
+        source = FileSource(dataset.items, in_chans=inner.in_chans, background=inner.background)
+        dataset = TransformedDataset(source, inner.transform(train=False))
+    return inner, dataset
 
 
 def source_paths(dataset) -> list[str] | None:
