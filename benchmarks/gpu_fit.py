@@ -8,10 +8,11 @@ Throughput is steady-state img/s over the training steps `[--start, --end)`, tim
 are left out. Beside it: each side's whole time for the same work (fit: the whole `cli.run`, with its
 checkpoints, validation and test; the loop: build + steps + one validation and one test pass).
 Cases, most important first, each skipped when `--budget` seconds would run out:
-resnet50 eager, resnet50 compiled, frozen resnet50 with the feature cache vs one no_grad forward pass
-over its training set, convnext_tiny eager, convnext_tiny compiled.
+resnet50 eager, frozen resnet50 with the feature cache vs one no_grad forward pass over its training
+set, resnet50 eager without the non-finite-loss check (what that check costs), resnet50 compiled,
+convnext_tiny eager, convnext_tiny compiled.
 
-    python benchmarks/gpu_fit.py [--budget 200] [--output benchmarks/results/gpu_fit.json]
+    python benchmarks/gpu_fit.py [--budget 200] [--output benchmarks/results/gpu_fit.json] [--cases frozen ...]
     python benchmarks/gpu_fit.py --smoke      # CPU, tiny model and sizes: checks the script works
 """
 
@@ -51,20 +52,23 @@ def sync(device: torch.device) -> None:
 
 
 class StepTimer(pl.Callback):
-    """Wall time of the training steps `[start, end)` (global steps), synchronised at both edges."""
+    """Wall time of the training steps `[start, end)` (global steps), synchronised at both edges, and
+    of the whole `trainer.fit`: from its `setup` (before the optimizer is configured, which is when a
+    frozen run's feature cache is computed) to `on_fit_end`."""
 
     def __init__(self, start: int, end: int) -> None:
         self.start, self.end = start, end
         self.t0 = self.t1 = None
         self.images = 0
-        self.fit_seconds = None
+        self.fit_seconds = self.setup_t0 = None
 
-    def on_fit_start(self, trainer, pl_module) -> None:
-        self.fit_t0 = time.perf_counter()
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and self.setup_t0 is None:
+            self.setup_t0 = time.perf_counter()
 
     def on_fit_end(self, trainer, pl_module) -> None:
         sync(pl_module.device)
-        self.fit_seconds = time.perf_counter() - self.fit_t0
+        self.fit_seconds = time.perf_counter() - (self.setup_t0 or time.perf_counter())
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.t0 is None and trainer.global_step == self.start:
@@ -83,12 +87,13 @@ class StepTimer(pl.Callback):
 
 
 @contextmanager
-def extra_callback(callback: pl.Callback):
-    """Add `callback` to the trainer `fit` builds (benchmark instrumentation only)."""
+def extra_callback(callback: pl.Callback, drop: tuple[type, ...] = ()):
+    """Add `callback` to the trainer `fit` builds, and leave out callbacks of the `drop` types
+    (benchmark instrumentation only)."""
     original = builders.build_callbacks
 
     def build_callbacks(*args, **kwargs):
-        return [*original(*args, **kwargs), callback]
+        return [*(c for c in original(*args, **kwargs) if not isinstance(c, drop)), callback]
 
     builders.build_callbacks = build_callbacks
     try:
@@ -118,7 +123,7 @@ class Settings:
         self.device = torch.device("cpu" if smoke else "cuda")
         self.batch = 8 if smoke else 256
         self.image_size = 32 if smoke else 224
-        self.start, self.end = (2, 6) if smoke else (20, 120)
+        self.start, self.end = (2, 6) if smoke else (20, 200)
         self.steps = self.end + (1 if smoke else 10)  # the epoch: a few steps after the window
         self.classes = 10 if smoke else 1000
         self.eval_fraction = 0.25 if smoke else 0.02  # val and test: this fraction of the train set each
@@ -142,10 +147,10 @@ def fit_overrides(s: Settings, backbone: str, run_dir: Path, *extra: str) -> lis
             *extra]
 
 
-def run_fit(s: Settings, backbone: str, run_dir: Path, *extra: str) -> dict:
+def run_fit(s: Settings, backbone: str, run_dir: Path, *extra: str, drop: tuple[type, ...] = ()) -> dict:
     timer = StepTimer(s.start, s.end)
     start = time.perf_counter()
-    with extra_callback(timer):
+    with extra_callback(timer, drop):
         results = cli.run(["fit", *fit_overrides(s, backbone, run_dir, *extra)])
     wall = time.perf_counter() - start
     return {"img_per_s": timer.rate(), "wall_seconds": round(wall, 2),
@@ -153,8 +158,9 @@ def run_fit(s: Settings, backbone: str, run_dir: Path, *extra: str) -> dict:
             "test_acc": results["metrics"].get("test/acc")}
 
 
-def hand_loop(s: Settings, backbone: str, compile_model: bool) -> dict:
-    """The same training as `fit`, written out: model, AdamW, bf16 autocast, channels last, GPU data."""
+def hand_loop(s: Settings, backbone: str, compile_model: bool, step_hook=None) -> dict:
+    """The same training as `fit`, written out: model, AdamW, bf16 autocast, channels last, GPU data.
+    `step_hook(step)`, if given, runs before each training step and once after the last."""
     start = time.perf_counter()
     torch.manual_seed(0)
     device = s.device
@@ -173,6 +179,8 @@ def hand_loop(s: Settings, backbone: str, compile_model: bool) -> dict:
     t0 = None
     order = torch.randperm(s.train_size)
     for step in range(s.steps):
+        if step_hook is not None:
+            step_hook(step)
         if step == s.start:
             sync(device)
             t0 = time.perf_counter()
@@ -185,6 +193,8 @@ def hand_loop(s: Settings, backbone: str, compile_model: bool) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    if step_hook is not None:
+        step_hook(s.steps)
     model.eval()
     with torch.no_grad(), autocast:  # one validation and one test pass, as fit runs them
         for _ in range(2):
@@ -197,17 +207,42 @@ def hand_loop(s: Settings, backbone: str, compile_model: bool) -> dict:
             "final_loss": float(loss.detach())}
 
 
+def fresh_compiler() -> None:
+    """Forget what torch.compile saw earlier in this process, as a new process would. Otherwise the
+    shapes one side saw (its evaluation's smaller last batch) make the other side's training graph
+    compile with a dynamic batch size. (Inductor's on-disk caches stay: they change compile time only.)"""
+    torch._dynamo.reset()
+
+
 def pair(s: Settings, backbone: str, compile_model: bool, workdir: Path) -> dict:
     name = f"{backbone}{'_compiled' if compile_model else ''}"
+    if compile_model:
+        fresh_compiler()
     loop = hand_loop(s, backbone, compile_model)
     log.info("%s hand-written loop: %.0f img/s (%.1f s)", name, loop["img_per_s"], loop["wall_seconds"])
     extra = ["model.compile=true"] if compile_model else []
+    if compile_model:
+        fresh_compiler()
     fit = run_fit(s, backbone, workdir / name, *extra)
     ratio = fit["img_per_s"] / loop["img_per_s"] if fit["img_per_s"] else None
     log.info("%s fit: %.0f img/s (%.1f s whole) -> ratio %.3f", name, fit["img_per_s"] or 0, fit["wall_seconds"],
              ratio or 0)
     return {"case": name, "backbone": backbone, "compile": compile_model, "hand_loop": loop, "fit": fit,
             "ratio": ratio, "wall_ratio": fit["wall_seconds"] / loop["wall_seconds"]}
+
+
+def guard_case(s: Settings, workdir: Path) -> dict:
+    """What the non-finite-loss check costs: eager `fit` without `FiniteLossGuard`, against the loop."""
+    from transferkit.run_guards import FiniteLossGuard
+
+    backbone = s.models[0]
+    loop = hand_loop(s, backbone, False)
+    fit = run_fit(s, backbone, workdir / "no_loss_guard", drop=(FiniteLossGuard,))
+    ratio = fit["img_per_s"] / loop["img_per_s"] if fit["img_per_s"] else None
+    log.info("%s fit without the loss guard: %.0f img/s vs loop %.0f -> ratio %.3f", backbone, fit["img_per_s"] or 0,
+             loop["img_per_s"], ratio or 0)
+    return {"case": f"{backbone}_no_loss_guard", "backbone": backbone, "compile": False, "hand_loop": loop,
+            "fit": fit, "ratio": ratio, "wall_ratio": fit["wall_seconds"] / loop["wall_seconds"]}
 
 
 def forward_pass(s: Settings, backbone: str, weights: Path, size: int) -> dict:
@@ -256,6 +291,7 @@ def frozen_case(s: Settings, workdir: Path) -> dict:
         results = cli.run(["fit", *overrides])
     wall = time.perf_counter() - start
     cache = results.get("feature_cache", {})
+    # fit_loop_seconds: the whole trainer.fit, the training split's features computed inside it.
     return {"case": f"{backbone}_frozen_feature_cache", "train_images": size, "forward_pass": forward,
             "fit": {"wall_seconds": round(wall, 2), "fit_loop_seconds": round(timer.fit_seconds or 0.0, 2),
                     "epochs": 3, "feature_cache": cache},
@@ -264,7 +300,7 @@ def frozen_case(s: Settings, workdir: Path) -> dict:
 
 
 # Rough seconds each case needs on an H200 (compile included), to decide what fits the budget.
-COSTS = {"eager": 35, "frozen": 30, "compiled": 110}
+COSTS = {"eager": 40, "frozen": 60, "compiled": 120, "guard": 40}
 
 
 def main() -> None:
@@ -272,6 +308,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model and sizes, no compile")
     parser.add_argument("--budget", type=float, default=190.0, help="seconds; cases that would not fit are skipped")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--cases", nargs="*", choices=sorted(COSTS), default=sorted(COSTS),
+                        help="kinds of case to run (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("transferkit", "pytorch_lightning", "lightning", "lightning.pytorch"):
@@ -288,13 +326,13 @@ def main() -> None:
               "image_size": s.image_size, "precision": s.precision, "channels_last": True,
               "window_steps": [s.start, s.end], "steps_per_run": s.steps, "classes": s.classes,
               "cases": [], "skipped": []}
-    plan = [("eager", s.models[0], False)]
+    plan = [("eager", s.models[0], False), ("frozen", s.models[0], None), ("guard", s.models[0], None)]
     if s.compile:
         plan.append(("compiled", s.models[0], True))
-    plan.append(("frozen", s.models[0], None))
     plan += [("eager", m, False) for m in s.models[1:]]
     if s.compile:
         plan += [("compiled", m, True) for m in s.models[1:]]
+    plan = [step for step in plan if step[0] in args.cases]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu_fit_") as tmp:
         for kind, backbone, compiled in plan:
@@ -303,7 +341,8 @@ def main() -> None:
                 report["skipped"].append(f"{kind} {backbone}: {left:.0f} s of budget left")
                 continue
             try:
-                case = frozen_case(s, Path(tmp)) if kind == "frozen" else pair(s, backbone, compiled, Path(tmp))
+                case = (frozen_case(s, Path(tmp)) if kind == "frozen" else guard_case(s, Path(tmp)) if kind == "guard"
+                        else pair(s, backbone, compiled, Path(tmp)))
             except Exception as err:  # noqa: BLE001 - keep the other cases' numbers
                 log.exception("%s %s failed", kind, backbone)
                 case = {"case": f"{kind} {backbone}", "error": f"{type(err).__name__}: {err}"}
@@ -313,7 +352,8 @@ def main() -> None:
             output.parent.mkdir(parents=True, exist_ok=True)
             output.write_text(json.dumps(report, indent=2) + "\n")
     log.info("%s", json.dumps({k: report.get(k) for k in ("fit_ratio", "compiled_ratio", "convnext_fit_ratio",
-                                                          "convnext_compiled_ratio", "frozen_cache_ratio")}))
+                                                          "convnext_compiled_ratio", "frozen_cache_ratio",
+                                                          "no_loss_guard_ratio")}))
     log.info("Wrote %s", output)
 
 
@@ -323,7 +363,8 @@ def summarise(report: dict) -> None:
     models = ("resnet50", "convnext_tiny") if not report["smoke"] else ("resnet10t", "")
     keys = {"fit_ratio": models[0], "compiled_ratio": f"{models[0]}_compiled",
             "convnext_fit_ratio": models[1], "convnext_compiled_ratio": f"{models[1]}_compiled",
-            "frozen_cache_ratio": f"{models[0]}_frozen_feature_cache"}
+            "frozen_cache_ratio": f"{models[0]}_frozen_feature_cache",
+            "no_loss_guard_ratio": f"{models[0]}_no_loss_guard"}
     for key, name in keys.items():
         case = by_name.get(name)
         report[key] = round(case["ratio"], 4) if case and case.get("ratio") is not None else None

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Issue 14's GPU measurements in one command (about 6 minutes on an H200), for the device machine:
-#   bash benchmarks/gpu_run.sh            (run from the repository root, with .whl/ beside it)
+# Issue 14's GPU measurements, for the device machine (run from the repository root, .whl/ beside it):
+#   bash benchmarks/gpu_run.sh fit     GPU tests + benchmarks/gpu_fit.py      (about 5 minutes on an H200)
+#   bash benchmarks/gpu_run.sh data    benchmarks/gpu_data.py                 (about 3.5 minutes)
+#   bash benchmarks/gpu_run.sh         both, one after the other
 # Installs the wheels the machine lacks (hydra-core, omegaconf, antlr4, albumentations and their
 # dependencies; see the README's "GPU speed" section for how .whl/ is made) into /tmp/site, then runs
 # the GPU tests, benchmarks/gpu_fit.py and benchmarks/gpu_data.py, each under its own time limit.
 # Results and logs go to $OUT (default ./gpu_out): gpu_fit.json, gpu_data.json, *.log, env.txt.
 set -u
+PART="${1:-all}"
 OUT="${OUT:-$PWD/gpu_out}"
 mkdir -p "$OUT"
 start=$(date +%s)
@@ -30,17 +33,22 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', tor
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-stamp "GPU tests"
-timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_speed.py > "$OUT/pytest_gpu.log" 2>&1
-echo "pytest -m gpu: exit $?"; tail -3 "$OUT/pytest_gpu.log"
+if [ "$PART" != data ]; then
+  stamp "GPU tests"
+  timeout 70 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_speed.py > "$OUT/pytest_gpu.log" 2>&1
+  echo "pytest -m gpu: exit $?"; tail -3 "$OUT/pytest_gpu.log"
 
-stamp "gpu_fit.py"
-timeout 210 python3 benchmarks/gpu_fit.py --budget 190 --output "$OUT/gpu_fit.json" > "$OUT/gpu_fit.log" 2>&1
-echo "gpu_fit.py: exit $?"; grep -E "img/s|ratio|failed|Error" "$OUT/gpu_fit.log" | grep -v Warning | tail -20
+  stamp "gpu_fit.py"  # eager, frozen + feature cache, eager without the loss guard, compiled (then convnext)
+  timeout 230 python3 benchmarks/gpu_fit.py --budget 220 --output "$OUT/gpu_fit.json" > "$OUT/gpu_fit.log" 2>&1
+  echo "gpu_fit.py: exit $?"; grep -E "img/s|ratio|failed|Error" "$OUT/gpu_fit.log" | grep -v Warning | tail -20
+fi
 
-stamp "gpu_data.py"
-timeout 115 python3 benchmarks/gpu_data.py --budget 100 --output "$OUT/gpu_data.json" > "$OUT/gpu_data.log" 2>&1
-echo "gpu_data.py: exit $?"; grep -E "img/s|folder|failed|Error" "$OUT/gpu_data.log" | grep -v Warning | tail -12
+if [ "$PART" != fit ]; then
+  stamp "gpu_data.py"  # synthetic (model-bound), decode=gpu, the decoded-image cache; 75 s each at most
+  timeout 200 python3 benchmarks/gpu_data.py --budget 190 --variants synthetic decode_gpu decode_cpu_cache \
+    --output "$OUT/gpu_data.json" > "$OUT/gpu_data.log" 2>&1
+  echo "gpu_data.py: exit $?"; grep -E "^(synthetic|decode|folder|\{)|Error|Thread|File" "$OUT/gpu_data.log" | tail -30
+fi
 
 stamp "summary"
 python3 - "$OUT" <<'EOF'
@@ -66,7 +74,8 @@ for name in ("gpu_fit.json", "gpu_data.json"):
                       f" fit loop {c['fit']['fit_loop_seconds']} s (ratio {c['ratio']:.2f}), whole"
                       f" {c['fit']['wall_seconds']} s")
         print("  " + ", ".join(f"{k}={r.get(k)}" for k in ("fit_ratio", "compiled_ratio", "convnext_fit_ratio",
-                                                           "convnext_compiled_ratio", "frozen_cache_ratio")))
+                                                           "convnext_compiled_ratio", "frozen_cache_ratio",
+                                                           "no_loss_guard_ratio")))
     else:
         for k, v in r["variants"].items():
             print(f"  {k}: {v.get('img_per_s') or 0:.0f} img/s, ratio {v.get('ratio_to_model_bound')},"

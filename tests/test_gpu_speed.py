@@ -41,7 +41,39 @@ def test_compile_happens_once_at_setup_with_the_mode(monkeypatch):
     assert calls == []  # building (and loading, exporting) never compiles
     task.setup("fit")
     task.setup("test")
-    assert calls == [(type(task.encoder).__name__, {"mode": "max-autotune"})]
+    assert calls == [(type(task.encoder).__name__, {"mode": "max-autotune", "dynamic": False})]
+
+
+def test_a_short_last_batch_does_not_move_full_batches_to_a_dynamic_graph(monkeypatch):
+    """Under torch's default, the graph compiled for an epoch's short last batch is made for any batch
+    size and then serves the full batches of later epochs; `apply_compile` keeps one graph per shape."""
+    from transferkit.models.speed import apply_compile
+
+    graphs: list[dict] = []
+
+    def recording_backend(gm, example_inputs):
+        sizes = [d for x in example_inputs for d in (getattr(x, "shape", None) or [x])]
+        record = {"dynamic": any(isinstance(d, torch.SymInt) for d in sizes), "calls": 0}
+        graphs.append(record)
+
+        def run(*args):
+            record["calls"] += 1
+            return gm(*args)
+        return run
+
+    real_compile = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, mode=None, **kw: real_compile(self, backend=recording_backend, **kw))
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 2))
+    apply_compile(model)
+    for _epoch in range(2):
+        for batch in (8, 8, 5):  # two full batches and a short last one
+            model(torch.randn(batch, 3, 8, 8)).sum().backward()
+    torch._dynamo.reset()
+    assert [g["dynamic"] for g in graphs] == [False, False]
+    assert [g["calls"] for g in graphs] == [4, 2]  # the full batches of both epochs ran the 8-image graph
 
 
 def test_bad_compile_mode_names_the_key():
@@ -203,6 +235,7 @@ def test_fit_with_device_decode_and_synthetic_data(jpeg_folder, tmp_path, fast):
     results = cli.run(["fit", *overrides, f"data.root={jpeg_folder}", "data.decode=gpu", "finetune=full",
                        "finetune.lpft=false", "model.channels_last=true", f"run_dir={tmp_path / 'decode'}"])
     assert results["status"] == "completed" and results["feature_cache"]["used"] is False
+    assert (tmp_path / "decode" / "report.html").is_file()  # test images shown through the CPU eval pipeline
     results = cli.run(["fit", *overrides, "data.embedded=synthetic", "data.embedded_length=16",
                        "data.synthetic_classes=4", "finetune=full", f"run_dir={tmp_path / 'synthetic'}"])
     assert results["status"] == "completed" and results["data"]["num_classes"] == 4
@@ -250,6 +283,20 @@ def test_bf16_channels_last_fit_on_gpu(tmp_path, fast):
                        "model.channels_last=true", "data.embedded=synthetic", "data.embedded_length=64",
                        "finetune=full", f"run_dir={tmp_path / 'gpu'}"])
     assert results["status"] == "completed"
+
+
+@pytest.mark.gpu
+def test_frozen_features_are_computed_and_served_on_the_gpu(tmp_path, fast):
+    from transferkit import cli
+
+    overrides = [o for o in fast if not o.startswith(("run_dir", "trainer.accelerator"))]
+    results = cli.run(["fit", *overrides, "trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
+                       "model.channels_last=true", "data.embedded=synthetic", "data.embedded_length=64",
+                       "finetune=freeze", "finetune.head_solver=sgd", "finetune.cache_features=true",
+                       "augment=none", "trainer.max_epochs=2", f"run_dir={tmp_path / 'frozen'}"])
+    loaders = results["feature_cache"]["loaders"]
+    assert results["status"] == "completed" and results["feature_cache"]["used"]
+    assert {loaders[s]["served_from"] for s in ("train", "val", "test")} == {"cuda:0"}
 
 
 def test_grey_models_get_grey_batches():
