@@ -104,8 +104,16 @@ class SignalCheckpoint(pl.Callback):
         self.received: signal.Signals | None = None
         self.previous_sigint: Any = None
         self.pending = False  # DDP: a signal reached this rank; all ranks stop after the same step
+        self.group = None  # DDP: a host-side (gloo) process group for agreeing on it
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1 and self.group is None:
+            # DDP: whether a signal reached some rank is agreed between two steps (on_train_batch_end)
+            # over a CPU (gloo) group that every rank creates here. An all-reduce on the GPU, and
+            # reading its result, would stall the kernel queue every step (a host sync).
+            import torch.distributed as dist
+
+            self.group = dist.new_group(backend="gloo")
         # Lightning installed its SIGTERM handler just before training; it restores every handler
         # (these too) when the fit ends.
         if threading.current_thread() is not threading.main_thread():
@@ -114,7 +122,7 @@ class SignalCheckpoint(pl.Callback):
         if trainer.world_size > 1:
             # Lightning's handler runs a collective (a broadcast) inside the signal handler, at whatever
             # point each rank happens to be: under DDP that deadlocks the ranks. Note the signal here,
-            # agree on it between two steps (on_train_batch_end), then let Lightning stop every rank.
+            # let the ranks agree on it between two steps, then let Lightning stop every rank.
             signal.signal(signal.SIGTERM, self.note_signal)
 
     def note_signal(self, signum: int, frame: Any) -> None:
@@ -124,10 +132,13 @@ class SignalCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if trainer.world_size <= 1 or trainer.received_sigterm:
+        if trainer.world_size <= 1 or trainer.received_sigterm or self.group is None:
             return
-        flag = torch.tensor(float(self.pending), device=trainer.strategy.root_device)
-        if float(trainer.strategy.reduce(flag, reduce_op="max")) > 0:  # a signal reached some rank
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(self.pending)], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+        if int(flag) > 0:  # a signal reached some rank
             # Lightning's loops raise SIGTERMException on every rank at this step's end.
             trainer._signal_connector.received_sigterm = True
 
@@ -157,6 +168,12 @@ class SignalCheckpoint(pl.Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.restore_sigint()
+        if self.group is not None:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group(self.group)
+            self.group = None
 
 
 def current_lrs(trainer: pl.Trainer) -> list[float]:
