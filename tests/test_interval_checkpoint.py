@@ -91,3 +91,15 @@ def test_a_run_that_dies_mid_epoch_resumes_from_its_mid_epoch_checkpoint(image_f
     final = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == 3 * steps_per_epoch  # the rest of epoch 2, then epoch 3
     assert not (checkpoints / MID_EPOCH).exists()  # a finished fit leaves no stale mid-epoch checkpoint
+
+
+@pytest.mark.slow
+def test_ddp_ranks_take_interval_checkpoints_together(image_folder, test_resnet_weights, tmp_path: Path) -> None:
+    """Rank 0's clock decides for both ranks (agreed over a host-side group): no rank waits alone."""
+    from tests.conftest import fit_two_process_ddp
+
+    proc = fit_two_process_ddp(image_folder, test_resnet_weights, tmp_path, "trainer.max_epochs=1", "finetune=full",
+                               "checkpoint.every_minutes=0.0001", f"run_dir={tmp_path / 'run'}",
+                               "trainer.enable_progress_bar=false")
+    assert "(checkpoint.every_minutes)" in proc.stderr + proc.stdout
+    assert not (tmp_path / "run" / "checkpoints" / MID_EPOCH).exists()  # stale once the fit finished

@@ -48,8 +48,14 @@ class IntervalCheckpoint(pl.Callback):
         self.clock = clock
         self.since: float | None = None
 
+    group = None  # DDP: the host-side group on which rank 0's clock decides for every rank
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.since = self.clock()
+        if trainer.world_size > 1 and self.group is None:
+            from transferkit.host_collectives import host_group
+
+            self.group = host_group()
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self.since = self.clock()  # any checkpoint restarts the interval
@@ -57,8 +63,10 @@ class IntervalCheckpoint(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         due = self.since is not None and self.clock() - self.since >= self.seconds
-        if trainer.world_size > 1:
-            due = bool(trainer.strategy.broadcast(due, src=0))
+        if trainer.world_size > 1 and self.group is not None:
+            from transferkit.host_collectives import rank_zero_says
+
+            due = rank_zero_says(due, self.group)
         if not due or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
         trainer.save_checkpoint(self.path, weights_only=False)
@@ -67,6 +75,13 @@ class IntervalCheckpoint(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:  # the fit finished: last.ckpt is newer, the mid-epoch one is stale
             self.path.unlink(missing_ok=True)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.group is not None:
+            from transferkit.host_collectives import release
+
+            release(self.group)
+            self.group = None
 
 
 def newer_mid_epoch(run_dir: Path, last: Path) -> Path | None:

@@ -109,11 +109,10 @@ class SignalCheckpoint(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.world_size > 1 and self.group is None:
             # DDP: whether a signal reached some rank is agreed between two steps (on_train_batch_end)
-            # over a CPU (gloo) group that every rank creates here. An all-reduce on the GPU, and
-            # reading its result, would stall the kernel queue every step (a host sync).
-            import torch.distributed as dist
+            # over a CPU (gloo) group that every rank creates here (transferkit.host_collectives).
+            from transferkit.host_collectives import host_group
 
-            self.group = dist.new_group(backend="gloo")
+            self.group = host_group()
         # Lightning installed its SIGTERM handler just before training; it restores every handler
         # (these too) when the fit ends.
         if threading.current_thread() is not threading.main_thread():
@@ -134,11 +133,9 @@ class SignalCheckpoint(pl.Callback):
                            batch_idx: int) -> None:
         if trainer.world_size <= 1 or trainer.received_sigterm or self.group is None:
             return
-        import torch.distributed as dist
+        from transferkit.host_collectives import any_rank
 
-        flag = torch.tensor([int(self.pending)], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
-        if int(flag) > 0:  # a signal reached some rank
+        if any_rank(self.pending, self.group):  # a signal reached some rank
             # Lightning's loops raise SIGTERMException on every rank at this step's end.
             trainer._signal_connector.received_sigterm = True
 
@@ -169,10 +166,9 @@ class SignalCheckpoint(pl.Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.restore_sigint()
         if self.group is not None:
-            import torch.distributed as dist
+            from transferkit.host_collectives import release
 
-            if dist.is_initialized():
-                dist.destroy_process_group(self.group)
+            release(self.group)
             self.group = None
 
 
