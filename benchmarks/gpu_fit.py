@@ -214,8 +214,10 @@ def fresh_compiler() -> None:
     torch._dynamo.reset()
 
 
-def pair(s: Settings, backbone: str, compile_model: bool, workdir: Path) -> dict:
-    name = f"{backbone}{'_compiled' if compile_model else ''}"
+def pair(s: Settings, backbone: str, compile_model: bool, workdir: Path, drop: tuple[type, ...] = (),
+         name: str | None = None) -> dict:
+    """The loop and `fit` side by side; `fit` without callbacks of the `drop` types when given."""
+    name = name or f"{backbone}{'_compiled' if compile_model else ''}"
     if compile_model:
         fresh_compiler()
     loop = hand_loop(s, backbone, compile_model)
@@ -223,7 +225,7 @@ def pair(s: Settings, backbone: str, compile_model: bool, workdir: Path) -> dict
     extra = ["model.compile=true"] if compile_model else []
     if compile_model:
         fresh_compiler()
-    fit = run_fit(s, backbone, workdir / name, *extra)
+    fit = run_fit(s, backbone, workdir / name, *extra, drop=drop)
     ratio = fit["img_per_s"] / loop["img_per_s"] if fit["img_per_s"] else None
     log.info("%s fit: %.0f img/s (%.1f s whole) -> ratio %.3f", name, fit["img_per_s"] or 0, fit["wall_seconds"],
              ratio or 0)
@@ -236,13 +238,7 @@ def guard_case(s: Settings, workdir: Path) -> dict:
     from transferkit.run_guards import FiniteLossGuard
 
     backbone = s.models[0]
-    loop = hand_loop(s, backbone, False)
-    fit = run_fit(s, backbone, workdir / "no_loss_guard", drop=(FiniteLossGuard,))
-    ratio = fit["img_per_s"] / loop["img_per_s"] if fit["img_per_s"] else None
-    log.info("%s fit without the loss guard: %.0f img/s vs loop %.0f -> ratio %.3f", backbone, fit["img_per_s"] or 0,
-             loop["img_per_s"], ratio or 0)
-    return {"case": f"{backbone}_no_loss_guard", "backbone": backbone, "compile": False, "hand_loop": loop,
-            "fit": fit, "ratio": ratio, "wall_ratio": fit["wall_seconds"] / loop["wall_seconds"]}
+    return pair(s, backbone, False, workdir, drop=(FiniteLossGuard,), name=f"{backbone}_no_loss_guard")
 
 
 def forward_pass(s: Settings, backbone: str, weights: Path, size: int) -> dict:
