@@ -33,3 +33,29 @@ def rank_zero_says(flag: bool, group) -> bool:
 def release(group) -> None:
     if group is not None and dist.is_initialized():
         dist.destroy_process_group(group)
+
+
+class HostGroup:
+    """A callback's host group for one fit: `open` in `on_train_start` (every rank, multi-rank runs
+    only), `close` in `teardown`; `active` while it is open."""
+
+    def __init__(self) -> None:
+        self.group = None
+
+    @property
+    def active(self) -> bool:
+        return self.group is not None
+
+    def open(self, world_size: int) -> None:
+        if world_size > 1 and self.group is None:
+            self.group = host_group()
+
+    def any_rank(self, flag: bool) -> bool:
+        return any_rank(flag, self.group)
+
+    def rank_zero_says(self, flag: bool) -> bool:
+        return rank_zero_says(flag, self.group)
+
+    def close(self) -> None:
+        release(self.group)
+        self.group = None

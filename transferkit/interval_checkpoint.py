@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 
 from transferkit.checkpoint_io import checkpoint_meta, checkpoint_problem
 from transferkit.errors import ConfigError
+from transferkit.host_collectives import HostGroup
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +48,11 @@ class IntervalCheckpoint(pl.Callback):
         self.seconds = check_every_minutes(every_minutes) * 60.0
         self.clock = clock
         self.since: float | None = None
-
-    group = None  # DDP: the host-side group on which rank 0's clock decides for every rank
+        self.host = HostGroup()  # DDP: where rank 0's clock decides for every rank
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.since = self.clock()
-        if trainer.world_size > 1 and self.group is None:
-            from transferkit.host_collectives import host_group
-
-            self.group = host_group()
+        self.host.open(trainer.world_size)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self.since = self.clock()  # any checkpoint restarts the interval
@@ -63,10 +60,8 @@ class IntervalCheckpoint(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         due = self.since is not None and self.clock() - self.since >= self.seconds
-        if trainer.world_size > 1 and self.group is not None:
-            from transferkit.host_collectives import rank_zero_says
-
-            due = rank_zero_says(due, self.group)
+        if trainer.world_size > 1 and self.host.active:
+            due = self.host.rank_zero_says(due)
         if not due or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
         trainer.save_checkpoint(self.path, weights_only=False)
@@ -77,11 +72,7 @@ class IntervalCheckpoint(pl.Callback):
             self.path.unlink(missing_ok=True)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.group is not None:
-            from transferkit.host_collectives import release
-
-            release(self.group)
-            self.group = None
+        self.host.close()
 
 
 def newer_mid_epoch(run_dir: Path, last: Path) -> Path | None:

@@ -25,6 +25,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferkit.checkpoint_io import epochs_done, wait_for_checkpoint_writes
+from transferkit.host_collectives import HostGroup
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +105,12 @@ class SignalCheckpoint(pl.Callback):
         self.received: signal.Signals | None = None
         self.previous_sigint: Any = None
         self.pending = False  # DDP: a signal reached this rank; all ranks stop after the same step
-        self.group = None  # DDP: a host-side (gloo) process group for agreeing on it
+        self.host = HostGroup()  # DDP: where the ranks agree on it (a host-side gloo group)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.world_size > 1 and self.group is None:
-            # DDP: whether a signal reached some rank is agreed between two steps (on_train_batch_end)
-            # over a CPU (gloo) group that every rank creates here (transferkit.host_collectives).
-            from transferkit.host_collectives import host_group
-
-            self.group = host_group()
+        # DDP: whether a signal reached some rank is agreed between two steps (on_train_batch_end)
+        # over a CPU (gloo) group that every rank opens here (transferkit.host_collectives).
+        self.host.open(trainer.world_size)
         # Lightning installed its SIGTERM handler just before training; it restores every handler
         # (these too) when the fit ends.
         if threading.current_thread() is not threading.main_thread():
@@ -131,11 +129,9 @@ class SignalCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if trainer.world_size <= 1 or trainer.received_sigterm or self.group is None:
+        if trainer.world_size <= 1 or trainer.received_sigterm or not self.host.active:
             return
-        from transferkit.host_collectives import any_rank
-
-        if any_rank(self.pending, self.group):  # a signal reached some rank
+        if self.host.any_rank(self.pending):  # a signal reached some rank
             # Lightning's loops raise SIGTERMException on every rank at this step's end.
             trainer._signal_connector.received_sigterm = True
 
@@ -165,11 +161,7 @@ class SignalCheckpoint(pl.Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.restore_sigint()
-        if self.group is not None:
-            from transferkit.host_collectives import release
-
-            release(self.group)
-            self.group = None
+        self.host.close()
 
 
 def current_lrs(trainer: pl.Trainer) -> list[float]:
