@@ -57,6 +57,18 @@ class EncodedImages(Dataset):
                             torch.tensor([item[1] for item in batch]))
 
 
+def decoded_on_cpu(dataset: Dataset, datamodule) -> Dataset:
+    """`dataset` as the CPU eval pipeline shows it: `EncodedImages` (file bytes) become the same files
+    decoded and put through `datamodule`'s eval transform; any other dataset is returned as it is.
+    For what reads images outside the training loop (the run report's test images)."""
+    if not isinstance(dataset, EncodedImages):
+        return dataset
+    from transferkit.data.sources import FileSource, TransformedDataset
+
+    source = FileSource(dataset.items, in_chans=datamodule.in_chans, background=datamodule.background)
+    return TransformedDataset(source, datamodule.transform(train=False))
+
+
 def is_jpeg(data: torch.Tensor) -> bool:
     return len(data) > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8
 

@@ -78,13 +78,9 @@ def finish_run_report(cfg, trainer, datamodule, run_dir: Path, results: dict) ->
 def tested_dataset(datamodule):
     """The dataset the test pass read (the test split, or val where there is no test split)."""
     inner = getattr(datamodule, "datamodule", datamodule)  # under a feature cache, the image data
-    dataset = inner.test_dataloader().dataset
-    if getattr(inner, "decode", "cpu") == "gpu":  # file bytes: shown through the CPU eval pipeline
-        from transferkit.data.sources import FileSource, TransformedDataset
+    from transferkit.data.device_decode import decoded_on_cpu
 
-        source = FileSource(dataset.items, in_chans=inner.in_chans, background=inner.background)
-        dataset = TransformedDataset(source, inner.transform(train=False))
-    return inner, dataset
+    return inner, decoded_on_cpu(inner.test_dataloader().dataset, inner)  # data.decode=gpu: file bytes
 
 
 def source_paths(dataset) -> list[str] | None:
