@@ -105,9 +105,10 @@ def curves_figure(curves: dict[str, dict[str, list[tuple[int, float]]]], path: P
 
 def top_losses_figure(images: np.ndarray, captions: Sequence[str], wrong: Sequence[bool], path: Path,
                       title: str, columns: int = 4) -> Path:
-    """A grid of ``H x W x 3`` images, each under its two-line caption (red: wrong, green: right).
+    """A grid of ``uint8 H x W x 3`` images, each under its two-line caption (red: wrong, green: right).
 
-    Panels are placed at fixed pixel positions (no tight_layout, which draws the figure twice)."""
+    Each image is scaled to its cell here and placed as raw pixels (`Figure.figimage`): no axes per
+    image, which cost about 25 ms each to build and draw."""
     cell, caption, header, dpi = 190, 34, 30, 100  # pixels
     count = max(len(images), 1)
     columns = min(columns, count)
@@ -115,16 +116,27 @@ def top_losses_figure(images: np.ndarray, captions: Sequence[str], wrong: Sequen
     width, height = columns * cell, rows * (cell + caption) + header
     figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
     figure.text(0.5, 1 - header / 2 / height, title, ha="center", va="center", fontsize=9)
+    side = cell - 12
     for k, image in enumerate(images):
         row, col = divmod(k, columns)
         top = height - header - row * (cell + caption)
-        side = cell - 12
-        axes = figure.add_axes(((col * cell + 6) / width, (top - caption - side) / height, side / width,
-                                side / height))
-        axes.imshow(image, interpolation="nearest")
-        axes.set_axis_off()
+        pixels = fit_in_square(image, side)
+        figure.figimage(pixels, xo=col * cell + 6 + (side - pixels.shape[1]) // 2,
+                        yo=top - caption - side + (side - pixels.shape[0]) // 2, origin="upper")
         figure.text((col * cell + cell / 2) / width, (top - caption / 2) / height, captions[k], ha="center",
                     va="center", fontsize=8, color="tab:red" if wrong[k] else "tab:green")
     if not len(images):
         figure.text(0.5, 0.4, "no test images", ha="center", va="center")
     return save(figure, path, dpi=dpi)
+
+
+def fit_in_square(image: np.ndarray, side: int) -> np.ndarray:
+    """`image` scaled to fit a `side`-pixel square, aspect kept: blocky when enlarged (pixels stay
+    visible, as the model saw them), area-averaged when shrunk."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size, resample))
