@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from transferkit.errors import ConfigError
 from transferkit.optim import OPTIMIZERS, build_optimizer
 
 
@@ -70,3 +71,40 @@ def test_no_params_is_an_error() -> None:
 
 def test_table_is_complete() -> None:
     assert sorted(OPTIMIZERS) == ["adam", "adamw", "rmsprop", "sgd"]
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+def test_fused_auto_fuses_on_cpu_and_matches_torchs_default_step(name: str) -> None:
+    fused, plain = build_optimizer(groups(), name=name), build_optimizer(groups(), name=name, fused=False)
+    assert all(g["fused"] for g in fused.param_groups) and not any(g["fused"] for g in plain.param_groups)
+    for opt in (fused, plain):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.grad = torch.ones_like(p)
+        opt.step()
+    for a, b in zip(fused.param_groups, plain.param_groups):
+        for p, q in zip(a["params"], b["params"]):
+            torch.testing.assert_close(p, q)
+
+
+def test_fused_auto_leaves_rmsprop_and_fp16_grad_scaling_unfused() -> None:
+    assert build_optimizer(groups(), name="rmsprop", fused="auto").defaults.get("fused") is None
+    assert not build_optimizer(groups(), name="adamw", grad_scaler=True).defaults["fused"]
+    assert build_optimizer(groups(), name="adamw", fused=True, grad_scaler=True).defaults["fused"]
+
+
+def test_fused_auto_falls_back_where_torch_has_no_kernel() -> None:
+    complex_param = [{"params": [nn.Parameter(torch.zeros(3, dtype=torch.complex64))]}]
+    assert not build_optimizer(complex_param, name="adamw").defaults["fused"]
+    with pytest.raises(ConfigError, match=r"optimizer.fused=true: torch has no fused adamw for these parameters \(cpu complex64\)"):
+        build_optimizer(complex_param, name="adamw", fused=True)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"name": "rmsprop", "fused": True}, "torch has no fused rmsprop"),
+    ({"name": "adamw", "fused": True, "grad_scaler": True, "clips_gradients": True}, "16-mixed"),
+    ({"name": "adamw", "fused": "yes"}, "must be auto, true or false"),
+])
+def test_fused_true_where_it_cannot_run_names_the_key(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build_optimizer(groups(), **kwargs)

@@ -136,7 +136,9 @@ class BaseTask(pl.LightningModule):
             return torch.optim.SGD(self.head.parameters(), lr=0.0)
         weight_decay = self.optimizer_cfg.get("weight_decay", 0.0)
         groups = build_param_groups(self.encoder, self.head, self.plan, weight_decay=weight_decay)
-        optimizer = build_optimizer(groups, **self.optimizer_cfg)
+        trainer = self.trainer
+        optimizer = build_optimizer(groups, **self.optimizer_cfg, grad_scaler=trainer.precision == "16-mixed",
+                                    clips_gradients=bool(trainer.gradient_clip_val))
         max_epochs, steps_per_epoch = self.steps_per_epoch()
         schedule = fit_warmup(self.scheduler_cfg, max_epochs)
         scheduler = build_scheduler(optimizer, **schedule, max_epochs=max_epochs,
