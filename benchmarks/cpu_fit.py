@@ -8,7 +8,12 @@ outputs (best.ckpt + last.ckpt with optimizer state every epoch, metrics.csv, Te
 config.yaml, results.json); the loop saves the best weights when validation accuracy improves.
 
 Variants of `fit` measure the levers one at a time:
-* `fit`: as shipped (checkpoints written by a background thread: AsyncCheckpointIO around the atomic writer);
+* `fit`: as shipped: `python -m transferkit fit ...` (checkpoints written by a background thread:
+  AsyncCheckpointIO around the atomic writer; `optimizer.fused=auto`, torch's fused AdamW; the collector
+  frozen at exit);
+* `fit_unfused`: `optimizer.fused=false`, the AdamW implementation the loop gets by default (a Python loop
+  over the tensors on CPU): what is left is transferkit's and Lightning's overhead;
+* `fit_full_shutdown`: `cli.main` without `transferkit.__main__`'s `gc.freeze()` at exit;
 * `fit_sync_ckpt`: checkpoints written in the training thread (AtomicCheckpointIO alone, the old default).
 
     python benchmarks/cpu_fit.py [--rounds 3] [--epochs 5] [--output benchmarks/results/cpu_fit.json]
@@ -33,12 +38,12 @@ RESULTS = Path(__file__).resolve().parent / "results" / "cpu_fit.json"
 BATCH, SIZE, LR, BACKBONE_LR_SCALE, WEIGHT_DECAY, WORKERS, SEED = 64, 32, 1e-3, 0.1, 0.01, 2, 42
 
 
-def fit_overrides(run_dir: Path, epochs: int) -> list[str]:
+def fit_overrides(run_dir: Path, epochs: int, kind: str = "fit") -> list[str]:
     return ["data.embedded=digits", "model.backbone=resnet10t", "model.weights=none", "finetune=full",
             f"data.image_size={SIZE}", f"data.batch_size={BATCH}", f"data.num_workers={WORKERS}",
             "data.mean=[0.5]", "data.std=[0.5]", "data.interpolation=bilinear", "augment=light",
             f"trainer.max_epochs={epochs}", "trainer.accelerator=cpu", "trainer.devices=1", f"seed={SEED}",
-            f"run_dir={run_dir}"]
+            f"run_dir={run_dir}", *(["optimizer.fused=false"] if kind == "fit_unfused" else [])]
 
 
 def hand_loop(run_dir: Path, epochs: int) -> dict:
@@ -130,6 +135,10 @@ def child(kind: str, run_dir: Path, epochs: int) -> None:
                                                 for p in original(flags)]
         assert isinstance(builders.build_plugins({})[0], AtomicCheckpointIO)
     cli.main(["fit", *fit_overrides(run_dir, epochs)])
+    if kind != "fit_full_shutdown":  # as transferkit.__main__ ends
+        import gc
+
+        gc.freeze()
 
 
 def timed(command: list[str]) -> float:
@@ -145,9 +154,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--variants", nargs="+", default=["fit", "fit_sync_ckpt"])
+    parser.add_argument("--variants", nargs="+", default=["fit", "fit_unfused", "fit_full_shutdown"],
+                        choices=["fit", "fit_unfused", "fit_full_shutdown", "fit_sync_ckpt"])
     parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument("--child", choices=["loop", "fit_sync_ckpt"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["loop", "fit_full_shutdown", "fit_sync_ckpt"], help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -160,8 +170,8 @@ def main() -> None:
             row = {"load_before": os.getloadavg()[0]}
             for kind in ["loop", *args.variants]:
                 run_dir = Path(tmp) / f"{kind}_{round_}"
-                if kind == "fit":  # exactly what a user runs
-                    command = [sys.executable, "-m", "transferkit", "fit", *fit_overrides(run_dir, args.epochs)]
+                if kind in ("fit", "fit_unfused"):  # exactly what a user runs
+                    command = [sys.executable, "-m", "transferkit", "fit", *fit_overrides(run_dir, args.epochs, kind)]
                 else:
                     command = [*me, "--child", kind, "--run-dir", str(run_dir), "--epochs", str(args.epochs)]
                 row[kind] = round(timed(command), 2)

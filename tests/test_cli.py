@@ -98,3 +98,26 @@ def test_catalogue_options_are_timm_architectures_with_weights():
         assert spec["backbone"] == option and spec["weights"] == "auto" and spec["in_chans"] == "auto"
         assert hub_id(option).startswith("timm/")
         assert cli.compose_config([f"model={option}"]).model.backbone == option
+
+
+@pytest.mark.parametrize("exit_code", [None, 2])
+def test_module_entry_point_freezes_the_collector_as_the_process_ends(monkeypatch, exit_code):
+    """`python -m transferkit` ends with gc.freeze(): shutdown then skips collecting the imports' objects."""
+    import gc
+    import runpy
+
+    def main():
+        if exit_code is not None:
+            raise SystemExit(exit_code)
+
+    monkeypatch.setattr(cli, "main", main)
+    assert gc.get_freeze_count() == 0
+    try:
+        if exit_code is None:
+            runpy.run_module("transferkit", run_name="__main__")
+        else:
+            with pytest.raises(SystemExit):
+                runpy.run_module("transferkit", run_name="__main__")
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
