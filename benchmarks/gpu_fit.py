@@ -1,7 +1,8 @@
 """`fit` against a hand-written PyTorch loop on one GPU, side by side in one process (issue 14).
 
 Both train the same model (transferkit's `create_backbone` + `create_head`: timm, random init), with the
-same optimizer (AdamW over transferkit's param groups), precision (bf16 autocast / `bf16-mixed`),
+same optimizer (AdamW over transferkit's param groups, built by `build_optimizer`: fused on both sides
+since `optimizer.fused=auto`), precision (bf16 autocast / `bf16-mixed`),
 memory format (channels last), batch size and synthetic GPU-resident data (`data.embedded=synthetic`).
 Throughput is steady-state img/s over the training steps `[--start, --end)`, timed with
 `torch.cuda.synchronize()` at the window's edges (for `fit` by a callback), so warm-up and compilation
