@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from transferkit.builders import build_datamodule, build_task, container
+from transferkit.data.loader_settings import drops_last
 from transferkit.finetune import build_param_groups
 from transferkit.planning import plan_model, plan_training
 from transferkit.optim import build_optimizer
@@ -24,9 +25,9 @@ from transferkit.schedulers import lr_curve
 log = logging.getLogger("transferkit")
 
 
-def steps_per_epoch(train_size: int, batch_size: int, trainer: dict) -> int:
+def steps_per_epoch(train_size: int, batch_size: int, trainer: dict, drop_last: bool = False) -> int:
     """Optimizer steps per epoch as Lightning counts them (limit_train_batches, accumulation)."""
-    batches = math.ceil(train_size / batch_size)
+    batches = train_size // batch_size if drop_last else math.ceil(train_size / batch_size)
     limit = trainer.get("limit_train_batches")
     if isinstance(limit, int) and not isinstance(limit, bool):
         batches = min(batches, limit)
@@ -78,7 +79,9 @@ def run(cfg: DictConfig) -> dict:
     optimizer = build_optimizer(groups, **optimizer_cfg)
     trainer = container(cfg.trainer)
     max_epochs = int(trainer.get("max_epochs") or 1)
-    steps = steps_per_epoch(datamodule.sizes()["train"], int(cfg.data.batch_size), trainer)
+    train_size, batch_size = datamodule.sizes()["train"], int(cfg.data.batch_size)
+    drop_last = drops_last(cfg.data.get("drop_last", "auto"), train_size, batch_size, None)
+    steps = steps_per_epoch(train_size, batch_size, trainer, drop_last)
     schedule = fit_warmup(container(cfg.scheduler), max_epochs)
     curves = lr_curve(schedule, optimizer, max_epochs, steps)
     names = [g.get("name", f"group{i}") for i, g in enumerate(optimizer.param_groups)]

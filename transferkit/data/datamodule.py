@@ -53,11 +53,12 @@ class ClassificationDataModule(pl.LightningDataModule):
                  seed: int = 0, in_chans: int = 3, mean: tuple[float, ...] = (0.5,),
                  std: tuple[float, ...] = (0.5,), augment: str = "light",
                  cache_dir: str | None = None, flips: bool = True, interpolation: str = "bilinear",
-                 decode: str = "cpu", synthetic_classes: int = 10) -> None:
+                 decode: str = "cpu", synthetic_classes: int = 10, drop_last: bool | str = "auto") -> None:
         super().__init__()
-        from transferkit.data.loader_settings import check_num_workers
+        from transferkit.data.loader_settings import check_drop_last, check_num_workers
 
         check_num_workers(num_workers)
+        self.drop_last = check_drop_last(drop_last)
         self.decode = lookup({k: k for k in DECODE}, decode, "data.decode")
         self.synthetic_classes = int(synthetic_classes)
         self.interpolation = interpolation
@@ -219,10 +220,11 @@ class ClassificationDataModule(pl.LightningDataModule):
                                 interpolation=self.interpolation)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        from transferkit.data.loader_settings import loader_settings
+        from transferkit.data.loader_settings import drops_last, loader_settings
 
         source, trainer = self.sources[split], getattr(self, "trainer", None)
         settings = loader_settings(self.num_workers, trainer)
+        drop_last = train and drops_last(self.drop_last, len(source), self.batch_size, trainer)
         sampler = None
         if train and self.balance == "sampler":
             from transferkit.data.balance import build_weighted_sampler
@@ -233,11 +235,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         if getattr(source, "yields_batches", False):  # data.embedded=synthetic: already on the device
             device = trainer.strategy.root_device if trainer is not None else "cpu"
             return DataLoader(source.to_device(device), batch_size=self.batch_size, shuffle=train and sampler is None,
-                              sampler=sampler, collate_fn=source.collate, num_workers=0)
+                              sampler=sampler, collate_fn=source.collate, num_workers=0, drop_last=drop_last)
         if self.decode == "gpu":
-            return self._device_loader(source, train, sampler, settings)
+            return self._device_loader(source, train, sampler, {**settings, "drop_last": drop_last})
         return DataLoader(TransformedDataset(source, self.transform(train)), batch_size=self.batch_size,
-                          shuffle=train and sampler is None, sampler=sampler, drop_last=False, **settings)
+                          shuffle=train and sampler is None, sampler=sampler, drop_last=drop_last, **settings)
 
     def _device_loader(self, source, train: bool, sampler, settings: dict):
         """data.decode=gpu: workers read bytes; decoding and augmentation run on the training device."""
@@ -257,7 +259,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             sampler = DistributedSampler(source, shuffle=train, seed=self.seed)
         loader = DataLoader(source, batch_size=self.batch_size, shuffle=train and sampler is None, sampler=sampler,
                             collate_fn=source.collate, num_workers=settings["num_workers"],
-                            persistent_workers=settings["persistent_workers"])
+                            persistent_workers=settings["persistent_workers"], drop_last=settings["drop_last"])
         rank = trainer.global_rank if trainer is not None else 0
         return DeviceDecodeLoader(loader, pipeline, device, seed=self.seed + 1000 * rank + (0 if train else 1))
 

@@ -55,3 +55,23 @@ def loader_settings(requested: int | str, trainer) -> dict:
     devices = max(1, int(getattr(trainer, "num_devices", 1) or 1)) if trainer is not None else 1
     workers = choose_num_workers(requested, on_gpu, usable_cpus(), devices)
     return {"num_workers": workers, "pin_memory": on_gpu, "persistent_workers": workers > 0}
+
+
+DROP_LAST = (AUTO, True, False)
+
+
+def check_drop_last(setting: bool | str) -> bool | str:
+    if setting not in DROP_LAST or (isinstance(setting, str) and setting != AUTO):
+        raise ConfigError(f"data.drop_last={setting!r} must be auto (drop a last training batch of one "
+                          "image, which batch norm cannot train on), true or false.")
+    return setting
+
+
+def drops_last(setting: bool | str, images: int, batch_size: int, trainer) -> bool:
+    """Whether the training loader drops its last, shorter batch (`data.drop_last`). `auto` drops it
+    only when it would hold one image: batch norm cannot normalise over one value per channel (a
+    ResNet's last stage at 32 px is 1 x 1). Under DDP each rank's share (padded up) is what counts."""
+    if setting != AUTO:
+        return bool(setting)
+    ranks = max(1, int(getattr(trainer, "world_size", 1) or 1)) if trainer is not None else 1
+    return -(-images // ranks) % batch_size == 1

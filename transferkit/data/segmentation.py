@@ -179,9 +179,11 @@ class SegmentationDataModule(pl.LightningDataModule):
                  test_fraction: float = 0.15, embedded_length: int = 512,
                  seed: int = 0, in_chans: int = 3, mean: Sequence[float] = (0.5, 0.5, 0.5),
                  std: Sequence[float] = (0.5, 0.5, 0.5), augment: str = "light",
-                 interpolation: str = "bilinear") -> None:
+                 interpolation: str = "bilinear", drop_last: bool | str = "auto") -> None:
         super().__init__()
-        self.interpolation = interpolation
+        from transferkit.data.loader_settings import check_drop_last
+
+        self.interpolation, self.drop_last = interpolation, check_drop_last(drop_last)
         if root is None:
             embedded_spec(embedded, "segmentation")
         if batch_size < 1:
@@ -261,12 +263,15 @@ class SegmentationDataModule(pl.LightningDataModule):
         return JointTransformDataset(self.sources[split], self.transform(train), self.in_chans)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        from transferkit.data.loader_settings import loader_settings
+        from transferkit.data.loader_settings import drops_last, loader_settings
 
-        settings = loader_settings(self.num_workers, getattr(self, "trainer", None))
+        trainer = getattr(self, "trainer", None)
+        settings = loader_settings(self.num_workers, trainer)
         dataset = self.dataset(split, train)
         sampler = None if train else eval_sampler(dataset, split)  # DDP: each image once, no padding
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, sampler=sampler, **settings)
+        drop_last = train and drops_last(self.drop_last, len(dataset), self.batch_size, trainer)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, sampler=sampler, drop_last=drop_last,
+                          **settings)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
