@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from transferkit.inference.images import as_tensor, decode_input
 from transferkit.inference.outputs import unused_output
-from transferkit.inference.run import write_masks_of, write_predictions
+from transferkit.inference.run import collect_probabilities, write_masks_of, write_predictions
 from transferkit.inference.spec import InputSpec
 from transferkit.tasks.ensemble import EnsembleTask
 
@@ -56,14 +56,7 @@ def ensemble_probabilities(ensemble: EnsembleTask, paths: list[Path], batch_size
     in_chans, transforms = member_inputs(ensemble)
     loader = DataLoader(MemberViewsDataset(paths, in_chans, transforms), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate)
-    probs: dict[int, np.ndarray] = {}
-    failed: list[tuple[int, str]] = []
-    with torch.inference_mode():
-        for views, indices, bad in loader:
-            failed += bad
-            if len(indices):
-                probs.update(zip(indices, ensemble.probabilities(views).cpu().numpy()))
-    return probs, failed
+    return collect_probabilities(loader, ensemble.probabilities)
 
 
 def ensemble_mask(ensemble: EnsembleTask, in_chans: list[int], transforms: list, item) -> tuple[np.ndarray, np.ndarray]:

@@ -43,14 +43,19 @@ def predict_probabilities(predictor: Predictor, paths: list, batch_size: int, nu
     unreadable ones."""
     dataset = PredictDataset(paths, predictor.in_chans, predictor.transform)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    return collect_probabilities(loader, lambda images: torch.softmax(predictor.logits(images).float(), dim=-1))
+
+
+def collect_probabilities(loader: DataLoader, probabilities: Callable[[object], torch.Tensor]):
+    """Run `probabilities(inputs)` over a loader of `(inputs, indices, [(index, reason) unreadable])`
+    batches: {index: probabilities} and the unreadable (index, reason) pairs."""
     probs: dict[int, np.ndarray] = {}
     failed: list[tuple[int, str]] = []
     with torch.inference_mode():
-        for images, indices, bad in loader:
+        for inputs, indices, bad in loader:
             failed += bad
             if len(indices):
-                out = torch.softmax(predictor.logits(images).float(), dim=-1).cpu().numpy()
-                probs.update(zip(indices, out))
+                probs.update(zip(indices, probabilities(inputs).cpu().numpy()))
     return probs, failed
 
 
