@@ -103,3 +103,24 @@ def test_auto_on_segmentation_stops_before_training(fast):
     plan = plan_model(compose_config(["recipe=fcn32s", *fast, "finetune=auto"]))
     with pytest.raises(ConfigError, match="finetune=freeze\\|partial\\|full"):
         plan_training(plan, None)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("optimizer.fused=true", "torch has no fused rmsprop"),   # with optimizer=rmsprop below
+    ("optimizer.lr=-1", "optimizer.lr=-1 must be > 0"),
+    ("+optimizer.foo=1", "optimizer.foo is not an option"),
+])
+def test_bad_optimizer_values_stop_even_a_solved_head_plan(override, match):
+    """The default recipe solves its head with L-BFGS and never builds the optimizer: its values are
+    still checked before anything runs."""
+    plan = plan_model(compose_config(["recipe=small_similar", "optimizer=rmsprop", override]))
+    with pytest.raises(ConfigError, match=match):
+        plan_training(plan, None)
+
+
+def test_optimizer_lr_find_is_left_to_the_range_test():
+    from transferkit.planning import check_optimizer_group
+
+    check_optimizer_group(compose_config(["optimizer.lr=find"]))  # no error: the range test sets it
+    with pytest.raises(ConfigError, match="optimizer.eps=0"):
+        check_optimizer_group(compose_config(["optimizer.lr=find", "optimizer.eps=0"]))

@@ -53,6 +53,20 @@ def _check(lr: float, weight_decay: float, momentum: float, nesterov: bool, beta
         raise ConfigError(f"optimizer.eps={eps!r} must be > 0 (e.g. 1e-8).")
 
 
+def check_optimizer(name: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.01, momentum: float = 0.9,
+                    nesterov: bool = False, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                    fused: bool | str = "auto") -> None:
+    """The `optimizer` config group's values, checked when the run is planned: also where the plan never
+    builds it (a solved head trains nothing by gradient). `lr` may be left out (`optimizer.lr=find`)."""
+    _check(lr, weight_decay, momentum, nesterov, betas, eps)
+    lookup(OPTIMIZERS, name, key="optimizer.name")
+    if fused not in FUSED_VALUES:
+        raise ConfigError(f"optimizer.fused={fused!r} must be auto, true or false.")
+    if fused is True and name not in FUSED:
+        raise ConfigError(f"optimizer.fused=true: torch has no fused {name}; the fused ones are "
+                          f"{', '.join(sorted(FUSED))}. Use optimizer.fused=auto.")
+
+
 def build_optimizer(
     param_groups: list[dict],
     name: str = "adamw",
@@ -81,13 +95,8 @@ def build_optimizer(
     before clipping and the callbacks that read them; a fused step unscales them itself, later. So
     `auto` does not fuse there, and `true` cannot go with `clips_gradients`.
     """
-    _check(lr, weight_decay, momentum, nesterov, betas, eps)
-    factory = lookup(OPTIMIZERS, name, key="optimizer.name")
-    if fused not in FUSED_VALUES:
-        raise ConfigError(f"optimizer.fused={fused!r} must be auto, true or false.")
-    if fused is True and name not in FUSED:
-        raise ConfigError(f"optimizer.fused=true: torch has no fused {name}; the fused ones are "
-                          f"{', '.join(sorted(FUSED))}. Use optimizer.fused=auto.")
+    check_optimizer(name, lr, weight_decay, momentum, nesterov, betas, eps, fused)
+    factory = OPTIMIZERS[name]
     if fused is True and grad_scaler and clips_gradients:
         raise ConfigError("optimizer.fused=true cannot clip gradients under trainer.precision=16-mixed (the "
                           "fused step unscales them itself); use optimizer.fused=auto, bf16-mixed, or no "
