@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from transferkit.errors import ConfigError, did_you_mean, lookup
+from transferkit.errors import ConfigError, construct, did_you_mean, lookup
 from transferkit.finetune import FinetunePlan
 from transferkit.models.weight_loading import load_weights
 from transferkit.models.weights import WeightsSource
@@ -48,17 +48,6 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     from transferkit.data.datamodule import ClassificationDataModule
 
     return construct(ClassificationDataModule, {**data, **extra}, "data")
-
-
-def construct(cls: type, kwargs: dict, group: str):
-    """Call `cls(**kwargs)`, turning an unknown keyword into an error that names the config key."""
-    params = inspect.signature(cls).parameters
-    for key in kwargs:
-        if key not in params:
-            raise ConfigError(f"{group}.{key} is not an option of {cls.__name__}; "
-                              f"valid keys: {sorted(p for p in params if p != 'self')}."
-                              f"{did_you_mean(key, params)}")
-    return cls(**kwargs)
 
 
 def data_config(cfg: DictConfig) -> dict:

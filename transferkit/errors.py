@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
@@ -33,3 +34,14 @@ def lookup(table: Mapping[str, T], name: str, key: str) -> T:
             f"{key}={name!r} is unknown; use one of {sorted(table)}.{did_you_mean(str(name), table)}"
         )
     return table[name]
+
+
+def construct(cls, kwargs: dict, group: str):
+    """Call `cls(**kwargs)`, turning an unknown keyword into an error that names the config key."""
+    params = inspect.signature(cls).parameters
+    for key in kwargs:
+        if key not in params:
+            raise ConfigError(f"{group}.{key} is not an option; "
+                              f"valid keys: {sorted(p for p in params if p != 'self')}."
+                              f"{did_you_mean(key, params)}")
+    return cls(**kwargs)

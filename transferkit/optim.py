@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from transferkit.errors import ConfigError, lookup
+from transferkit.errors import ConfigError, construct, lookup
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,14 @@ def check_optimizer(name: str = "adamw", lr: float = 1e-3, weight_decay: float =
     if fused is True and name not in FUSED:
         raise ConfigError(f"optimizer.fused=true: torch has no fused {name}; the fused ones are "
                           f"{', '.join(sorted(FUSED))}. Use optimizer.fused=auto.")
+
+
+def check_optimizer_group(options: dict, lr_searched: bool = False) -> None:
+    """The run's `optimizer` config group, checked when the run is planned, before anything is computed,
+    whichever plan follows. Unknown keys are named; with `lr_searched` (`optimizer.lr=find`) the LR is
+    the range test's to set."""
+    options = {k: v for k, v in options.items() if not (lr_searched and k == "lr")}
+    construct(check_optimizer, options, "optimizer")
 
 
 def build_optimizer(

@@ -260,22 +260,13 @@ def check_device_decode(cfg: DictConfig, finetune: dict) -> None:
                           "choose finetune=freeze|partial|full with finetune.head_solver=sgd, or data.decode=cpu.")
 
 
-def check_optimizer_group(cfg: DictConfig) -> None:
-    """Bad `optimizer.*` values stop the run before anything is computed, whichever plan follows."""
-    from transferkit.builders import construct
-    from transferkit.lr_finder import wants_search
-    from transferkit.optim import check_optimizer
-
-    options = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    if wants_search(cfg):  # optimizer.lr=find: the range test sets it
-        options.pop("lr")
-    construct(check_optimizer, options, "optimizer")
-
-
 def plan_training(plan: Plan, datamodule) -> Plan:
     """Resolve the fine-tuning plan and the feature cache; the config is read-only afterwards."""
+    from transferkit.lr_finder import wants_search
+    from transferkit.optim import check_optimizer_group
+
     check_device_decode(plan.cfg, OmegaConf.to_container(plan.cfg.finetune, resolve=True))
-    check_optimizer_group(plan.cfg)
+    check_optimizer_group(OmegaConf.to_container(plan.cfg.optimizer, resolve=True), wants_search(plan.cfg))
     finetune, advice = plan_finetune(plan, datamodule)
     cache = plan_cache(plan.cfg, finetune)
     finetune, trainer = plan_head(plan, finetune)
