@@ -38,7 +38,11 @@ FUSED = {"adamw", "adam", "sgd"}  # torch has a fused (one kernel for all tensor
 FUSED_VALUES = ("auto", True, False)
 
 
-def _check(lr: float, weight_decay: float, momentum: float, nesterov: bool, betas: Sequence[float], eps: float) -> None:
+def check_optimizer(name: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.01, momentum: float = 0.9,
+                    nesterov: bool = False, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                    fused: bool | str = "auto") -> None:
+    """The `optimizer` config group's values, checked when the run is planned: also where the plan never
+    builds it (a solved head trains nothing by gradient). `lr` may be left out (`optimizer.lr=find`)."""
     if not lr > 0:
         raise ConfigError(f"optimizer.lr={lr!r} must be > 0 (e.g. 1e-3).")
     if weight_decay < 0:
@@ -51,14 +55,6 @@ def _check(lr: float, weight_decay: float, momentum: float, nesterov: bool, beta
         raise ConfigError(f"optimizer.betas={list(betas)!r} must be two numbers in [0, 1), e.g. [0.9, 0.999].")
     if not eps > 0:
         raise ConfigError(f"optimizer.eps={eps!r} must be > 0 (e.g. 1e-8).")
-
-
-def check_optimizer(name: str = "adamw", lr: float = 1e-3, weight_decay: float = 0.01, momentum: float = 0.9,
-                    nesterov: bool = False, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
-                    fused: bool | str = "auto") -> None:
-    """The `optimizer` config group's values, checked when the run is planned: also where the plan never
-    builds it (a solved head trains nothing by gradient). `lr` may be left out (`optimizer.lr=find`)."""
-    _check(lr, weight_decay, momentum, nesterov, betas, eps)
     lookup(OPTIMIZERS, name, key="optimizer.name")
     if fused not in FUSED_VALUES:
         raise ConfigError(f"optimizer.fused={fused!r} must be auto, true or false.")

@@ -61,7 +61,7 @@ DROP_LAST = (AUTO, True, False)
 
 
 def check_drop_last(setting: bool | str) -> bool | str:
-    if setting not in DROP_LAST or (isinstance(setting, str) and setting != AUTO):
+    if setting not in DROP_LAST:
         raise ConfigError(f"data.drop_last={setting!r} must be auto (drop a last training batch of one "
                           "image, which batch norm cannot train on), true or false.")
     return setting
