@@ -26,3 +26,15 @@ def test_installed_package_finds_conf_and_recipes(tmp_path):
     module_file, conf_dir, recipes, strategy = out.stdout.strip().splitlines()[-4:]
     assert module_file.startswith(str(target)) and conf_dir.startswith(str(target))
     assert "small_similar" in recipes and strategy == "freeze"
+
+
+def test_every_config_group_is_a_listed_package():
+    """A new conf/ group must be named in pyproject's packages, or setuptools warns and may drop it."""
+    import tomllib
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    setup = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    groups = {f"transferkit.conf.{d.name}" for d in (repo / "conf").iterdir() if d.is_dir()}
+    assert groups <= set(setup["packages"]), sorted(groups - set(setup["packages"]))
+    assert groups <= set(setup["package-data"]), sorted(groups - set(setup["package-data"]))
