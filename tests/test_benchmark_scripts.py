@@ -1,4 +1,7 @@
-"""The GPU benchmark scripts run end to end in their CPU smoke modes, so a GPU session can rely on them."""
+"""The GPU benchmark scripts run end to end in their CPU smoke modes, so a GPU session can rely on them.
+
+Not in the default run (about a minute): `python -m pytest -q -m benchmark`; `.ci/run` runs them.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.benchmark
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
