@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -21,20 +22,25 @@ def read_probes(probe_dir: Path, ranks: int = 2) -> list[dict]:
     return [json.loads((probe_dir / f"rank{r}.json").read_text()) for r in range(ranks)]
 
 
-def test_ddp_metrics_count_every_image_once(tmp_path, test_resnet_weights) -> None:
+def test_ddp_writes_one_run_directory_and_counts_every_image_once(tmp_path, test_resnet_weights) -> None:
     # 9 validation and 9 test images on 2 processes: a padding sampler would evaluate 10.
     data = write_class_folder(tmp_path / "odd", classes=("a", "b", "c"), per_class=3,
                               splits=("train", "val", "test"))
-    probes = tmp_path / "probes"
-    probes.mkdir()
-    fit_two_process_ddp(data, test_resnet_weights, tmp_path, "trainer.max_epochs=1",
-                        "augment=none", "trainer.enable_progress_bar=false", f"run_dir={tmp_path / 'ddp'}",
-                        probe_dir=probes)
+    probes, cwd = tmp_path / "probes", tmp_path / "cwd"
+    probes.mkdir(), cwd.mkdir()
+    fit_two_process_ddp(data, test_resnet_weights, cwd, "trainer.max_epochs=1",
+                        "augment=none", "trainer.enable_progress_bar=false", probe_dir=probes)
+    runs = [p.parent for p in cwd.glob("outputs/*/*/results.json")]  # both ranks share rank 0's directory
+    assert len(runs) == 1 and len(list(cwd.glob("outputs/*/*"))) == 1, list(cwd.rglob("*"))
     ranks = read_probes(probes)
     assert sorted(r["test_images"] for r in ranks) == [4, 5]
     assert sorted(r["val_images"][-1] for r in ranks) == [4, 5]
-    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    ddp = json.loads((runs[0] / "results.json").read_text())
     assert ddp["data"]["test_size"] == 9
+    # The report gathers both ranks' test outputs: every test image once (DistributedSampler's padding dropped).
+    rows = list(csv.DictReader((runs[0] / "report" / "predictions.csv").open()))
+    assert sorted(int(r["index"]) for r in rows) == list(range(9))
+    assert all(Path(r["path"]).parent.name == r["true"] for r in rows)  # targets stayed with their images
     # The same checkpoint tested in one process gives the same numbers.
     single = cli.run(["test", f"ckpt_path={ddp['best_checkpoint']}", f"run_dir={tmp_path / 'single'}",
                       "trainer.devices=1", "trainer.strategy=auto", "trainer.accelerator=cpu"])

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import fit_two_process_ddp
 from transferkit import cli
 from transferkit.tasks.classification import ClassificationTask
 
@@ -66,19 +65,3 @@ def test_predict_never_overwrites(image_folder, fast, tmp_path):
         cli.run(["predict", f"ckpt_path={results['best_checkpoint']}", f"input={image_folder}",
                  f"output={out}", f"run_dir={tmp_path / 'p'}"])
     assert out.read_text() == "mine"
-
-
-def test_two_process_cpu_ddp_writes_one_run_directory(image_folder, tmp_path, test_resnet_weights):
-    outputs = tmp_path / "cwd"
-    outputs.mkdir()
-    fit_two_process_ddp(image_folder, test_resnet_weights, outputs, "trainer.max_epochs=1",
-                        "trainer.enable_progress_bar=false")
-    runs = [p.parent for p in outputs.glob("outputs/*/*/results.json")]
-    assert len(runs) == 1, list(outputs.rglob("*"))
-    assert len(list(outputs.glob("outputs/*/*"))) == 1
-    results = json.loads((runs[0] / "results.json").read_text())
-    assert "test/acc" in results["metrics"]
-    # The report gathers both ranks' test outputs: every test image once (DistributedSampler's padding dropped).
-    rows = list(csv.DictReader((runs[0] / "report" / "predictions.csv").open()))
-    assert sorted(int(r["index"]) for r in rows) == list(range(results["data"]["test_size"]))
-    assert all(Path(r["path"]).parent.name == r["true"] for r in rows)  # targets stayed with their images
