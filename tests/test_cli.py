@@ -42,9 +42,54 @@ def test_any_trainer_flag_is_reachable():
     assert cfg.trainer.devices == 4 and cfg.trainer.strategy == "ddp"
 
 
-def test_typo_fails_naming_the_key():
-    with pytest.raises(Exception, match="batchsize"):
-        cli.compose_config(["data.batchsize=3"])
+@pytest.mark.parametrize("overrides,message", [
+    (["data.batchsize=3"], r"data.batchsize is not an option; valid keys: \[.*'batch_size'.*\]. Did you mean 'batch_size'\?"),
+    (["data.foo.bar=1"], r"data.foo is not an option; valid keys: \[.*'image_size'"),
+    (["trainer.max_epochz=3"], r"trainer.max_epochz is not an option: neither a key of the trainer group .* nor an "
+                               r"argument of pytorch_lightning.Trainer. Did you mean 'max_epochs'\?"),
+    (["finetune=full", "optimizer.lr=0.1", "optimizer.weight_decai=0"], r"optimizer.weight_decai is not an option.*"
+                                                                        r"Did you mean 'weight_decay'\?"),
+])
+def test_typo_fails_naming_the_key_and_the_valid_ones(overrides, message):
+    from transferkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        cli.compose_config(overrides)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["finetune=full", "trainer.max_epochs=1x"], r"trainer.max_epochs='1x' must be a number \(its default is 10\)"),
+    (["seed=x"], r"seed='x' must be a number"),
+    (["optimizer.lr=fnd"], r"optimizer.lr='fnd' must be a number or 'find'"),
+    (["data.image_size=big"], r"data.image_size='big' must be a number or 'auto'"),
+    (["data.val_fraction=ten", "data.batch_size=8"], r"data.val_fraction='ten' must be a number"),
+])
+def test_a_word_for_a_number_fails_naming_the_key(overrides, message):
+    from transferkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        cli.compose_config(overrides)
+
+
+def test_a_recipe_files_word_for_a_number_fails_naming_the_key(tmp_path):
+    from transferkit.errors import ConfigError
+
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("trainer:\n  max_epochs: ten\n")
+    with pytest.raises(ConfigError, match="trainer.max_epochs='ten' must be a number"):
+        cli.compose_config([f"recipe={recipe}"])
+    assert cli.compose_config(["optimizer.lr=find", "data.image_size=64", "data.num_workers=auto"]).optimizer.lr == "find"
+
+
+def test_a_config_error_is_told_without_importing_lightning_or_making_a_run_directory(tmp_path):
+    code = ("import sys\nfrom transferkit import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit as stop:\n"
+            "    print(stop.code, 'pytorch_lightning' in sys.modules, 'torch' in sys.modules)\n")
+    for override in ("data.batchsize=3", "trainer.max_epochs=1x"):
+        proc = subprocess.run([sys.executable, "-c", code, "fit", override, f"run_dir={tmp_path / 'run'}"],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.stdout.split() == ["1", "False", "False"], proc.stderr[-2000:]
+        assert override.split("=")[0] in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
 
 
 def test_unknown_recipe_lists_recipes(capsys):

@@ -10,13 +10,14 @@ import hashlib
 import importlib
 import logging
 import os
-import re
 import sys
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transferkit.checkpoint_config import config_of_checkpoint_run  # noqa: F401 - used by run(), and by tests as cli.*
-from transferkit.config_files import config_keys, package_dir, recipe_names
+from transferkit.config_errors import explain_config_error, unknown_key_message, wrong_types
+from transferkit.config_files import config_keys, package_dir, recipe_names  # noqa: F401 - recipe_names: cli.* in tests
+from transferkit.errors import ConfigError
 
 log = logging.getLogger("transferkit")
 
@@ -63,15 +64,16 @@ def register_recipes() -> None:
 
 def expand_trainer_overrides(overrides: list[str]) -> list[str]:
     """Let any Lightning Trainer flag be set as `trainer.<flag>=...` without Hydra's `+` prefix."""
-    from transferkit.builders import trainer_flags
-
-    known, flags = config_keys("trainer"), trainer_flags()
+    known, flags = config_keys("trainer"), None
     expanded = []
     for item in overrides:
         key = item.split("=", 1)[0]
-        if key.startswith("trainer.") and key.count(".") == 1:
-            flag = key.split(".", 1)[1]
-            if flag not in known and flag in flags:
+        if key.startswith("trainer.") and key.count(".") == 1 and key.split(".", 1)[1] not in known:
+            if flags is None:  # imports Lightning: only for a flag the trainer group does not spell out
+                from transferkit.builders import trainer_flags
+
+                flags = trainer_flags()
+            if key.split(".", 1)[1] in flags:
                 item = "+" + item
         expanded.append(item)
     return expanded
@@ -81,21 +83,34 @@ def compose_config(overrides: list[str]) -> DictConfig:
     """Compose `conf/config.yaml` with the recipe and the command-line overrides."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
 
+    given = list(overrides)
     for item in overrides:
         if "=" not in item:
             raise UsageError(f"{item!r} is not a key=value override (e.g. trainer.max_epochs=5).")
     register_recipes()
     overrides, recipe = register_recipe_file(overrides)
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(package_dir("conf")), version_base="1.3"):
-        cfg = compose("config", overrides=expand_trainer_overrides(overrides))
-    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(package_dir("conf")), version_base="1.3"):
+            cfg = compose("config", overrides=expand_trainer_overrides(overrides))
+    except ConfigCompositionException as err:
+        message = unknown_key_message(err, given, compose_config)
+        if message is None:
+            raise
+        raise ConfigError(message) from None
+    finally:
+        GlobalHydra.instance().clear()
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in given]
+    groups = [key != "recipe" and (package_dir("conf") / key).is_dir() for key in keys]  # model=..., finetune=...
+    if not all(groups):  # values from the command line or a recipe: checked against the groups' defaults
+        problems = wrong_types(cfg, compose_config([o for o, group in zip(given, groups) if group]))
+        if problems:
+            raise ConfigError(" ".join(problems))
     with open_dict(cfg):
         cfg.recipe = recipe  # recorded in config.yaml and results.json
     return cfg
-
-
 
 
 def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:
@@ -104,8 +119,6 @@ def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:
     from hydra.core.config_store import ConfigStore
 
     from transferkit.config_files import is_recipe_file, load_recipe_file
-    from transferkit.errors import ConfigError
-
     from transferkit.overrides import plain_value
 
     chosen = [plain_value(o.split("=", 1)[1], parse_value) for o in overrides if o.split("=", 1)[0].lstrip("+") == "recipe"]
@@ -131,25 +144,6 @@ def parse_value(text: str):
 def configure_logging(debug: bool) -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must not phone home
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
-
-
-def explain_config_error(err: Exception) -> str:
-    """One line from Hydra/OmegaConf's composition error, with the valid recipes when relevant."""
-    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    cause = err.__cause__ or err.__context__
-    if cause is not None and str(cause).strip():
-        message += f" ({str(cause).strip().splitlines()[0]})"
-    if message.startswith("Ambiguous value for argument"):
-        return f"{message}: to sweep over the values add -m (fit -m key=a,b); for a list write key=[a,b]."
-    missing = re.search(r"Could not find '(\w+)/([^']+)'", message)
-    if missing and missing.group(1) in ("model", "recipe") or missing is None and "recipe" in message:
-        from transferkit.config_files import group_options
-        from transferkit.errors import did_you_mean
-
-        group, option = missing.groups() if missing else ("recipe", "")
-        options = recipe_names() if group == "recipe" else group_options(group)
-        message += f" Available {group} options: {options}.{did_you_mean(option, options)}"
-    return message
 
 
 def run(argv: list[str]) -> dict:
@@ -190,8 +184,6 @@ def run_for_python(argv: list[str]) -> dict:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from transferkit.errors import ConfigError
-
     try:
         return run(argv)
     except UsageError as err:  # from Python there is no command line: a bad recipe file, a malformed override
@@ -209,7 +201,6 @@ SWEEPABLE = ("fit", "test", "pretrain")
 
 def run_sweep(command: str, overrides: list[str]) -> dict:
     """Expand the grid and compose every job's config (a bad value fails before anything trains), then run it."""
-    from transferkit.errors import ConfigError
     from transferkit.launchers import launcher_of, refusal
     from transferkit.sweep import run_sweep as run_jobs
 
@@ -277,9 +268,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"{err}\n")
         raise SystemExit(2) from None
     except Exception as err:  # noqa: BLE001 - one clear line for users, traceback on request
-        from transferkit.run_guards import RunStopped
-
-        if isinstance(err, RunStopped):  # interrupted (130/143, with the resume command) or diverged (3)
+        guards = sys.modules.get("transferkit.run_guards")  # not imported: no run started, no RunStopped (and
+        # a config error is told without importing Lightning)
+        if guards is not None and isinstance(err, guards.RunStopped):  # interrupted (130/143) or diverged (3)
             sys.stderr.write(f"transferkit: {err.status}: {err}\n")
             raise SystemExit(err.exit_code) from None
         if debug:
