@@ -13,10 +13,17 @@ pytestmark = pytest.mark.slow
 def test_installed_package_finds_conf_and_recipes(tmp_path):
     from pathlib import Path
 
+    import shutil
+
     repo = Path(__file__).resolve().parents[1]
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(repo)], check=True, capture_output=True, timeout=300)
+    left = [p for p in (repo / "build", repo / "transferkit.egg-info") if not p.exists()]
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                        "--target", str(target), str(repo)], check=True, capture_output=True, timeout=300)
+    finally:  # the build's leftovers in the source tree (a later `pip install .` would reuse stale files)
+        for path in left:
+            shutil.rmtree(path, ignore_errors=True)
     code = ("from transferkit import cli; import transferkit; "
             "print(transferkit.__file__); print(cli.package_dir('conf')); print(cli.recipe_names()); "
             "print(cli.compose_config(['recipe=small_similar']).finetune.strategy)")

@@ -17,7 +17,7 @@ class ConfigError(ValueError):
         >>> import transferkit
         >>> transferkit.fit(trainer={"max_epochz": 1})  # doctest: +SKIP
         Traceback (most recent call last):
-        transferkit.errors.ConfigError: Could not override 'trainer.max_epochz'. ...
+        transferkit.errors.ConfigError: trainer.max_epochz is not an option: ... Did you mean 'max_epochs'?
     """
 
 
