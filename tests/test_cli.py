@@ -166,3 +166,19 @@ def test_module_entry_point_freezes_the_collector_as_the_process_ends(monkeypatc
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_an_unknown_group_option_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["fit", "scheduler=cosin"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Available scheduler options: [" in err and "Did you mean 'cosine'?" in err
+
+
+def test_a_value_lightning_refuses_is_a_config_error_naming_the_trainer_setting(tmp_path):
+    from transferkit.builders import build_trainer
+    from transferkit.errors import ConfigError
+
+    cfg = cli.compose_config(["trainer.max_epochs=-3"])
+    with pytest.raises(ConfigError, match=r"a trainer\.\* setting is refused by Lightning: `max_epochs` must be"):
+        build_trainer(cfg, run_dir=tmp_path, monitor="val/acc", mode="max")

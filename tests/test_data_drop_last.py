@@ -45,3 +45,14 @@ def test_bad_drop_last_names_the_key():
 def test_plot_lr_counts_the_steps_training_takes():
     assert steps_per_epoch(9, 4, {}, drop_last=True) == 2
     assert steps_per_epoch(9, 4, {}) == 3
+
+
+@pytest.mark.parametrize("batch_size", [0, 2.5, True])
+@pytest.mark.parametrize("module", ["classification", "segmentation"])
+def test_a_batch_size_that_is_not_a_whole_number_names_the_key(module, batch_size):
+    from transferkit.data.datamodule import ClassificationDataModule
+    from transferkit.data.segmentation import SegmentationDataModule
+
+    cls = ClassificationDataModule if module == "classification" else SegmentationDataModule
+    with pytest.raises(ValueError, match=rf"data.batch_size={batch_size!r} must be a whole number >= 1"):
+        cls(embedded="synthetic" if module == "classification" else "scenes", batch_size=batch_size)

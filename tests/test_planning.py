@@ -124,3 +124,13 @@ def test_optimizer_lr_find_is_left_to_the_range_test():
     check_optimizer_group({"name": "adamw", "lr": "find"}, lr_searched=True)  # the range test sets it
     with pytest.raises(ConfigError, match="optimizer.eps=0"):
         check_optimizer_group({"name": "adamw", "lr": "find", "eps": 0}, lr_searched=True)
+
+
+@pytest.mark.parametrize("recipe,layout", [("small_similar", "<root>/<class>/<image>"), ("fcn8s", "<root>/images/")])
+def test_a_missing_folder_is_named_before_any_weights_are_looked_for(tmp_path, recipe, layout):
+    """model=auto on a folder wants hub weights, which this machine cannot fetch: the folder comes first."""
+    (tmp_path / "a_file.png").write_bytes(b"")
+    for root, problem in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "a_file.png", "is a file, not a folder")):
+        cfg = compose_config([f"recipe={recipe}", f"data.root={root}", "model=auto"])
+        with pytest.raises(OSError, match=rf"data.root='{root}' {problem}\. Expected {layout}"):
+            plan_model(cfg)

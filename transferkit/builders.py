@@ -9,6 +9,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from transferkit.errors import ConfigError, construct, did_you_mean, lookup
 from transferkit.finetune import FinetunePlan
@@ -233,5 +234,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, monitor: str, mode: str,
     progress, progress_flags = progress_callbacks(is_interactive(), flags.pop("enable_progress_bar", None))
     callbacks = build_callbacks(cfg, run_dir, monitor, mode, last_every_n_epochs) + progress + list(extra_callbacks or [])
     plugins = build_plugins(flags)
-    return pl.Trainer(**flags, **progress_flags, default_root_dir=str(run_dir), callbacks=callbacks,
-                      logger=build_loggers(run_dir, log_version), plugins=plugins)
+    try:
+        return pl.Trainer(**flags, **progress_flags, default_root_dir=str(run_dir), callbacks=callbacks,
+                          logger=build_loggers(run_dir, log_version), plugins=plugins)
+    except (MisconfigurationException, TypeError, ValueError) as err:  # a value Lightning refuses
+        raise ConfigError(f"a trainer.* setting is refused by Lightning: {err}") from err

@@ -7,12 +7,12 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from transferkit.config_files import group_options, recipe_names
+from transferkit.config_files import group_options, package_dir, recipe_names
 from transferkit.errors import ConfigError, did_you_mean
 
 
 def explain_config_error(err: Exception) -> str:
-    """One line from Hydra/OmegaConf's composition error, with the valid recipes when relevant."""
+    """One line from Hydra/OmegaConf's composition error, with a group's options when one is unknown."""
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     cause = err.__cause__ or err.__context__
     if cause is not None and str(cause).strip():
@@ -20,10 +20,12 @@ def explain_config_error(err: Exception) -> str:
     if message.startswith("Ambiguous value for argument"):
         return f"{message}: to sweep over the values add -m (fit -m key=a,b); for a list write key=[a,b]."
     missing = re.search(r"Could not find '(\w+)/([^']+)'", message)
-    if missing and missing.group(1) in ("model", "recipe") or missing is None and "recipe" in message:
+    known = missing is not None and (missing.group(1) == "recipe" or (package_dir("conf") / missing.group(1)).is_dir())
+    if known or missing is None and "recipe" in message:
         group, option = missing.groups() if missing else ("recipe", "")
         options = recipe_names() if group == "recipe" else group_options(group)
-        message += f" Available {group} options: {options}.{did_you_mean(option, options)}"
+        stop = "" if message.endswith((".", ")")) else "."
+        message += f"{stop} Available {group} options: {options}.{did_you_mean(option, options)}"
     return message
 
 
@@ -61,9 +63,17 @@ def unknown_key_message(err: Exception, overrides: list[str],
     return f"{unknown} is not an option; valid keys: {choices}.{did_you_mean(part, choices)}"
 
 
-# Keys that take a number or one of these words; any other key whose default is a number takes a number.
+# Keys that take a number or one of these words (or null, where that is their default); any other key
+# whose default is a number takes a number.
 WORDS = {"optimizer.lr": ("find",), "data.image_size": ("auto",), "model.in_chans": ("auto",),
-         "data.num_workers": ("auto",)}
+         "data.num_workers": ("auto",),
+         **{key: () for key in (
+             "model.hidden_dim", "data.fold", "data.num_folds", "data.train_per_class", "finetune.layer_decay",
+             "finetune.unfreeze_at_epoch", "trainer.min_epochs", "trainer.limit_train_batches",
+             "trainer.limit_val_batches", "trainer.limit_test_batches", "trainer.val_check_interval",
+             "trainer.gradient_clip_val", "early_stopping.patience", "checkpoint.every_minutes", "ema.decay",
+             "swa.epoch_start", "swa.lr", "tune.timeout", "tune.seed", "export.parity_max_images",
+             "summary.num_classes")}}
 
 
 def leaves(node: dict, prefix: str = ""):

@@ -120,11 +120,14 @@ def plan_model(cfg: DictConfig, *, load_weights: bool = True) -> Plan:
 
     With `load_weights`, weights that cannot be had (not cached, hub unreachable) stop the run here.
     """
+    from transferkit.data.discover import check_root
     from transferkit.data.embedded import embedded_spec
     from transferkit.models.backbones import check_backbone_name
 
     model, data = cfg.model, cfg.data
-    spec = embedded_spec(str(data.embedded), str(cfg.task.kind)) if data.get("root") is None else None
+    # embedded data, or the user's folder: a mistyped data.root is told before any weights are looked for
+    spec = (embedded_spec(str(data.embedded), str(cfg.task.kind)) if data.get("root") is None
+            else check_root(Path(str(data.root)).expanduser(), str(cfg.task.kind)))
     choice = choose_model(str(model.backbone), str(model.weights), embedded=spec is not None)
     check_backbone_name(choice.backbone)
     source = resolve_weights_source(choice.weights, choice.backbone, cache_dir=model.get("cache_dir"),

@@ -69,8 +69,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         from transferkit.data.transforms import TRAIN_PIPELINES
 
         lookup(TRAIN_PIPELINES, augment, "augment.name")  # fail before scanning, not at the first batch
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size={batch_size!r} must be >= 1.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size!r} must be a whole number >= 1.")
         self.root, self.embedded, self.image_size = root, embedded, image_size
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_fraction, self.test_fraction = val_fraction, test_fraction

@@ -153,14 +153,16 @@ def find_split_folders(root: Path) -> dict[str, Path]:
     return found
 
 
-def check_root(root: Path) -> None:
-    """One-line errors for a missing root or a file given as root."""
+SEGMENTATION_LAYOUT = "Expected <root>/images/ + <root>/masks/, or <root>/{train,val,test}/{images,masks}/"
+
+
+def check_root(root: Path, task: str = "classification") -> None:
+    """One-line errors for a missing root or a file given as root (naming the `task`'s folder layout)."""
+    layout = SEGMENTATION_LAYOUT if task == "segmentation" else EXPECTED_LAYOUT
     if not root.exists():
-        raise FileNotFoundError(f"data.root={str(root)!r} does not exist. {EXPECTED_LAYOUT}.")
+        raise FileNotFoundError(f"data.root={str(root)!r} does not exist. {layout}.")
     if not root.is_dir():
-        raise NotADirectoryError(
-            f"data.root={str(root)!r} is a file, not a folder. {EXPECTED_LAYOUT}."
-        )
+        raise NotADirectoryError(f"data.root={str(root)!r} is a file, not a folder. {layout}.")
 
 
 def label_items(

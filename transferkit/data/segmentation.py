@@ -186,8 +186,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.interpolation, self.drop_last = interpolation, check_drop_last(drop_last)
         if root is None:
             embedded_spec(embedded, "segmentation")
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size={batch_size!r} must be >= 1.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size!r} must be a whole number >= 1.")
         lookup(TRAIN_PIPELINES, augment, "augment.name")
         self.root, self.embedded, self.image_size = root, embedded, image_size
         self.batch_size, self.num_workers = batch_size, num_workers
