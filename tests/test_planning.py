@@ -52,6 +52,9 @@ def test_input_format_user_beats_data_beats_weights():
     assert fmt.image_size == 64 and "below half" in warnings[0] and "data.image_size=auto" in warnings[0]
     with pytest.raises(ConfigError, match="data.interpolation='cubic'"):
         choose_input_format(NATIVE, {**AUTO_INPUT, "interpolation": "cubic"}, {})
+    for key, name in (("image_size", "data.image_size"), ("in_chans", "model.in_chans")):
+        with pytest.raises(ConfigError, match=rf"{name}=-5 must be >= 1"):
+            choose_input_format(NATIVE, {**AUTO_INPUT, key: -5}, {})
 
 
 def test_catalogue_model_on_a_folder_takes_its_native_format(image_folder, tmp_path):

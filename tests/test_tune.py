@@ -82,6 +82,10 @@ def test_a_bad_space_fails_in_one_line_before_anything_runs(tmp_path, monkeypatc
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0].startswith("transferkit: error: ConfigError: tune.space") and len(lines) == 2
     assert not (tmp_path / "outputs").exists()
+    with pytest.raises(SystemExit):
+        cli.main(["tune", "recipe=small_similar", "tune.n_trials=0"])
+    assert "ConfigError: tune.n_trials=0 must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_pruning_callback_stops_a_trial_below_the_median():

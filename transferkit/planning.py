@@ -17,13 +17,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from transferkit.rng_state import preserved_rng
 from transferkit.errors import ConfigError
 from transferkit.models.input_format import INTERPOLATIONS, InputFormat, match_channels, native_format
-from transferkit.models.weights import (
-    WeightsSource,
-    classify_weights,
-    file_record,
-    house_backbones,
-    resolve_weights_source,
-)
+from transferkit.models.weights import (WeightsSource, classify_weights, file_record, house_backbones,
+                                        resolve_weights_source)
 from transferkit.race import RACE_PROGRESS, RacePlan, plan_from_record, plan_race
 
 log = logging.getLogger("transferkit")
@@ -100,6 +95,9 @@ def choose_input_format(native: InputFormat, given: dict, hint: dict) -> tuple[I
     (`hint`), then the weights' native one. Returns it and any warnings."""
     in_chans = int(given["in_chans"] if not is_auto(given.get("in_chans")) else hint.get("in_chans") or native.in_chans)
     size = int(given["image_size"] if not is_auto(given.get("image_size")) else hint.get("image_size") or native.image_size)
+    for key, value in (("model.in_chans", in_chans), ("data.image_size", size)):
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be >= 1 (or auto).")
     mean = given["mean"] if not is_auto(given.get("mean")) else match_channels(native.mean, in_chans)
     std = given["std"] if not is_auto(given.get("std")) else match_channels(native.std, in_chans)
     interpolation = str(given["interpolation"] if not is_auto(given.get("interpolation")) else native.interpolation)

@@ -211,6 +211,8 @@ def run(cfg: DictConfig, compose: Compose) -> dict:
     start = time.time()
     cfg, tune_dir = resumed_config(cfg) if cfg.get("resume") else (cfg, None)
     check_one_process(cfg)
+    if int(cfg.tune.n_trials) < 1:
+        raise ConfigError(f"tune.n_trials={cfg.tune.n_trials} must be >= 1 (the study's size, counting finished trials).")
     params = parse_space(cfg.tune.space, cfg)  # a bad space fails before any directory is made
     metric, direction = monitor_of(cfg)
     build_sampler(optuna, cfg), build_pruner(optuna, cfg)  # a typo there too
