@@ -6,6 +6,7 @@ This is the only module that uses Hydra. Recipes in `recipes/` are registered as
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import logging
@@ -15,7 +16,7 @@ import sys
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transferkit.checkpoint_config import config_of_checkpoint_run  # noqa: F401 - used by run(), and by tests as cli.*
-from transferkit.config_errors import explain_config_error, unknown_key_message, wrong_types
+from transferkit.config_errors import explain_config_error, flat_values, unknown_key_message, wrong_types
 from transferkit.config_files import config_keys, package_dir, recipe_names  # noqa: F401 - recipe_names: cli.* in tests
 from transferkit.errors import ConfigError
 
@@ -53,8 +54,10 @@ class UsageError(ValueError):
     """The command line itself is wrong (unknown command, malformed override)."""
 
 
+@functools.lru_cache(maxsize=1)
 def register_recipes() -> None:
-    """Expose every `recipes/*.yaml` as an option of the `recipe` group."""
+    """Expose every `recipes/*.yaml` as an option of the `recipe` group (once a process: Hydra's
+    ConfigStore keeps them)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
@@ -105,12 +108,18 @@ def compose_config(overrides: list[str]) -> DictConfig:
     keys = [o.split("=", 1)[0].lstrip("+~") for o in given]
     groups = [key != "recipe" and (package_dir("conf") / key).is_dir() for key in keys]  # model=..., finetune=...
     if not all(groups):  # values from the command line or a recipe: checked against the groups' defaults
-        problems = wrong_types(cfg, compose_config([o for o, group in zip(given, groups) if group]))
+        problems = wrong_types(cfg, group_defaults(tuple(o for o, group in zip(given, groups) if group)))
         if problems:
             raise ConfigError(" ".join(problems))
     with open_dict(cfg):
         cfg.recipe = recipe  # recorded in config.yaml and results.json
     return cfg
+
+
+@functools.lru_cache(maxsize=16)
+def group_defaults(choices: tuple[str, ...]) -> dict:
+    """What the group choices alone (`model=resnet50`, ...) compose to, as {dotted key: value}."""
+    return flat_values(compose_config(list(choices)))
 
 
 def register_recipe_file(overrides: list[str]) -> tuple[list[str], str | None]:

@@ -88,18 +88,21 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def wrong_types(cfg: DictConfig, reference: DictConfig) -> list[str]:
-    """Keys that take a number (their value in `reference`, the same config without the command line's
-    `key=value`s, is one; or `WORDS` says so) given a word (`trainer.max_epochs=1x`), each as a line
-    that names the key."""
+def flat_values(cfg: DictConfig) -> dict:
+    """{dotted key: value} of a composed config; {} when an interpolation fails (told where it is used)."""
     try:
-        given, defaults = (OmegaConf.to_container(c, resolve=True) for c in (cfg, reference))
-    except Exception:  # noqa: BLE001 - an interpolation that fails is told where it is used
-        return []
-    flat = dict(leaves(defaults))
+        return dict(leaves(OmegaConf.to_container(cfg, resolve=True)))
+    except Exception:  # noqa: BLE001 - OmegaConf's interpolation errors come in several types
+        return {}
+
+
+def wrong_types(cfg: DictConfig, defaults: dict) -> list[str]:
+    """Keys that take a number (their value in `defaults`, the config the same group choices compose to
+    without any `key=value`, is one; or `WORDS` says so) given a word (`trainer.max_epochs=1x`), each as a
+    line that names the key."""
     problems = []
-    for key, value in leaves(given):
-        default = flat.get(key)
+    for key, value in flat_values(cfg).items():
+        default = defaults.get(key)
         numeric = is_number(default) or key in WORDS
         if numeric and value is not None and not is_number(value) and value not in WORDS.get(key, ()):
             words = "".join(f" or {w!r}" for w in WORDS.get(key, ()))
