@@ -182,3 +182,13 @@ def test_a_value_lightning_refuses_is_a_config_error_naming_the_trainer_setting(
     cfg = cli.compose_config(["trainer.max_epochs=-3"])
     with pytest.raises(ConfigError, match=r"a trainer\.\* setting is refused by Lightning: `max_epochs` must be"):
         build_trainer(cfg, run_dir=tmp_path, monitor="val/acc", mode="max")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("hydra.run.dir=elsewhere", "a run's directory is run_dir="),
+    ("hydra/launcher=submitit_local", "take effect in a sweep only: add -m"),
+])
+def test_hydras_own_settings_outside_a_sweep_are_refused_not_ignored(override, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["fit", override, f"run_dir={tmp_path / 'run'}"])
+    assert stop.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -16,9 +16,10 @@ import sys
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transferkit.checkpoint_config import config_of_checkpoint_run  # noqa: F401 - used by run(), and by tests as cli.*
-from transferkit.config_errors import explain_config_error, flat_values, unknown_key_message, wrong_types
+from transferkit.config_errors import (explain_config_error, flat_values, hydra_outside_sweep, unknown_key_message,
+                                       wrong_types)
 from transferkit.config_files import config_keys, package_dir, recipe_names  # noqa: F401 - recipe_names: cli.* in tests
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, did_you_mean
 
 log = logging.getLogger("transferkit")
 
@@ -162,11 +163,11 @@ def run(argv: list[str]) -> dict:
         raise UsageError(USAGE)
     command, overrides = argv[0], argv[1:]
     if command not in COMMANDS:
-        from transferkit.errors import did_you_mean
-
         raise UsageError(f"unknown command {command!r}.{did_you_mean(command, COMMANDS)}\n{USAGE}")
     if multirun:
         return run_sweep(command, overrides)
+    if stray := hydra_outside_sweep(overrides):
+        raise UsageError(stray)
     cfg = compose_config(overrides)
     if command in ("test", "advise", "show-augs", "show-features", "export") and cfg.ckpt_path:
         cfg = config_of_checkpoint_run(cfg, overrides)

@@ -29,6 +29,19 @@ def explain_config_error(err: Exception) -> str:
     return message
 
 
+def hydra_outside_sweep(overrides: list[str]) -> str | None:
+    """Hydra's own settings (`hydra.run.dir=...`, `hydra/launcher=...`) do nothing outside a sweep: say so,
+    rather than let them pass unused."""
+    stray = [o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    if not stray:
+        return None
+    if stray[0].lstrip("+~").startswith(("hydra.run.", "hydra.output_subdir", "hydra.job.chdir")):
+        return (f"{stray[0]}: transferkit does not use Hydra's run directory; a run's directory is "
+                "run_dir=... (default outputs/<date>/<time>).")
+    return (f"{stray[0]}: Hydra's launcher settings take effect in a sweep only: add -m "
+            "(python -m transferkit fit -m hydra/launcher=submitit_local ...).")
+
+
 def unknown_key_message(err: Exception, overrides: list[str],
                         compose: Callable[[list[str]], DictConfig]) -> str | None:
     """For Hydra's "Could not override 'data.batchsize'" (no option of the group has that key): the
