@@ -7,7 +7,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from transferkit.config_files import group_options, package_dir, recipe_names
+from transferkit.config_files import group_options, leaves, package_dir, recipe_names
 from transferkit.errors import ConfigError, did_you_mean
 
 
@@ -87,14 +87,6 @@ WORDS = {"optimizer.lr": ("find",), "data.image_size": ("auto",), "model.in_chan
              "trainer.gradient_clip_val", "early_stopping.patience", "checkpoint.every_minutes", "ema.decay",
              "swa.epoch_start", "swa.lr", "tune.timeout", "tune.seed", "export.parity_max_images",
              "summary.num_classes")}}
-
-
-def leaves(node: dict, prefix: str = ""):
-    for key, value in node.items():
-        if isinstance(value, dict):
-            yield from leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 def is_number(value) -> bool:

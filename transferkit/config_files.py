@@ -74,3 +74,12 @@ def config_keys(group: str) -> set[str]:
     for option in group_options(group):
         keys |= set(load_group_option(group, option))
     return keys
+
+
+def leaves(node: dict, prefix: str = ""):
+    """(dotted key, value) of every leaf of a nested dict (a list is one leaf)."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

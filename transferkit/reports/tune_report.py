@@ -6,10 +6,10 @@ import csv
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from transferkit.config_files import leaves
 from transferkit.search_space import format_value, group_names, is_search_key, override_key
 
 log = logging.getLogger("transferkit")
@@ -32,23 +32,13 @@ def write_trials_csv(trials: list, params: list[str], path: Path) -> Path:
     return path
 
 
-def flat_keys(node: Any, prefix: str = "") -> list[str]:
-    """Dotted paths of a nested dict's leaves (a list is one leaf)."""
-    if not isinstance(node, dict):
-        return [prefix] if prefix else []
-    keys = []
-    for key, child in node.items():
-        keys += flat_keys(child, f"{prefix}.{key}" if prefix else str(key))
-    return keys
-
-
 def recipe_text(base_recipe: dict | None, overrides: list[str], composed: DictConfig, header: list[str]) -> str:
     """A `# @package _global_` recipe that composes to `composed`: the base recipe's group choices
     with the overrides' group choices on top, and every value the base recipe or an override set."""
     base = dict(base_recipe or {})
     defaults = list(base.pop("defaults", None) or [])
     groups = set(group_names())
-    keys = flat_keys(base)
+    keys = [key for key, _ in leaves(base)]
     for item in overrides:
         key, value = override_key(item), item.split("=", 1)[1] if "=" in item else None
         if is_search_key(key) or key == "recipe" or item.startswith("~"):
