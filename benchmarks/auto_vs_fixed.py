@@ -3,7 +3,7 @@
 Rows: every embedded quadrant data set, plus 10- and 5-per-class cuts of the real digits
 (`data.train_per_class`, one fixed draw). Columns: `freeze`, `partial`, `full`, `scratch` (the
 same architecture from random init, `finetune=full`, backbone LR x 1) and `auto`, each over
-`--seeds` seeds, through the real CLI (`transferkit.cli.run(["fit", ...])`). Each row keeps its
+`--seeds` seeds, through the real CLI (`transferkit.cli.app.run(["fit", ...])`). Each row keeps its
 recipe's settings; only epochs and generated set sizes are cut (`ROWS`) so that the whole
 benchmark fits a 2-core CPU in well under 90 minutes. Every strategy of a row gets the same epochs.
 
@@ -70,8 +70,7 @@ def run_overrides(row: str, strategy: str, seed: int, draw: int, scale: float, r
 
 
 def run_one(row: str, strategy: str, seed: int, draw: int, scale: float, root: Path) -> dict:
-    from transferkit import cli
-
+    from transferkit.cli import app as cli
     overrides = run_overrides(row, strategy, seed, draw, scale, root / f"{row}-{strategy}-s{seed}-d{draw}")
     start = time.time()
     results = cli.run(["fit", *overrides])

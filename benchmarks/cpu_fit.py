@@ -126,8 +126,9 @@ def child(kind: str, run_dir: Path, epochs: int) -> None:
     if kind == "loop":
         print(json.dumps(hand_loop(run_dir, epochs)))
         return
-    from transferkit import builders, cli
-    from transferkit.checkpoint_io import AtomicCheckpointIO
+    from transferkit.training import builders
+    from transferkit.cli import app as cli
+    from transferkit.runtime.checkpoint_io import AtomicCheckpointIO
 
     if kind == "fit_sync_ckpt":
         original = builders.build_plugins

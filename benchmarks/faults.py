@@ -47,7 +47,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 
-from transferkit.checkpoint_io import AtomicCheckpointIO, checkpoint_problem  # noqa: E402
+from transferkit.runtime.checkpoint_io import AtomicCheckpointIO, checkpoint_problem  # noqa: E402
 
 log = logging.getLogger("faults_benchmark")
 REPO = Path(__file__).resolve().parents[1]
@@ -160,7 +160,7 @@ def kill_trial(i: int, delay: float, work: Path, reference: tuple[dict, dict]) -
     last = run_dir / "checkpoints" / "last.ckpt"
     epochs_done = None
     if last.is_file() and checkpoint_problem(last) is None:
-        from transferkit.checkpoint_io import checkpoint_meta
+        from transferkit.runtime.checkpoint_io import checkpoint_meta
 
         epochs_done = checkpoint_meta(last)["epochs_done"]
     final_dir, codes, restarted = resume_until_done(run_dir, log_path, work)

@@ -36,12 +36,14 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from transferkit import builders, cli  # noqa: E402
+from transferkit import cli  # noqa: E402
+
+from transferkit.training import builders
 from transferkit.data.embedded.synthetic import SyntheticImages  # noqa: E402
-from transferkit.finetune import FinetunePlan, build_param_groups  # noqa: E402
+from transferkit.tasks.finetune import FinetunePlan, build_param_groups  # noqa: E402
 from transferkit.models.backbones import create_backbone  # noqa: E402
 from transferkit.models.heads import create_head  # noqa: E402
-from transferkit.optim import build_optimizer  # noqa: E402
+from transferkit.tasks.optim import build_optimizer  # noqa: E402
 
 log = logging.getLogger("gpu_fit")
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu_fit.json"
@@ -236,7 +238,7 @@ def pair(s: Settings, backbone: str, compile_model: bool, workdir: Path, drop: t
 
 def guard_case(s: Settings, workdir: Path) -> dict:
     """What the non-finite-loss check costs: eager `fit` without `FiniteLossGuard`, against the loop."""
-    from transferkit.run_guards import FiniteLossGuard
+    from transferkit.runtime.guards import FiniteLossGuard
 
     backbone = s.models[0]
     return pair(s, backbone, False, workdir, drop=(FiniteLossGuard,), name=f"{backbone}_no_loss_guard")

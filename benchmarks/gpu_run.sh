@@ -29,7 +29,7 @@ export NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
   python3 -c "import torch, torchvision, pytorch_lightning as pl, timm, hydra, albumentations as A; \
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__, \
 'lightning', pl.__version__, 'timm', timm.__version__, 'hydra', hydra.__version__, 'albumentations', A.__version__)"
-  python3 -c "import transferkit.cli, transferkit.commands.fit, transferkit.data.transforms; print('transferkit imports ok')"
+  python3 -c "import transferkit.cli.app, transferkit.commands.fit, transferkit.data.transforms; print('transferkit imports ok')"
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 

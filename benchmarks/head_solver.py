@@ -64,8 +64,7 @@ def few_shot_digits(per_class: int | None, seed: int) -> Iterator[None]:
 
 
 def fit(args: list[str], per_class: int | None, seed: int) -> tuple[float, dict]:
-    from transferkit import cli
-
+    from transferkit.cli import app as cli
     start = time.perf_counter()
     with few_shot_digits(per_class, seed):
         results = cli.run(["fit", *args, f"seed={seed}"])

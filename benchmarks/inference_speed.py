@@ -120,7 +120,7 @@ def timed(run, images: int) -> float:
 def measure(args: argparse.Namespace, work: Path) -> dict:
     from transferkit.commands.predict import checkpoint_predictor
     from transferkit.inference.run import exported_predictor, predict_files
-    from transferkit.loading import load_task
+    from transferkit.tasks.loading import load_task
 
     paths = write_jpeg_folder(work / "images", args.images, args.classes, tuple(args.source_size))
     ckpt, onnx_path, ts_path = fit_and_export(work / "images", work, args.workers, args.fit_override)

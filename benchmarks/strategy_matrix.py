@@ -1,7 +1,7 @@
 """Which fine-tuning strategy wins in each quadrant of the size x similarity matrix? (issue 3, item 6)
 
 For every quadrant recipe, on its embedded dataset (no `data.root`), runs `freeze`, `partial`,
-`full` and `auto` through the real CLI (`transferkit.cli.run(["fit", "recipe=<q>", "finetune=<s>",
+`full` and `auto` through the real CLI (`transferkit.cli.app.run(["fit", "recipe=<q>", "finetune=<s>",
 ...])`) with the same budget for every strategy of a quadrant, and collects test accuracy, wall
 time and trainable parameters from each run's `results.json` (for `auto`: also the measured
 placement and the strategy it chose). The recipe's other settings (LR, backbone LR scale,
@@ -80,8 +80,7 @@ def summarise(quadrant: str, strategy: str, results: dict) -> dict:
 
 
 def run_one(quadrant: str, strategy: str, root: Path, scale: float, weights: str | None) -> dict:
-    from transferkit import cli
-
+    from transferkit.cli import app as cli
     overrides = run_overrides(quadrant, strategy, root / f"{quadrant}-{strategy}", scale, weights)
     log.info("fit %s", " ".join(overrides))
     start = time.time()
@@ -123,8 +122,7 @@ def markdown_table(rows: list[dict], recipe_strategy: dict[str, str]) -> str:
 
 
 def recipe_strategies() -> dict[str, str]:
-    from transferkit import cli
-
+    from transferkit.cli import app as cli
     return {q: cli.compose_config([f"recipe={q}"]).finetune.strategy for q in QUADRANTS}
 
 

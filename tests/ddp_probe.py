@@ -49,8 +49,8 @@ class Probe(pl.Callback):
 
 
 def main() -> None:
-    from transferkit import builders, cli
-
+    from transferkit.training import builders
+    from transferkit.cli import app as cli
     guards = builders.run_guard_callbacks
     builders.run_guard_callbacks = lambda checkpoints: [*guards(checkpoints), Probe()]
     cli.main()

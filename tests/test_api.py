@@ -20,9 +20,10 @@ from PIL import Image
 
 import transferkit
 from tests.conftest import write_class_folder
-from transferkit import api, cli
+from transferkit import api
+from transferkit.cli import app as cli
 from transferkit.errors import ConfigError
-from transferkit.run_guards import RunInterrupted
+from transferkit.runtime.guards import RunInterrupted
 from transferkit.runs import Run
 
 
@@ -98,7 +99,7 @@ def test_bad_keys_raise_exceptions_not_system_exit(call, match) -> None:
 
 
 def test_a_system_exit_or_ctrl_c_inside_a_run_becomes_run_interrupted(monkeypatch, tmp_path: Path) -> None:
-    from transferkit.rundir import ENV_RUN_DIR
+    from transferkit.training.rundir import ENV_RUN_DIR
 
     handler = signal.getsignal(signal.SIGINT)
 
@@ -271,8 +272,7 @@ def test_export_then_load_the_exported_model_and_predict(trained, tmp_path: Path
 def test_docstring_examples_that_need_no_run_pass() -> None:
     import doctest
 
-    from transferkit import overrides
-
+    from transferkit.cli import overrides
     for module in (overrides, api):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0

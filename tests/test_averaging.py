@@ -9,12 +9,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from transferkit import cli
-from transferkit.averaging import EMACallback, TrainableSWA, build_averaging_callbacks
+from transferkit.cli import app as cli
+from transferkit.training.averaging import EMACallback, TrainableSWA, build_averaging_callbacks
 from transferkit.data.datamodule import ClassificationDataModule
 from transferkit.errors import ConfigError
-from transferkit.finetune import trainable_norms
-from transferkit.loading import read_checkpoint
+from transferkit.tasks.finetune import trainable_norms
+from transferkit.tasks.loading import read_checkpoint
 from transferkit.tasks.classification import ClassificationTask
 
 SGD = {"name": "sgd", "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0}

@@ -14,8 +14,8 @@ import pytest
 import torch
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
-from transferkit.builders import build_plugins
-from transferkit.checkpoint_io import AtomicCheckpointIO, checkpoint_problem, describe_bad_checkpoint, remove_stale_temps
+from transferkit.training.builders import build_plugins
+from transferkit.runtime.checkpoint_io import AtomicCheckpointIO, checkpoint_problem, describe_bad_checkpoint, remove_stale_temps
 
 
 def temp_files(folder: Path) -> list[Path]:
@@ -51,7 +51,7 @@ def test_process_killed_between_write_and_replace_keeps_the_old_file(tmp_path):
     AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(3)}, target)
     script = textwrap.dedent(f"""
         import os, torch
-        from transferkit.checkpoint_io import AtomicCheckpointIO
+        from transferkit.runtime.checkpoint_io import AtomicCheckpointIO
         os.replace = lambda src, dst: os._exit(9)
         AtomicCheckpointIO().save_checkpoint({{"w": torch.ones(3)}}, {str(target)!r})
     """)
@@ -82,8 +82,7 @@ def test_async_checkpoint_io_wraps_the_atomic_one(tmp_path):
 def test_fit_writes_checkpoints_in_the_background_and_waits_for_them(fast, tmp_path, monkeypatch):
     """Every write of a fit run goes through the writer thread, and all are on disk, whole, when
     results.json says completed."""
-    from transferkit import cli
-
+    from transferkit.cli import app as cli
     writes = []
     save = AtomicCheckpointIO.save_checkpoint
 

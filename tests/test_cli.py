@@ -7,9 +7,7 @@ import sys
 
 import pytest
 
-from transferkit import cli
-
-
+from transferkit.cli import app as cli
 def test_compose_defaults_has_public_contract():
     cfg = cli.compose_config([])
     for key in ("root", "image_size", "batch_size", "num_workers"):
@@ -23,7 +21,7 @@ def test_recipe_selects_group_options_and_values():
     cfg = cli.compose_config(["recipe=small_similar"])
     assert cfg.finetune.strategy == "freeze"
     assert cfg.model.weights == "auto" and cfg.recipe == "small_similar"  # recipes hold no model
-    from transferkit.planning import plan_model
+    from transferkit.planning.plan import plan_model
 
     resolved = plan_model(cfg).cfg  # embedded digits -> the house backbone, its grey 32-px format
     assert resolved.model.weights == "charnet" and resolved.model.backbone == "resnet10t"
@@ -109,7 +107,7 @@ def test_unknown_command_suggests(capsys):
 def test_bad_trainer_flag_is_named():
     from omegaconf import OmegaConf
 
-    from transferkit.builders import build_trainer
+    from transferkit.training.builders import build_trainer
 
     cfg = cli.compose_config([])
     OmegaConf.set_struct(cfg, False)
@@ -132,7 +130,7 @@ def test_unknown_model_option_suggests_the_catalogue_name(capsys):
 
 
 def test_catalogue_options_are_timm_architectures_with_weights():
-    from transferkit.config_files import group_options, load_group_option
+    from transferkit.config.files import group_options, load_group_option
     from transferkit.models.weights import hub_id
 
     options = group_options("model")
@@ -176,7 +174,7 @@ def test_an_unknown_group_option_lists_the_options(capsys):
 
 
 def test_a_value_lightning_refuses_is_a_config_error_naming_the_trainer_setting(tmp_path):
-    from transferkit.builders import build_trainer
+    from transferkit.training.builders import build_trainer
     from transferkit.errors import ConfigError
 
     cfg = cli.compose_config(["trainer.max_epochs=-3"])

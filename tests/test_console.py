@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from transferkit.console import (LIGHTNING_INFO_LOGGERS, EpochLogLine, is_interactive, progress_callbacks,
+from transferkit.training.console import (LIGHTNING_INFO_LOGGERS, EpochLogLine, is_interactive, progress_callbacks,
                                  quiet_console)
 
 TIP = "💡 Tip: try installing [litlogger](https://pypi.org/project/litlogger/) to enable LitLogger."
@@ -33,8 +33,8 @@ def emit_tip_and_warnings() -> None:
     warnings.warn_explicit("old api", DeprecationWarning, "somelib/api.py", 1, module="somelib.api")
     warnings.warn_explicit("old torch", FutureWarning, "torch/x.py", 1, module="torch.x")
     warnings.warn_explicit("our key is deprecated", DeprecationWarning, "transferkit/x.py", 1,
-                           module="transferkit.builders")
-    logging.getLogger("transferkit.builders").warning("data.root has 1 image")
+                           module="transferkit.training.builders")
+    logging.getLogger("transferkit.training.builders").warning("data.root has 1 image")
 
 
 def test_quiet_console_hides_tip_and_library_warnings(caplog, recwarn, lightning_propagates):
@@ -111,9 +111,9 @@ def fit_tiny(tmp_path, **trainer_kwargs) -> None:
 
 
 def test_epoch_log_line_once_per_epoch_with_val_metrics(caplog, tmp_path):
-    with caplog.at_level(logging.INFO, logger="transferkit.console"):
+    with caplog.at_level(logging.INFO, logger="transferkit.training.console"):
         fit_tiny(tmp_path)
-    lines = [r.getMessage() for r in caplog.records if r.name == "transferkit.console"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "transferkit.training.console"]
     assert len(lines) == 2
     assert lines[0].startswith("epoch 1/2: train/loss ") and lines[1].startswith("epoch 2/2: ")
     assert all("val/acc" in line and "val/loss" in line and line.endswith(" s)") for line in lines)
@@ -121,9 +121,9 @@ def test_epoch_log_line_once_per_epoch_with_val_metrics(caplog, tmp_path):
 
 
 def test_epoch_log_line_leaves_out_val_when_validation_skipped(caplog, tmp_path):
-    with caplog.at_level(logging.INFO, logger="transferkit.console"):
+    with caplog.at_level(logging.INFO, logger="transferkit.training.console"):
         fit_tiny(tmp_path, check_val_every_n_epoch=2)
-    first, second = [r.getMessage() for r in caplog.records if r.name == "transferkit.console"]
+    first, second = [r.getMessage() for r in caplog.records if r.name == "transferkit.training.console"]
     assert "train/loss" in first and "val/" not in first
     assert "val/acc" in second
 

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import write_class_folder
-from transferkit import builders, cli
+from transferkit.training import builders
+from transferkit.cli import app as cli
 from transferkit.commands.cv import fold_action
 from transferkit.errors import ConfigError
-from transferkit.run_guards import RunInterrupted
+from transferkit.runtime.guards import RunInterrupted
 
 
 def test_embedded_folds_partition_train_and_val_and_keep_test():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import write_class_folder
 
-from transferkit import cli
+from transferkit.cli import app as cli
 from transferkit.data.datamodule import ClassificationDataModule
 from transferkit.errors import ConfigError
 

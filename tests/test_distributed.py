@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROBE, fit_two_process_ddp, write_class_folder
-from transferkit import cli
-
+from transferkit.cli import app as cli
 pytestmark = pytest.mark.slow
 
 

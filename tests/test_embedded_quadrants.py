@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transferkit import cli
+from transferkit.cli import app as cli
 from transferkit.data.datamodule import ClassificationDataModule
 from transferkit.data.embedded.digits import load_digits_images
 from transferkit.data.embedded.shapes import SHAPE_CLASS_NAMES, generate_shapes, texture

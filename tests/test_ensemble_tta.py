@@ -12,10 +12,10 @@ import torch.nn as nn
 import yaml
 
 from transferkit.errors import ConfigError
-from transferkit.loading import checkpoint_paths, load_ensemble, trained_flips
+from transferkit.tasks.loading import checkpoint_paths, load_ensemble, trained_flips
 from transferkit.tasks.classification import ClassificationTask
 from transferkit.tasks.ensemble import EnsembleTask, average_probabilities
-from transferkit.tta import check_tta, multiscale_sizes, tta_probabilities
+from transferkit.inference.tta import check_tta, multiscale_sizes, tta_probabilities
 
 MODEL = {"backbone": "test_resnet", "in_chans": 3}
 DATA = {"image_size": 32, "in_chans": 3, "mean": [0.5], "std": [0.5], "interpolation": "bilinear",
@@ -168,8 +168,8 @@ def test_flips_record_old_checkpoints_fall_back_to_the_run_config(tmp_path, capl
 def test_checkpoints_record_whether_training_flipped(overrides, flips):
     from omegaconf import open_dict
 
-    from transferkit.builders import data_config
-    from transferkit.cli import compose_config
+    from transferkit.training.builders import data_config
+    from transferkit.cli.app import compose_config
 
     cfg = compose_config(overrides)
     with open_dict(cfg):

@@ -13,8 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import write_class_folder
-from transferkit import cli
-
+from transferkit.cli import app as cli
 pytestmark = pytest.mark.slow
 
 TINY = ["model.backbone=test_resnet", "data.image_size=32", "data.batch_size=4", "data.num_workers=0",

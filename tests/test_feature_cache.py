@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import fit_two_process_ddp
-from transferkit import cli
+from transferkit.cli import app as cli
 from transferkit.data.datamodule import ClassificationDataModule
 from transferkit.data.decode import load_image
 from transferkit.data.sources import FileSource, TransformedDataset

@@ -7,7 +7,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from transferkit.finetune import (
+from transferkit.tasks.finetune import (
     QUADRANT_STRATEGIES,
     FinetunePlan,
     apply_strategy,
@@ -215,8 +215,8 @@ def _unfreeze_worker(rank: int, world: int, init_file: str, out_dir: str) -> Non
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from transferkit.finetune import sync_untracked_grads, tracked_param_ids
-    from transferkit.optim import build_optimizer
+    from transferkit.tasks.finetune import sync_untracked_grads, tracked_param_ids
+    from transferkit.tasks.optim import build_optimizer
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -278,8 +278,8 @@ def test_gradual_unfreeze_under_ddp_keeps_ranks_equal(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_resume_after_unfreeze_keeps_requires_grad_and_lrs(image_folder, fast, tmp_path) -> None:
-    from transferkit.cli import compose_config
-    from transferkit.commands.common import train_and_test
+    from transferkit.cli.app import compose_config
+    from transferkit.training.session import train_and_test
 
     common = [f"data.root={image_folder}", *fast, "finetune=partial", "finetune.trainable_stages=1",
               "finetune.unfreeze_at_epoch=1", "scheduler=step", "scheduler.interval=epoch",

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_class_folder
-from transferkit import cli
-
+from transferkit.cli import app as cli
 pytestmark = pytest.mark.slow
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferkit import cli
+from transferkit.cli import app as cli
 from transferkit.tasks.classification import ClassificationTask
 
 pytestmark = pytest.mark.slow

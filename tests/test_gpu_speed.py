@@ -229,8 +229,7 @@ def test_device_decode_loader_yields_augmented_batches(jpeg_folder):
 
 @pytest.mark.slow
 def test_fit_with_device_decode_and_synthetic_data(jpeg_folder, tmp_path, fast):
-    from transferkit import cli
-
+    from transferkit.cli import app as cli
     overrides = [o for o in fast if not o.startswith("run_dir")]
     results = cli.run(["fit", *overrides, f"data.root={jpeg_folder}", "data.decode=gpu", "finetune=full",
                        "finetune.lpft=false", "model.channels_last=true", f"run_dir={tmp_path / 'decode'}"])
@@ -244,7 +243,7 @@ def test_fit_with_device_decode_and_synthetic_data(jpeg_folder, tmp_path, fast):
 def test_device_decode_refuses_features_read_before_training():
     from omegaconf import OmegaConf
 
-    from transferkit.planning import check_device_decode
+    from transferkit.planning.plan import check_device_decode
 
     cfg = OmegaConf.create({"data": {"decode": "gpu"}})
     with pytest.raises(ConfigError, match="data.decode=gpu"):
@@ -276,8 +275,7 @@ def test_nvjpeg_decode_and_augment_on_the_gpu(jpeg_folder):
 
 @pytest.mark.gpu
 def test_bf16_channels_last_fit_on_gpu(tmp_path, fast):
-    from transferkit import cli
-
+    from transferkit.cli import app as cli
     overrides = [o for o in fast if not o.startswith(("run_dir", "trainer.accelerator"))]
     results = cli.run(["fit", *overrides, "trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
                        "model.channels_last=true", "data.embedded=synthetic", "data.embedded_length=64",
@@ -287,8 +285,7 @@ def test_bf16_channels_last_fit_on_gpu(tmp_path, fast):
 
 @pytest.mark.gpu
 def test_frozen_features_are_computed_and_served_on_the_gpu(tmp_path, fast):
-    from transferkit import cli
-
+    from transferkit.cli import app as cli
     overrides = [o for o in fast if not o.startswith(("run_dir", "trainer.accelerator"))]
     results = cli.run(["fit", *overrides, "trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
                        "model.channels_last=true", "data.embedded=synthetic", "data.embedded_length=64",

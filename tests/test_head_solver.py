@@ -1,11 +1,11 @@
-"""The linear head solver: L-BFGS logistic regression with a cross-validated C (transferkit.head_solver)."""
+"""The linear head solver: L-BFGS logistic regression with a cross-validated C (transferkit.tasks.head_solver)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from transferkit.head_solver import C_GRID, DEFAULT_C, choose_c, choose_folds, solve_linear_head
+from transferkit.tasks.head_solver import C_GRID, DEFAULT_C, choose_c, choose_folds, solve_linear_head
 
 
 def blobs(n_per_class: int, centres: np.ndarray, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

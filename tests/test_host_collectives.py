@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 def _agree_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from transferkit.host_collectives import any_rank, host_group, rank_zero_says, release
+    from transferkit.runtime.host_collectives import any_rank, host_group, rank_zero_says, release
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     group = host_group()

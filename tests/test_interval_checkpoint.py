@@ -9,10 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferkit import builders, cli, interval_checkpoint
-from transferkit.commands import resuming
+from transferkit.training import builders
+
+from transferkit.cli import app as cli
+
+from transferkit.runtime import interval_checkpoint
+from transferkit.training import resume as resuming
 from transferkit.errors import ConfigError
-from transferkit.interval_checkpoint import MID_EPOCH, IntervalCheckpoint, check_every_minutes
+from transferkit.runtime.interval_checkpoint import MID_EPOCH, IntervalCheckpoint, check_every_minutes
 
 
 class Minutes:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferkit import cli
+from transferkit.cli import app as cli
 from transferkit.errors import ConfigError
-from transferkit.regularization import l1_penalty, l1_weights
+from transferkit.tasks.regularization import l1_penalty, l1_weights
 from transferkit.tasks.classification import ClassificationTask
 
 
@@ -102,7 +102,7 @@ def test_spatial_dropout_refuses_token_backbones_and_bad_values() -> None:
 
 
 def test_spatial_dropout_turns_the_feature_cache_off_or_refuses(image_folder, fast) -> None:
-    from transferkit.commands.common import plan_run
+    from transferkit.training.session import plan_run
 
     base = ["fit", f"data.root={image_folder}", *fast, "finetune=freeze", "finetune.head_solver=sgd",
             "augment=none", "model.spatial_dropout=0.2"]

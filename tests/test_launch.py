@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from transferkit.errors import ConfigError
-from transferkit.launch import Launch, agree_on_run_dir, detect_launch
+from transferkit.runtime.rendezvous import Launch, agree_on_run_dir, detect_launch
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "TORCHELASTIC_RUN_ID",
                "TORCHELASTIC_USE_AGENT_STORE", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_STEP_ID", "SLURM_STEPID",

@@ -167,7 +167,7 @@ def layer_violation(importer: str, target: str, root: str = "transferkit") -> st
     if source == "tasks" and inside and layer(target) in ABOVE_TASKS:
         return "tasks import nothing from commands/builders/planning/cli"
     if top == "hydra" and importer != f"{root}.cli":
-        return "only transferkit/cli.py imports hydra"
+        return "only transferkit/cli/app.py imports hydra"
     return None
 
 
@@ -184,7 +184,7 @@ def layer_violations(modules: dict[str, Module]) -> list[str]:
 # -- tests ------------------------------------------------------------------------------------
 def test_package_layout() -> None:
     modules = read_package(PACKAGE_DIR)
-    assert "transferkit.cli" in modules and "transferkit.data.transforms" in modules
+    assert "transferkit.cli.app" in modules and "transferkit.data.transforms" in modules
     problems = size_violations(modules) + cycle_violations(modules) + layer_violations(modules)
     assert not problems, f"{len(problems)} layout violation(s):\n" + "\n".join(problems)
 
@@ -213,9 +213,9 @@ def test_checker_resolves_relative_and_lazy_imports_and_finds_cycles(tmp_path: P
     modules = read_package(package)
     assert {i.module for i in modules["transferkit.data.c"].imports} == {"transferkit.data.a", "numpy"}
     assert {i.module for i in modules["transferkit.tasks.t"].imports} == {"transferkit.data.a"}
-    assert {i.module for i in modules["transferkit.cli"].imports} == {"importlib", "transferkit.commands.c"}
+    assert {i.module for i in modules["transferkit.cli.app"].imports} == {"importlib", "transferkit.commands.c"}
     assert cycle_violations(modules) == [
-        "import cycle: transferkit.cli -> transferkit.commands.c -> transferkit.cli",
+        "import cycle: transferkit.cli.app -> transferkit.commands.c -> transferkit.cli.app",
         "import cycle: transferkit.data.a -> transferkit.data.b -> transferkit.data.c -> transferkit.data.a"]
     assert layer_violations(modules) == []
 
@@ -230,15 +230,15 @@ def test_checker_reports_layer_crossings_and_long_files(tmp_path: Path) -> None:
         "models/__init__.py": "",
         "models/fcn.py": "import pytorch_lightning as pl\n" + "x = 1\n" * 301,
         "tasks/__init__.py": "",
-        "tasks/t.py": "def f():\n    from transferkit.builders import build_task\n    import hydra.utils\n",
+        "tasks/t.py": "def f():\n    from transferkit.training.builders import build_task\n    import hydra.utils\n",
     })
     modules = read_package(package)
     assert layer_violations(modules) == [
         "transferkit/data/d.py:2: imports transferkit.models.fcn (data imports no other transferkit package except "
         "transferkit.errors)",
         "transferkit/models/fcn.py:1: imports pytorch_lightning (models never import Lightning)",
-        "transferkit/tasks/t.py:2: imports transferkit.builders (tasks import nothing from commands/builders/planning/cli)",
-        "transferkit/tasks/t.py:3: imports hydra.utils (only transferkit/cli.py imports hydra)",
+        "transferkit/tasks/t.py:2: imports transferkit.training.builders (tasks import nothing from commands/builders/planning/cli)",
+        "transferkit/tasks/t.py:3: imports hydra.utils (only transferkit/cli/app.py imports hydra)",
     ]
     assert size_violations(modules) == [
         "transferkit/models/fcn.py: 302 lines (keep a module under about 300; split it by concept)"]

@@ -13,12 +13,12 @@ import torch
 from omegaconf import OmegaConf
 from pytorch_lightning.plugins.precision import Precision
 
-from transferkit import cli
+from transferkit.cli import app as cli
 from transferkit.data.datamodule import ClassificationDataModule
 from transferkit.errors import ConfigError
-from transferkit.finetune import FinetunePlan
-from transferkit.head_solver import solve_linear_head
-from transferkit.planning import plan_head
+from transferkit.tasks.finetune import FinetunePlan
+from transferkit.tasks.head_solver import solve_linear_head
+from transferkit.planning.plan import plan_head
 from transferkit.tasks.classification import ClassificationTask
 from transferkit.tasks.linear_probe import LinearProbeCallback, eval_train_dataset
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferkit import cli
-from transferkit.loading import load_task, read_checkpoint
-from transferkit.torch_files import CheckpointError, UnsafeCheckpointError, read_torch_file
+from transferkit.cli import app as cli
+from transferkit.tasks.loading import load_task, read_checkpoint
+from transferkit.runtime.torch_files import CheckpointError, UnsafeCheckpointError, read_torch_file
 
 
 class WritesMarker:

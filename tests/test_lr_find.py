@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferkit import cli
+from transferkit.cli import app as cli
 from transferkit.errors import ConfigError
-from transferkit.loading import read_checkpoint
-from transferkit.lr_finder import check_searchable, group_lr_scales_kept
+from transferkit.tasks.loading import read_checkpoint
+from transferkit.search.lr_finder import check_searchable, group_lr_scales_kept
 
 SEARCH = ["lr_find.num_training=16", "lr_find.early_stop_threshold=null", "lr_find.min_lr=1e-4"]
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from transferkit.errors import ConfigError
-from transferkit.optim import OPTIMIZERS, build_optimizer
+from transferkit.tasks.optim import OPTIMIZERS, build_optimizer
 
 
 def groups() -> list[dict]:

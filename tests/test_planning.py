@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from omegaconf.errors import ReadonlyConfigError
 
-from transferkit.cli import compose_config
+from transferkit.cli.app import compose_config
 from transferkit.errors import ConfigError
 from transferkit.models.input_format import InputFormat
-from transferkit.planning import choose_input_format, choose_model, plan_model, plan_training
+from transferkit.planning.plan import choose_input_format, choose_model, plan_model, plan_training
 
 NATIVE = InputFormat(3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic", "timm:x")
 AUTO_INPUT = {"in_chans": "auto", "image_size": "auto", "mean": "auto", "std": "auto", "interpolation": "auto"}
@@ -70,7 +70,7 @@ def test_catalogue_model_on_a_folder_takes_its_native_format(image_folder, tmp_p
 
 
 def test_planned_config_is_read_only(image_folder, fast):
-    from transferkit.builders import build_datamodule
+    from transferkit.training.builders import build_datamodule
 
     plan = plan_model(compose_config([f"data.root={image_folder}", *fast]))
     datamodule = build_datamodule(plan.cfg)
@@ -83,7 +83,7 @@ def test_planned_config_is_read_only(image_folder, fast):
 
 @pytest.mark.parametrize("strategy", ["freeze", "partial"])
 def test_no_head_on_random_frozen_features(image_folder, fast, strategy):
-    from transferkit.builders import build_datamodule
+    from transferkit.training.builders import build_datamodule
 
     plan = plan_model(compose_config([f"data.root={image_folder}", *fast, "model.weights=none",
                                       f"finetune={strategy}"]))
@@ -92,7 +92,7 @@ def test_no_head_on_random_frozen_features(image_folder, fast, strategy):
 
 
 def test_auto_without_weights_plans_scratch(image_folder, fast):
-    from transferkit.builders import build_datamodule
+    from transferkit.training.builders import build_datamodule
 
     plan = plan_model(compose_config([f"data.root={image_folder}", *fast, "model.weights=none", "finetune=auto"]))
     datamodule = build_datamodule(plan.cfg)
@@ -122,7 +122,7 @@ def test_bad_optimizer_values_stop_even_a_solved_head_plan(override, match):
 
 
 def test_optimizer_lr_find_is_left_to_the_range_test():
-    from transferkit.optim import check_optimizer_group
+    from transferkit.tasks.optim import check_optimizer_group
 
     check_optimizer_group({"name": "adamw", "lr": "find"}, lr_searched=True)  # the range test sets it
     with pytest.raises(ConfigError, match="optimizer.eps=0"):

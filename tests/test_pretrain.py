@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferkit import cli
+from transferkit.cli import app as cli
 from transferkit.models.backbones import create_backbone
 from transferkit.models.weight_loading import load_backbone_weights
 

@@ -14,10 +14,10 @@ import pytorch_lightning as pl
 import torch
 
 from tests.conftest import fit_two_process_ddp
-from transferkit import cli
-from transferkit.checkpoint_io import AtomicCheckpointIO
-from transferkit.commands import racing
-from transferkit.race import (
+from transferkit.cli import app as cli
+from transferkit.runtime.checkpoint_io import AtomicCheckpointIO
+from transferkit.training.race import legs as racing
+from transferkit.training.race.rules import (
     Rung,
     build_candidates,
     choose_survivors,
@@ -101,8 +101,8 @@ def fake_training(scores: dict[str, list[float]]):
 
 
 def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_folder, fast, tmp_path):
-    from transferkit.builders import build_datamodule
-    from transferkit.planning import plan_model
+    from transferkit.training.builders import build_datamodule
+    from transferkit.planning.plan import plan_model
 
     plan = plan_model(cli.compose_config([f"data.root={image_folder}", *fast, "trainer.max_epochs=9"]))
     datamodule = build_datamodule(plan.cfg)

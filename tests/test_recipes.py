@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from transferkit import cli
-
+from transferkit.cli import app as cli
 QUADRANTS = {
     "small_similar": "freeze",
     "small_different": "partial",

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transferkit import cli
+from transferkit.cli import app as cli
 from transferkit.errors import ConfigError
-from transferkit.reports import scores
-from transferkit.reports.run_report import OUTPUTS_FILE, read_curves, write_report
+from transferkit.evaluation.reports import scores
+from transferkit.evaluation.reports.run_report import OUTPUTS_FILE, read_curves, write_report
 
 CLASSIFICATION_FILES = {"report.html", "report/test_outputs.npz", "report/confusion_matrix.png",
                         "report/confusion_matrix.csv", "report/per_class.csv", "report/predictions.csv",
@@ -166,10 +166,10 @@ def test_report_run_errors_are_one_line(tmp_path: Path, capsys) -> None:
 
 
 def test_report_options_are_checked() -> None:
-    from transferkit.reports.run_report import report_options
+    from transferkit.evaluation.reports.run_report import report_options
 
     assert report_options({}) == {"enabled": True, "top_losses": 16}
     with pytest.raises(ConfigError, match="report.top_losses=-1"):
-        report_options({"report": {"top_losses": -1}})
+        report_options({"top_losses": -1})
     with pytest.raises(ConfigError, match="report.enabled='yes'"):
-        report_options({"report": {"enabled": "yes"}})
+        report_options({"enabled": "yes"})

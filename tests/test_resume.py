@@ -17,10 +17,12 @@ import torch
 import yaml
 
 from conftest import write_class_folder
-from transferkit import builders, cli
-from transferkit.commands import metrics_files, resuming
+from transferkit.training import builders
+from transferkit.cli import app as cli
+from transferkit.training import metrics_files
+from transferkit.training import resume as resuming
 from transferkit.errors import ConfigError
-from transferkit.run_guards import RunInterrupted
+from transferkit.runtime.guards import RunInterrupted
 
 pytestmark = pytest.mark.slow
 
@@ -172,8 +174,7 @@ class SigtermInTheFinishersSecondEpoch(builders.pl.Callback):
 
 
 def test_a_race_stopped_mid_way_resumes_keeping_its_record_and_winner(image_folder, fast, tmp_path, monkeypatch):
-    from transferkit.commands import racing
-
+    from transferkit.training.race import legs as racing
     # On 12 random images any plan may win; make lpft-full win so that it is the finisher.
     monkeypatch.setattr(racing, "choose_survivors",
                         lambda scores, keep, val_size: sorted(scores, key="lpft-full".__ne__)[:keep])

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferkit import cli
-from transferkit.run_guards import EXIT_DIVERGED, RunDiverged
+from transferkit.cli import app as cli
+from transferkit.runtime.guards import EXIT_DIVERGED, RunDiverged
 from transferkit.tasks.classification import ClassificationTask
 
 pytestmark = pytest.mark.slow
@@ -98,8 +98,8 @@ def test_a_signal_saves_last_checkpoint_exits_and_the_run_resumes(sig, code, ima
 SIGTERM_AT_STEP = '''
 import os, signal, sys
 import pytorch_lightning as pl
-from transferkit import builders, cli
-
+from transferkit.training import builders
+from transferkit.cli import app as cli
 class SigtermAtStep(pl.Callback):
     """Rank 0 (the launcher) gets SIGTERM once, after training step {step}."""
     def on_train_batch_end(self, trainer, *args):
@@ -168,7 +168,7 @@ class _DoneEvent:
 def test_gpu_loss_check_reads_the_flag_a_step_late_and_names_that_step(tmp_path):
     from types import SimpleNamespace
 
-    from transferkit.run_guards import FiniteLossGuard
+    from transferkit.runtime.guards import FiniteLossGuard
 
     guard = FiniteLossGuard(tmp_path)
     trainer = SimpleNamespace(strategy=SimpleNamespace(checkpoint_io=None), is_last_batch=False)
@@ -197,7 +197,7 @@ class _PendingEvent(_DoneEvent):
 def test_gpu_loss_check_never_waits_between_steps_but_always_before_a_checkpoint(tmp_path):
     from types import SimpleNamespace
 
-    from transferkit.run_guards import FiniteLossGuard
+    from transferkit.runtime.guards import FiniteLossGuard
 
     guard = FiniteLossGuard(tmp_path)
     trainer = SimpleNamespace(strategy=SimpleNamespace(checkpoint_io=None), is_last_batch=False)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from transferkit.schedulers import SCHEDULERS, build_scheduler, lr_curve
+from transferkit.tasks.schedulers import SCHEDULERS, build_scheduler, lr_curve
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "scheduler"
 
@@ -181,7 +181,7 @@ def test_steps_per_epoch_counts_like_lightning() -> None:
 def test_plot_lr_command(image_folder, fast) -> None:
     import csv
 
-    from transferkit.cli import run
+    from transferkit.cli.app import run
 
     result = run(["plot-lr", f"data.root={image_folder}", *fast, "finetune=partial", "trainer.max_epochs=3",
                   "scheduler=cosine", "scheduler.warmup_epochs=1", "optimizer.lr=0.001"])

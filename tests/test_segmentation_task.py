@@ -90,7 +90,7 @@ def test_predict_mask_and_prediction_pngs(tmp_path: Path) -> None:
     from transferkit.commands.predict import checkpoint_predictor
     from transferkit.data.masks import load_mask
     from transferkit.inference.run import write_masks
-    from transferkit.reports.overlays import overlay, save_prediction_pngs
+    from transferkit.evaluation.reports.overlays import overlay, save_prediction_pngs
 
     config = {"image_size": 32, "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
     task = make_task(data_config=config).eval()
@@ -122,7 +122,7 @@ def test_predict_mask_and_prediction_pngs(tmp_path: Path) -> None:
 def test_grid_callback_draws_the_first_validation_samples_on_rank_zero(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from transferkit.reports.seg_grid import SegmentationGridCallback
+    from transferkit.evaluation.reports.seg_grid import SegmentationGridCallback
 
     task = make_task(data_config={"mean": [0.5] * 3, "std": [0.25] * 3}).eval()
     images, truths = torch.randn(3, 3, 16, 16), torch.randint(0, 3, (3, 16, 16))
@@ -147,7 +147,7 @@ def test_grid_callback_draws_the_first_validation_samples_on_rank_zero(tmp_path:
 
 
 def test_denormalize_and_grid(tmp_path: Path) -> None:
-    from transferkit.reports.seg_grid import denormalize, save_segmentation_grid
+    from transferkit.evaluation.reports.seg_grid import denormalize, save_segmentation_grid
 
     images = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
     normalised = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - 0.4) / 0.2
@@ -251,8 +251,7 @@ def test_scenes_datamodule_and_joint_augmentation() -> None:
 
 @pytest.mark.slow
 def test_fcn8s_recipe_fits_a_folder_and_reloads(seg_folder: Path, fast: list[str]) -> None:
-    from transferkit import cli
-
+    from transferkit.cli import app as cli
     results = cli.run(["fit", "recipe=fcn8s", f"data.root={seg_folder}", "data.num_classes=3", *fast,
                        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
                        "trainer.limit_test_batches=1"])

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferkit import cli
+from transferkit.cli import app as cli
 from transferkit.commands.show_augs import choose_samples
-from transferkit.reports.augment_grid import CELL_PX, HEADER_PX
+from transferkit.evaluation.reports.augment_grid import CELL_PX, HEADER_PX
 
 pytestmark = pytest.mark.slow
 

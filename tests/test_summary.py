@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from transferkit import cli
-from transferkit.layer_records import trace_layers
-from transferkit.model_arithmetic import output_size
+from transferkit.cli import app as cli
+from transferkit.evaluation.layer_records import trace_layers
+from transferkit.evaluation.arithmetic import output_size
 
 
 @pytest.mark.parametrize(("size", "kernel", "stride", "padding", "dilation", "ceil", "expected"), [

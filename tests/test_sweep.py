@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from transferkit import cli
-from transferkit.reports.sweep_table import sort_rows
-from transferkit.launchers import Launcher, refusal
+from transferkit.cli import app as cli
+from transferkit.evaluation.reports.sweep_table import sort_rows
+from transferkit.search.launchers import Launcher, refusal
 
 RECIPE = """# @package _global_
 defaults:
@@ -93,7 +93,7 @@ def test_slurm_launcher_builds_hydra_submitit_launchers_job(tmp_path, monkeypatc
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install '.[sweep]'")
     from dataclasses import replace
 
-    from transferkit.launchers import build_executor, launcher_of
+    from transferkit.search.launchers import build_executor, launcher_of
 
     (tmp_path / "bin").mkdir()
     for tool in ("srun", "sbatch"):
@@ -187,9 +187,9 @@ def test_submitit_local_launcher_runs_the_job_in_a_submitit_process(image_folder
 def test_an_interrupted_job_stops_the_sweep_after_writing_the_table(tmp_path, interrupt):
     """Ctrl+C in job 1 (mid-fit: RunInterrupted; before it: KeyboardInterrupt): job 2 never starts,
     the table is written."""
-    from transferkit.launchers import Job
-    from transferkit.run_guards import RunInterrupted
-    from transferkit.sweep import run_sweep
+    from transferkit.search.launchers import Job
+    from transferkit.runtime.guards import RunInterrupted
+    from transferkit.search.sweep import run_sweep
 
     def fake_run(argv: list[str]) -> dict:
         if "seed=2" in argv:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transferkit.transferability import (
+from transferkit.evaluation.transferability import (
     QUADRANTS,
     knn_cv_accuracy,
     linear_probe_cv_accuracy,
@@ -121,7 +121,7 @@ def test_measure_end_to_end() -> None:
 def test_advise_command_writes_advice_and_plot(image_folder, fast) -> None:
     import json
 
-    from transferkit.cli import run
+    from transferkit.cli.app import run
 
     result = run(["advise", f"data.root={image_folder}", *fast])
     saved = json.loads(open(result["advice_json"]).read())

@@ -14,10 +14,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from transferkit import cli
+from transferkit.cli import app as cli
 from transferkit.errors import ConfigError
-from transferkit.pruning import PruneOnValidation
-from transferkit.search_space import parse_space, sample, trial_overrides
+from transferkit.search.pruning import PruneOnValidation
+from transferkit.search.space import parse_space, sample, trial_overrides
 
 
 def test_recipe_may_be_a_file(tmp_path):
@@ -159,8 +159,8 @@ def test_search_resumes_its_study_and_its_best_recipe_reruns(image_folder, fast,
 
 @pytest.mark.slow
 def test_an_interrupted_search_says_how_to_resume_and_redoes_the_stopped_trial(image_folder, fast, monkeypatch):
-    from transferkit.commands import common
-    from transferkit.run_guards import RunInterrupted
+    from transferkit.training import session as common
+    from transferkit.runtime.guards import RunInterrupted
 
     def stopped(cfg, command, callbacks=None):
         raise RunInterrupted("SIGTERM stopped the run", 143)

@@ -12,8 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import write_timm_weights
-from transferkit import cli
-
+from transferkit.cli import app as cli
 pytestmark = pytest.mark.slow
 QUICK = ["data.batch_size=4", "data.num_workers=0", "trainer.max_epochs=1", "trainer.accelerator=cpu",
          "trainer.devices=1", "trainer.enable_model_summary=false"]
@@ -37,7 +36,7 @@ def test_catalogue_model_with_a_local_file_trains_at_its_native_format(image_fol
 
 
 def test_house_weights_on_a_users_folder_work_offline(image_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr("transferkit.network.socket.create_connection",
+    monkeypatch.setattr("transferkit.models.network.socket.create_connection",
                         lambda *a, **k: pytest.fail("the network was asked"))
     results = cli.run(["fit", "recipe=small_similar", f"data.root={image_folder}", "model.weights=charnet",
                        *QUICK, f"run_dir={tmp_path / 'run'}"])
@@ -76,8 +75,8 @@ def test_measuring_for_auto_leaves_the_random_streams_alone(image_folder, fast):
     import numpy as np
     import torch
 
-    from transferkit.builders import build_datamodule
-    from transferkit.planning import plan_model, plan_training
+    from transferkit.training.builders import build_datamodule
+    from transferkit.planning.plan import plan_model, plan_training
 
     plan = plan_model(cli.compose_config([f"data.root={image_folder}", *fast, "finetune=auto"]))
     datamodule = build_datamodule(plan.cfg)

@@ -18,7 +18,7 @@ from transferkit.models.weights import (
     find_in_hf_cache,
     resolve_weights_source,
 )
-from transferkit.network import check_hub_reachable
+from transferkit.models.network import check_hub_reachable
 
 
 def save(model: torch.nn.Module, path):
@@ -119,7 +119,7 @@ def test_missing_file_and_unknown_name_name_the_key(tmp_path):
 
 def test_cache_only_offline_loads_without_the_network(tmp_path, monkeypatch):
     cached = write_hf_cache(tmp_path / "hub")
-    monkeypatch.setattr("transferkit.network.socket.create_connection",
+    monkeypatch.setattr("transferkit.models.network.socket.create_connection",
                         lambda *a, **k: pytest.fail("the network was asked"))
     assert find_in_hf_cache("test_resnet", str(tmp_path / "hub")).name == "model.safetensors"
     source = resolve_weights_source("hub", "test_resnet", cache_dir=str(tmp_path / "hub"))

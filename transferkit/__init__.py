@@ -13,8 +13,8 @@ Example:
 __version__ = "0.1.0"
 
 # Names importable from transferkit without importing transferkit.api (and torch) up front.
-ERRORS = {"ConfigError": "transferkit.errors", "RunStopped": "transferkit.run_guards", "RunInterrupted": "transferkit.run_guards",
-          "RunDiverged": "transferkit.run_guards"}
+ERRORS = {"ConfigError": "transferkit.errors", "RunStopped": "transferkit.runtime.guards", "RunInterrupted": "transferkit.runtime.guards",
+          "RunDiverged": "transferkit.runtime.guards"}
 
 
 def __getattr__(name: str):

@@ -2,7 +2,7 @@
 
 import gc
 
-from transferkit.cli import main
+from transferkit.cli.app import main
 
 if __name__ == "__main__":
     try:

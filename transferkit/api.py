@@ -1,7 +1,7 @@
 """transferkit from Python: one function per command (`transferkit.fit`, `transferkit.predict`, ...).
 
 Each function writes its arguments as the command line's `key=value` overrides and runs the command
-through `transferkit.cli`, so a notebook and the shell compose the same config and make the same run:
+through `transferkit.cli.app`, so a notebook and the shell compose the same config and make the same run:
 
     >>> import transferkit
     >>> run = transferkit.fit("small_similar", trainer={"max_epochs": 1})       # doctest: +SKIP
@@ -24,9 +24,9 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from transferkit import cli
+from transferkit.cli import app as cli
 from transferkit.errors import ConfigError
-from transferkit.overrides import flatten, override_text
+from transferkit.cli.overrides import flatten, override_text
 from transferkit.runs import Run, load
 
 # One line per command: Python name -> (CLI command, what it does, a runnable example).
@@ -117,12 +117,12 @@ def run_command(command: str, recipe=None, overrides: list[str] | None = None, *
 def stopped_as_exception(command: str, argv: list[str]) -> dict:
     """`cli.run_for_python(argv)`, where a KeyboardInterrupt or SystemExit (Lightning exits after a Ctrl+C)
     becomes RunInterrupted naming the run directory."""
-    from transferkit.rundir import ENV_RUN_DIR
+    from transferkit.training.rundir import ENV_RUN_DIR
 
     try:
         return cli.run_for_python(argv)
     except (KeyboardInterrupt, SystemExit) as err:
-        from transferkit.run_guards import EXIT_SIGNAL, RunInterrupted
+        from transferkit.runtime.guards import EXIT_SIGNAL, RunInterrupted
 
         where = os.environ.get(ENV_RUN_DIR)
         what = "KeyboardInterrupt (Ctrl+C or the notebook's stop button)" if isinstance(err, KeyboardInterrupt) \

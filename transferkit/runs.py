@@ -84,7 +84,7 @@ class Run:
         Example:
             >>> transferkit.load("outputs/2026-01-01/12-00-00").checkpoints()  # doctest: +SKIP
         """
-        from transferkit.loading import checkpoint_paths
+        from transferkit.tasks.loading import checkpoint_paths
 
         if self._checkpoint is not None:
             return [self._checkpoint]
@@ -99,7 +99,7 @@ class Run:
     @property
     def task(self):
         """The trained LightningModule in eval mode, on the CPU (a cv run: the `EnsembleTask` of its folds),
-        loaded weights-only through `transferkit.loading` on first use.
+        loaded weights-only through `transferkit.tasks.loading` on first use.
 
         Example:
             >>> transferkit.load("outputs/2026-01-01/12-00-00").task.class_names  # doctest: +SKIP
@@ -108,7 +108,7 @@ class Run:
             raise ConfigError(f"{str(self.exported)!r} is an exported model, not a LightningModule: use .predict, or "
                               "transferkit.load the checkpoint it was exported from.")
         if self._task is None:
-            from transferkit.loading import load_ensemble, load_task
+            from transferkit.tasks.loading import load_ensemble, load_task
 
             paths = self.checkpoints()
             self._task = load_task(paths[0]) if len(paths) == 1 else load_ensemble(paths)[0]
@@ -135,8 +135,8 @@ class Run:
             >>> run = transferkit.fit(trainer={"max_epochs": 1})                    # doctest: +SKIP
             >>> run.predict([np.zeros((32, 32), np.uint8), "digit.png"], top_k=2)   # doctest: +SKIP
         """
-        from transferkit.run_predict import expand_inputs, predict_one_model, predict_with_ensemble
-        from transferkit.tta import check_tta
+        from transferkit.inference.in_memory import expand_inputs, predict_one_model, predict_with_ensemble
+        from transferkit.inference.tta import check_tta
 
         tta = check_tta(tta)
         items, names = expand_inputs(inputs)
@@ -146,7 +146,7 @@ class Run:
             return predict_one_model(self.exported, items, names, top_k, batch_size)
         if tta == "none" and type(self.task).__name__ != "EnsembleTask":
             return predict_one_model(self.task, items, names, top_k, batch_size)
-        from transferkit.loading import load_ensemble
+        from transferkit.tasks.loading import load_ensemble
 
         ensemble = self.task if tta == "none" else load_ensemble(self.checkpoints(), tta)[0]
         return predict_with_ensemble(ensemble, items, names, top_k, batch_size)
@@ -189,7 +189,7 @@ class Run:
 
 def load(path: str | os.PathLike) -> Run:
     """Open a finished run: a run directory (fit, cv, test, ...), a checkpoint file, read weights-only
-    through `transferkit.loading` (a file that would run code when loaded is refused), or a model written
+    through `transferkit.tasks.loading` (a file that would run code when loaded is refused), or a model written
     by `export` (predicts through onnxruntime / TorchScript, without the checkpoint).
 
     Raises:
@@ -206,7 +206,7 @@ def load(path: str | os.PathLike) -> Run:
         raise FileNotFoundError(f"transferkit.load: {str(path)!r} does not exist; {LOAD_HINT}.")
     if path.is_file():
         from transferkit.inference.spec import is_exported_model
-        from transferkit.loading import read_checkpoint
+        from transferkit.tasks.loading import read_checkpoint
 
         if not is_exported_model(path):  # an exported model is checked when it is first used
             read_checkpoint(path, key="transferkit.load")

@@ -1,7 +1,7 @@
 """`python -m transferkit advise ...`: measure size and similarity, place the data in the matrix.
 
 Extracts frozen backbone features of the training images (deterministic eval transform), scores
-them (k-NN, linear probe, LogME against a random-init twin; see `transferkit.measure`), logs the
+them (k-NN, linear probe, LogME against a random-init twin; see `transferkit.evaluation.measure`), logs the
 quadrant and recipe, and writes `advice.json` and `advice.png` into the run directory.
 `finetune.strategy=auto` in `fit` makes the same measurement through planning.
 """
@@ -12,13 +12,13 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from transferkit.builders import build_datamodule
-from transferkit.measure import measure_datamodule
-from transferkit.planning import plan_model
-from transferkit.race import plan_race
-from transferkit.reports.matrix_plot import plot_matrix
-from transferkit.rundir import create_run_dir, write_config, write_json
-from transferkit.transferability import Advice
+from transferkit.training.builders import build_datamodule
+from transferkit.evaluation.measure import measure_datamodule
+from transferkit.planning.plan import plan_model
+from transferkit.planning.race import plan_race
+from transferkit.evaluation.reports.matrix_plot import plot_matrix
+from transferkit.training.rundir import create_run_dir, write_config, write_json
+from transferkit.evaluation.transferability import Advice
 
 log = logging.getLogger("transferkit")
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from transferkit.checkpoint_io import checkpoint_problem
+from transferkit.runtime.checkpoint_io import checkpoint_problem
 from transferkit.errors import ConfigError
-from transferkit.run_guards import RunInterrupted, RunStopped
-from transferkit.rundir import (
+from transferkit.runtime.guards import RunInterrupted, RunStopped
+from transferkit.training.rundir import (
     ENV_CV_DIR,
     ENV_RUN_DIR,
     create_run_dir,
@@ -63,7 +63,7 @@ def check_cv(cfg: DictConfig) -> int:
 
 def fold_action(fold_dir: Path) -> str:
     """What a fold needs: `done` (completed), `resume` (a usable last.ckpt), `restart` or `fresh`."""
-    from transferkit.commands.resuming import read_results
+    from transferkit.training.resume import read_results
 
     if not fold_dir.is_dir() or not any(fold_dir.iterdir()):
         return "fresh"
@@ -92,7 +92,7 @@ def fold_config(cfg: DictConfig, k: int, fold_dir: Path, action: str) -> DictCon
     """The fit config of fold `k`: the cv config with `data.fold=k`, written into `fold_dir`."""
     os.environ[ENV_RUN_DIR] = str(fold_dir)  # DDP workers open the same fold directory
     if action == "resume":  # with this session's RESUME_KEYS (e.g. trainer.max_epochs), as the other folds
-        from transferkit.commands.resuming import RESUME_KEYS, config_of_resumed_run
+        from transferkit.training.resume import RESUME_KEYS, config_of_resumed_run
 
         keys = [key for key in RESUME_KEYS[1:] if OmegaConf.select(cfg, key, default=None) is not None]
         resumed = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -108,8 +108,8 @@ def fold_config(cfg: DictConfig, k: int, fold_dir: Path, action: str) -> DictCon
 
 
 def run_fold(cfg: DictConfig, k: int, root: Path, action: str) -> dict:
-    from transferkit.commands.common import train_and_test
-    from transferkit.commands.resuming import read_results
+    from transferkit.training.session import train_and_test
+    from transferkit.training.resume import read_results
 
     fold_dir = root / "folds" / str(k)
     if action == "done":
@@ -160,7 +160,7 @@ def cv_table(mean: dict, std: dict, ensemble: dict) -> str:
 
 def open_cv_run(cfg: DictConfig) -> tuple[Path, dict]:
     """A new cv run directory (or with `resume=` the one being continued); results.json says running."""
-    from transferkit.commands.resuming import read_results, session_record, write_resumed_config
+    from transferkit.training.resume import read_results, session_record, write_resumed_config
 
     if is_ddp_child():
         return Path(os.environ[ENV_CV_DIR]), {}
@@ -179,7 +179,7 @@ def open_cv_run(cfg: DictConfig) -> tuple[Path, dict]:
 
 def ensemble_metrics(root: Path, rows: list[dict], cfg: DictConfig) -> tuple[dict, list[str]]:
     """The folds' best checkpoints as one ensemble on the test split (the first fold's data)."""
-    from transferkit.builders import build_datamodule
+    from transferkit.training.builders import build_datamodule
     from transferkit.commands.test import test_ensemble
 
     paths = [Path(str(row["best_checkpoint"])) for row in rows]

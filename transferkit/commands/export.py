@@ -17,9 +17,9 @@ from transferkit.exporting.parity import check_parity, describe
 from transferkit.exporting.samples import input_items, parity_batches, test_split_items
 from transferkit.inference.exported import ExportedModel
 from transferkit.inference.spec import MODEL_FILES, InputSpec, meta_path
-from transferkit.loading import load_task, require
-from transferkit.checkpoint_config import checkpoint_run_config
-from transferkit.rundir import create_run_dir, write_config, write_json
+from transferkit.tasks.loading import load_task, require
+from transferkit.planning.rebuild import checkpoint_run_config
+from transferkit.training.rundir import create_run_dir, write_config, write_json
 
 log = logging.getLogger("transferkit")
 CKPT_HINT = "a checkpoint written by fit, e.g. outputs/<date>/<time>/checkpoints/best.ckpt"

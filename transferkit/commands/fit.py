@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from transferkit.commands.common import train_and_test
+from transferkit.planning.plan import plan_run
+from transferkit.training.session import train_and_test
 
 
 def run(cfg: DictConfig) -> dict:
-    results, *_ = train_and_test(cfg, "fit")
+    spec, datamodule = plan_run(cfg, "fit")
+    results, *_ = train_and_test(spec, datamodule)
     return results

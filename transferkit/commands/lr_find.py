@@ -16,11 +16,11 @@ import time
 
 from omegaconf import DictConfig, open_dict
 
-from transferkit.builders import build_datamodule, container
-from transferkit.lr_finder import check_searchable, find_lr, plot_lr_search, solved_head
-from transferkit.planning import plan_model, plan_training
-from transferkit.rng_state import preserved_rng
-from transferkit.rundir import create_run_dir, write_config, write_json
+from transferkit.training.builders import build_datamodule, container
+from transferkit.search.lr_finder import check_searchable, find_lr, plot_lr_search, solved_head
+from transferkit.planning.plan import plan_model, plan_training
+from transferkit.runtime.rng_state import preserved_rng
+from transferkit.training.rundir import create_run_dir, write_config, write_json
 
 log = logging.getLogger("transferkit")
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from transferkit.builders import build_datamodule, build_task, container
+from transferkit.training.builders import build_datamodule, build_task, container
 from transferkit.data.loader_settings import drops_last
-from transferkit.finetune import build_param_groups
-from transferkit.planning import plan_model, plan_training
-from transferkit.optim import build_optimizer
-from transferkit.rundir import create_run_dir, write_config
-from transferkit.schedulers import lr_curve
+from transferkit.tasks.finetune import build_param_groups
+from transferkit.planning.plan import plan_model, plan_training
+from transferkit.tasks.optim import build_optimizer
+from transferkit.training.rundir import create_run_dir, write_config
+from transferkit.tasks.schedulers import lr_curve
 
 log = logging.getLogger("transferkit")
 

@@ -15,13 +15,13 @@ import time
 import torch
 from omegaconf import DictConfig
 
-from transferkit.commands.ensemble_predict import predict_ensemble
+from transferkit.inference.ensemble import predict_ensemble
 from transferkit.inference.images import list_inputs
 from transferkit.inference.run import Predictor, exported_predictor, predict_files
 from transferkit.inference.spec import InputSpec, is_exported_model
-from transferkit.loading import checkpoint_paths, is_many, load_ensemble, load_task, require
-from transferkit.rundir import create_run_dir, write_config, write_json
-from transferkit.tta import check_tta
+from transferkit.tasks.loading import checkpoint_paths, is_many, load_ensemble, load_task, require
+from transferkit.training.rundir import create_run_dir, write_config, write_json
+from transferkit.inference.tta import check_tta
 
 log = logging.getLogger("transferkit")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from transferkit.commands.common import train_and_test
-from transferkit.rundir import write_json
+from transferkit.training.session import train_and_test
+from transferkit.training.rundir import write_json
 
 log = logging.getLogger("transferkit")
 

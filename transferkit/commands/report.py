@@ -1,5 +1,5 @@
 """`python -m transferkit report run=<run directory>`: rebuild that run's report.html and report/
-from the files the run saved (no re-evaluation; see transferkit.reports.run_report)."""
+from the files the run saved (no re-evaluation; see transferkit.evaluation.reports.run_report)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from transferkit.errors import ConfigError
-from transferkit.reports.run_report import OUTPUTS_FILE, REPORT_DIR, write_report
+from transferkit.evaluation.reports.run_report import OUTPUTS_FILE, REPORT_DIR, write_report
 
 log = logging.getLogger("transferkit")
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from transferkit.builders import build_datamodule, container
-from transferkit.planning import plan_model
+from transferkit.training.builders import build_datamodule, container
+from transferkit.planning.plan import plan_model
 from transferkit.errors import ConfigError
-from transferkit.rundir import create_run_dir, write_config, write_json
+from transferkit.training.rundir import create_run_dir, write_config, write_json
 
 log = logging.getLogger("transferkit")
 
@@ -52,8 +52,8 @@ def choose_samples(labels: np.ndarray | None, count: int, seed: int, size: int) 
 def augment_row(sample: tuple, transform: Callable, variants: int,
                 show: Callable[[object], np.ndarray]) -> list[np.ndarray]:
     """The decoded sample, then `variants` draws of `transform` (masks overlaid when present)."""
-    from transferkit.reports.augment_grid import to_rgb
-    from transferkit.reports.overlays import overlay
+    from transferkit.evaluation.reports.augment_grid import to_rgb
+    from transferkit.evaluation.reports.overlays import overlay
 
     image, target = sample
     mask = target if isinstance(target, np.ndarray) else None
@@ -82,7 +82,7 @@ def train_labels(datamodule) -> np.ndarray | None:
 
 def run(cfg: DictConfig) -> dict:
     from transferkit.data.transforms import PER_IMAGE_STANDARDISED
-    from transferkit.reports.augment_grid import grid_pixel_size, save_augmentation_grid, tensor_to_display
+    from transferkit.evaluation.reports.augment_grid import grid_pixel_size, save_augmentation_grid, tensor_to_display
 
     options = show_augs_options(cfg)
     pl.seed_everything(cfg.seed, verbose=False)  # the pipeline draws from torch's seed

@@ -16,8 +16,8 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from transferkit.errors import ConfigError
-from transferkit.loading import load_task, require
-from transferkit.rundir import create_run_dir, write_config, write_json
+from transferkit.tasks.loading import load_task, require
+from transferkit.training.rundir import create_run_dir, write_config, write_json
 
 log = logging.getLogger("transferkit")
 
@@ -51,7 +51,7 @@ def from_checkpoint(path: Path) -> tuple[nn.Module, dict]:
 def from_config(cfg: DictConfig) -> tuple[nn.Module, dict]:
     from transferkit.models.backbones import create_backbone
     from transferkit.models.weight_loading import load_weights
-    from transferkit.planning import plan_model
+    from transferkit.planning.plan import plan_model
 
     plan = plan_model(cfg)
     model, data = plan.cfg.model, plan.cfg.data
@@ -66,7 +66,7 @@ def from_config(cfg: DictConfig) -> tuple[nn.Module, dict]:
 def run(cfg: DictConfig) -> dict:
     from transferkit.data.decode import load_image
     from transferkit.data.transforms import build_transforms
-    from transferkit.reports.feature_maps import save_feature_figure
+    from transferkit.evaluation.reports.feature_maps import save_feature_figure
 
     path = require(cfg.get("input"), "input", "one image file, e.g. input=photo.jpg")
     if path.is_dir():

@@ -21,10 +21,10 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from transferkit.errors import ConfigError
-from transferkit.layer_records import LayerRecord, trace_layers
-from transferkit.model_arithmetic import GLOBAL
-from transferkit.planning import plan_model
-from transferkit.rundir import create_run_dir, write_config, write_json
+from transferkit.evaluation.layer_records import LayerRecord, trace_layers
+from transferkit.evaluation.arithmetic import GLOBAL
+from transferkit.planning.plan import plan_model
+from transferkit.training.rundir import create_run_dir, write_config, write_json
 
 log = logging.getLogger("transferkit")
 
@@ -64,7 +64,7 @@ def stage_names(model: nn.Module) -> list[str]:
 
 def trainable_params(model: nn.Module, cfg: DictConfig) -> tuple[set[str], str]:
     """Backbone parameter names that train under the configured strategy (auto: shown as partial)."""
-    from transferkit.finetune import trainable_names
+    from transferkit.tasks.finetune import trainable_names
 
     finetune = cfg.finetune
     strategy = str(finetune.strategy)

@@ -15,13 +15,13 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from transferkit.builders import build_datamodule, build_trainer
-from transferkit.commands.common import metrics_table, num_nodes
-from transferkit.loading import checkpoint_paths, is_many, load_ensemble, load_task
-from transferkit.planning import plan_for_checkpoint
-from transferkit.reports.run_report import finish_run_report
-from transferkit.rundir import create_run_dir, write_config, write_json
-from transferkit.tta import check_tta
+from transferkit.training.builders import build_datamodule, build_trainer
+from transferkit.training.session import metrics_table, num_nodes
+from transferkit.tasks.loading import checkpoint_paths, is_many, load_ensemble, load_task
+from transferkit.planning.plan import plan_for_checkpoint
+from transferkit.evaluation.reports.run_report import finish_run_report
+from transferkit.training.rundir import create_run_dir, write_config, write_json
+from transferkit.inference.tta import check_tta
 
 log = logging.getLogger("transferkit")
 
@@ -65,7 +65,7 @@ def run(cfg: DictConfig) -> dict:
 
 def views_loader(ensemble, datamodule, cfg: DictConfig) -> DataLoader:
     """The test split (val when there is none, as `test_dataloader`) in each member's preprocessing."""
-    from transferkit.commands.ensemble_predict import member_inputs
+    from transferkit.inference.ensemble import member_inputs
     from transferkit.commands.predict import eval_workers
     from transferkit.data.sources import ViewsDataset
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from transferkit.commands.resuming import OUTPUTS, check_not_running, read_results, run_order
+from transferkit.training.resume import OUTPUTS, check_not_running, read_results, run_order
 from transferkit.errors import ConfigError
-from transferkit.rundir import create_run_dir, reuse_run_dir, write_config, write_json
-from transferkit.search_space import override_key, parse_space, sample, trial_overrides
-from transferkit.study import FINISHED, best_trial, build_pruner, build_sampler, import_optuna, open_study
+from transferkit.training.rundir import create_run_dir, reuse_run_dir, write_config, write_json
+from transferkit.search.space import override_key, parse_space, sample, trial_overrides
+from transferkit.search.study import FINISHED, best_trial, build_pruner, build_sampler, import_optuna, open_study
 
 log = logging.getLogger("transferkit")
 
@@ -84,7 +84,7 @@ def check_one_process(cfg: DictConfig) -> None:
 
 def monitor_of(cfg: DictConfig) -> tuple[str, str]:
     """The metric a trial is scored by and whether larger is better (`maximize`/`minimize`)."""
-    from transferkit.builders import task_classes
+    from transferkit.training.builders import task_classes
 
     task = task_classes()[str(cfg.task.kind)]
     metric = str(cfg.tune.metric or task.monitor)
@@ -107,9 +107,9 @@ def trial_value(results: dict, metric: str) -> float:
 
 
 def make_objective(optuna, cfg: DictConfig, params, tune_dir: Path, metric: str, compose: Compose):
-    from transferkit.commands.common import train_and_test
-    from transferkit.pruning import PruneOnValidation
-    from transferkit.run_guards import RunInterrupted
+    from transferkit.training.session import train_and_test
+    from transferkit.search.pruning import PruneOnValidation
+    from transferkit.runtime.guards import RunInterrupted
 
     def objective(trial) -> float:
         overrides = trial_overrides(list(cfg.tune.overrides), params, sample(trial, params))
@@ -153,7 +153,7 @@ def after_trial(metric: str, write_progress):
 
 def base_recipe(recipe) -> dict | None:
     """The search's own recipe file as a dict (a name from recipes/ or a path)."""
-    from transferkit.config_files import recipe_path
+    from transferkit.config.files import recipe_path
 
     if not recipe:
         return None
@@ -162,7 +162,7 @@ def base_recipe(recipe) -> dict | None:
 
 
 def write_best_recipe(study, cfg: DictConfig, tune_dir: Path, metric: str, compose: Compose) -> Path | None:
-    from transferkit.reports.tune_report import recipe_text
+    from transferkit.evaluation.reports.tune_report import recipe_text
 
     best = best_trial(study)
     if best is None:
@@ -180,7 +180,7 @@ def write_best_recipe(study, cfg: DictConfig, tune_dir: Path, metric: str, compo
 def write_outputs(study, cfg: DictConfig, params, tune_dir: Path, metric: str, direction: str, storage: str,
                   status: str, seconds: float, compose: Compose, plots: bool = True) -> dict:
     """trials.csv, results.json and (at the end of a session) best_recipe.yaml and the two plots."""
-    from transferkit.reports.tune_report import save_plots, write_trials_csv
+    from transferkit.evaluation.reports.tune_report import save_plots, write_trials_csv
 
     trials = study.trials
     csv_path = write_trials_csv(trials, [p.path for p in params], tune_dir / "trials.csv")
@@ -205,7 +205,7 @@ def write_outputs(study, cfg: DictConfig, params, tune_dir: Path, metric: str, d
 
 def run(cfg: DictConfig, compose: Compose) -> dict:
     """`compose` is cli.compose_config: every trial's config is composed by the CLI layer."""
-    from transferkit.run_guards import EXIT_SIGNAL, RunInterrupted
+    from transferkit.runtime.guards import EXIT_SIGNAL, RunInterrupted
 
     optuna = import_optuna()
     start = time.time()

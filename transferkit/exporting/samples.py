@@ -47,9 +47,9 @@ def item_name(source, index: int, fallback: str) -> str:
 
 def test_split_items(cfg: DictConfig, task, in_chans: int) -> tuple[str, int, Iterator[Item]]:
     """The checkpoint run's test split (data from the run's config.yaml, format from the checkpoint)."""
-    from transferkit.builders import build_datamodule
+    from transferkit.training.builders import build_datamodule
     from transferkit.data.sources import match_image_channels
-    from transferkit.planning import plan_for_checkpoint
+    from transferkit.planning.plan import plan_for_checkpoint
 
     if "cache" in cfg.data:
         cfg = OmegaConf.merge(cfg, {"data": {"cache": False}})  # parity reads the images themselves

@@ -77,7 +77,7 @@ def write_masks(predictor: Predictor, paths: list[Path], directory: Path) -> int
 def write_masks_of(mask_of: Callable[[Path], tuple], paths: list[Path], directory: Path) -> int:
     """`write_masks` for any `mask_of(path) -> (image, mask)` (one model, or an ensemble)."""
     from transferkit.data.decode import UnreadableImageError
-    from transferkit.reports.overlays import save_prediction_pngs
+    from transferkit.evaluation.reports.overlays import save_prediction_pngs
 
     seen: dict[str, int] = {}
     written = 0

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from transferkit.models.weights import WEIGHTS_FILE_HINT, WeightsSource
-from transferkit.network import WeightsUnavailableError
+from transferkit.models.network import WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,9 @@ class LoadReport:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read tensors from safetensors or a torch file, unwrapping checkpoints.
 
-    Torch files are read weights-only (`transferkit.torch_files`): one that would run code is refused.
+    Torch files are read weights-only (`transferkit.runtime.torch_files`): one that would run code is refused.
     """
-    from transferkit.torch_files import read_torch_file
+    from transferkit.runtime.torch_files import read_torch_file
 
     path = Path(path)
     if path.suffix != ".safetensors":

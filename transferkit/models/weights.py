@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from transferkit.errors import ConfigError, did_you_mean
-from transferkit.network import WeightsUnavailableError  # noqa: F401 (re-export)
+from transferkit.models.network import WeightsUnavailableError  # noqa: F401 (re-export)
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def checkpoint_record(path: Path) -> dict:
 
     Read weights-only: a file that would run code, or is not a checkpoint, stops here in one line.
     """
-    from transferkit.torch_files import read_torch_file
+    from transferkit.runtime.torch_files import read_torch_file
 
     checkpoint = read_torch_file(path, key="model.weights", hint=WEIGHTS_FILE_HINT)
     hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
@@ -186,7 +186,7 @@ def resolve_weights_source(weights: str, backbone: str, *, cache_dir: str | None
         log.info("Weights for %s: %s (Hugging Face cache, no download)", backbone, cached)
         return WeightsSource("hf-cache", str(weights), str(cached), {"hub_id": repo})
     if require_available:
-        from transferkit.network import check_hub_reachable
+        from transferkit.models.network import check_hub_reachable
 
         check_hub_reachable(backbone, missing_from=describe_cache(cache_dir), repo=repo)
     return WeightsSource("hub", str(weights), None, {"hub_id": repo})

@@ -10,7 +10,7 @@ import torch.nn as nn
 from torchmetrics import MeanMetric
 
 from transferkit.errors import ConfigError
-from transferkit.finetune import (
+from transferkit.tasks.finetune import (
     FinetunePlan,
     apply_strategy,
     build_param_groups,
@@ -19,9 +19,9 @@ from transferkit.finetune import (
     tracked_param_ids,
 )
 from transferkit.models.speed import apply_channels_last, apply_compile, check_compile_mode, to_channels_last
-from transferkit.optim import build_optimizer
-from transferkit.regularization import check_l1, l1_penalty, l1_weights
-from transferkit.schedulers import build_scheduler
+from transferkit.tasks.optim import build_optimizer
+from transferkit.tasks.regularization import check_l1, l1_penalty, l1_weights
+from transferkit.tasks.schedulers import build_scheduler
 
 log = logging.getLogger(__name__)
 

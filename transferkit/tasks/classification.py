@@ -101,7 +101,7 @@ class ClassificationTask(BaseTask):
         if self.plan.probes_first and not any(isinstance(c, LinearProbeCallback) for c in self.trainer.callbacks):
             raise RuntimeError("finetune.head_solver=lbfgs (freeze) and finetune.lpft=true need a "
                                "LinearProbeCallback among the trainer's callbacks; build the trainer with "
-                               "transferkit.builders.build_trainer, which adds it.")
+                               "transferkit.training.builders.build_trainer, which adds it.")
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         x, y = batch

@@ -2,7 +2,7 @@
 
 Each member sees the batch in its own preprocessing (`views[i]` is the batch prepared with member
 i's image size, mean and std); classification averages the softmax outputs, segmentation the
-per-pixel probabilities on the first member's pixels. Test-time augmentation (`transferkit.tta`)
+per-pixel probabilities on the first member's pixels. Test-time augmentation (`transferkit.inference.tta`)
 applies per member, before the average.
 """
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from transferkit.tta import check_tta, tta_probabilities
+from transferkit.inference.tta import check_tta, tta_probabilities
 
 
 def average_probabilities(probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -29,7 +29,7 @@ class EnsembleTask(pl.LightningModule):
     """Trained tasks of one kind and one class list, evaluated together (`test`, `predict`, `cv`).
 
     Args:
-        members: loaded tasks (`transferkit.loading.load_ensemble` checks their class lists).
+        members: loaded tasks (`transferkit.tasks.loading.load_ensemble` checks their class lists).
         tta: `none`, `flip` or `multiscale`, for every member or one per member (`load_ensemble`
             gives `none` to a member a view does not suit: `flip` for one trained without flips).
     """

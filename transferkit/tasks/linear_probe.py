@@ -5,7 +5,7 @@ freeze: the solve *is* the training; the task then only validates) or `finetune.
 Kumar et al. ICLR 2022: partial/full fine-tuning starts from the solved head instead of a random
 one). The features are the training split's: the feature cache's when the run uses it, else
 extracted once from the encoder in eval mode with the eval transform. The solver itself is
-`transferkit.head_solver`. A resumed run (`ckpt_path`) keeps its checkpoint's head.
+`transferkit.tasks.head_solver`. A resumed run (`ckpt_path`) keeps its checkpoint's head.
 
 What an epoch means with `head_solver=lbfgs` and `finetune=freeze`: the solve replaces the SGD
 epochs, so planning sets `trainer.max_epochs=1`. That epoch's training steps only log `train/loss`
@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from transferkit.data.feature_store import FeatureDataset, extract_features
 from transferkit.data.sources import TransformedDataset
-from transferkit.head_solver import HeadSolution, solve_linear_head
+from transferkit.tasks.head_solver import HeadSolution, solve_linear_head
 from transferkit.models.heads import set_linear_head
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,79 @@
+"""The model of a run: which architecture and weights `model=auto` stands for, and the input format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from transferkit.errors import ConfigError
+from transferkit.models.input_format import INTERPOLATIONS, InputFormat, match_channels
+from transferkit.models.weights import classify_weights, file_record, house_backbones
+
+AUTO = "auto"
+EMBEDDED_HOUSE = "charnet"     # the model of the embedded data sets (offline demo)
+FOLDER_BACKBONE = "resnet50"   # the model of a user's folder: ImageNet weights, cached or downloaded
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    backbone: str
+    weights: str
+    format_record: dict  # the record the input format is read from ({} = timm's pretrained cfg)
+    why: str
+
+
+def is_auto(value) -> bool:
+    return value is None or str(value) == AUTO
+
+
+def choose_model(backbone: str, weights: str, *, embedded: bool) -> ModelChoice:
+    """Which architecture and weights `model=auto` (and partial choices) stand for."""
+    house = house_backbones()
+    kind = classify_weights(weights)
+    if kind == "house":
+        arch = house[weights]["backbone"]
+        if not is_auto(backbone) and backbone != arch:
+            raise ConfigError(f"model.weights={weights!r} is a {arch!r} backbone but model.backbone={backbone!r}; "
+                              f"drop model.backbone (or set it to {arch}), or choose other weights.")
+        return ModelChoice(arch, weights, house[weights], f"house backbone {weights} ({arch})")
+    if kind == "file":
+        record = file_record(Path(str(weights)).expanduser())
+        if is_auto(backbone) and not record.get("backbone"):
+            raise ConfigError(f"model.weights={str(weights)!r} has no record of its architecture (no backbone.json "
+                              "beside it); name it with model=<catalogue option> or model.backbone=<timm name>.")
+        arch = record.get("backbone") if is_auto(backbone) else backbone
+        return ModelChoice(str(arch), str(weights), record if record.get("backbone") == arch else {},
+                           f"weights file {weights}")
+    if not is_auto(backbone):
+        return ModelChoice(str(backbone), "hub" if kind == AUTO else str(weights), {},
+                           f"model.backbone={backbone}")
+    if embedded:
+        record = house[EMBEDDED_HOUSE]
+        chosen = EMBEDDED_HOUSE if kind == AUTO else str(weights)
+        return ModelChoice(record["backbone"], chosen, record,
+                           f"embedded data: the house backbone {EMBEDDED_HOUSE}'s architecture and input format")
+    return ModelChoice(FOLDER_BACKBONE, "hub" if kind == AUTO else str(weights), {},
+                       f"your folder (data.root): {FOLDER_BACKBONE} with its ImageNet weights")
+
+
+def choose_input_format(native: InputFormat, given: dict, hint: dict) -> tuple[InputFormat, list[str]]:
+    """The run's input format: a value the user set wins, then the embedded data's own format
+    (`hint`), then the weights' native one. Returns it and any warnings."""
+    in_chans = int(given["in_chans"] if not is_auto(given.get("in_chans")) else hint.get("in_chans") or native.in_chans)
+    size = int(given["image_size"] if not is_auto(given.get("image_size")) else hint.get("image_size") or native.image_size)
+    for key, value in (("model.in_chans", in_chans), ("data.image_size", size)):
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be >= 1 (or auto).")
+    mean = given["mean"] if not is_auto(given.get("mean")) else match_channels(native.mean, in_chans)
+    std = given["std"] if not is_auto(given.get("std")) else match_channels(native.std, in_chans)
+    interpolation = str(given["interpolation"] if not is_auto(given.get("interpolation")) else native.interpolation)
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"data.interpolation={interpolation!r} is unknown; use one of {['auto', *INTERPOLATIONS]}.")
+    if in_chans not in (1, 3) and is_auto(given.get("mean")):
+        raise ConfigError(f"model.in_chans={in_chans!r}: give data.mean and data.std with {in_chans} values.")
+    warnings = []
+    if size < native.image_size / 2:
+        warnings.append(f"data.image_size={size} is below half the weights' native {native.image_size} px "
+                        f"({native.source}); features at this size are much weaker. Use data.image_size=auto.")
+    return InputFormat(in_chans, size, tuple(float(v) for v in mean), tuple(float(v) for v in std),
+                       interpolation, native.source), warnings

@@ -1,0 +1,216 @@
+"""Turn config groups into objects: datamodule, task, trainer. Only commands call these."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+from transferkit.errors import ConfigError, construct, did_you_mean, lookup
+from transferkit.tasks.finetune import FinetunePlan
+from transferkit.models.weight_loading import load_weights
+from transferkit.models.weights import WeightsSource
+from transferkit.planning.spec import DataSpec, RunSpec
+
+log = logging.getLogger(__name__)
+
+
+def task_classes() -> dict[str, type]:
+    from transferkit.tasks.classification import ClassificationTask
+
+    table: dict[str, type] = {"classification": ClassificationTask}
+    try:
+        from transferkit.tasks.segmentation import SegmentationTask
+    except ImportError:  # segmentation extras not importable: classification still works
+        return table
+    table["segmentation"] = SegmentationTask
+    return table
+
+
+def build_datamodule(data: DataSpec, in_chans: int) -> pl.LightningDataModule:
+    """The datamodule of a planned data spec (input format resolved)."""
+    from transferkit.data.datamodule import ClassificationDataModule
+    from transferkit.data.segmentation import SegmentationDataModule
+
+    cls = SegmentationDataModule if data.task == "segmentation" else ClassificationDataModule
+    return construct(cls, data.datamodule_kwargs(in_chans), "data")
+
+
+def build_task(spec: RunSpec, datamodule, weights: WeightsSource | None = None):
+    """Build the task for `spec.task.kind`; with `weights`, initialise its backbone from them."""
+    cls = lookup(task_classes(), spec.task.kind, "task.kind")
+    kwargs = {
+        **spec.task.options,
+        "num_classes": len(datamodule.class_names),
+        "class_names": list(datamodule.class_names),
+        "model": dict(spec.model.options),
+        "finetune": dict(spec.finetune.options),
+        "optimizer": dict(spec.optimizer),
+        "scheduler": dict(spec.scheduler),
+        "data_config": spec.data_config(),
+    }
+    if spec.callbacks.regularization is not None:
+        kwargs["regularization"] = dict(spec.callbacks.regularization)
+    params = inspect.signature(cls).parameters
+    augment = spec.data.augment
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if key in params:
+            kwargs[key] = getattr(augment, key)
+    if "class_weights" in params and hasattr(datamodule, "class_weights"):
+        kwargs["class_weights"] = datamodule.class_weights()
+    task = construct(cls, kwargs, "task")
+    fmt = spec.model.input
+    task.weights_report = None if weights is None else load_weights(
+        task.encoder, weights, backbone_name=spec.model.backbone, in_chans=fmt.in_chans,
+        image_size=fmt.image_size, cache_dir=spec.model.cache_dir)
+    return task
+
+
+def build_feature_cache(spec: RunSpec, datamodule, task, run_dir: Path):
+    """Serve the frozen backbone's features once per split instead of images (data.feature_cache)."""
+    from transferkit.data.feature_cache import FeatureCacheDataModule
+    from transferkit.data.feature_store import FeatureStore
+
+    cache_dir = spec.data.get("cache_dir")
+    store = FeatureStore(cache_dir=Path(cache_dir) / "features" if cache_dir else None,
+                         spill_dir=run_dir / "feature_cache")
+    return FeatureCacheDataModule(datamodule, task.encoder, spec.model.backbone,
+                                  image_size=spec.model.input.image_size, in_chans=spec.model.input.in_chans,
+                                  store=store, prepare_input=task.prepare_input)
+
+
+def trainer_flags() -> set[str]:
+    return {n for n in inspect.signature(pl.Trainer.__init__).parameters if n != "self"}
+
+
+def build_callbacks(spec: RunSpec, run_dir: Path, monitor: str, mode: str,
+                    last_every_n_epochs: int = 1) -> list[pl.Callback]:
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
+
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
+                                 mode=mode, save_last=False, auto_insert_metric_name=False,
+                                 enable_version_counter=False)
+    # save_last=True would refresh last.ckpt only when best.ckpt is saved (Lightning 2.6), so a
+    # resume from last.ckpt could lose epochs; this one is overwritten after every epoch (or every
+    # `last_every_n_epochs`: a finetune=auto race leg writes it once, where the next leg resumes).
+    last = LastCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                          auto_insert_metric_name=False, enable_version_counter=False,
+                          every_n_epochs=last_every_n_epochs)
+    callbacks: list[pl.Callback] = [checkpoint, last]
+    callbacks += run_guard_callbacks(run_dir / "checkpoints")
+    every_minutes = spec.callbacks.checkpoint_every_minutes
+    if every_minutes is not None:
+        from transferkit.runtime.interval_checkpoint import IntervalCheckpoint
+
+        callbacks.append(IntervalCheckpoint(run_dir / "checkpoints", every_minutes))
+    stopping = spec.callbacks.early_stopping
+    if stopping.get("patience"):
+        callbacks.append(EarlyStopping(monitor=stopping.get("monitor") or monitor, mode=mode,
+                                       patience=stopping["patience"], min_delta=stopping.get("min_delta", 0.0)))
+    if spec.task.kind == "classification" and FinetunePlan(**spec.finetune.options).probes_first:
+        from transferkit.tasks.linear_probe import LinearProbeCallback
+
+        callbacks.append(LinearProbeCallback(seed=spec.seed))  # finetune.head_solver=lbfgs or lpft
+    from transferkit.training.averaging import build_averaging_callbacks
+
+    # After the linear probe: an average starts from the solved head.
+    callbacks += build_averaging_callbacks(dict(spec.callbacks.ema), dict(spec.callbacks.swa))
+    callbacks.append(LearningRateMonitor(logging_interval="epoch"))  # after swa.lr is set for the epoch
+    if spec.callbacks.report_enabled:
+        from transferkit.evaluation.reports.test_outputs import TestOutputsCallback
+
+        callbacks.append(TestOutputsCallback())  # the test pass's outputs, for report.html
+    if spec.task.kind == "segmentation":
+        from transferkit.evaluation.reports.seg_grid import GRID_SAMPLES, SegmentationGridCallback
+
+        samples = spec.task.options.get("grid_samples", GRID_SAMPLES)
+        callbacks.append(SegmentationGridCallback(run_dir, samples=samples))
+    return callbacks
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """last.ckpt: its saved state does not depend on how often it saves (`every_n_epochs`), so a
+    race leg that writes it only at its end resumes the state the previous leg saved."""
+
+    @property
+    def state_key(self) -> str:  # the plain every-epoch ModelCheckpoint's key, as in any run's last.ckpt
+        options = {"monitor": self.monitor, "mode": self.mode, "every_n_train_steps": 0, "every_n_epochs": 1,
+                   "train_time_interval": None}
+        return f"ModelCheckpoint{options!r}"
+
+
+def run_guard_callbacks(checkpoints: Path) -> list[pl.Callback]:
+    """What lets a run stop and resume: the random state in every checkpoint, `last.ckpt` saved on
+    SIGTERM/SIGINT, and a stop at the first non-finite loss (see transferkit.runtime.guards)."""
+    from transferkit.runtime.rng_state import RngStateCallback
+    from transferkit.runtime.guards import FiniteLossGuard, SignalCheckpoint
+
+    return [RngStateCallback(), SignalCheckpoint(checkpoints), FiniteLossGuard(checkpoints)]
+
+
+def build_plugins(flags: dict) -> list:
+    """`trainer.plugins` plus atomic checkpoint writes in a background thread, unless a CheckpointIO
+    was given.
+
+    `AsyncCheckpointIO` copies the checkpoint's tensors in the training thread and writes them (atomically:
+    `AtomicCheckpointIO`) in its own, so training goes on during the write and fsync. Lightning's teardown
+    waits for the writes, so every checkpoint is complete on disk when `trainer.fit` returns or raises,
+    before `results.json` is written and before `test` reads best.ckpt.
+    """
+    from lightning_fabric.plugins import CheckpointIO
+    from pytorch_lightning.plugins.io import AsyncCheckpointIO
+
+    from transferkit.runtime.checkpoint_io import AtomicCheckpointIO
+
+    given = flags.pop("plugins", None) or []
+    plugins = list(given) if isinstance(given, (list, tuple)) else [given]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AsyncCheckpointIO(AtomicCheckpointIO()))
+    return plugins
+
+
+def build_loggers(run_dir: Path, version: str = "") -> list:
+    from pytorch_lightning.loggers import CSVLogger
+
+    loggers = [CSVLogger(save_dir=str(run_dir), name="", version=version)]
+    try:
+        from pytorch_lightning.loggers import TensorBoardLogger
+        from pytorch_lightning.loggers.tensorboard import _TENSORBOARD_AVAILABLE
+
+        if _TENSORBOARD_AVAILABLE:
+            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=version))
+    except ImportError:
+        pass
+    return loggers
+
+
+def build_trainer(spec: RunSpec, run_dir: Path, monitor: str, mode: str,
+                  extra_callbacks: list | None = None, flags_override: dict | None = None,
+                  log_version: str = "", last_every_n_epochs: int = 1) -> pl.Trainer:
+    """The Trainer of `spec.trainer`; `flags_override` (e.g. a race leg's max_epochs), `log_version`
+    (a sub-folder for its metrics) and `last_every_n_epochs` (last.ckpt only at the epochs it
+    divides, e.g. a race leg's end) are for runs made of several fits."""
+    flags = {**spec.trainer.flags, **(flags_override or {})}
+    valid = trainer_flags()
+    for key in flags:
+        if key not in valid:
+            raise ConfigError(f"trainer.{key} is not a Lightning Trainer flag.{did_you_mean(key, valid)}")
+    for key in ("callbacks", "logger", "default_root_dir"):
+        if key in flags:
+            raise ConfigError(f"trainer.{key} is managed by transferkit (run_dir=..., early_stopping.*).")
+    from transferkit.training.console import is_interactive, progress_callbacks
+
+    if flags.get("benchmark") is None and not flags.get("deterministic"):
+        flags["benchmark"] = True  # one input size per run: let cuDNN pick its fastest algorithms (GPU only)
+    progress, progress_flags = progress_callbacks(is_interactive(), flags.pop("enable_progress_bar", None))
+    callbacks = build_callbacks(spec, run_dir, monitor, mode, last_every_n_epochs) + progress + list(extra_callbacks or [])
+    plugins = build_plugins(flags)
+    try:
+        return pl.Trainer(**flags, **progress_flags, default_root_dir=str(run_dir), callbacks=callbacks,
+                          logger=build_loggers(run_dir, log_version), plugins=plugins)
+    except (MisconfigurationException, TypeError, ValueError) as err:  # a value Lightning refuses
+        raise ConfigError(f"a trainer.* setting is refused by Lightning: {err}") from err

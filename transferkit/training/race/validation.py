@@ -1,0 +1,66 @@
+"""Validation in the `finetune=auto` race: the record each leg is scored on, and skipping the
+validations of early legs that neither score nor choose a checkpoint."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from transferkit.planning.spec import RunSpec
+
+
+class ValidationRecorder(pl.Callback):
+    """Keeps every validation loss and accuracy of a candidate (the race scores legs on them)."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.accs: list[float] = []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
+            return
+        metrics = trainer.callback_metrics
+        self.losses.append(float(metrics["val/loss"]))
+        self.accs.append(float(metrics.get("val/acc", float("nan"))))
+
+    # Saved in the candidate's checkpoints, so a leg resumed in a later session scores the same.
+    def state_dict(self) -> dict:
+        return {"losses": list(self.losses), "accs": list(self.accs)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.losses, self.accs = list(state_dict["losses"]), list(state_dict["accs"])
+
+
+class ScoredEpochsOnly(pl.Callback):
+    """Validate a non-final leg only at the epochs it is scored on, its last two (`race.leg_score`):
+    the others would only offer best.ckpt an early epoch of a leg that does not finish the schedule.
+
+    Lightning validates when (epoch + 1) is a multiple of `check_val_every_n_epoch`; this sets it per
+    epoch. Training stays exactly as with every validation: a skipped validation's one draw from
+    torch's random stream (its DataLoader iterator's base seed, with `data.num_workers=0`) is drawn.
+    """
+
+    def __init__(self, first: int) -> None:
+        self.first = first  # 0-based index of the first epoch to validate
+
+    def skips(self, epoch: int) -> bool:
+        return epoch < self.first
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        trainer.check_val_every_n_epoch = epoch + 2 if self.skips(epoch) else 1  # epoch + 1: no multiple
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.skips(trainer.current_epoch):
+            torch.empty((), dtype=torch.int64).random_()  # what the val loader's iterator would draw
+
+
+def validated_epochs_callbacks(spec: RunSpec, end: int, schedule_epochs: int) -> list[pl.Callback]:
+    """`ScoredEpochsOnly` for a leg that stops before the schedule's end, unless validation steers
+    training (early stopping, the plateau scheduler) or runs other than once per epoch in this
+    process (`trainer.check_val_every_n_epoch`, `val_check_interval`, loader workers)."""
+    trainer = spec.trainer
+    plain = (trainer.get("check_val_every_n_epoch", 1) == 1 and trainer.get("val_check_interval") in (None, 1, 1.0)
+             and not spec.callbacks.early_stopping.get("patience") and spec.scheduler.get("name") != "plateau"
+             and str(spec.data.get("num_workers")) == "0")  # auto: workers, whose draws differ
+    return [ScoredEpochsOnly(first=end - 2)] if plain and end - 2 > 0 and end < schedule_epochs else []
