@@ -118,14 +118,13 @@ def timed(run, images: int) -> float:
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict:
-    from transferkit.commands.predict import checkpoint_predictor
-    from transferkit.inference.run import exported_predictor, predict_files
+    from transferkit.inference.predictor import exported_predictor, predict_files, task_predictor
     from transferkit.tasks.loading import load_task
 
     paths = write_jpeg_folder(work / "images", args.images, args.classes, tuple(args.source_size))
     ckpt, onnx_path, ts_path = fit_and_export(work / "images", work, args.workers, args.fit_override)
     task = load_task(ckpt)  # start-up (imports, model loading) happens here, outside the timing
-    predictors = {"predict (checkpoint)": checkpoint_predictor(task), "ONNX Runtime": exported_predictor(onnx_path),
+    predictors = {"predict (checkpoint)": task_predictor(task), "ONNX Runtime": exported_predictor(onnx_path),
                   "TorchScript": exported_predictor(ts_path)}
     plain = plain_timm_model(task)
     data = dict(task.hparams.data_config)

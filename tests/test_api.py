@@ -18,7 +18,10 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+import importlib.util
+
 import transferkit
+from transferkit.commands.table import COMMANDS
 from tests.conftest import write_class_folder
 from transferkit import api
 from transferkit.cli import app as cli
@@ -40,11 +43,12 @@ def test_import_transferkit_loads_neither_torch_nor_hydra() -> None:
 
 
 def test_every_cli_command_has_a_documented_function() -> None:
-    assert {command for command, _, _ in api.COMMANDS.values()} == set(cli.COMMANDS)
-    for name, (command, _, example) in api.COMMANDS.items():
+    for command in COMMANDS.values():  # the one table the CLI, the API and sweeps read
+        name = command.api_name
         function = getattr(transferkit, name)
-        assert name == command.replace("-", "_") and function.__name__ == name
-        assert f"transferkit.{name}(" in example and example in function.__doc__
+        assert name == command.name.replace("-", "_") and function.__name__ == name
+        assert f"transferkit.{name}(" in command.example and command.example in function.__doc__
+        assert importlib.util.find_spec(command.module) is not None
     for name in ("load", "Run", "run_command", "overrides_of", "ConfigError", "RunStopped", "RunInterrupted",
                  "RunDiverged"):
         assert "Example:" in getattr(transferkit, name).__doc__

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -121,3 +123,70 @@ def test_checkpoint_problems_are_named(tmp_path):
     line = describe_bad_checkpoint(cut, checkpoint_problem(cut), good)
     assert "\n" not in line and str(cut) in line and f"previous good checkpoint is {good} (after epoch 2)" in line
     assert "no good checkpoint" in describe_bad_checkpoint(cut, "is truncated", empty)
+
+
+def record_durability_calls(monkeypatch) -> list[tuple]:
+    """Spy on what makes a save durable: `("fsync", "file"|"dir", path, size)` and `("replace", src, dst)`."""
+    import stat
+
+    calls: list[tuple] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        kind = "dir" if stat.S_ISDIR(info.st_mode) else "file"
+        calls.append(("fsync", kind, os.readlink(f"/proc/self/fd/{fd}"), info.st_size))
+        return real_fsync(fd)
+
+    def replace(src, dst, **kwargs):
+        calls.append(("replace", str(src), str(dst)))
+        return real_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name a file descriptor")
+def test_a_save_fsyncs_the_whole_file_then_renames_then_fsyncs_the_folder(tmp_path, monkeypatch):
+    """The order that makes a checkpoint survive a power cut: the data on disk (fsync of the full
+    temporary file), then the rename, then the rename itself on disk (fsync of the folder)."""
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    calls = record_durability_calls(monkeypatch)
+    AtomicCheckpointIO().save_checkpoint({"w": torch.arange(1000)}, target)
+    assert [c[:2] for c in calls] == [("fsync", "file"), ("replace", calls[1][1]), ("fsync", "dir")], calls
+    (_, _, synced, size), (_, src, dst), (_, _, folder, _) = calls
+    assert synced == src and Path(src).parent == target.parent and dst == str(target)
+    assert size == target.stat().st_size  # fsynced after every byte was written (and flushed)
+    assert folder == str(target.parent)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_strace_sees_fsync_rename_fsync_folder_in_that_order(tmp_path):
+    """The same order seen by the kernel (`strace -f`): no mock stands between the code and the calls."""
+    target = tmp_path / "last.ckpt"
+    trace = tmp_path / "trace.txt"
+    script = ("import torch; from transferkit.runtime.checkpoint_io import AtomicCheckpointIO; "
+              f"AtomicCheckpointIO().save_checkpoint({{'w': torch.arange(1000)}}, {str(target)!r})")
+    done = subprocess.run(["strace", "-f", "-y", "-qq", "-o", str(trace), "-e",
+                           "trace=fsync,fdatasync,rename,renameat,renameat2", sys.executable, "-c", script],
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0 and "ptrace" in done.stderr:
+        pytest.skip(f"strace cannot trace here: {done.stderr.strip()[:200]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    events = []
+    for line in trace.read_text().splitlines():
+        call = re.search(r"\b(fsync|fdatasync|rename|renameat|renameat2)\((.*)\)\s*=\s*0", line)
+        if call is None:
+            continue
+        name, args = call.groups()
+        if name.startswith("rename"):
+            events.append(("rename", re.findall(r'"([^"]*)"', args)))
+        else:
+            events.append(("fsync", re.search(r"<([^>]*)>", args).group(1)))
+    temp = f".{target.name}."
+    assert [e[0] for e in events] == ["fsync", "rename", "fsync"], events
+    (_, synced), (_, (src, dst)), (_, folder) = events
+    assert Path(synced).name.startswith(temp) and synced.endswith(".tmp")
+    assert Path(src).name == Path(synced).name and dst == str(target)
+    assert folder == str(tmp_path)

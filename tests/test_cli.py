@@ -21,11 +21,11 @@ def test_recipe_selects_group_options_and_values():
     cfg = cli.compose_config(["recipe=small_similar"])
     assert cfg.finetune.strategy == "freeze"
     assert cfg.model.weights == "auto" and cfg.recipe == "small_similar"  # recipes hold no model
-    from transferkit.planning.plan import plan_model
+    from transferkit.planning.plan import plan_spec
 
-    resolved = plan_model(cfg).cfg  # embedded digits -> the house backbone, its grey 32-px format
-    assert resolved.model.weights == "charnet" and resolved.model.backbone == "resnet10t"
-    assert resolved.model.in_chans == 1 and resolved.data.image_size == 32
+    spec = plan_spec(cfg, "fit")  # embedded digits -> the house backbone, its grey 32-px format
+    assert spec.model.options["weights"] == "charnet" and spec.model.backbone == "resnet10t"
+    assert spec.model.input.in_chans == 1 and spec.data.image_size == 32
 
 
 def test_command_line_beats_recipe():
@@ -105,15 +105,15 @@ def test_unknown_command_suggests(capsys):
 
 
 def test_bad_trainer_flag_is_named():
-    from omegaconf import OmegaConf
+    from dataclasses import replace
 
+    from transferkit.planning.plan import plan_spec
     from transferkit.training.builders import build_trainer
 
-    cfg = cli.compose_config([])
-    OmegaConf.set_struct(cfg, False)
-    cfg.trainer.max_epoch = 3
+    spec = plan_spec(cli.compose_config([]), "fit")
+    spec = replace(spec, trainer=spec.trainer.with_flags(max_epoch=3))
     with pytest.raises(ValueError, match="trainer.max_epoch .*max_epochs"):
-        build_trainer(cfg, run_dir=__import__("pathlib").Path("."), monitor="val/acc", mode="max")
+        build_trainer(spec, run_dir=__import__("pathlib").Path("."), monitor="val/acc", mode="max")
 
 
 def test_module_entry_point_prints_usage():
@@ -174,12 +174,13 @@ def test_an_unknown_group_option_lists_the_options(capsys):
 
 
 def test_a_value_lightning_refuses_is_a_config_error_naming_the_trainer_setting(tmp_path):
-    from transferkit.training.builders import build_trainer
     from transferkit.errors import ConfigError
+    from transferkit.planning.plan import plan_spec
+    from transferkit.training.builders import build_trainer
 
-    cfg = cli.compose_config(["trainer.max_epochs=-3"])
+    spec = plan_spec(cli.compose_config(["trainer.max_epochs=-3"]), "fit")
     with pytest.raises(ConfigError, match=r"a trainer\.\* setting is refused by Lightning: `max_epochs` must be"):
-        build_trainer(cfg, run_dir=tmp_path, monitor="val/acc", mode="max")
+        build_trainer(spec, run_dir=tmp_path, monitor="val/acc", mode="max")
 
 
 @pytest.mark.parametrize("override,message", [

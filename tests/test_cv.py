@@ -15,7 +15,7 @@ import pytest
 from conftest import write_class_folder
 from transferkit.training import builders
 from transferkit.cli import app as cli
-from transferkit.commands.cv import fold_action
+from transferkit.training.cv import fold_action
 from transferkit.errors import ConfigError
 from transferkit.runtime.guards import RunInterrupted
 

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from transferkit.commands.plot_lr import steps_per_epoch
 from transferkit.data.loader_settings import drops_last
 from transferkit.errors import ConfigError
+from transferkit.evaluation.lr_schedule import steps_per_epoch
 
 
 @pytest.mark.parametrize(("setting", "images", "batch", "world", "expected"), [

@@ -90,3 +90,30 @@ def test_two_nodes_on_localhost_share_one_run_and_the_same_weights(image_folder,
     assert ranks[0]["weights"] == ranks[1]["weights"]
     tested = {k: v for k, v in results["metrics"].items() if k.startswith("test/")}
     assert tested and all(r["metrics"][k] == pytest.approx(v, abs=1e-6) for r in ranks for k, v in tested.items())
+
+
+def test_ddp_eval_loss_is_the_mean_over_images_when_ranks_hold_uneven_batches(tmp_path, test_resnet_weights) -> None:
+    """10 test images in batches of 3 on 2 processes: each rank evaluates 5 as a batch of 3 and one of 2,
+    so the mean of the batch means is not the mean over images; test/loss must be the latter (the
+    report's per-image losses, from the gathered logits, give it independently)."""
+    data = write_class_folder(tmp_path / "even", classes=("a", "b"), per_class=5, splits=("train", "val", "test"))
+    for k in (0, 1):  # two test images in the other class's folder: losses that differ by orders of magnitude
+        (data / "test" / "a" / f"{k}.png").rename(data / "test" / "b" / f"from_a{k}.png")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("TRANSFERKIT_RUN_DIR", None)
+    cmd = [sys.executable, "-m", "transferkit", "fit", f"data.root={data}", "model.backbone=test_resnet",
+           f"model.weights={test_resnet_weights}", "data.image_size=32", "data.batch_size=3", "data.num_workers=0",
+           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_epochs=1",
+           "augment=none", "trainer.enable_progress_bar=false"]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = next(cwd.glob("outputs/*/*/results.json")).parent
+    results = json.loads((run / "results.json").read_text())
+    rows = list(csv.DictReader((run / "report" / "predictions.csv").open()))
+    losses = [float(r["loss"]) for r in rows]
+    assert len(losses) == results["data"]["test_size"] == 10
+    per_image = sum(losses) / len(losses)
+    assert max(losses) - min(losses) > 0.5  # spread enough that a mean of batch means would be off
+    assert results["metrics"]["test/loss"] == pytest.approx(per_image, abs=1e-5)

@@ -12,10 +12,10 @@ import torch.nn as nn
 import yaml
 
 from transferkit.errors import ConfigError
-from transferkit.tasks.loading import checkpoint_paths, load_ensemble, trained_flips
+from transferkit.tasks.loading import checkpoint_paths, load_ensemble, load_model, trained_flips
 from transferkit.tasks.classification import ClassificationTask
 from transferkit.tasks.ensemble import EnsembleTask, average_probabilities
-from transferkit.inference.tta import check_tta, multiscale_sizes, tta_probabilities
+from transferkit.tasks.tta import check_tta, multiscale_sizes, tta_probabilities
 
 MODEL = {"backbone": "test_resnet", "in_chans": 3}
 DATA = {"image_size": 32, "in_chans": 3, "mean": [0.5], "std": [0.5], "interpolation": "bilinear",
@@ -59,7 +59,7 @@ def test_each_member_gets_its_own_view():
     class Probe(nn.Module):
         def __init__(self, task):
             super().__init__()
-            self.task, self.class_names, self.hparams = task, task.class_names, task.hparams
+            self.task, self.class_names, self.hparams, self.kind = task, task.class_names, task.hparams, task.kind
 
         def forward(self, x):
             seen.append(tuple(x.shape[-2:]))
@@ -166,13 +166,8 @@ def test_flips_record_old_checkpoints_fall_back_to_the_run_config(tmp_path, capl
     (["recipe=fcn32s", "augment=light"], True),  # segmentation flips whenever its pipeline does
 ])
 def test_checkpoints_record_whether_training_flipped(overrides, flips):
-    from omegaconf import open_dict
-
-    from transferkit.training.builders import data_config
     from transferkit.cli.app import compose_config
+    from transferkit.planning.plan import plan_spec
 
-    cfg = compose_config(overrides)
-    with open_dict(cfg):
-        cfg.data.image_size, cfg.data.mean, cfg.data.std, cfg.data.interpolation = 32, [0.5], [0.5], "bilinear"
-        cfg.model.in_chans = 3
-    assert data_config(cfg)["flips"] is flips
+    spec = plan_spec(compose_config(overrides), "fit", load_weights=False)
+    assert spec.data_config()["flips"] is flips

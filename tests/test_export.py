@@ -178,7 +178,7 @@ def test_exported_predict_path_imports_neither_lightning_nor_timm(cls_onnx, fold
     """Predict from the exported file in a fresh interpreter: same CSV as the checkpoint's, and
     pytorch_lightning / timm never imported."""
     out = work / "fresh.csv"
-    code = ("import sys; from transferkit.inference.run import predict_exported; "
+    code = ("import sys; from transferkit.inference.predictor import predict_exported; "
             f"predict_exported({str(cls_onnx / 'model.onnx')!r}, {str(folder)!r}, {str(out)!r}, top_k=2); "
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('pytorch_lightning', 'lightning', 'lightning_fabric', 'timm')); print(heavy)")

@@ -279,18 +279,19 @@ def test_gradual_unfreeze_under_ddp_keeps_ranks_equal(tmp_path) -> None:
 @pytest.mark.slow
 def test_resume_after_unfreeze_keeps_requires_grad_and_lrs(image_folder, fast, tmp_path) -> None:
     from transferkit.cli.app import compose_config
+    from transferkit.planning.plan import plan_run
     from transferkit.training.session import train_and_test
 
     common = [f"data.root={image_folder}", *fast, "finetune=partial", "finetune.trainable_stages=1",
               "finetune.unfreeze_at_epoch=1", "scheduler=step", "scheduler.interval=epoch",
               "scheduler.step_size=1", "scheduler.gamma=0.5", "optimizer.lr=0.001",
               "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
-    first, *_ = train_and_test(compose_config([*common, "trainer.max_epochs=2"]), "fit")
+    first, *_ = train_and_test(*plan_run(compose_config([*common, "trainer.max_epochs=2"]), "fit"))
     saved = torch.load(first["last_checkpoint"], weights_only=True)  # resume reads it so too
     assert saved["epoch"] == 1 and len(saved["optimizer_states"][0]["state"]) > 4  # layer4 trained in epoch 1
     cfg = compose_config([*common, "trainer.max_epochs=3", f"ckpt_path={first['last_checkpoint']}",
                           f"run_dir={tmp_path / 'resumed'}"])
-    _, trainer, task, *_ = train_and_test(cfg, "fit")
+    _, trainer, task, *_ = train_and_test(*plan_run(cfg, "fit"))
     assert trainer.current_epoch == 3
     assert {n.split(".")[0] for n in trainable(task.encoder)} == {"layer4"}
     lrs = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}

@@ -241,14 +241,11 @@ def test_fit_with_device_decode_and_synthetic_data(jpeg_folder, tmp_path, fast):
 
 
 def test_device_decode_refuses_features_read_before_training():
-    from omegaconf import OmegaConf
+    from transferkit.planning.finetune import check_device_decode
 
-    from transferkit.planning.plan import check_device_decode
-
-    cfg = OmegaConf.create({"data": {"decode": "gpu"}})
     with pytest.raises(ConfigError, match="data.decode=gpu"):
-        check_device_decode(cfg, {"strategy": "freeze", "head_solver": "lbfgs"})
-    check_device_decode(cfg, {"strategy": "full"})
+        check_device_decode("gpu", {"strategy": "freeze", "head_solver": "lbfgs"})
+    check_device_decode("gpu", {"strategy": "full"})
 
 
 # -- on a CUDA device (skipped without one) -------------------------------------------------------

@@ -14,7 +14,7 @@ from transferkit.training import builders
 from transferkit.cli import app as cli
 
 from transferkit.runtime import interval_checkpoint
-from transferkit.training import resume as resuming
+from transferkit.planning import resume as resuming
 from transferkit.errors import ConfigError
 from transferkit.runtime.interval_checkpoint import MID_EPOCH, IntervalCheckpoint, check_every_minutes
 

@@ -102,15 +102,15 @@ def test_spatial_dropout_refuses_token_backbones_and_bad_values() -> None:
 
 
 def test_spatial_dropout_turns_the_feature_cache_off_or_refuses(image_folder, fast) -> None:
-    from transferkit.training.session import plan_run
+    from transferkit.planning.plan import plan_run
 
     base = ["fit", f"data.root={image_folder}", *fast, "finetune=freeze", "finetune.head_solver=sgd",
             "augment=none", "model.spatial_dropout=0.2"]
-    plan, _ = plan_run(cli.compose_config(base[1:]))
-    assert plan.cache["used"] is False
-    assert any("model.spatial_dropout" in r for r in plan.cache["reasons"])
+    spec, _ = plan_run(cli.compose_config(base[1:]), "fit")
+    assert spec.finetune.cache["used"] is False
+    assert any("model.spatial_dropout" in r for r in spec.finetune.cache["reasons"])
     with pytest.raises(ConfigError, match="model.spatial_dropout=0.2"):
-        plan_run(cli.compose_config([*base[1:], "finetune.cache_features=true"]))
+        plan_run(cli.compose_config([*base[1:], "finetune.cache_features=true"]), "fit")
 
 
 def test_segmentation_refuses_spatial_dropout() -> None:

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from pytorch_lightning.plugins.precision import Precision
 
 from transferkit.cli import app as cli
@@ -18,7 +17,8 @@ from transferkit.data.datamodule import ClassificationDataModule
 from transferkit.errors import ConfigError
 from transferkit.tasks.finetune import FinetunePlan
 from transferkit.tasks.head_solver import solve_linear_head
-from transferkit.planning.plan import plan_head
+from transferkit.planning.finetune import plan_head
+from transferkit.planning.spec import TaskSpec, TrainerSpec
 from transferkit.tasks.classification import ClassificationTask
 from transferkit.tasks.linear_probe import LinearProbeCallback, eval_train_dataset
 
@@ -91,8 +91,8 @@ def test_bad_finetune_values_name_the_key(key, value):
 
 def test_planning_solves_the_head_in_one_epoch_and_leaves_segmentation_to_sgd():
     def plan(kind: str, trainer: dict | None = None, **finetune):
-        cfg = OmegaConf.create({"task": {"kind": kind}, "trainer": trainer or {"max_epochs": 15}})
-        return plan_head(SimpleNamespace(cfg=cfg, notes=[]), finetune)
+        spec = SimpleNamespace(task=TaskSpec(kind), trainer=TrainerSpec(trainer or {"max_epochs": 15}))
+        return plan_head(spec, finetune, [])
 
     assert plan("classification", strategy="freeze", head_solver="lbfgs")[1] == {"max_epochs": 1}
     clipped = {"max_epochs": 1, "gradient_clip_val": 1.0, "accumulate_grad_batches": 2}

@@ -10,6 +10,7 @@ import torch
 
 from transferkit.cli import app as cli
 from transferkit.errors import ConfigError
+from transferkit.planning.plan import plan_spec
 from transferkit.tasks.loading import read_checkpoint
 from transferkit.search.lr_finder import check_searchable, group_lr_scales_kept
 
@@ -35,9 +36,9 @@ def test_each_group_steps_at_the_swept_lr_times_its_scale_during_the_search():
     (["finetune=full", "trainer.devices=2", "trainer.strategy=ddp"], "with several processes each would search"),
 ])
 def test_fit_with_lr_find_refuses_runs_the_found_lr_would_not_drive(overrides, message):
-    cfg = cli.compose_config(["optimizer.lr=find", *overrides])
+    spec = plan_spec(cli.compose_config(["optimizer.lr=find", *overrides]), "fit", load_weights=False)
     with pytest.raises(ConfigError, match=message):
-        check_searchable(cfg, "fit")
+        check_searchable(spec, "fit")
 
 
 @pytest.mark.slow

@@ -1,14 +1,20 @@
-"""Planning: which model `auto` means, the input format, fine-tuning rules, a read-only config."""
+"""Planning: which model `auto` means, the input format, fine-tuning rules, a final spec."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import FrozenInstanceError
+
 import pytest
-from omegaconf.errors import ReadonlyConfigError
 
 from transferkit.cli.app import compose_config
 from transferkit.errors import ConfigError
 from transferkit.models.input_format import InputFormat
-from transferkit.planning.plan import choose_input_format, choose_model, plan_model, plan_training
+from transferkit.planning.spec import RunSpec
+from transferkit.runtime.format import FORMAT_VERSION
+from transferkit.training.builders import build_datamodule
+from transferkit.planning.model import choose_input_format, choose_model
+from transferkit.planning.plan import RunPlan, plan_spec, plan_training
 
 NATIVE = InputFormat(3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic", "timm:x")
 AUTO_INPUT = {"in_chans": "auto", "image_size": "auto", "mean": "auto", "std": "auto", "interpolation": "auto"}
@@ -61,51 +67,46 @@ def test_catalogue_model_on_a_folder_takes_its_native_format(image_folder, tmp_p
     from tests.conftest import write_timm_weights
 
     weights = write_timm_weights(tmp_path / "r18.safetensors", "resnet18")
-    plan = plan_model(compose_config(["recipe=small_similar", "model=resnet18", f"model.weights={weights}",
-                                      f"data.root={image_folder}"]))
-    cfg = plan.cfg
-    assert (cfg.model.backbone, cfg.model.in_chans, cfg.data.image_size) == ("resnet18", 3, 224)
-    assert list(cfg.data.mean) == pytest.approx([0.485, 0.456, 0.406]) and cfg.data.interpolation == "bicubic"
-    assert plan.weights.kind == "file" and cfg.model.weights == str(weights.resolve())
+    spec = plan_spec(compose_config(["recipe=small_similar", "model=resnet18", f"model.weights={weights}",
+                                     f"data.root={image_folder}"]), "fit")
+    fmt = spec.model.input
+    assert (spec.model.backbone, fmt.in_chans, fmt.image_size) == ("resnet18", 3, 224)
+    assert (spec.model.options["in_chans"], spec.data.image_size) == (3, 224)
+    assert list(spec.data.get("mean")) == pytest.approx([0.485, 0.456, 0.406]) and fmt.interpolation == "bicubic"
+    assert spec.model.weights.kind == "file" and spec.model.options["weights"] == str(weights.resolve())
 
 
-def test_planned_config_is_read_only(image_folder, fast):
-    from transferkit.training.builders import build_datamodule
-
-    plan = plan_model(compose_config([f"data.root={image_folder}", *fast]))
-    datamodule = build_datamodule(plan.cfg)
-    datamodule.scan()
-    cfg = plan_training(plan, datamodule).cfg
-    assert cfg.finetune.cache_features in (True, False)
-    with pytest.raises(ReadonlyConfigError):
-        cfg.data.image_size = 64
+def test_the_planned_spec_is_final_and_round_trips(image_folder, fast):
+    plan = RunPlan(compose_config([f"data.root={image_folder}", *fast]), "fit")
+    spec = plan.spec
+    assert spec.finetune.options["cache_features"] in (True, False) and plan.datamodule.class_names
+    with pytest.raises(FrozenInstanceError):
+        spec.seed = 1
+    assert RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert spec.to_dict()["format_version"] == FORMAT_VERSION
 
 
 @pytest.mark.parametrize("strategy", ["freeze", "partial"])
 def test_no_head_on_random_frozen_features(image_folder, fast, strategy):
-    from transferkit.training.builders import build_datamodule
-
-    plan = plan_model(compose_config([f"data.root={image_folder}", *fast, "model.weights=none",
-                                      f"finetune={strategy}"]))
+    spec = plan_spec(compose_config([f"data.root={image_folder}", *fast, "model.weights=none",
+                                     f"finetune={strategy}"]), "fit")
     with pytest.raises(ConfigError, match=f"finetune.strategy='{strategy}' with model.weights=none"):
-        plan_training(plan, build_datamodule(plan.cfg))
+        plan_training(spec, build_datamodule(spec.data, spec.model.input.in_chans))
 
 
 def test_auto_without_weights_plans_scratch(image_folder, fast):
-    from transferkit.training.builders import build_datamodule
-
-    plan = plan_model(compose_config([f"data.root={image_folder}", *fast, "model.weights=none", "finetune=auto"]))
-    datamodule = build_datamodule(plan.cfg)
+    spec = plan_spec(compose_config([f"data.root={image_folder}", *fast, "model.weights=none", "finetune=auto"]), "fit")
+    datamodule = build_datamodule(spec.data, spec.model.input.in_chans)
     datamodule.scan()
-    plan = plan_training(plan, datamodule)
-    assert plan.cfg.finetune.strategy == "full" and plan.advice is None
-    assert any("training from scratch" in note for note in plan.notes)
+    spec = plan_training(spec, datamodule)
+    assert spec.finetune.strategy == "full" and spec.finetune.advice is None and spec.finetune.race is None
+    assert any("training from scratch" in note for note in spec.notes)
 
 
 def test_auto_on_segmentation_stops_before_training(fast):
-    plan = plan_model(compose_config(["recipe=fcn32s", *fast, "finetune=auto"]))
+    spec = plan_spec(compose_config(["recipe=fcn32s", *fast, "finetune=auto"]), "fit")
     with pytest.raises(ConfigError, match="finetune=freeze\\|partial\\|full"):
-        plan_training(plan, None)
+        plan_training(spec, None)
 
 
 @pytest.mark.parametrize("override, match", [
@@ -116,9 +117,9 @@ def test_auto_on_segmentation_stops_before_training(fast):
 def test_bad_optimizer_values_stop_even_a_solved_head_plan(override, match):
     """The default recipe solves its head with L-BFGS and never builds the optimizer: its values are
     still checked before anything runs."""
-    plan = plan_model(compose_config(["recipe=small_similar", "optimizer=rmsprop", override]))
+    spec = plan_spec(compose_config(["recipe=small_similar", "optimizer=rmsprop", override]), "fit")
     with pytest.raises(ConfigError, match=match):
-        plan_training(plan, None)
+        plan_training(spec, None)
 
 
 def test_optimizer_lr_find_is_left_to_the_range_test():
@@ -136,4 +137,4 @@ def test_a_missing_folder_is_named_before_any_weights_are_looked_for(tmp_path, r
     for root, problem in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "a_file.png", "is a file, not a folder")):
         cfg = compose_config([f"recipe={recipe}", f"data.root={root}", "model=auto"])
         with pytest.raises(OSError, match=rf"data.root='{root}' {problem}\. Expected {layout}"):
-            plan_model(cfg)
+            plan_spec(cfg, "fit")

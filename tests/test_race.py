@@ -17,16 +17,9 @@ from tests.conftest import fit_two_process_ddp
 from transferkit.cli import app as cli
 from transferkit.runtime.checkpoint_io import AtomicCheckpointIO
 from transferkit.training.race import legs as racing
-from transferkit.training.race.rules import (
-    Rung,
-    build_candidates,
-    choose_survivors,
-    leg_score,
-    plan_race,
-    rung_schedule,
-    schedule_cost,
-    scratch_enters,
-)
+from transferkit.planning.plan import plan_spec
+from transferkit.planning.race import build_candidates, plan_race, rung_schedule, schedule_cost, scratch_enters
+from transferkit.training.race.rules import Rung, choose_survivors, leg_score
 
 COSTS = [0.05, 0.7, 1.0, 1.0, 1.0]  # freeze, lpft-partial, full-llrd, lpft-full, scratch
 
@@ -102,10 +95,9 @@ def fake_training(scores: dict[str, list[float]]):
 
 def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_folder, fast, tmp_path):
     from transferkit.training.builders import build_datamodule
-    from transferkit.planning.plan import plan_model
 
-    plan = plan_model(cli.compose_config([f"data.root={image_folder}", *fast, "trainer.max_epochs=9"]))
-    datamodule = build_datamodule(plan.cfg)
+    spec = plan_spec(cli.compose_config([f"data.root={image_folder}", *fast, "trainer.max_epochs=9"]), "fit")
+    datamodule = build_datamodule(spec.data, spec.model.input.in_chans)
     datamodule.scan()
     candidates = build_candidates({}, use_weights=True, with_scratch=True)
     scores = {"freeze": [0.5, 0.5, 0.5], "lpft-partial": [0.3, 0.25, 0.2], "full-llrd": [0.6], "lpft-full": [0.2, 0.3, 0.1],
@@ -119,7 +111,7 @@ def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_fold
         real_release(leg)
     monkeypatch.setattr(racing, "release", release)
     rungs = rung_schedule(9, len(candidates))
-    winner, entries = racing.run_race(plan.cfg, candidates, rungs, datamodule, plan.weights, tmp_path)
+    winner, entries = racing.run_race(spec, candidates, rungs, datamodule, tmp_path)
     # lpft-partial beat lpft-full at the second cut (0.25 < 0.30), finished the schedule and then beat
     # freeze, which is never cut (it costs nothing) and meets the finisher at the end.
     assert winner.candidate.name == "lpft-partial"
@@ -222,12 +214,16 @@ def test_a_leg_validates_only_its_scored_epochs_and_trains_the_same(first):
     assert torch.equal(plain.layer.weight, scored.layer.weight) and after_plain == after_scored
 
 
+def spec_of(*overrides: str):
+    return plan_spec(cli.compose_config(list(overrides)), "fit", load_weights=False)
+
+
 def test_only_non_final_legs_skip_validations():
-    cfg = cli.compose_config(["trainer.max_epochs=15", "data.num_workers=0"])
-    assert [c.first for c in racing.validated_epochs_callbacks(cfg, 5, 15)] == [3]
-    assert racing.validated_epochs_callbacks(cfg, 15, 15) == []  # the finisher validates every epoch
-    steered = cli.compose_config(["trainer.max_epochs=15", "data.num_workers=0", "early_stopping.patience=3"])
+    spec = spec_of("trainer.max_epochs=15", "data.num_workers=0")
+    assert [c.first for c in racing.validated_epochs_callbacks(spec, 5, 15)] == [3]
+    assert racing.validated_epochs_callbacks(spec, 15, 15) == []  # the finisher validates every epoch
+    steered = spec_of("trainer.max_epochs=15", "data.num_workers=0", "early_stopping.patience=3")
     assert racing.validated_epochs_callbacks(steered, 5, 15) == []
     for workers in ("2", "auto"):
-        loaders = cli.compose_config(["trainer.max_epochs=15", f"data.num_workers={workers}"])
+        loaders = spec_of("trainer.max_epochs=15", f"data.num_workers={workers}")
         assert racing.validated_epochs_callbacks(loaders, 5, 15) == []

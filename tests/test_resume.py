@@ -20,7 +20,7 @@ from conftest import write_class_folder
 from transferkit.training import builders
 from transferkit.cli import app as cli
 from transferkit.training import metrics_files
-from transferkit.training import resume as resuming
+from transferkit.planning import resume as resuming
 from transferkit.errors import ConfigError
 from transferkit.runtime.guards import RunInterrupted
 

@@ -170,7 +170,7 @@ def test_every_scheduler_has_a_config_file() -> None:
 
 
 def test_steps_per_epoch_counts_like_lightning() -> None:
-    from transferkit.commands.plot_lr import steps_per_epoch
+    from transferkit.evaluation.lr_schedule import steps_per_epoch
 
     assert steps_per_epoch(10, 4, {}) == 3
     assert steps_per_epoch(10, 4, {"accumulate_grad_batches": 2}) == 2

@@ -87,16 +87,15 @@ def test_bad_task_options_name_their_key() -> None:
 
 
 def test_predict_mask_and_prediction_pngs(tmp_path: Path) -> None:
-    from transferkit.commands.predict import checkpoint_predictor
-    from transferkit.data.masks import load_mask
-    from transferkit.inference.run import write_masks
-    from transferkit.evaluation.reports.overlays import overlay, save_prediction_pngs
+    from transferkit.data.masks import load_mask, overlay
+    from transferkit.inference.outputs import save_prediction_pngs
+    from transferkit.inference.predictor import predict_files, task_predictor
 
     config = {"image_size": 32, "in_chans": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
     task = make_task(data_config=config).eval()
     image = np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8)
-    predictor = checkpoint_predictor(task)
-    x = predictor.transform(image=image)["image"][None]
+    predictor = task_predictor(task)
+    x = predictor.transforms[0](image=image)["image"][None]
     assert x.shape == (1, 3, 32, 32)
     mask = task.predict_mask(x, image.shape[:2])[0].numpy()
     # Zero-initialised score layers: every logit is 0, so the argmax is class 0 everywhere.
@@ -114,7 +113,7 @@ def test_predict_mask_and_prediction_pngs(tmp_path: Path) -> None:
     Image.fromarray(image).save(tmp_path / "in" / "a.png")
     (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    assert write_masks(predictor, sorted((tmp_path / "in").iterdir()), out) == 1
+    assert predict_files(predictor, sorted((tmp_path / "in").iterdir()), out) == {"written": 1}
     assert load_mask(out / "a_mask.png", num_classes=3).shape == (45, 70)
     assert (out / "a_overlay.png").is_file() and not (out / "broken_mask.png").exists()
 

@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from transferkit.cli import app as cli
-from transferkit.commands.show_augs import choose_samples
-from transferkit.evaluation.reports.augment_grid import CELL_PX, HEADER_PX
+from transferkit.evaluation.reports.augment_grid import CELL_PX, HEADER_PX, choose_samples
 
 pytestmark = pytest.mark.slow
 

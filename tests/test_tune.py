@@ -30,8 +30,8 @@ def test_recipe_may_be_a_file(tmp_path):
 
 
 def space_of(*overrides: str):
-    cfg = cli.compose_config(["recipe=small_similar", *overrides])
-    return cfg, parse_space(cfg.tune.space, cfg)
+    config = OmegaConf.to_container(cli.compose_config(["recipe=small_similar", *overrides]), resolve=True)
+    return config, parse_space(config["tune"]["space"], config)
 
 
 def test_space_declared_in_config_is_sampled_into_overrides_that_compose():
@@ -159,13 +159,13 @@ def test_search_resumes_its_study_and_its_best_recipe_reruns(image_folder, fast,
 
 @pytest.mark.slow
 def test_an_interrupted_search_says_how_to_resume_and_redoes_the_stopped_trial(image_folder, fast, monkeypatch):
-    from transferkit.training import session as common
+    from transferkit.commands import tune
     from transferkit.runtime.guards import RunInterrupted
 
-    def stopped(cfg, command, callbacks=None):
+    def stopped(spec, datamodule, callbacks=None):
         raise RunInterrupted("SIGTERM stopped the run", 143)
 
-    monkeypatch.setattr(common, "train_and_test", stopped)
+    monkeypatch.setattr(tune, "train_and_test", stopped)
     space = ["tune.space.finetune=null", "tune.space.augment=null", "tune.space.task=null", "tune.n_trials=1"]
     with pytest.raises(RunInterrupted, match=r"resume it with: python -m transferkit tune resume=") as stop:
         cli.run(["tune", f"data.root={image_folder}", *fast, *space])

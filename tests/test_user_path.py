@@ -76,15 +76,15 @@ def test_measuring_for_auto_leaves_the_random_streams_alone(image_folder, fast):
     import torch
 
     from transferkit.training.builders import build_datamodule
-    from transferkit.planning.plan import plan_model, plan_training
+    from transferkit.planning.plan import plan_spec, plan_training
 
-    plan = plan_model(cli.compose_config([f"data.root={image_folder}", *fast, "finetune=auto"]))
-    datamodule = build_datamodule(plan.cfg)
+    spec = plan_spec(cli.compose_config([f"data.root={image_folder}", *fast, "finetune=auto"]), "fit")
+    datamodule = build_datamodule(spec.data, spec.model.input.in_chans)
     datamodule.scan()
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
     before = (torch.random.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
-    plan = plan_training(plan, datamodule)
-    assert plan.advice is not None and plan.race is not None  # it did measure
+    spec = plan_training(spec, datamodule)
+    assert spec.finetune.advice is not None and spec.finetune.race is not None  # it did measure
     assert torch.equal(torch.random.get_rng_state(), before[0])
     assert (np.random.get_state()[1] == before[1]).all() and random.getstate() == before[2]
 

@@ -25,42 +25,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from transferkit.cli import app as cli
+from transferkit.commands.table import COMMANDS
 from transferkit.errors import ConfigError
 from transferkit.cli.overrides import flatten, override_text
 from transferkit.runs import Run, load
-
-# One line per command: Python name -> (CLI command, what it does, a runnable example).
-# A command added to cli.COMMANDS gets its function here (tests/test_api.py checks both tables agree).
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "fit": ("fit", "Train a model (a recipe and/or config keys), test its best checkpoint.",
-            'run = transferkit.fit("small_similar", trainer={"max_epochs": 1})'),
-    "cv": ("cv", "k-fold cross-validation: one fit per fold, mean +- std of the metrics.",
-           'run = transferkit.cv("small_similar", data={"num_folds": 2}, trainer={"max_epochs": 1})'),
-    "test": ("test", "Evaluate a checkpoint (or a run directory: its best, a cv run: its folds) on its test split.",
-             'run = transferkit.test(ckpt_path=transferkit.fit(trainer={"max_epochs": 1}).dir)'),
-    "predict": ("predict", "Write predictions.csv (or masks) for an image file or folder; see also Run.predict.",
-                'run = transferkit.predict(ckpt_path="outputs/<date>/<time>", input="my_images/", top_k=2)'),
-    "pretrain": ("pretrain", "Pretrain a house backbone and export its weights (backbone.safetensors).",
-                 'run = transferkit.pretrain("house_charnet", trainer={"max_epochs": 1})'),
-    "advise": ("advise", "Score the data set's size and similarity to the weights; recommend a strategy.",
-               'run = transferkit.advise(advise={"max_images": 200})'),
-    "show_augs": ("show-augs", "Draw a grid of training images under the train augmentation (augmentations.png).",
-                  'run = transferkit.show_augs(augment="strong")'),
-    "plot_lr": ("plot-lr", "Plot the learning-rate schedule of a config (lr_schedule.png), without training.",
-                'run = transferkit.plot_lr("small_similar", scheduler="onecycle")'),
-    "lr_find": ("lr-find", "Lightning's LR range test on the planned run (lr_find.png, a suggested LR).",
-                'run = transferkit.lr_find("small_similar", lr_find={"num_training": 20})'),
-    "tune": ("tune", "An Optuna hyperparameter search; each trial is a fit run.",
-             'run = transferkit.tune("small_similar", tune={"n_trials": 2}, trainer={"max_epochs": 1})'),
-    "summary": ("summary", "The model's arithmetic: shapes, parameters, memory, FLOPs, receptive field.",
-                'run = transferkit.summary(model="resnet18")'),
-    "show_features": ("show-features", "First-layer filters and feature maps of one image (features.png).",
-                      'run = transferkit.show_features(model="charnet", input="digit.png")'),
-    "export": ("export", "Export a checkpoint as model.onnx or model.torchscript.pt (+ model.meta.json), checked for parity.",
-               'run = transferkit.export(ckpt_path="outputs/<date>/<time>/checkpoints/best.ckpt", format="onnx")'),
-    "report": ("report", "Rebuild a run's report.html from the files the run saved (no re-evaluation).",
-               'run = transferkit.report(run="outputs/<date>/<time>")'),
-}
 
 EXPLAIN_KEYS = """
     Args:
@@ -180,8 +148,9 @@ def command_function(name: str, command: str, summary: str, example: str):
     return call
 
 
-for _name, _spec in COMMANDS.items():
-    globals()[_name] = command_function(_name, *_spec)
-del _name, _spec
+for _command in COMMANDS.values():
+    globals()[_command.api_name] = command_function(_command.api_name, _command.name, _command.summary,
+                                                    _command.example)
+del _command
 
-__all__ = ["Run", "load", "run_command", "overrides_of", *COMMANDS]
+__all__ = ["Run", "load", "run_command", "overrides_of", *(c.api_name for c in COMMANDS.values())]

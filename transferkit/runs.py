@@ -47,6 +47,7 @@ class Run:
         Example:
             >>> transferkit.load("outputs/2026-01-01/12-00-00/model.onnx").exported  # doctest: +SKIP
         """
+        # lazy: torch and Lightning load on first use; `import transferkit` stays light
         from transferkit.inference.spec import is_exported_model
 
         return self._checkpoint if self._checkpoint is not None and is_exported_model(self._checkpoint) else None
@@ -77,6 +78,21 @@ class Run:
             raise FileNotFoundError(f"{str(self.dir)!r} has no config.yaml; {LOAD_HINT}.")
         return OmegaConf.load(path)
 
+    @property
+    def spec(self):
+        """What planning decided for the run (its spec.json) as a `transferkit.planning.spec.RunSpec`, or None
+        for a run that has none (written before spec.json existed, or by a command that plans no training).
+
+        Example:
+            >>> transferkit.load("outputs/2026-01-01/12-00-00").spec.finetune.strategy  # doctest: +SKIP
+        """
+        # lazy: torch and Lightning load on first use; `import transferkit` stays light
+        from transferkit.planning.spec import RunSpec
+        from transferkit.training.rundir import SPEC_FILE
+
+        path = self.dir / SPEC_FILE
+        return RunSpec.from_dict(json.loads(path.read_text())) if path.is_file() else None
+
     def checkpoints(self) -> list[Path]:
         """The checkpoints this run stands for: the one it was loaded from, a fit run's best, the checkpoint(s)
         a test or predict run used, or a cv run's folds (an ensemble).
@@ -84,6 +100,7 @@ class Run:
         Example:
             >>> transferkit.load("outputs/2026-01-01/12-00-00").checkpoints()  # doctest: +SKIP
         """
+        # lazy: torch and Lightning load on first use; `import transferkit` stays light
         from transferkit.tasks.loading import checkpoint_paths
 
         if self._checkpoint is not None:
@@ -108,6 +125,7 @@ class Run:
             raise ConfigError(f"{str(self.exported)!r} is an exported model, not a LightningModule: use .predict, or "
                               "transferkit.load the checkpoint it was exported from.")
         if self._task is None:
+            # lazy: torch and Lightning load on first use; `import transferkit` stays light
             from transferkit.tasks.loading import load_ensemble, load_task
 
             paths = self.checkpoints()
@@ -116,7 +134,7 @@ class Run:
 
     def predict(self, inputs, top_k: int = 3, tta: str = "none", batch_size: int = 32):
         """Predict image files, folders, Pillow images or uint8 numpy arrays (H x W or H x W x C), with the
-        preprocessing of `python -m transferkit predict` (`transferkit.commands.predict`).
+        preprocessing of `python -m transferkit predict` (`transferkit.inference.predictor`).
 
         Args:
             inputs: one input or a list of them; a folder stands for every image under it.
@@ -135,21 +153,26 @@ class Run:
             >>> run = transferkit.fit(trainer={"max_epochs": 1})                    # doctest: +SKIP
             >>> run.predict([np.zeros((32, 32), np.uint8), "digit.png"], top_k=2)   # doctest: +SKIP
         """
-        from transferkit.inference.in_memory import expand_inputs, predict_one_model, predict_with_ensemble
-        from transferkit.inference.tta import check_tta
+        # lazy: torch and Lightning load on first use; `import transferkit` stays light
+        from transferkit.inference.images import expand_inputs
+        from transferkit.inference.predictor import (ensemble_predictor, exported_predictor, predict_inputs,
+                                                     task_predictor)
+        from transferkit.tasks.tta import check_tta
 
         tta = check_tta(tta)
         items, names = expand_inputs(inputs)
         if self.exported is not None:
             if tta != "none":
                 raise ConfigError(f"tta={tta!r} needs the checkpoint; an exported model predicts without TTA.")
-            return predict_one_model(self.exported, items, names, top_k, batch_size)
-        if tta == "none" and type(self.task).__name__ != "EnsembleTask":
-            return predict_one_model(self.task, items, names, top_k, batch_size)
+            return predict_inputs(exported_predictor(self.exported), items, names, top_k, batch_size)
+        # lazy: torch and Lightning load on first use; `import transferkit` stays light
+        from transferkit.tasks.ensemble import EnsembleTask
         from transferkit.tasks.loading import load_ensemble
 
+        if tta == "none" and not isinstance(self.task, EnsembleTask):
+            return predict_inputs(task_predictor(self.task), items, names, top_k, batch_size)
         ensemble = self.task if tta == "none" else load_ensemble(self.checkpoints(), tta)[0]
-        return predict_with_ensemble(ensemble, items, names, top_k, batch_size)
+        return predict_inputs(ensemble_predictor(ensemble), items, names, top_k, batch_size)
 
     def show(self) -> None:
         """Show the run in a notebook: its report.html if it has one, else its plots (PNG files) and metrics.
@@ -205,6 +228,7 @@ def load(path: str | os.PathLike) -> Run:
     if not path.exists():
         raise FileNotFoundError(f"transferkit.load: {str(path)!r} does not exist; {LOAD_HINT}.")
     if path.is_file():
+        # lazy: torch and Lightning load on first use; `import transferkit` stays light
         from transferkit.inference.spec import is_exported_model
         from transferkit.tasks.loading import read_checkpoint
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from transferkit.planning.plan import plan_run
+from transferkit.planning.plan import RunPlan
 from transferkit.training.session import train_and_test
 
 
 def run(cfg: DictConfig) -> dict:
-    spec, datamodule = plan_run(cfg, "fit")
-    results, *_ = train_and_test(spec, datamodule)
+    plan = RunPlan(cfg, "fit")  # the config stops here: the rest of the run receives the spec
+    results, *_ = train_and_test(plan.spec, plan.datamodule)
     return results

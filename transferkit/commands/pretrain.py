@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from transferkit.training.session import train_and_test
+from transferkit.errors import lookup
+from transferkit.planning.plan import plan_run
 from transferkit.training.rundir import write_json
+from transferkit.training.session import train_and_test
 
 log = logging.getLogger("transferkit")
 
@@ -27,8 +29,6 @@ def export_backbone(task, path: Path, dtype: str) -> Path:
     """Save the encoder's state dict as safetensors in `dtype` (float16 halves the file)."""
     from safetensors.torch import save_file
 
-    from transferkit.errors import lookup
-
     target = lookup(DTYPES, dtype, "export_dtype")
     state = {k: (v.to(target) if v.is_floating_point() else v).contiguous()
              for k, v in task.encoder.state_dict().items()}
@@ -37,14 +37,15 @@ def export_backbone(task, path: Path, dtype: str) -> Path:
 
 
 def run(cfg: DictConfig) -> dict:
-    results, trainer, task, datamodule, run_dir = train_and_test(cfg, "pretrain")
+    spec, datamodule = plan_run(cfg, "pretrain")
+    results, trainer, task, datamodule, run_dir = train_and_test(spec, datamodule)
     if not trainer.is_global_zero:
         return results
     weights = export_backbone(task, run_dir / "backbone.safetensors", cfg.export_dtype)
     record = {
-        "backbone": cfg.model.backbone,
-        "in_chans": cfg.model.in_chans,
-        "image_size": cfg.data.image_size,
+        "backbone": spec.model.backbone,
+        "in_chans": spec.model.input.in_chans,
+        "image_size": spec.model.input.image_size,
         "mean": list(datamodule.mean),
         "std": list(datamodule.std),
         "source_data": datamodule.describe(),
@@ -55,7 +56,7 @@ def run(cfg: DictConfig) -> dict:
         "command": "python -m transferkit " + " ".join(sys.argv[1:]),
         "source_metrics": {k: v for k, v in results["metrics"].items() if k.startswith("test/")},
         "dtype": cfg.export_dtype,
-        "recipe": cfg.get("recipe"),
+        "recipe": spec.recipe,
         "date": date.today().isoformat(),
         "file_bytes": weights.stat().st_size,
     }

@@ -147,6 +147,17 @@ def colourise(mask: np.ndarray, palette: Sequence[Colour] | None = None) -> np.n
     return table[np.clip(mask, 0, len(table) - 1)]
 
 
+def overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Colour] | None = None,
+            alpha: float = 0.5) -> np.ndarray:
+    """Blend the colourised ``mask`` over ``image`` (``H x W x 3`` ``uint8``); class 0 stays clear."""
+    if image.ndim == 2 or image.shape[-1] == 1:
+        image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)
+    colours = colourise(mask, palette).astype(np.float32)
+    weight = np.where(mask[..., None] > 0, alpha, 0.0).astype(np.float32)
+    blended = image.astype(np.float32) * (1 - weight) + colours * weight
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
 def write_index_png(
     mask: np.ndarray, path: Path | str, palette: Sequence[Colour] | None = None
 ) -> Path:

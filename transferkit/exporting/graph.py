@@ -48,13 +48,9 @@ class InferenceGraph(nn.Module):
         return self.network(self.normalize(images) if self.normalize is not None else images)
 
 
-def task_kind(task) -> str:
-    return "segmentation" if type(task).__name__ == "SegmentationTask" else "classification"
-
-
 def task_network(task) -> nn.Module:
     """The task's forward pass on images as a plain module (the same weights, shared)."""
-    if task_kind(task) == "segmentation":
+    if task.kind == "segmentation":
         return FCNSegmentationModel(task.encoder, task.head, task.feature_indices)
     return nn.Sequential(task.encoder, task.head)  # ClassificationTask.forward on images
 
@@ -75,7 +71,6 @@ def example_input(spec: InputSpec, include_preprocessing: bool, kind: str, batch
     if include_preprocessing:
         return torch.randint(0, 256, (batch, side, side, spec.in_chans), generator=generator, dtype=torch.uint8)
     return torch.randn(batch, spec.in_chans, side, side, generator=generator)
-
 
 
 def other_shape_input(spec: InputSpec, include_preprocessing: bool, kind: str) -> torch.Tensor:

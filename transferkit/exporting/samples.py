@@ -9,22 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from transferkit.errors import ConfigError
-from transferkit.inference.images import as_tensor
+from transferkit.data.decode import UnreadableImageError, load_image
+from transferkit.data.sources import match_image_channels
+from transferkit.inference.images import as_tensor, list_inputs
 from transferkit.inference.spec import InputSpec
 
 log = logging.getLogger("transferkit")
 
 Item = tuple[str, np.ndarray]  # (file or sample name, uint8 H x W x C)
+Samples = tuple[str, int, Iterator[Item]]  # (where, how many, the items)
 
 
-def input_items(source: Path, in_chans: int) -> tuple[str, int, Iterator[Item]]:
+def input_items(source: Path, in_chans: int) -> Samples:
     """Images of `input=`; unreadable files are skipped with a warning, as predict skips them."""
-    from transferkit.data.decode import UnreadableImageError, load_image
-    from transferkit.inference.images import list_inputs
-
     paths = list_inputs(source)
 
     def items() -> Iterator[Item]:
@@ -45,18 +44,11 @@ def item_name(source, index: int, fallback: str) -> str:
     return str(pairs[index][0]) if pairs else f"{fallback}[{index}]"
 
 
-def test_split_items(cfg: DictConfig, task, in_chans: int) -> tuple[str, int, Iterator[Item]]:
-    """The checkpoint run's test split (data from the run's config.yaml, format from the checkpoint)."""
-    from transferkit.training.builders import build_datamodule
-    from transferkit.data.sources import match_image_channels
-    from transferkit.planning.plan import plan_for_checkpoint
-
-    if "cache" in cfg.data:
-        cfg = OmegaConf.merge(cfg, {"data": {"cache": False}})  # parity reads the images themselves
-    datamodule = build_datamodule(plan_for_checkpoint(cfg, dict(task.hparams)))
-    datamodule.scan()
+def split_items(datamodule, task, in_chans: int, root: str | None) -> Samples:
+    """The scanned datamodule's test split (its val split when it has none), checked against the task's
+    classes (`root`: data.root, for the error)."""
     if list(datamodule.class_names) != list(task.class_names):
-        raise ConfigError(f"data.root={cfg.data.root!r} has classes {list(datamodule.class_names)} but the "
+        raise ConfigError(f"data.root={root!r} has classes {list(datamodule.class_names)} but the "
                           f"checkpoint was trained on {list(task.class_names)}; pass input=<images> for the "
                           "parity check, or point data.root at the run's data.")
     split = "test" if len(datamodule.sources.get("test", ())) else "val"

@@ -1,21 +1,23 @@
-"""The images predict reads: the input files, decoded and prepared in loader workers."""
+"""The images predict reads: files and folders (`input=`), or for `Run.predict` images in memory too."""
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+
+from transferkit.data.decode import image_of_pixels, load_image
+from transferkit.data.walk import Findings, is_image_file, walk_images
 
 log = logging.getLogger("transferkit")
 
 
 def list_inputs(path: Path) -> list[Path]:
     """One image file, or every image under a folder (hidden files and junk skipped)."""
-    from transferkit.data.walk import Findings, is_image_file, walk_images
-
     if path.is_file():
         if not is_image_file(path.name):
             raise ValueError(f"input={str(path)!r} is not an image file (png, jpg, webp, bmp, tif, gif).")
@@ -32,8 +34,6 @@ def list_inputs(path: Path) -> list[Path]:
 def decode_input(item, in_chans: int) -> np.ndarray:
     """One input as a uint8 H x W x in_chans array: an image file (fit's decode path), or an image already
     in memory (a Pillow image or a numpy array, from `Run.predict`) converted the same way."""
-    from transferkit.data.decode import image_of_pixels, load_image
-
     return load_image(item, in_chans=in_chans) if isinstance(item, (str, Path)) else image_of_pixels(item, in_chans)
 
 
@@ -42,26 +42,38 @@ def as_tensor(prepared) -> torch.Tensor:
     return prepared if isinstance(prepared, torch.Tensor) else torch.from_numpy(np.require(prepared, requirements=["C", "W"]))
 
 
-class PredictDataset(Dataset):
-    """Decoded + prepared images (files, or images in memory from the Python API); unreadable ones yield
-    an empty tensor and their reason."""
-
-    def __init__(self, paths: list, in_chans: int, transform) -> None:
-        self.paths, self.in_chans, self.transform = paths, in_chans, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        try:
-            image = decode_input(self.paths[index], self.in_chans)
-        except (OSError, ValueError) as err:
-            return torch.zeros(0), index, str(err)
-        return as_tensor(self.transform(image=image)["image"]), index, ""
+def is_in_memory(item) -> bool:
+    return type(item).__module__.startswith(("PIL.", "numpy")) or hasattr(item, "__array_interface__")
 
 
-def collate(batch):
-    """`(images, indices of readable files, [(index, reason) of unreadable files])`."""
-    good = [b for b in batch if b[0].numel()]
-    images = torch.stack([b[0] for b in good]) if good else torch.zeros(0)
-    return images, [b[1] for b in good], [(b[1], b[2]) for b in batch if not b[0].numel()]
+def expand_inputs(inputs) -> tuple[list, list]:
+    """`Run.predict`'s inputs: the images `inputs` names (folders expanded) and each one's name for the
+    results: its path, or its index in `inputs` when it is in memory. A bad array fails here, naming its index."""
+    if isinstance(inputs, (str, os.PathLike)) or is_in_memory(inputs) and getattr(inputs, "ndim", 3) in (2, 3):
+        inputs = [inputs]
+    if not isinstance(inputs, Iterable):
+        raise TypeError(f"inputs: a {type(inputs).__name__}; pass image paths, a folder, Pillow images or "
+                        "uint8 numpy arrays (or a list of them).")
+    items, names = [], []
+    for index, item in enumerate(inputs):
+        if isinstance(item, (str, os.PathLike)):
+            path = Path(os.fspath(item)).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(f"inputs[{index}]={str(item)!r} does not exist; pass an image file, a "
+                                        "folder of images, a Pillow image or a numpy array.")
+            found = list_inputs(path)
+            items += found
+            names += [str(p) for p in found]
+        elif is_in_memory(item):
+            try:
+                image_of_pixels(item)
+            except ValueError as err:
+                raise ValueError(f"inputs[{index}]: {err}") from None
+            items.append(item)
+            names.append(index)
+        else:
+            raise TypeError(f"inputs[{index}]: a {type(item).__name__}; pass an image path, a folder, a Pillow "
+                            "image or a uint8 numpy array (H x W or H x W x C).")
+    if not items:
+        raise ValueError("inputs is empty; pass at least one image.")
+    return items, names

@@ -1,14 +1,23 @@
-"""What predict writes: one CSV row per image (classification) or a mask and an overlay PNG per
-image (segmentation), the same whether the model is a checkpoint or an exported file."""
+"""What predict gives: one record per image (classification: a row of predictions.csv, or of the table
+`Run.predict` returns) or a mask per image (segmentation: `<stem>_mask.png` and `<stem>_overlay.png`,
+or the arrays), the same whether the model is a checkpoint, an ensemble or an exported file."""
 
 from __future__ import annotations
 
 import csv
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from transferkit.data.decode import UnreadableImageError
+from transferkit.data.masks import Colour, overlay, write_index_png
+
+log = logging.getLogger("transferkit")
 
 CSV_COLUMNS = ["path", "label", "probability", "top_k", "error"]
 
@@ -28,8 +37,11 @@ def unused_output(output: str | Path | None, default: Path) -> Path:
 def prediction_rows(names: list, probs: dict[int, np.ndarray], failed: list[tuple[int, str]],
                     class_names: list[str], top_k: int) -> list[dict]:
     """One record per input with the CSV_COLUMNS: the top label and its probability, the `top_k` labels as
-    `name:probability;...`, or the reason the input could not be read (`Run.predict` returns these)."""
+    `name:probability;...`, or the reason the input could not be read. Logs the unreadable ones."""
     reasons = dict(failed)
+    for index, reason in failed:
+        log.warning("skipped %s: %s", names[index], reason)
+    top_k = max(1, min(int(top_k), len(class_names)))
     rows = []
     for i, name in enumerate(names):
         if i in reasons:
@@ -43,20 +55,77 @@ def prediction_rows(names: list, probs: dict[int, np.ndarray], failed: list[tupl
     return rows
 
 
-def write_rows(path: Path, paths: list[Path], probs: dict[int, np.ndarray], failed: list[tuple[int, str]],
-               class_names: list[str], top_k: int) -> int:
-    """`path,label,probability,top_k,error` per image; returns how many images got a label."""
-    rows = prediction_rows([str(p) for p in paths], probs, failed, class_names, top_k)
+def write_rows(path: Path, rows: list[dict]) -> dict:
+    """predictions.csv (`path,label,probability,top_k,error` per image); the summary for results.json."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
         for row in rows:
             probability = "" if row["probability"] is None else f"{row['probability']:.4f}"
             writer.writerow([row["path"], row["label"], probability, row["top_k"], row["error"]])
-    return len(paths) - len(dict(failed))
+    failed = sum(1 for row in rows if row["probability"] is None)
+    log.info("Wrote %d predictions to %s", len(rows) - failed, path)
+    return {"output": str(path), "predicted": len(rows) - failed, "failed": failed}
+
+
+def as_table(rows: list[dict]):
+    """A pandas DataFrame of `rows` when pandas is installed, else the list itself."""
+    try:
+        import pandas  # lazy: an optional dependency
+    except ImportError:
+        return rows
+    return pandas.DataFrame(rows, columns=CSV_COLUMNS)
 
 
 def mask_at_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Class ids `N x H x W` at `size` (the images' own): logits resized bilinearly, then argmax."""
-    resized = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-    return resized.argmax(dim=1)
+    return resize_scores(logits, size).argmax(dim=1)
+
+
+def resize_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Per-pixel logits (or probabilities) `N x C x h x w` resized bilinearly to `size`."""
+    return F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def save_prediction_pngs(image: np.ndarray, mask: np.ndarray, directory: Path | str, stem: str,
+                         palette: Sequence[Colour] | None = None) -> tuple[Path, Path]:
+    """Write ``<stem>_mask.png`` (palette index PNG of class ids) and ``<stem>_overlay.png``."""
+    directory = Path(directory)
+    mask_path = write_index_png(mask, directory / f"{stem}_mask.png", palette)
+    overlay_path = directory / f"{stem}_overlay.png"
+    Image.fromarray(overlay(image, mask, palette)).save(overlay_path)
+    return mask_path, overlay_path
+
+
+MaskOf = Callable[[object], tuple[np.ndarray, np.ndarray]]  # input -> (decoded image, class-index mask)
+
+
+def write_masks(mask_of: MaskOf, paths: list[Path], directory: Path) -> dict:
+    """`<stem>_mask.png` and `<stem>_overlay.png` per image, at the image's own size (a repeated stem gets
+    `_1`, `_2`, ...). Unreadable files are logged and skipped; the summary for results.json."""
+    seen: dict[str, int] = {}
+    written = 0
+    for path in map(Path, paths):
+        try:
+            image, mask = mask_of(path)
+        except UnreadableImageError as error:
+            log.warning("skipped %s: %s", path, error.reason)
+            continue
+        stem = path.stem if path.stem not in seen else f"{path.stem}_{seen[path.stem]}"
+        seen[path.stem] = seen.get(path.stem, 0) + 1
+        save_prediction_pngs(image, mask, directory, stem)
+        written += 1
+    log.info("Wrote %d masks and overlays to %s", written, directory)
+    return {"written": written}
+
+
+def masks_of(mask_of: MaskOf, items: list, names: list) -> list:
+    """One class-index mask per input (None, with a warning, for an unreadable file)."""
+    masks = []
+    for item, name in zip(items, names):
+        try:
+            masks.append(mask_of(item)[1])
+        except UnreadableImageError as error:
+            log.warning("skipped %s: %s", name, error.reason)
+            masks.append(None)
+    return masks

@@ -5,13 +5,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import logging
+
+from transferkit.data.discover import check_root
+from transferkit.data.embedded import embedded_spec
 from transferkit.errors import ConfigError
-from transferkit.models.input_format import INTERPOLATIONS, InputFormat, match_channels
-from transferkit.models.weights import classify_weights, file_record, house_backbones
+from transferkit.models.backbones import check_backbone_name
+from transferkit.models.input_format import INTERPOLATIONS, InputFormat, match_channels, native_format
+from transferkit.models.weights import (WeightsSource, classify_weights, file_record, house_backbones,
+                                        resolve_weights_source)
+
+log = logging.getLogger("transferkit")
 
 AUTO = "auto"
 EMBEDDED_HOUSE = "charnet"     # the model of the embedded data sets (offline demo)
 FOLDER_BACKBONE = "resnet50"   # the model of a user's folder: ImageNet weights, cached or downloaded
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """The model decided for a run: the choice, its weights, the input format, the model and data groups
+    with those resolved (as the task and the datamodule receive them), and why."""
+
+    choice: ModelChoice
+    source: WeightsSource
+    input: InputFormat
+    options: dict
+    data: dict
+    notes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -77,3 +98,31 @@ def choose_input_format(native: InputFormat, given: dict, hint: dict) -> tuple[I
                         f"({native.source}); features at this size are much weaker. Use data.image_size=auto.")
     return InputFormat(in_chans, size, tuple(float(v) for v in mean), tuple(float(v) for v in std),
                        interpolation, native.source), warnings
+
+
+def plan_model(model: dict, data: dict, kind: str, load_weights: bool = True) -> ModelPlan:
+    """Resolve `model.backbone`, `model.weights`, `model.in_chans` and the data's input format.
+
+    With `load_weights`, weights that cannot be had (not cached, hub unreachable) stop the run here.
+    """
+    # embedded data, or the user's folder: a mistyped data.root is told before any weights are looked for
+    found = (embedded_spec(str(data["embedded"]), kind) if data.get("root") is None
+             else check_root(Path(str(data["root"])).expanduser(), kind))
+    choice = choose_model(str(model["backbone"]), str(model["weights"]), embedded=found is not None)
+    check_backbone_name(choice.backbone)
+    source = resolve_weights_source(choice.weights, choice.backbone, cache_dir=model.get("cache_dir"),
+                                    require_available=load_weights)
+    record = choice.format_record or (source.record if source.kind in ("house", "file") else {})
+    native = native_format(choice.backbone, record, source=source.path or choice.why)
+    given = {"in_chans": model.get("in_chans"), **{k: data.get(k) for k in ("image_size", "mean", "std", "interpolation")}}
+    hint = {"in_chans": found.in_chans, "image_size": found.image_size} if found is not None else {}
+    fmt, warnings = choose_input_format(native, given, hint)
+    for warning in warnings if source.kind != "none" else []:
+        log.warning("%s", warning)
+    log.info("Model: %s, weights %s; input %d ch, %d px, %s (%s)", choice.backbone, source.describe(),
+             fmt.in_chans, fmt.image_size, fmt.interpolation, choice.why)
+    weights = source.path if source.kind in ("file", "hf-cache") else choice.weights
+    options = {**model, "backbone": choice.backbone, "in_chans": fmt.in_chans, "weights": weights}
+    data = {**data, "image_size": fmt.image_size, "interpolation": fmt.interpolation,
+            "mean": list(fmt.mean), "std": list(fmt.std)}
+    return ModelPlan(choice, source, fmt, options, data, (choice.why, *warnings))

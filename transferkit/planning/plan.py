@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from transferkit.data.discover import check_root
-from transferkit.data.embedded import embedded_spec
 from transferkit.errors import ConfigError
-from transferkit.models.backbones import check_backbone_name
-from transferkit.models.input_format import native_format
-from transferkit.models.weights import resolve_weights_source
+from transferkit.evaluation.reports.run_report import report_options
 from transferkit.planning.finetune import check_device_decode, plan_cache, plan_finetune, plan_head
-from transferkit.planning.model import choose_input_format, choose_model
+from transferkit.planning.model import plan_model
 from transferkit.planning.spec import (AugmentSpec, CallbacksSpec, DataSpec, FinetuneSpec, ModelSpec, OutputSpec,
                                        RunSpec, TaskSpec, TrainerSpec)
 from transferkit.runtime.rng_state import preserved_rng
@@ -36,56 +31,60 @@ log = logging.getLogger("transferkit")
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # names trainer.fit(ckpt_path=...) looks up
 
 
-def plan_spec(cfg: DictConfig, command: str, *, load_weights: bool = True) -> RunSpec:
-    """The composed config as a spec, with the model, its weights and the input format resolved.
+class RunPlan:
+    """A planned run: `spec`, the final `RunSpec`, and `datamodule`, its data scanned (with `scan`).
 
-    With `load_weights`, weights that cannot be had (not cached, hub unreachable) stop the run here.
+    The config stops here: it is read once, into the spec; everything after planning receives the spec.
+    With `load_weights`, weights that cannot be had (not cached, hub unreachable) stop the run here;
+    with `train`, fine-tuning is planned too (the race, the feature cache, the solved head, `lr=find`).
     """
-    return spec_of(OmegaConf.to_container(cfg, resolve=True), command, load_weights=load_weights)
+
+    def __init__(self, cfg: DictConfig, command: str, *, load_weights: bool = True, scan: bool = True,
+                 train: bool = True) -> None:
+        if train:
+            check_ckpt_path(cfg.get("ckpt_path"), cfg.get("resume"))
+            if cfg.get("ckpt_path"):  # Lightning resumes from it later: refuse a file that would run code now
+                read_checkpoint(require(cfg.ckpt_path, "ckpt_path", "a checkpoint to resume from"))
+            pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        model = plan_model(config["model"], config["data"], str(config["task"]["kind"]), load_weights)
+        spec = assemble_spec(config, command, ModelSpec(model.choice.backbone, model.source, model.input,
+                                                        model.options), model.data, model.notes)
+        self.spec, self.datamodule = spec, None
+        if scan:
+            self.datamodule = build_datamodule(spec.data, spec.model.input.in_chans)
+            self.datamodule.scan()
+        if train:
+            self.spec = plan_training(spec, self.datamodule)
+            if wants_search(self.spec.optimizer):
+                self.spec = search_lr(self.spec, self.datamodule)
 
 
-def spec_of(config: dict, command: str, *, load_weights: bool = True) -> RunSpec:
-    model, data, kind = config["model"], config["data"], str(config["task"]["kind"])
-    # embedded data, or the user's folder: a mistyped data.root is told before any weights are looked for
-    found = (embedded_spec(str(data["embedded"]), kind) if data.get("root") is None
-             else check_root(Path(str(data["root"])).expanduser(), kind))
-    choice = choose_model(str(model["backbone"]), str(model["weights"]), embedded=found is not None)
-    check_backbone_name(choice.backbone)
-    source = resolve_weights_source(choice.weights, choice.backbone, cache_dir=model.get("cache_dir"),
-                                    require_available=load_weights)
-    record = choice.format_record or (source.record if source.kind in ("house", "file") else {})
-    native = native_format(choice.backbone, record, source=source.path or choice.why)
-    given = {"in_chans": model.get("in_chans"), **{k: data.get(k) for k in ("image_size", "mean", "std", "interpolation")}}
-    hint = {"in_chans": found.in_chans, "image_size": found.image_size} if found is not None else {}
-    fmt, warnings = choose_input_format(native, given, hint)
-    for warning in warnings if source.kind != "none" else []:
-        log.warning("%s", warning)
-    log.info("Model: %s, weights %s; input %d ch, %d px, %s (%s)", choice.backbone, source.describe(),
-             fmt.in_chans, fmt.image_size, fmt.interpolation, choice.why)
-    weights = source.path if source.kind in ("file", "hf-cache") else choice.weights
-    model = {**model, "backbone": choice.backbone, "in_chans": fmt.in_chans, "weights": weights}
-    data = {**data, "image_size": fmt.image_size, "interpolation": fmt.interpolation,
-            "mean": list(fmt.mean), "std": list(fmt.std)}
-    config = {**config, "model": model, "data": data}
-    task = dict(config["task"])
-    augment = config.get("augment") or {}
-    seed = int(config["seed"])
+def assemble_spec(config: dict, command: str, model: ModelSpec, data: dict, notes: tuple[str, ...] = ()) -> RunSpec:
+    """The spec of a composed config (a plain dict) whose model (`model.options`) and data group (`data`)
+    are resolved; config.yaml gets those resolved groups."""
+    task, augment = dict(config["task"]), config.get("augment") or {}
+    callbacks = config.get("checkpoint") or {}
     return RunSpec(
-        command=command, seed=seed, recipe=config.get("recipe"),
-        task=TaskSpec(str(task.pop("kind")), task),
-        model=ModelSpec(choice.backbone, source, fmt, model),
-        data=DataSpec(kind, seed, AugmentSpec(**augment), data),
+        command=command, seed=int(config["seed"]), recipe=config.get("recipe"),
+        task=TaskSpec(str(task.pop("kind")), task), model=model,
+        data=DataSpec(str(config["task"]["kind"]), int(config["seed"]), AugmentSpec(**augment), data),
         finetune=FinetuneSpec(dict(config.get("finetune") or {})),
         optimizer=dict(config.get("optimizer") or {}), scheduler=dict(config.get("scheduler") or {}),
         trainer=TrainerSpec(dict(config.get("trainer") or {})),
         callbacks=CallbacksSpec(
             early_stopping=dict(config.get("early_stopping") or {}),
-            checkpoint_every_minutes=(config.get("checkpoint") or {}).get("every_minutes"),
+            checkpoint_every_minutes=callbacks.get("every_minutes"),
             regularization=config.get("regularization"), ema=dict(config.get("ema") or {}),
-            swa=dict(config.get("swa") or {}), report=dict(config.get("report") or {"enabled": True})),
+            swa=dict(config.get("swa") or {}), report=report_options(config.get("report"))),
         outputs=OutputSpec(config.get("run_dir"), config.get("resume"), config.get("ckpt_path")),
         lr_find=dict(config.get("lr_find") or {}), advise=dict(config.get("advise") or {}),
-        notes=(choice.why, *warnings), config=config)
+        notes=tuple(notes), config={**config, "model": model.options, "data": data})
+
+
+def plan_spec(cfg: DictConfig, command: str, *, load_weights: bool = True) -> RunSpec:
+    """The composed config as a spec, with the model, its weights and the input format resolved (no data read)."""
+    return RunPlan(cfg, command, load_weights=load_weights, scan=False, train=False).spec
 
 
 def plan_training(spec: RunSpec, datamodule) -> RunSpec:
@@ -123,14 +122,5 @@ def check_ckpt_path(ckpt_path, resume) -> None:
 
 def plan_run(cfg: DictConfig, command: str) -> tuple[RunSpec, object]:
     """Plan a training run and scan its data: the final spec and the scanned datamodule."""
-    check_ckpt_path(cfg.get("ckpt_path"), cfg.get("resume"))
-    if cfg.get("ckpt_path"):  # Lightning resumes from it later: refuse a file that would run code now
-        read_checkpoint(require(cfg.ckpt_path, "ckpt_path", "a checkpoint to resume from"))
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    spec = plan_spec(cfg, command)
-    datamodule = build_datamodule(spec.data, spec.model.input.in_chans)
-    datamodule.scan()
-    spec = plan_training(spec, datamodule)
-    if wants_search(spec.optimizer):
-        spec = search_lr(spec, datamodule)
-    return spec, datamodule
+    plan = RunPlan(cfg, command)
+    return plan.spec, plan.datamodule

@@ -15,7 +15,7 @@ log = logging.getLogger("transferkit")
 def checkpoint_run_config(ckpt_path) -> Path:
     """Where the config of the run behind `ckpt_path` lies: beside a checkpoint (<run>/checkpoints/x.ckpt),
     in a run directory (a cv or fit run), or for a list, that of its first entry."""
-    from transferkit.tasks.loading import is_many
+    from transferkit.tasks.loading import is_many  # lazy: the CLI imports this module; torch is not needed for --help
 
     first = (list(ckpt_path) or [None])[0] if is_many(ckpt_path) else ckpt_path
     path = Path(str(first)).expanduser().resolve()

@@ -15,17 +15,117 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from transferkit.models.input_format import InputFormat
+from transferkit.runtime.format import FORMAT_VERSION
 from transferkit.models.weights import WeightsSource
-from transferkit.tasks.finetune import FinetunePlan
-from transferkit.training.race.rules import Candidate, RacePlan, Rung
+from transferkit.errors import ConfigError, lookup
 
-# The format of run directories and checkpoints this release writes: 1 = before it was recorded
-# (no `format_version` key), 2 = `spec.json` in the run directory and `format_version` in the
-# checkpoint's hyperparameters. `transferkit.planning.versions.migrate_*` read older ones.
-FORMAT_VERSION = 2
+# The format of run directories and checkpoints (FORMAT_VERSION) and its migrations: transferkit.runtime.format.
 # Trainer keys a head solved by L-BFGS needs: one validating epoch, whose one zero-LR step is a
 # manual-optimization step (Lightning refuses clipping or accumulation there).
 SOLVED_HEAD_TRAINER = {"max_epochs": 1, "gradient_clip_val": None, "accumulate_grad_batches": 1}
+
+STRATEGIES: tuple[str, ...] = ("freeze", "partial", "full")
+PLAN_STRATEGIES: tuple[str, ...] = (*STRATEGIES, "auto")
+HEAD_SOLVERS: tuple[str, ...] = ("sgd", "lbfgs")  # see transferkit.tasks.head_solver and tasks/linear_probe.py
+# Relative cost of one epoch of a `finetune=auto` candidate; a frozen head on cached features costs next to nothing.
+EPOCH_COST = {"freeze": 0.05, "lpft-partial": 0.7, "full-llrd": 1.0, "lpft-full": 1.0, "scratch": 1.0}
+FREE_COST = 0.1             # a candidate this cheap is never cut: it waits for the finisher (see run_race)
+
+
+@dataclass(frozen=True)
+class FinetunePlan:
+    """The `finetune` config group: what trains, and at which learning-rate scale."""
+
+    strategy: str = "freeze"
+    trainable_stages: int = 2
+    backbone_lr_scale: float = 0.1
+    layer_decay: float | None = None
+    unfreeze_at_epoch: int | None = None
+    cache_features: bool | None = None
+    # Defaults as before these keys existed (how older checkpoints read); conf/finetune sets lbfgs.
+    head_solver: str = "sgd"   # strategy freeze: "lbfgs" solves the head once instead of SGD epochs
+    lpft: bool = False         # partial/full: solve the head on frozen features first (LP-FT)
+
+    def __post_init__(self) -> None:
+        lookup(dict.fromkeys(PLAN_STRATEGIES), self.strategy, key="finetune.strategy")
+        lookup(dict.fromkeys(HEAD_SOLVERS), self.head_solver, key="finetune.head_solver")
+        if self.lpft not in (True, False):
+            raise ConfigError(f"finetune.lpft={self.lpft!r} must be true or false.")
+        if int(self.trainable_stages) != self.trainable_stages or self.trainable_stages < 1:
+            raise ConfigError(
+                f"finetune.trainable_stages={self.trainable_stages!r} must be an integer >= 1; "
+                "use strategy=freeze to train no backbone stage."
+            )
+        if not self.backbone_lr_scale > 0:
+            raise ConfigError(
+                f"finetune.backbone_lr_scale={self.backbone_lr_scale!r} must be > 0 "
+                "(backbone LR = head LR x this); use strategy=freeze to keep the backbone fixed."
+            )
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError(
+                f"finetune.layer_decay={self.layer_decay!r} must lie in (0, 1] (e.g. 0.75), or be null."
+            )
+        if self.unfreeze_at_epoch is not None:
+            if self.unfreeze_at_epoch < 0:
+                raise ConfigError(f"finetune.unfreeze_at_epoch={self.unfreeze_at_epoch!r} must be >= 0 or null.")
+            if self.strategy == "freeze":
+                raise ConfigError(
+                    f"finetune.unfreeze_at_epoch={self.unfreeze_at_epoch!r} needs strategy partial or full "
+                    "(what to unfreeze); with strategy=freeze set it to null."
+                )
+
+    @property
+    def solves_head(self) -> bool:
+        """The head is solved once (L-BFGS) and never stepped: strategy freeze with head_solver lbfgs."""
+        return self.strategy == "freeze" and self.head_solver == "lbfgs"
+
+    @property
+    def probes_first(self) -> bool:
+        """The head is solved on frozen features before the first epoch (head_solver lbfgs or LP-FT)."""
+        return self.solves_head or bool(self.lpft)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One plan in the race: the finetune group it trains with, and how it starts."""
+
+    name: str
+    finetune: dict
+    use_weights: bool = True  # starts from the planned weights (scratch: random init)
+    augment: str | None = None  # freeze trains on cached features: no random augmentation
+
+    @property
+    def cost(self) -> float:
+        return EPOCH_COST[self.name]
+
+    @property
+    def free(self) -> bool:
+        """Costs next to nothing (a head solved on cached features): it stays in the race to the end,
+        outside the cuts, and meets the finisher there. Cutting it early would only reward it for
+        starting fast, since its score is final after one epoch while the others are still warming up."""
+        return self.cost <= FREE_COST
+
+
+@dataclass(frozen=True)
+class Rung:
+    end: int   # the candidates still in train until this epoch of their schedule ...
+    keep: int  # ... then this many continue
+
+
+@dataclass(frozen=True)
+class RacePlan:
+    """What planning decided for `finetune=auto`: who races, where the cuts fall, and why."""
+
+    candidates: list[Candidate]
+    rungs: list[Rung]
+    scratch: dict          # {"entered": bool, "why": str}
+    cost_bound: float      # worst-case epoch-equivalents / trainer.max_epochs
+
+    def to_dict(self) -> dict:
+        return {"candidates": [c.name for c in self.candidates],
+                "rungs": [{"end": r.end, "keep": r.keep} for r in self.rungs],
+                "scratch": dict(self.scratch), "cost_bound": round(self.cost_bound, 3)}
+
 
 
 @dataclass(frozen=True)
@@ -259,8 +359,55 @@ class RunSpec:
         return replace(self, data=data, finetune=finetune, trainer=TrainerSpec(flags))
 
     def for_fold(self, fold: int, run_dir: str | None) -> RunSpec:
-        """One fold of a k-fold cross-validation: `data.fold` validates, written to its own directory."""
-        return replace(self, data=self.data.with_options(fold=fold),
-                       outputs=replace(self.outputs, run_dir=run_dir),
+        """One fold of a k-fold cross-validation: `data.fold` validates, written to its own directory
+        (a new fit run: it resumes nothing, even when the cv run does)."""
+        return replace(self, data=self.data.with_options(fold=fold), outputs=OutputSpec(run_dir=run_dir),
                        config={**self.config, "data": {**self.config.get("data", {}), "fold": fold},
-                               "run_dir": run_dir})
+                               "run_dir": run_dir, "resume": None, "ckpt_path": None})
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """What `test` and `predict` evaluate: checkpoints (several: an ensemble, each member preparing
+    images its own way) with test-time augmentation, or one model file written by `export`."""
+
+    paths: tuple[str, ...]
+    recorded: str | list[str]  # results.json's `checkpoint`: the one path, or the list (an ensemble)
+    tta: str = "none"
+    exported: bool = False
+
+    @property
+    def single(self) -> bool:
+        """One model without TTA: its logits as they are (an ensemble or TTA averages probabilities)."""
+        return self.exported or (len(self.paths) == 1 and self.tta == "none")
+
+
+@dataclass(frozen=True)
+class PredictSpec:
+    """What `predict` does: the model, the images (`input`), where the CSV or masks go, and how."""
+
+    model: CheckpointSpec
+    input: str
+    output: str | None = None
+    top_k: int = 3
+    batch_size: int = 64
+    num_workers: int = 0
+    run_dir: str | None = None
+    config: dict = field(default_factory=dict, compare=False)  # the composed config (config.yaml); never read
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What `export` does: the checkpoint, the file format (`file_name` in the run directory), whether the
+    graph takes uint8 pixels, and the images parity is checked on (`input`, else the run's test split)."""
+
+    checkpoint: str
+    format: str
+    file_name: str
+    include_preprocessing: bool = False
+    opset: int = 18
+    parity_max_images: int | None = None
+    batch_size: int = 64
+    input: str | None = None
+    run_dir: str | None = None
+    config: dict = field(default_factory=dict, compare=False)  # the composed config (config.yaml); never read

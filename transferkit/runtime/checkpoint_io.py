@@ -1,8 +1,9 @@
 """Checkpoint files on disk: written atomically, and checked before a run resumes from one.
 
 `AtomicCheckpointIO` is a Lightning `CheckpointIO` plugin: a checkpoint is written to a temporary
-file in the same folder, flushed and fsynced, then renamed over the old one (`os.replace`), so a
-crash or a full disk at any moment leaves either the old file or the new one, never half of one.
+file in the same folder, flushed and fsynced, then renamed over the old one (`os.replace`), and the
+folder is fsynced, so a crash or a full disk at any moment leaves either the old file or the new one,
+never half of one. A full disk (or file-size limit) raises `runtime.disk.DiskFullError`: one line.
 It composes with Lightning's `AsyncCheckpointIO(AtomicCheckpointIO())` (the write moves to a thread),
 which is what `builders.build_plugins` gives every trainer.
 """
@@ -18,6 +19,8 @@ from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from transferkit.runtime.disk import checkpoint_nbytes, disk_full_error, full_errno
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, target)
+        except (OSError, RuntimeError) as err:
+            needed = checkpoint_nbytes(checkpoint)
+            code = full_errno(err, needed, target.parent)
+            if code is None:
+                raise
+            temp.unlink(missing_ok=True)  # its space is free again when the message measures it
+            raise disk_full_error(target, needed, code) from err
         finally:
             temp.unlink(missing_ok=True)  # gone after a successful replace; removes a failed write's half
         fsync_folder(target.parent)

@@ -26,27 +26,13 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from transferkit.runtime.checkpoint_io import epochs_done, wait_for_checkpoint_writes
 from transferkit.runtime.host_collectives import HostGroup
+from transferkit.runtime.stops import RunStopped  # also transferkit.RunStopped (via this module)
 
 log = logging.getLogger(__name__)
 
 EXIT_DIVERGED = 3
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as a shell reports it
 SIGNAL_OF_EXIT = {code: sig for sig, code in EXIT_SIGNAL.items()}
-
-
-class RunStopped(Exception):
-    """A fit that stopped before its end; `status` goes to results.json, `exit_code` to the shell.
-
-    Example:
-        >>> import transferkit
-        >>> try:
-        ...     run = transferkit.fit(optimizer={"lr": 1e6})  # doctest: +SKIP
-        ... except transferkit.RunStopped as stop:
-        ...     print(stop.status, stop)
-    """
-
-    status = "failed"
-    exit_code = 1
 
 
 class RunInterrupted(RunStopped):
@@ -115,6 +101,7 @@ class SignalCheckpoint(pl.Callback):
         # (these too) when the fit ends.
         if threading.current_thread() is not threading.main_thread():
             return
+        ignore_file_size_signal()
         self.previous_sigint = signal.signal(signal.SIGINT, self.forward_sigint)
         if trainer.world_size > 1:
             # Lightning's handler runs a collective (a broadcast) inside the signal handler, at whatever
@@ -162,6 +149,13 @@ class SignalCheckpoint(pl.Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.restore_sigint()
         self.host.close()
+
+
+def ignore_file_size_signal() -> None:
+    """A write past the file-size limit (`ulimit -f`) then fails with EFBIG, which the checkpoint writer
+    reports in one line (`runtime.disk.DiskFullError`), instead of SIGXFSZ killing the process mid-write."""
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def current_lrs(trainer: pl.Trainer) -> list[float]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from transferkit.config.files import config_keys, group_options, package_dir
 from transferkit.errors import ConfigError, did_you_mean
 
@@ -62,16 +60,16 @@ def group_names() -> list[str]:
     return sorted(p.name for p in package_dir("conf").iterdir() if p.is_dir())
 
 
-def parse_space(space: DictConfig | dict | None, cfg: DictConfig) -> list[Param]:
-    """The parameters of `tune.space`, each checked against the config it samples."""
-    node = OmegaConf.to_container(space, resolve=True) if isinstance(space, DictConfig) else space
+def parse_space(space: dict | None, config: dict) -> list[Param]:
+    """The parameters of `tune.space`, each checked against the composed config (a plain dict) it samples."""
+    node = space
     if not node:
         raise ConfigError("tune.space is empty: give at least one parameter, e.g. "
                           "tune.space.optimizer.lr={low:1e-4,high:0.1,log:true}.")
     params = list(walk(node, ""))
     searched_groups = {p.path for p in params if p.group}
     for param in params:
-        check_param(param, cfg, searched_groups)
+        check_param(param, config, searched_groups)
     return params
 
 
@@ -114,7 +112,7 @@ def make_param(path: str, spec: dict, where: str) -> Param:
     return Param(path, low=low, high=high, log=bool(spec.get("log")), step=step)
 
 
-def check_param(param: Param, cfg: DictConfig, searched_groups: set[str]) -> None:
+def check_param(param: Param, config: dict, searched_groups: set[str]) -> None:
     """The key must exist in the config (or in every option of a searched group)."""
     where = f"tune.space.{param.path}"
     if param.group:
@@ -125,17 +123,27 @@ def check_param(param: Param, cfg: DictConfig, searched_groups: set[str]) -> Non
                                   f"{options}.{did_you_mean(str(choice), options)}")
         return
     group, _, rest = param.path.partition(".")
-    if OmegaConf.select(cfg, param.path, default=MISSING) is not MISSING:
+    if select(config, param.path) is not MISSING:
         return
     if group in searched_groups and rest in config_keys(group):
         return
     parent = param.path.rsplit(".", 1)[0] if "." in param.path else ""
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    keys = list(node.keys()) if isinstance(node, DictConfig) else []
+    node = select(config, parent) if parent else config
+    keys = list(node.keys()) if isinstance(node, dict) else []
     name = param.path.rsplit(".", 1)[-1]
     raise ConfigError(f"{where}: the config has no key {param.path!r}, so a search cannot set it"
                       f"{'; ' + parent + ' has ' + str(sorted(map(str, keys))) if keys else ''}."
                       f"{did_you_mean(name, map(str, keys))}")
+
+
+def select(config: dict, key: str, default=MISSING):
+    """The value at a dotted key of a nested dict, or `default` where there is none."""
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 def sample(trial, params: list[Param]) -> dict[str, Any]:

@@ -8,8 +8,6 @@ import os
 import socket
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from transferkit.errors import ConfigError
 
 log = logging.getLogger("transferkit")
@@ -25,11 +23,12 @@ def import_optuna():
     return optuna
 
 
-def build_sampler(optuna, cfg: DictConfig, offset: int = 0):
-    """`offset` (the trials a resumed study holds) starts a new random stream, so a resumed search
-    does not draw the first session's values again."""
-    seed = int(cfg.tune.seed if cfg.tune.seed is not None else cfg.seed) + offset
-    match str(cfg.tune.sampler):
+def build_sampler(optuna, tune: dict, seed: int, offset: int = 0):
+    """The sampler of the `tune` group; `tune.seed` (else the run's `seed`) seeds it. `offset` (the trials
+    a resumed study holds) starts a new random stream, so a resumed search does not draw the first
+    session's values again."""
+    seed = int(tune["seed"] if tune.get("seed") is not None else seed) + offset
+    match str(tune.get("sampler")):
         case "tpe":
             return optuna.samplers.TPESampler(seed=seed)
         case "random":
@@ -38,24 +37,26 @@ def build_sampler(optuna, cfg: DictConfig, offset: int = 0):
             raise ConfigError(f"tune.sampler={other!r} is unknown; use tpe or random.")
 
 
-def build_pruner(optuna, cfg: DictConfig):
-    match str(cfg.tune.pruner):
+def build_pruner(optuna, tune: dict):
+    match str(tune.get("pruner")):
         case "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=int(cfg.tune.startup_trials),
-                                               n_warmup_steps=int(cfg.tune.warmup_epochs))
+            return optuna.pruners.MedianPruner(n_startup_trials=int(tune["startup_trials"]),
+                                               n_warmup_steps=int(tune["warmup_epochs"]))
         case "none" | "None":
             return optuna.pruners.NopPruner()
         case other:
             raise ConfigError(f"tune.pruner={other!r} is unknown; use median or none.")
 
 
-def open_study(optuna, cfg: DictConfig, tune_dir: Path, direction: str):
-    storage = str(cfg.tune.storage or f"sqlite:///{tune_dir / 'study.db'}")
-    study = optuna.create_study(storage=storage, study_name=str(cfg.tune.study_name), direction=direction,
-                                sampler=build_sampler(optuna, cfg), pruner=build_pruner(optuna, cfg),
+def open_study(optuna, tune: dict, seed: int, tune_dir: Path, direction: str):
+    """The study in `tune.storage` (default: `<tune_dir>/study.db`), created or loaded; returns it and
+    the storage URL."""
+    storage = str(tune.get("storage") or f"sqlite:///{tune_dir / 'study.db'}")
+    study = optuna.create_study(storage=storage, study_name=str(tune["study_name"]), direction=direction,
+                                sampler=build_sampler(optuna, tune, seed), pruner=build_pruner(optuna, tune),
                                 load_if_exists=True)
     if study.trials:
-        study.sampler = build_sampler(optuna, cfg, offset=len(study.trials))
+        study.sampler = build_sampler(optuna, tune, seed, offset=len(study.trials))
     retry_interrupted(optuna, study)
     return study, storage
 

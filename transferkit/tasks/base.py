@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 from torchmetrics import MeanMetric
 
+from transferkit.runtime.format import FORMAT_KEY, FORMAT_VERSION, migrate_checkpoint
 from transferkit.errors import ConfigError
 from transferkit.tasks.finetune import (
     FinetunePlan,
@@ -32,6 +33,7 @@ class BaseTask(pl.LightningModule):
     Subclasses build `self.encoder` and `self.head` and then call `self.setup_finetuning()`.
     """
 
+    kind: str = ""  # task.kind of a subclass: classification | segmentation
     monitor: str = "val/loss"
     monitor_mode: str = "min"
 
@@ -114,6 +116,10 @@ class BaseTask(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["transferkit_task"] = type(self).__name__  # lets `load_task` pick the class
+        checkpoint[FORMAT_KEY] = FORMAT_VERSION
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        migrate_checkpoint(checkpoint)  # older formats read through the one migration
 
     def num_params(self) -> dict[str, int]:
         params = list(self.parameters())

@@ -26,6 +26,7 @@ MODEL_DEFAULTS = {"backbone": "resnet10t", "weights": "none", "in_chans": 3, "dr
 class ClassificationTask(BaseTask):
     """Classifier on a pretrained backbone; reloads with `ClassificationTask.load_from_checkpoint`."""
 
+    kind = "classification"  # task.kind: what predict, export and the ensemble ask, never the class name
     monitor = "val/acc"
     monitor_mode = "max"
 

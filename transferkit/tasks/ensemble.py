@@ -2,7 +2,7 @@
 
 Each member sees the batch in its own preprocessing (`views[i]` is the batch prepared with member
 i's image size, mean and std); classification averages the softmax outputs, segmentation the
-per-pixel probabilities on the first member's pixels. Test-time augmentation (`transferkit.inference.tta`)
+per-pixel probabilities on the first member's pixels. Test-time augmentation (`transferkit.tasks.tta`)
 applies per member, before the average.
 """
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from transferkit.inference.tta import check_tta, tta_probabilities
+from transferkit.tasks.tta import check_tta, tta_probabilities
 
 
 def average_probabilities(probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -45,7 +45,8 @@ class EnsembleTask(pl.LightningModule):
         self.tta = [check_tta(mode) for mode in modes]
         first = members[0]
         self.class_names = list(first.class_names)
-        self.segmentation = type(first).__name__ == "SegmentationTask"
+        self.kind = str(first.kind)
+        self.segmentation = self.kind == "segmentation"
         self.ignore_index = int(getattr(first, "ignore_index", -100)) if self.segmentation else -100
         num_classes = len(self.class_names)
         if self.segmentation:

@@ -7,7 +7,6 @@ block), never by counting leaf modules. No Lightning here: tasks wire these func
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -15,12 +14,10 @@ import torch.nn as nn
 from timm.models import group_parameters
 
 from transferkit.errors import ConfigError, lookup
+from transferkit.planning.spec import HEAD_SOLVERS, PLAN_STRATEGIES, STRATEGIES, FinetunePlan  # noqa: F401 - the typed finetune group
 
 log = logging.getLogger(__name__)
 
-STRATEGIES: tuple[str, ...] = ("freeze", "partial", "full")
-PLAN_STRATEGIES: tuple[str, ...] = (*STRATEGIES, "auto")
-HEAD_SOLVERS: tuple[str, ...] = ("sgd", "lbfgs")  # see transferkit.tasks.head_solver and tasks/linear_probe.py
 
 # What each quadrant of the size x similarity matrix trains (see docs and recipes/<quadrant>.yaml).
 QUADRANT_STRATEGIES: dict[str, str] = {
@@ -33,59 +30,6 @@ QUADRANT_STRATEGIES: dict[str, str] = {
 # A parameter name no model has: it lands in timm's "unmatched" group (ordinal inf), which
 # tells us which real parameters (neck, final norm) are unmatched too.
 _SENTINEL = "\x00transferkit.unmatched"
-
-
-@dataclass(frozen=True)
-class FinetunePlan:
-    """The `finetune` config group: what trains, and at which learning-rate scale."""
-
-    strategy: str = "freeze"
-    trainable_stages: int = 2
-    backbone_lr_scale: float = 0.1
-    layer_decay: float | None = None
-    unfreeze_at_epoch: int | None = None
-    cache_features: bool | None = None
-    # Defaults as before these keys existed (how older checkpoints read); conf/finetune sets lbfgs.
-    head_solver: str = "sgd"   # strategy freeze: "lbfgs" solves the head once instead of SGD epochs
-    lpft: bool = False         # partial/full: solve the head on frozen features first (LP-FT)
-
-    def __post_init__(self) -> None:
-        lookup(dict.fromkeys(PLAN_STRATEGIES), self.strategy, key="finetune.strategy")
-        lookup(dict.fromkeys(HEAD_SOLVERS), self.head_solver, key="finetune.head_solver")
-        if self.lpft not in (True, False):
-            raise ConfigError(f"finetune.lpft={self.lpft!r} must be true or false.")
-        if int(self.trainable_stages) != self.trainable_stages or self.trainable_stages < 1:
-            raise ConfigError(
-                f"finetune.trainable_stages={self.trainable_stages!r} must be an integer >= 1; "
-                "use strategy=freeze to train no backbone stage."
-            )
-        if not self.backbone_lr_scale > 0:
-            raise ConfigError(
-                f"finetune.backbone_lr_scale={self.backbone_lr_scale!r} must be > 0 "
-                "(backbone LR = head LR x this); use strategy=freeze to keep the backbone fixed."
-            )
-        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
-            raise ConfigError(
-                f"finetune.layer_decay={self.layer_decay!r} must lie in (0, 1] (e.g. 0.75), or be null."
-            )
-        if self.unfreeze_at_epoch is not None:
-            if self.unfreeze_at_epoch < 0:
-                raise ConfigError(f"finetune.unfreeze_at_epoch={self.unfreeze_at_epoch!r} must be >= 0 or null.")
-            if self.strategy == "freeze":
-                raise ConfigError(
-                    f"finetune.unfreeze_at_epoch={self.unfreeze_at_epoch!r} needs strategy partial or full "
-                    "(what to unfreeze); with strategy=freeze set it to null."
-                )
-
-    @property
-    def solves_head(self) -> bool:
-        """The head is solved once (L-BFGS) and never stepped: strategy freeze with head_solver lbfgs."""
-        return self.strategy == "freeze" and self.head_solver == "lbfgs"
-
-    @property
-    def probes_first(self) -> bool:
-        """The head is solved on frozen features before the first epoch (head_solver lbfgs or LP-FT)."""
-        return self.solves_head or bool(self.lpft)
 
 
 def choose_strategy(quadrant: str) -> str:

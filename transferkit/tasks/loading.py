@@ -1,11 +1,22 @@
-"""Reload a trained task from a checkpoint, without Hydra and without running code from the file."""
+"""Reload a trained task from a checkpoint, without Hydra and without running code from the file.
+
+Importing this module loads neither Lightning nor timm (predict from an exported model imports it):
+the task classes are imported when a checkpoint is loaded.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import yaml
+
+from transferkit.data.transforms import trains_with_flips
 from transferkit.errors import ConfigError
 from transferkit.runtime.torch_files import read_torch_file
+from transferkit.tasks.tta import check_tta
+
+log = logging.getLogger("transferkit")
 
 CHECKPOINT_HINT = "pass a checkpoint written by fit (<run_dir>/checkpoints/best.ckpt or last.ckpt)"
 
@@ -33,13 +44,24 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
     return checkpoint
 
 
+def task_classes() -> dict[str, type]:
+    """`task.kind` -> its task class (segmentation only where its extras import)."""
+    from transferkit.tasks.classification import ClassificationTask  # lazy: Lightning and timm, for a checkpoint only
+
+    table: dict[str, type] = {"classification": ClassificationTask}
+    try:
+        from transferkit.tasks.segmentation import SegmentationTask  # lazy: as above
+    except ImportError:  # segmentation extras not importable: classification still works
+        return table
+    table["segmentation"] = SegmentationTask
+    return table
+
+
 def load_task(path: str | Path):
     """Load the task stored in a transferkit checkpoint (classification or segmentation).
 
     The file is read weights-only twice: here to learn the task class, then by Lightning.
     """
-    from transferkit.training.builders import task_classes
-
     name = read_checkpoint(path).get("transferkit_task")
     classes = {cls.__name__: cls for cls in task_classes().values()}
     if name not in classes:
@@ -107,20 +129,13 @@ def trained_flips(task, path: Path) -> bool:
     Newer checkpoints record it (data_config.flips); for older ones the run's config.yaml beside
     the checkpoint tells; without it, no flip (never show a model a mirror image it never saw).
     """
-    import logging
-
-    from omegaconf import OmegaConf
-
-    from transferkit.data.transforms import trains_with_flips
-
     data = dict(task.hparams.get("data_config") or {})
     if "flips" in data:
         return bool(data["flips"])
-    log = logging.getLogger("transferkit")
     saved = Path(path).resolve().parent.parent / "config.yaml"
     if saved.is_file():
-        augment = OmegaConf.load(saved).get("augment") or {}
-        segmentation = type(task).__name__ == "SegmentationTask"
+        augment = (yaml.safe_load(saved.read_text()) or {}).get("augment") or {}
+        segmentation = task.kind == "segmentation"
         flips = trains_with_flips(str(augment.get("name", data.get("augment", "none"))),
                                   segmentation or bool(augment.get("flips", True)))
         log.info("%s predates the flips record; its run's config.yaml says training %s flip images.",
@@ -134,9 +149,7 @@ def member_tta(requested: str, tasks: list, paths: list[Path]) -> list[str]:
     """Each member's TTA: `requested`, except `none` where its views would mislead or fail, with a
     one-line warning naming those members (flip: trained without flips; multiscale: a backbone with a
     fixed input size, e.g. ViT)."""
-    import logging
-
-    from transferkit.models.backbones import has_fixed_input_size
+    from transferkit.models.backbones import has_fixed_input_size  # lazy: timm, for tta=multiscale only
 
     if requested == "flip":
         unsuited = [not trained_flips(task, path) for task, path in zip(tasks, paths)]
@@ -150,23 +163,25 @@ def member_tta(requested: str, tasks: list, paths: list[Path]) -> list[str]:
         return [requested] * len(tasks)
     if any(unsuited):
         names = ", ".join(str(p) for p, u in zip(paths, unsuited) if u)
-        logging.getLogger("transferkit").warning("tta=%s: %s %s; predicting without tta=%s there.",
-                                                 requested, names, why, requested)
+        log.warning("tta=%s: %s %s; predicting without tta=%s there.", requested, names, why, requested)
     return ["none" if u else requested for u in unsuited]
 
 
 def load_ensemble(value, tta: str = "none", key: str = "ckpt_path"):
     """The `EnsembleTask` of every checkpoint `value` names (one checkpoint makes an ensemble of one)."""
-    import logging
-
-    from transferkit.tasks.ensemble import EnsembleTask
-    from transferkit.inference.tta import check_tta
+    from transferkit.tasks.ensemble import EnsembleTask  # lazy: Lightning, for a checkpoint only
 
     paths = checkpoint_paths(value, key)
     tasks = [load_task(path) for path in paths]
     check_same_classes(tasks, paths, key)
     modes = member_tta(check_tta(tta), tasks, paths)
     if len(paths) > 1:
-        logging.getLogger("transferkit").info("Ensemble of %d checkpoints: %s", len(paths),
-                                              ", ".join(str(p) for p in paths))
+        log.info("Ensemble of %d checkpoints: %s", len(paths), ", ".join(str(p) for p in paths))
     return EnsembleTask(tasks, modes).eval(), paths
+
+
+def load_model(paths: list, tta: str = "none"):
+    """One checkpoint without TTA: its task; several, or TTA: their `EnsembleTask` (see `load_ensemble`)."""
+    if len(paths) == 1 and tta == "none":
+        return load_task(paths[0])
+    return load_ensemble(list(paths), tta)[0]

@@ -63,6 +63,7 @@ def metric_name(class_name: str) -> str:
 class SegmentationTask(BaseTask):
     """FCN segmentation; reloads with ``SegmentationTask.load_from_checkpoint(path)`` (no Hydra)."""
 
+    kind = "segmentation"  # task.kind: what predict, export and the ensemble ask, never the class name
     monitor = "val/miou"
     monitor_mode = "max"
 

@@ -12,23 +12,13 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from transferkit.errors import ConfigError, construct, did_you_mean, lookup
 from transferkit.tasks.finetune import FinetunePlan
+from transferkit.tasks.loading import task_classes
 from transferkit.models.weight_loading import load_weights
 from transferkit.models.weights import WeightsSource
 from transferkit.planning.spec import DataSpec, RunSpec
+from transferkit.runtime.format import FORMAT_KEY, FORMAT_VERSION, SPEC_KEY
 
 log = logging.getLogger(__name__)
-
-
-def task_classes() -> dict[str, type]:
-    from transferkit.tasks.classification import ClassificationTask
-
-    table: dict[str, type] = {"classification": ClassificationTask}
-    try:
-        from transferkit.tasks.segmentation import SegmentationTask
-    except ImportError:  # segmentation extras not importable: classification still works
-        return table
-    table["segmentation"] = SegmentationTask
-    return table
 
 
 def build_datamodule(data: DataSpec, in_chans: int) -> pl.LightningDataModule:
@@ -100,7 +90,7 @@ def build_callbacks(spec: RunSpec, run_dir: Path, monitor: str, mode: str,
     last = LastCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                           auto_insert_metric_name=False, enable_version_counter=False,
                           every_n_epochs=last_every_n_epochs)
-    callbacks: list[pl.Callback] = [checkpoint, last]
+    callbacks: list[pl.Callback] = [checkpoint, last, FormatRecord(spec.to_dict())]
     callbacks += run_guard_callbacks(run_dir / "checkpoints")
     every_minutes = spec.callbacks.checkpoint_every_minutes
     if every_minutes is not None:
@@ -214,3 +204,14 @@ def build_trainer(spec: RunSpec, run_dir: Path, monitor: str, mode: str,
                           logger=build_loggers(run_dir, log_version), plugins=plugins)
     except (MisconfigurationException, TypeError, ValueError) as err:  # a value Lightning refuses
         raise ConfigError(f"a trainer.* setting is refused by Lightning: {err}") from err
+
+
+class FormatRecord(pl.Callback):
+    """Writes the format version and the run's spec (plain values) into every checkpoint."""
+
+    def __init__(self, spec: dict | None) -> None:
+        self.spec = spec
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint[FORMAT_KEY] = FORMAT_VERSION
+        checkpoint[SPEC_KEY] = self.spec

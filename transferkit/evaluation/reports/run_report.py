@@ -15,20 +15,25 @@ import logging
 import shlex
 import sys
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from transferkit.evaluation.reports import scores
-from transferkit.evaluation.reports.test_outputs import TestOutputs, TestOutputsCallback
-
+from transferkit.data.device_decode import decoded_on_cpu
+from transferkit.data.transforms import PER_IMAGE_STANDARDISED
 from transferkit.errors import ConfigError
+from transferkit.evaluation.reports import figures, scores
+from transferkit.evaluation.reports.augment_grid import tensor_to_display
+from transferkit.evaluation.reports.html_page import render_page
+from transferkit.evaluation.reports.test_outputs import TestOutputs, TestOutputsCallback
 
 log = logging.getLogger("transferkit")
 
 REPORT_DIR = "report"
 OUTPUTS_FILE = "test_outputs.npz"
+REBUILD_EXAMPLE = "python -m transferkit report run=outputs/<date>/<time>"
 TOP_LOSSES = 16
 # metrics.csv column -> (panel, line) of curves.png
 CURVE_COLUMNS = {"train/loss_epoch": ("loss", "train"), "train/loss": ("loss", "train"), "val/loss": ("loss", "val"),
@@ -74,12 +79,42 @@ def finish_run_report(report: dict, trainer, datamodule, run_dir: Path, results:
     return html
 
 
+# -- rebuilding a run's report (the `report` command) ---------------------------------------------
+def check_run(value) -> Path:
+    """The run directory named by `run=`, or a ConfigError saying what is wrong with it."""
+    if not value:
+        raise ConfigError(f"run= is missing: give the run directory whose report to rebuild, e.g. {REBUILD_EXAMPLE} "
+                          "(run_dir= is where a new run writes).")
+    path = Path(str(value)).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"run={str(value)!r} is not a directory; give a run directory written by fit or "
+                          f"test, e.g. {REBUILD_EXAMPLE}.")
+    if not any(path.iterdir()):
+        raise ConfigError(f"run={str(value)!r} is an empty directory; give a run directory written by fit or "
+                          f"test, e.g. {REBUILD_EXAMPLE}.")
+    if not (path / REPORT_DIR / OUTPUTS_FILE).is_file():
+        raise ConfigError(f"run={str(value)!r} has no {REPORT_DIR}/{OUTPUTS_FILE} (fit and test save it with "
+                          "report.enabled=true); evaluate its checkpoint again with python -m transferkit "
+                          "test ckpt_path=<run>/checkpoints/best.ckpt, which writes a run with a report.")
+    return path.resolve()
+
+
+def rebuild_report(run) -> dict:
+    """Rewrite report.html and report/ of the run directory `run` from its saved files (no re-evaluation)."""
+    path = check_run(run)
+    try:
+        html = write_report(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise ConfigError(f"run={str(run)!r}: cannot rebuild its report from {REPORT_DIR}/{OUTPUTS_FILE} "
+                          f"({type(err).__name__}: {err}).") from err
+    files = sorted(str(p.relative_to(path)) for p in (path / REPORT_DIR).iterdir())
+    return {"command": "report", "run_dir": str(path), "html": str(html), "files": ["report.html", *files]}
+
+
 # -- saving the test pass -----------------------------------------------------------------------
 def tested_dataset(datamodule):
     """The dataset the test pass read (the test split, or val where there is no test split)."""
     inner = getattr(datamodule, "datamodule", datamodule)  # under a feature cache, the image data
-    from transferkit.data.device_decode import decoded_on_cpu
-
     return inner, decoded_on_cpu(inner.test_dataloader().dataset, inner)  # data.decode=gpu: file bytes
 
 
@@ -93,9 +128,6 @@ def source_paths(dataset) -> list[str] | None:
 
 def display_images(datamodule, dataset, indices: Sequence[int]) -> np.ndarray:
     """The test images at `indices` as the model saw them, de-normalised to ``uint8 H x W x 3``."""
-    from transferkit.data.transforms import PER_IMAGE_STANDARDISED
-    from transferkit.evaluation.reports.augment_grid import tensor_to_display
-
     per_image = getattr(datamodule, "augment", None) in PER_IMAGE_STANDARDISED
     images = [tensor_to_display(dataset[int(i)][0], datamodule.mean, datamodule.std, per_image) for i in indices]
     return np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8)
@@ -156,9 +188,6 @@ def read_curves(metrics_csv: Path) -> dict[str, dict[str, list[tuple[int, float]
 
 def write_report(run_dir: Path) -> Path:
     """Write `report/*` and `report.html` from the run directory's own files; returns report.html."""
-    from transferkit.evaluation.reports import figures
-    from transferkit.evaluation.reports.html_page import render_page
-
     run_dir = Path(run_dir)
     folder = run_dir / REPORT_DIR
     saved = load_test_outputs(run_dir)
@@ -176,8 +205,6 @@ def write_report(run_dir: Path) -> Path:
 
 
 def write_classification(folder: Path, saved: dict, names: list[str]) -> tuple[dict[str, Path], dict[str, list]]:
-    from transferkit.evaluation.reports import figures
-
     logits, targets, indices = saved["logits"], saved["targets"], saved["indices"]
     probs = scores.softmax(logits)
     preds = probs.argmax(axis=1)
@@ -212,8 +239,6 @@ def write_classification(folder: Path, saved: dict, names: list[str]) -> tuple[d
 
 
 def write_segmentation(folder: Path, saved: dict, names: list[str]) -> tuple[dict[str, Path], dict[str, list]]:
-    from transferkit.evaluation.reports import figures
-
     confmat = saved["confusion"]
     rows = scores.iou_rows(confmat, names)
     present = [r["iou"] for r in rows if r["iou"] is not None]

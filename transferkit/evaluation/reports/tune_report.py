@@ -1,4 +1,7 @@
-"""What a search leaves behind: trials.csv, the best trial as a recipe file, Optuna's matplotlib plots."""
+"""What a search leaves behind: trials.csv, the best trial as a recipe file, Optuna's matplotlib plots.
+
+The search (`transferkit.search.tune`) decides what goes in them; these functions write them.
+"""
 
 from __future__ import annotations
 
@@ -7,52 +10,22 @@ import logging
 import warnings
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
-from transferkit.config.files import leaves
-from transferkit.search.space import format_value, group_names, is_search_key, override_key
+from omegaconf import OmegaConf
 
 log = logging.getLogger("transferkit")
 
 
-def write_trials_csv(trials: list, params: list[str], path: Path) -> Path:
-    """One row per trial: number, state, value, its sampled parameters, run directory, seconds."""
-    fields = ["number", "state", "value", *params, "pruned_at_epoch", "run_dir", "seconds", "error"]
+def write_trials_csv(rows: list[dict], fields: list[str], path: Path) -> Path:
+    """One row per trial (`transferkit.search.tune.trial_rows`), under the header `fields`."""
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
-        for t in trials:
-            seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
-            writer.writerow({"number": t.number, "state": t.state.name, "value": t.value,
-                             **{p: format_value(t.params[p]) if p in t.params else "" for p in params},
-                             "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch", ""),
-                             "run_dir": t.user_attrs.get("run_dir", ""),
-                             "seconds": f"{seconds:.1f}" if seconds is not None else "",
-                             "error": t.user_attrs.get("error", "")})
+        writer.writerows(rows)
     return path
 
 
-def recipe_text(base_recipe: dict | None, overrides: list[str], composed: DictConfig, header: list[str]) -> str:
-    """A `# @package _global_` recipe that composes to `composed`: the base recipe's group choices
-    with the overrides' group choices on top, and every value the base recipe or an override set."""
-    base = dict(base_recipe or {})
-    defaults = list(base.pop("defaults", None) or [])
-    groups = set(group_names())
-    keys = [key for key, _ in leaves(base)]
-    for item in overrides:
-        key, value = override_key(item), item.split("=", 1)[1] if "=" in item else None
-        if is_search_key(key) or key == "recipe" or item.startswith("~"):
-            continue
-        if key in groups:
-            defaults = [d for d in defaults if not (isinstance(d, dict) and f"override /{key}" in d)]
-            defaults.append({f"override /{key}": value})
-        else:
-            keys.append(key)
-    node = OmegaConf.create({})
-    for key in dict.fromkeys(keys):
-        OmegaConf.update(node, key, OmegaConf.select(composed, key), force_add=True)
-    values = OmegaConf.to_container(node, resolve=True)
-    body = {"defaults": defaults, **values} if defaults else values
+def recipe_text(body: dict, header: list[str]) -> str:
+    """A `# @package _global_` recipe file: the `header` lines as comments, then `body` as YAML."""
     return "\n".join(["# @package _global_", *(f"# {line}" for line in header), OmegaConf.to_yaml(body)])
 
 

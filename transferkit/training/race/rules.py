@@ -11,56 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from transferkit.planning.spec import EPOCH_COST, FREE_COST, Candidate, RacePlan, Rung  # noqa: F401 - the plan's types
+
 
 ETA = 3                     # keep ceil(n / ETA) candidates at each cut: 5 -> 2 -> 1
 TIE_TOLERANCE = 0.01        # validation losses this close (nats) are a tie; the cheaper plan wins
-# Relative cost of one epoch; a frozen head on cached features costs next to nothing.
-EPOCH_COST = {"freeze": 0.05, "lpft-partial": 0.7, "full-llrd": 1.0, "lpft-full": 1.0, "scratch": 1.0}
 ORDER = tuple(EPOCH_COST)   # the cost order: ties go to the earlier (cheaper) plan
-FREE_COST = 0.1             # a candidate this cheap is never cut: it waits for the finisher (see run_race)
 RACE_PROGRESS = "race/progress.json"  # under the run directory: how far the race got (commands.race_progress)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One plan in the race: the finetune group it trains with, and how it starts."""
-
-    name: str
-    finetune: dict
-    use_weights: bool = True  # starts from the planned weights (scratch: random init)
-    augment: str | None = None  # freeze trains on cached features: no random augmentation
-
-    @property
-    def cost(self) -> float:
-        return EPOCH_COST[self.name]
-
-    @property
-    def free(self) -> bool:
-        """Costs next to nothing (a head solved on cached features): it stays in the race to the end,
-        outside the cuts, and meets the finisher there. Cutting it early would only reward it for
-        starting fast, since its score is final after one epoch while the others are still warming up."""
-        return self.cost <= FREE_COST
-
-
-@dataclass(frozen=True)
-class Rung:
-    end: int   # the candidates still in train until this epoch of their schedule ...
-    keep: int  # ... then this many continue
-
-
-@dataclass(frozen=True)
-class RacePlan:
-    """What planning decided for `finetune=auto`: who races, where the cuts fall, and why."""
-
-    candidates: list[Candidate]
-    rungs: list[Rung]
-    scratch: dict          # {"entered": bool, "why": str}
-    cost_bound: float      # worst-case epoch-equivalents / trainer.max_epochs
-
-    def to_dict(self) -> dict:
-        return {"candidates": [c.name for c in self.candidates],
-                "rungs": [{"end": r.end, "keep": r.keep} for r in self.rungs],
-                "scratch": dict(self.scratch), "cost_bound": round(self.cost_bound, 3)}
 
 
 @dataclass

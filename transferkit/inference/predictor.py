@@ -1,0 +1,173 @@
+"""The one predictor: a checkpoint's task, an ensemble of checkpoints (each member preparing images its
+own way, each with its test-time augmentation), or a model written by export; on image files
+(`python -m transferkit predict`) or on images in memory too (`Run.predict`). One dataset reads the
+inputs, one set of writers (`transferkit.inference.outputs`) gives the CSV rows or the masks.
+Imports neither Lightning nor timm: predicting from an exported model needs neither."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from transferkit.inference.exported import load_exported
+from transferkit.inference.images import as_tensor, decode_input, list_inputs
+from transferkit.inference.outputs import (as_table, masks_of, prediction_rows, resize_scores, unused_output,
+                                           write_masks, write_rows)
+from transferkit.inference.spec import InputSpec
+from transferkit.tasks.loading import load_model
+
+if TYPE_CHECKING:
+    from transferkit.planning.spec import CheckpointSpec
+
+log = logging.getLogger("transferkit")
+
+# views (member i's batch in member i's preprocessing), the images' own size for masks -> scores
+Scores = Callable[[list[torch.Tensor], "tuple[int, int] | None"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A model as predict sees it. Member i prepares an image as `transforms[i]` with `in_chans[i]`
+    channels (a single model has one member); `scores(views, size)` gives N x C probabilities, or for
+    segmentation N x C x H x W scores at `size` whose argmax is the mask."""
+
+    kind: str  # classification | segmentation
+    class_names: list[str]
+    in_chans: list[int]
+    transforms: list[Callable]
+    scores: Scores
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def logit_scores(logits: Callable[[torch.Tensor], torch.Tensor], kind: str) -> Scores:
+    """One model's scores: the softmax of its logits; for masks its logits resized to the image."""
+    def scores(views: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
+        out = logits(views[0]).float().cpu()
+        return resize_scores(out, size) if kind == "segmentation" else torch.softmax(out, dim=-1)
+
+    return scores
+
+
+def task_predictor(task) -> Predictor:
+    """A task loaded from a checkpoint, on the GPU when there is one."""
+    target = device()
+    task.to(target)
+    spec = InputSpec.from_data_config(task.hparams.data_config)
+    return Predictor(task.kind, list(task.class_names), [spec.in_chans], [spec.eval_transform()],
+                     logit_scores(lambda batch: task(batch.to(target)), task.kind))
+
+
+def member_inputs(ensemble) -> tuple[list[int], list]:
+    """Per ensemble member: its input channels and its eval pipeline (each keeps its own preprocessing)."""
+    specs = [InputSpec.from_data_config(m.hparams.data_config) for m in ensemble.members]
+    return [s.in_chans for s in specs], [s.eval_transform() for s in specs]
+
+
+def ensemble_predictor(ensemble) -> Predictor:
+    """An `EnsembleTask`: probabilities averaged over its members and their TTA views."""
+    ensemble.to(device())
+    in_chans, transforms = member_inputs(ensemble)
+    return Predictor(ensemble.kind, list(ensemble.class_names), in_chans, transforms, ensemble.probabilities)
+
+
+def exported_predictor(path: Path | str, key: str = "ckpt_path") -> Predictor:
+    """A model written by export (`model.onnx`, `model.torchscript.pt`) with its `model.meta.json`."""
+    model = load_exported(path, key)
+    return Predictor(model.task, model.class_names, [model.spec.in_chans], [model.transform()],
+                     logit_scores(lambda batch: torch.from_numpy(model(batch)), model.task))
+
+
+def load_predictor(model: CheckpointSpec) -> Predictor:
+    """The predictor of what `ckpt_path` named: one checkpoint, an ensemble (or TTA), or an exported file."""
+    if model.exported:
+        return exported_predictor(model.paths[0])
+    loaded = load_model(list(model.paths), model.tta)
+    return task_predictor(loaded) if model.single else ensemble_predictor(loaded)
+
+
+class PredictDataset(Dataset):
+    """Each input (a file, or an image in memory) decoded once per channel count and prepared by every
+    member's pipeline; an unreadable one yields no views and its reason."""
+
+    def __init__(self, items: list, in_chans: list[int], transforms: list) -> None:
+        self.items, self.in_chans, self.transforms = items, list(in_chans), list(transforms)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        try:
+            decoded = {c: decode_input(self.items[index], c) for c in sorted(set(self.in_chans))}
+        except (OSError, ValueError) as err:
+            return (), index, str(err)
+        return tuple(as_tensor(t(image=decoded[c])["image"]) for t, c in zip(self.transforms, self.in_chans)), index, ""
+
+
+def collate(batch):
+    """`(views, indices of readable inputs, [(index, reason) of unreadable ones])`."""
+    good = [b for b in batch if b[0]]
+    views = [torch.stack([b[0][k] for b in good]) for k in range(len(good[0][0]))] if good else []
+    return views, [b[1] for b in good], [(b[1], b[2]) for b in batch if not b[0]]
+
+
+def probabilities(predictor: Predictor, items: list, batch_size: int, num_workers: int):
+    """Probabilities per readable input ({index: C}) and (index, reason) for the unreadable ones."""
+    dataset = PredictDataset(items, predictor.in_chans, predictor.transforms)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    probs: dict[int, np.ndarray] = {}
+    failed: list[tuple[int, str]] = []
+    with torch.inference_mode():
+        for views, indices, bad in loader:
+            failed += bad
+            if len(indices):
+                probs.update(zip(indices, predictor.scores(views, None).cpu().numpy()))
+    return probs, failed
+
+
+def predict_mask(predictor: Predictor, item) -> tuple[np.ndarray, np.ndarray]:
+    """One input's decoded image and its class-index mask at the image's own size."""
+    decoded = {c: decode_input(item, c) for c in sorted(set(predictor.in_chans))}
+    image = decoded[predictor.in_chans[0]]
+    views = [as_tensor(t(image=decoded[c])["image"])[None] for t, c in zip(predictor.transforms, predictor.in_chans)]
+    with torch.inference_mode():
+        scores = predictor.scores(views, tuple(image.shape[:2]))
+    return image, scores.argmax(dim=1)[0].cpu().numpy()
+
+
+def predict_files(predictor: Predictor, paths: list[Path], run_dir: Path, output=None, top_k: int = 3,
+                  batch_size: int = 64, num_workers: int = 0) -> dict:
+    """The CSV (classification, default `<run_dir>/predictions.csv`) or masks (segmentation, default into
+    `run_dir`) of `paths`; the summary for results.json."""
+    if predictor.kind == "segmentation":
+        return write_masks(lambda path: predict_mask(predictor, path), paths,
+                           run_dir if output is None else Path(str(output)))
+    csv_path = unused_output(output, run_dir / "predictions.csv")
+    probs, failed = probabilities(predictor, paths, batch_size, num_workers)
+    return write_rows(csv_path, prediction_rows([str(p) for p in paths], probs, failed, predictor.class_names, top_k))
+
+
+def predict_inputs(predictor: Predictor, items: list, names: list, top_k: int = 3, batch_size: int = 32):
+    """`Run.predict` on `expand_inputs`'s items: records with the CSV's columns (a DataFrame with pandas),
+    or one mask per input (None for an unreadable file)."""
+    if predictor.kind == "segmentation":
+        return masks_of(lambda item: predict_mask(predictor, item), items, names)
+    probs, failed = probabilities(predictor, items, batch_size, 0)
+    return as_table(prediction_rows(names, probs, failed, predictor.class_names, top_k))
+
+
+def predict_exported(model_path: Path | str, source: Path | str, output: Path | str, top_k: int = 3,
+                     batch_size: int = 64, num_workers: int = 0) -> dict:
+    """Predict with an exported model from Python: the CSV (or masks folder) at `output`."""
+    output = Path(output).expanduser()
+    paths = list_inputs(Path(source).expanduser())
+    return predict_files(exported_predictor(model_path), paths, output.parent, output, top_k, batch_size, num_workers)

@@ -1,0 +1,111 @@
+"""The config of `test`, `predict` and `export`, read once: which checkpoints (or exported file) they
+evaluate, on what, and the `RunSpec` a checkpoint's task is tested with (its model and input format
+from the checkpoint, the data, trainer and outputs from the config)."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from transferkit.data.loader_settings import choose_num_workers, usable_cpus
+from transferkit.errors import ConfigError, lookup
+from transferkit.exporting.formats import require_onnx_packages
+from transferkit.exporting.samples import Samples, input_items, split_items
+from transferkit.inference.spec import MODEL_FILES, is_exported_model
+from transferkit.models.input_format import InputFormat
+from transferkit.models.weights import WeightsSource
+from transferkit.planning.plan import assemble_spec
+from transferkit.planning.rebuild import checkpoint_run_config
+from transferkit.planning.spec import CheckpointSpec, ExportSpec, ModelSpec, PredictSpec, RunSpec
+from transferkit.tasks.loading import checkpoint_paths, is_many, load_model, require
+from transferkit.tasks.tta import check_tta
+from transferkit.training.builders import build_datamodule
+
+INPUT_HINT = "an image file or a folder of images"
+EXPORTED_HINT = "a model.onnx / model.torchscript.pt written by export"
+CKPT_HINT = "a checkpoint written by fit, e.g. outputs/<date>/<time>/checkpoints/best.ckpt"
+
+
+def checkpoint_spec(value, tta=None, *, exported: bool = False) -> CheckpointSpec:
+    """`ckpt_path` and `tta` checked: checkpoints (run directories expanded) or, where `exported`
+    files are accepted (predict), one model written by export, which predicts without TTA."""
+    tta = check_tta(tta)
+    if exported and not is_many(value) and value is not None and is_exported_model(str(value)):
+        path = require(value, "ckpt_path", EXPORTED_HINT)
+        if tta != "none":
+            raise ValueError(f"tta={tta!r} needs the checkpoint; an exported model predicts without TTA (tta=none).")
+        return CheckpointSpec((str(path),), str(path), tta, exported=True)
+    paths = [str(p) for p in checkpoint_paths(value)]
+    return CheckpointSpec(tuple(paths), paths[0] if len(paths) == 1 and not is_many(value) else paths, tta)
+
+
+def predict_spec(cfg: DictConfig) -> PredictSpec:
+    """`predict`'s config as a spec: every value checked before anything is loaded or written."""
+    tta = cfg.get("tta")
+    check_tta(tta)  # named before input= and ckpt_path=, as always
+    source = require(cfg.input, "input", INPUT_HINT)
+    model = checkpoint_spec(cfg.ckpt_path, tta, exported=True)
+    workers = choose_num_workers(cfg.data.num_workers, on_gpu=torch.cuda.is_available(), cpus=usable_cpus())
+    return PredictSpec(model, str(source), None if cfg.output is None else str(cfg.output), int(cfg.top_k),
+                       int(cfg.data.batch_size), workers, cfg.run_dir,
+                       OmegaConf.to_container(cfg, resolve=True))
+
+
+def spec_for_checkpoint(cfg: DictConfig | dict, hparams: dict, command: str, checkpoint: str | None = None) -> RunSpec:
+    """The spec to evaluate a trained task with: its model and input format come from the checkpoint
+    (`hparams`), the data, trainer and outputs from `cfg`. No weights are looked for: the checkpoint has them."""
+    config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    saved, fmt = dict(hparams.get("model") or {}), dict(hparams.get("data_config") or {})
+    in_chans = int(fmt.get("in_chans", saved.get("in_chans", 3)))
+    model = {**config["model"], "backbone": saved.get("backbone", config["model"]["backbone"]), "in_chans": in_chans}
+    data = {**config["data"], **{k: fmt[k] for k in ("image_size", "mean", "std") if k in fmt},
+            "interpolation": fmt.get("interpolation", "bilinear")}
+    source = f"checkpoint {checkpoint}" if checkpoint else "checkpoint"
+    input_format = InputFormat(in_chans, int(data["image_size"]), tuple(float(v) for v in data["mean"]),
+                               tuple(float(v) for v in data["std"]), str(data["interpolation"]), source)
+    weights = (WeightsSource("file", str(checkpoint), str(checkpoint)) if checkpoint
+               else WeightsSource("none", str(model.get("weights"))))
+    return assemble_spec(config, command, ModelSpec(str(model["backbone"]), weights, input_format, model), data)
+
+
+def plan_checkpoint_test(cfg: DictConfig) -> tuple[RunSpec, CheckpointSpec, object]:
+    """`test`: the checkpoints checked, the random streams seeded, the task (an `EnsembleTask` for several
+    checkpoints or TTA) loaded, and the spec that tests it on the config's data."""
+    checkpoints = checkpoint_spec(cfg.ckpt_path, cfg.get("tta"))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = load_model(checkpoints.paths, checkpoints.tta)
+    first = model if checkpoints.single else model.members[0]
+    return spec_for_checkpoint(cfg, dict(first.hparams), "test", checkpoints.paths[0]), checkpoints, model
+
+
+def export_spec(cfg: DictConfig) -> ExportSpec:
+    """`export`'s config as a spec; the checkpoint, the format and (ONNX) the exporter's packages checked."""
+    checkpoint = require(cfg.ckpt_path, "ckpt_path", CKPT_HINT)
+    fmt = str(cfg.format)
+    file_name = lookup(MODEL_FILES, fmt, "format")
+    if fmt == "onnx":
+        require_onnx_packages()  # before anything is loaded or written
+    options = cfg.export
+    return ExportSpec(str(checkpoint), fmt, file_name, bool(options.include_preprocessing), int(options.opset),
+                      options.get("parity_max_images"), int(cfg.data.batch_size),
+                      None if cfg.input is None else str(cfg.input), cfg.run_dir,
+                      OmegaConf.to_container(cfg, resolve=True))
+
+
+def parity_samples(cfg: DictConfig, spec: ExportSpec, task) -> Samples:
+    """The images export checks parity on: `input=`, else the checkpoint run's test split (its data from
+    the run's config.yaml, read from the files themselves, not a cache; the format from the checkpoint)."""
+    in_chans = int(task.hparams.data_config["in_chans"])
+    if spec.input is not None:
+        return input_items(require(spec.input, "input", INPUT_HINT), in_chans)
+    if not checkpoint_run_config(spec.checkpoint).is_file():
+        raise ConfigError(f"ckpt_path={spec.checkpoint!r} has no run config.yaml two folders up, so its test split is "
+                          "unknown; pass input=<image file or folder> to check parity on.")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if "cache" in config["data"]:
+        config["data"]["cache"] = False
+    run_spec = spec_for_checkpoint(config, dict(task.hparams), "export", spec.checkpoint)
+    datamodule = build_datamodule(run_spec.data, run_spec.model.input.in_chans)
+    datamodule.scan()
+    return split_items(datamodule, task, in_chans, run_spec.data.root)

@@ -1,0 +1,44 @@
+"""The format version of what a run leaves on disk (checkpoints, run directories), and the one place
+that reads older formats.
+
+Version 1: before the version was recorded (no key). Version 2: checkpoints carry
+`transferkit_format_version` and the run's spec (`transferkit_spec`, `RunSpec.to_dict()`, plain values);
+run directories carry `spec.json` and `format_version` in results.json. A later field (a calibration
+temperature, tuned thresholds, relative paths) bumps `FORMAT_VERSION` and adds one step to `migrate_*`.
+"""
+
+from __future__ import annotations
+
+from transferkit.errors import ConfigError
+
+FORMAT_VERSION = 2
+FORMAT_KEY = "transferkit_format_version"
+SPEC_KEY = "transferkit_spec"
+
+
+def format_version(record: dict, key: str = FORMAT_KEY) -> int:
+    """The version a checkpoint (or a run record, with `key="format_version"`) was written in."""
+    return int(record.get(key) or 1)
+
+
+def check_readable(version: int, what: str) -> None:
+    if version > FORMAT_VERSION:
+        raise ConfigError(f"{what} was written by a newer transferkit (format {version}; this one reads up to "
+                          f"{FORMAT_VERSION}); upgrade transferkit to read it.")
+
+
+def migrate_checkpoint(checkpoint: dict, what: str = "the checkpoint") -> dict:
+    """A checkpoint's contents in this release's format (in place; returns it)."""
+    version = format_version(checkpoint)
+    check_readable(version, what)
+    if version < 2:  # 1 -> 2: hyperparameters are unchanged; the spec was not recorded
+        checkpoint.setdefault(SPEC_KEY, None)
+    checkpoint[FORMAT_KEY] = FORMAT_VERSION
+    return checkpoint
+
+
+def migrate_results(results: dict, what: str = "results.json") -> dict:
+    """A run directory's results.json in this release's format (a new dict)."""
+    version = format_version(results, "format_version")
+    check_readable(version, what)
+    return {**results, "format_version": FORMAT_VERSION, "format_read": version}
