@@ -3,7 +3,8 @@ random moments here (the unit tests inject them deterministically).
 
 (a) kill -9: `--kills` runs of a small deterministic `fit` (`trainer.deterministic=true`, the embedded
     digits, 30 images per class, test_resnet from random init, full fine-tune, light augmentation) are
-    each killed with SIGKILL at a random moment of their training, then continued with
+    each killed with SIGKILL at a random moment of their training (a kill time that falls after the run
+    has ended is drawn again: only runs killed mid-run are trials), then continued with
     `python -m transferkit fit resume=<run dir>` until they complete. Correct = the final metrics equal
     those of the uninterrupted run of the same seed (identical; also reported: within 1 point of test
     accuracy) and the final weights are bit for bit the same. A kill before the first epoch ended leaves
@@ -47,7 +48,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 
-from transferkit.runtime.checkpoint_io import AtomicCheckpointIO, checkpoint_problem  # noqa: E402
+from transferkit.runtime.checkpoint_io import AtomicCheckpointIO, checkpoint_meta, checkpoint_problem  # noqa: E402
 
 log = logging.getLogger("faults_benchmark")
 REPO = Path(__file__).resolve().parents[1]
@@ -149,24 +150,45 @@ def resume_until_done(run_dir: Path, log_path: Path, work: Path) -> tuple[Path, 
     raise RuntimeError(f"{run_dir} did not complete: exits {codes}; see {log_path}")
 
 
-def kill_trial(i: int, delay: float, work: Path, reference: tuple[dict, dict]) -> dict:
-    run_dir, log_path = work / f"kill{i:02d}", work / f"kill{i:02d}.log"
+def killed_mid_run(code: int, run_dir: Path) -> bool:
+    """The kill landed while the run was going: SIGKILL ended it, and results.json never said completed."""
+    return code == -signal.SIGKILL and status(run_dir) == "running"
+
+
+def kill_once(run_dir: Path, log_path: Path, delay: float, work: Path) -> int:
+    """Start a fit, SIGKILL it `delay` seconds after results.json says running; its exit code."""
     process = start(fit_command(run_dir), log_path, work)
     wait_for(lambda: status(run_dir) == "running", process)
     time.sleep(delay)
-    finished_first = process.poll() is not None
     process.send_signal(signal.SIGKILL)
-    code = process.wait()
+    return process.wait()
+
+
+def kill_trial(i: int, draw, work: Path, reference: tuple[dict, dict], max_draws: int = 20) -> dict:
+    """One counted trial: a run killed mid-run, resumed to its end, compared with the reference. A draw
+    that lands after the run finished is not a kill: it is thrown away and the kill time drawn again."""
+    redrawn = []
+    for attempt in range(max_draws):
+        delay = draw()
+        name = f"kill{i:02d}" + (f"-draw{attempt}" if attempt else "")
+        run_dir, log_path = work / name, work / f"{name}.log"
+        code = kill_once(run_dir, log_path, delay, work)
+        if killed_mid_run(code, run_dir):
+            break
+        redrawn.append(round(delay, 3))
+        log.info("kill %2d at %.2fs: the run had finished (exit %d, %s); drawing again", i, delay, code,
+                 status(run_dir))
+    else:
+        raise RuntimeError(f"trial {i}: {max_draws} draws in a row landed after the run's end; the kill window "
+                           "is too long for this machine")
     last = run_dir / "checkpoints" / "last.ckpt"
     epochs_done = None
     if last.is_file() and checkpoint_problem(last) is None:
-        from transferkit.runtime.checkpoint_io import checkpoint_meta
-
         epochs_done = checkpoint_meta(last)["epochs_done"]
     final_dir, codes, restarted = resume_until_done(run_dir, log_path, work)
-    row = {"trial": i, "kill_after_s": round(delay, 3), "exit_at_kill": code, "finished_before_kill": finished_first,
-           "epochs_done_at_kill": epochs_done, "restarted_from_scratch": restarted, "resume_exits": codes,
-           **compare(*final_state(final_dir), reference)}
+    row = {"trial": i, "kill_after_s": round(delay, 3), "exit_at_kill": code, "status_at_kill": "running",
+           "redrawn_after_the_run_ended_s": redrawn, "epochs_done_at_kill": epochs_done,
+           "restarted_from_scratch": restarted, "resume_exits": codes, **compare(*final_state(final_dir), reference)}
     row["correct"] = row["metrics_identical"] and row["weights_identical"] and row["status"] == "completed"
     log.info("kill %2d at %.2fs (epochs done %s): %s, test acc %.4f%s", i, delay, epochs_done,
              "identical" if row["correct"] else "DIFFERENT", row["test_acc"], " (restarted)" if restarted else "")
@@ -174,13 +196,17 @@ def kill_trial(i: int, delay: float, work: Path, reference: tuple[dict, dict]) -
 
 
 def kills(n: int, seed: int, work: Path) -> dict:
+    """`n` runs killed mid-run (kill times drawn uniformly over the reference run's window, drawn again
+    when one lands after its run ended), each resumed and compared with the reference."""
     reference, window = uninterrupted(work)
     log.info("reference run: test acc %.4f; training + test window %.1fs", reference[0]["metrics"]["test/acc"], window)
     rng = random.Random(seed)
-    rows = [kill_trial(i, rng.uniform(0.0, 0.95 * window), work, reference) for i in range(n)]
+    rows = [kill_trial(i, lambda: rng.uniform(0.0, 0.95 * window), work, reference) for i in range(n)]
+    assert all(r["exit_at_kill"] == -signal.SIGKILL and r["status_at_kill"] == "running" for r in rows)
     return {"command": "python -m transferkit " + " ".join(fit_command(Path("<dir>"))),
             "resume": "python -m transferkit fit resume=<dir>", "kill_window_s": round(window, 2),
-            "reference_metrics": reference[0]["metrics"], "kills": n,
+            "reference_metrics": reference[0]["metrics"], "kills": n, "killed_mid_run": len(rows),
+            "redrawn_after_the_run_ended": sum(len(r["redrawn_after_the_run_ended_s"]) for r in rows),
             "correct": sum(r["correct"] for r in rows), "within_1_point": sum(r["within_1_point"] for r in rows),
             "restarted_from_scratch": sum(r["restarted_from_scratch"] for r in rows), "trials": rows}
 
@@ -366,10 +392,12 @@ def markdown(record: dict) -> str:
     a, c = record.get("kill9"), record.get("sigterm")
     lines = [f"# Fault benchmark ({record['date']}, {record['machine']})", ""]
     if a:
-        lines += [f"**kill -9 at random moments:** {a['correct']}/{a['kills']} resumed runs end with the metrics "
-                  f"and weights of the uninterrupted run, bit for bit ({a['within_1_point']}/{a['kills']} within 1 "
-                  f"point of test accuracy; {a['restarted_from_scratch']} killed before their first checkpoint "
-                  "were started again).", "", f"    {a['command']}", f"    {a['resume']}", ""]
+        lines += [f"**kill -9 at random moments:** {a['correct']}/{a['killed_mid_run']} runs killed mid-run (SIGKILL "
+                  "while results.json said running) resume to the metrics and weights of the uninterrupted run, "
+                  f"bit for bit ({a['within_1_point']}/{a['killed_mid_run']} within 1 point of test accuracy; "
+                  f"{a['restarted_from_scratch']} killed before their first checkpoint were started again; "
+                  f"{a['redrawn_after_the_run_ended']} kill times that fell after a run had ended were drawn again, "
+                  "not counted).", "", f"    {a['command']}", f"    {a['resume']}", ""]
     for row in record.get("write_kills", []):
         lines.append(f"**kill during save, {row['writer']}:** {row['torn']}/{row['kills']} kills left an unloadable "
                      f"`last.ckpt` ({row['killed_inside_a_write']} landed inside a write of {row['state_mb']} MB, "

@@ -12,7 +12,7 @@ import torch.nn as nn
 import yaml
 
 from transferkit.errors import ConfigError
-from transferkit.tasks.loading import checkpoint_paths, load_ensemble, load_model, trained_flips
+from transferkit.tasks.loading import checkpoint_paths, load_ensemble, trained_flips
 from transferkit.tasks.classification import ClassificationTask
 from transferkit.tasks.ensemble import EnsembleTask, average_probabilities
 from transferkit.tasks.tta import check_tta, multiscale_sizes, tta_probabilities
@@ -168,6 +168,7 @@ def test_flips_record_old_checkpoints_fall_back_to_the_run_config(tmp_path, capl
 def test_checkpoints_record_whether_training_flipped(overrides, flips):
     from transferkit.cli.app import compose_config
     from transferkit.planning.plan import plan_spec
+    from transferkit.training.builders import data_config
 
     spec = plan_spec(compose_config(overrides), "fit", load_weights=False)
-    assert spec.data_config()["flips"] is flips
+    assert data_config(spec)["flips"] is flips

@@ -9,14 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferkit.training import builders
-
 from transferkit.cli import app as cli
-
-from transferkit.runtime import interval_checkpoint
-from transferkit.planning import resume as resuming
 from transferkit.errors import ConfigError
+from transferkit.planning import resume as resuming
 from transferkit.runtime.interval_checkpoint import MID_EPOCH, IntervalCheckpoint, check_every_minutes
+from transferkit.training import builders
 
 
 class Minutes:
@@ -71,7 +68,7 @@ class PowerCut(builders.pl.Callback):
 
 @pytest.mark.slow
 def test_a_run_that_dies_mid_epoch_resumes_from_its_mid_epoch_checkpoint(image_folder, fast, tmp_path, monkeypatch):
-    monkeypatch.setattr(interval_checkpoint, "IntervalCheckpoint",
+    monkeypatch.setattr(builders, "IntervalCheckpoint",
                         lambda dirpath, every_minutes: IntervalCheckpoint(dirpath, every_minutes, clock=Minutes()))
     guards = builders.run_guard_callbacks
     monkeypatch.setattr(builders, "run_guard_callbacks", lambda d: [*guards(d), PowerCut()])

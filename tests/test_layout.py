@@ -44,9 +44,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("search",),  # sweeps and their launchers, tune (Optuna), the LR finder
     ("training",),  # the fit session: trainer, run directory, results, resume, the race's legs
     ("evaluation",),  # measure, transferability, weight arithmetic, run reports and figures
-    ("exporting", "inference"),  # ONNX/TorchScript with parity; predict without the training stack
+    ("exporting",),  # ONNX/TorchScript with parity (checked by running the exported file through inference)
+    ("inference",),  # predict without the training stack: one predictor, one dataset, one set of writers
     ("tasks",),  # LightningModules, fine-tuning strategies, optimizers, schedules, head solver
-    ("models", "data", "runtime", "config"),  # backbones/weights; data pipeline; run survival; conf files
+    ("models",),  # backbones (the one timm.create_model caller), weights, heads, FCN, input format
+    ("runtime",),  # what keeps a run alive: checkpoint IO, RNG state, guards, rendezvous, the torch-file reader
+    ("data", "config"),  # the folder pipeline; conf/ and recipes/ files and their value checks
     ("errors", "assets"),  # ConfigError/lookup; the house weights (files, no code)
 )
 # Modules every layer may import, whatever its rank. Each is a leaf: from transferkit it imports only
@@ -54,6 +57,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 SHARED_LEAVES = {
     f"{ROOT}.errors": "ConfigError, lookup, did_you_mean: every layer names a bad key the same way",
     f"{ROOT}.planning.spec": "the typed RunSpec (plain frozen dataclasses) whose parts every layer receives",
+    f"{ROOT}.models.input_format": "InputFormat, the value type of an input format (plain dataclass, no imports)",
+    f"{ROOT}.runtime.format": "the run/checkpoint format version and its one migration (plain dicts)",
 }
 # Packages held to a stricter rule than their rank.
 STANDALONE = {

@@ -82,7 +82,7 @@ def test_checker_reports_layer_crossings(tmp_path: Path) -> None:
         "data/d.py": "from transferkit.errors import lookup\nfrom transferkit.planning.spec import DataSpec\n",
         "models/__init__.py": "",
         "models/weights.py": ("def f():\n    import pytorch_lightning as pl  # lazy\n"
-                              "    from transferkit.runtime import io\n"),
+                              "    from transferkit.tasks import loading\n"),
         "runtime/__init__.py": "",
         "runtime/io.py": "",
         "inference/__init__.py": "",
@@ -103,8 +103,8 @@ def test_checker_reports_layer_crossings(tmp_path: Path) -> None:
         "Lightning nor timm at module level: predicting from an exported model needs neither)",
         "transferkit/models/weights.py:2: imports pytorch_lightning (models never import Lightning: a backbone is "
         "a plain nn.Module, also for inference)",
-        "transferkit/models/weights.py:3: imports transferkit.runtime.io (models and runtime are peers on one line "
-        "of LAYERS: neither imports the other)",
+        "transferkit/models/weights.py:3: imports transferkit.tasks.loading (tasks sits above models in LAYERS: "
+        "pass a callable down instead)",
         "transferkit/planning/spec.py:2: imports transferkit.models.weights (a shared leaf imports from transferkit "
         "only other shared leaves (see SHARED_LEAVES))",
         "transferkit/tasks/loading.py:1: imports hydra.utils (only transferkit/cli/ imports hydra)",

@@ -24,8 +24,8 @@ def test_installed_package_finds_conf_and_recipes(tmp_path):
     finally:  # the build's leftovers in the source tree (a later `pip install .` would reuse stale files)
         for path in left:
             shutil.rmtree(path, ignore_errors=True)
-    code = ("from transferkit import cli; import transferkit; "
-            "print(transferkit.__file__); print(cli.package_dir('conf')); print(cli.recipe_names()); "
+    code = ("from transferkit.cli import app as cli; from transferkit.config.files import package_dir; "
+            "import transferkit; print(transferkit.__file__); print(package_dir('conf')); print(cli.recipe_names()); "
             "print(cli.compose_config(['recipe=small_similar']).finetune.strategy)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target)},
                          capture_output=True, text=True, timeout=300)

@@ -12,7 +12,7 @@ from PIL import Image
 from tests.test_ensemble_tta import constant_task, save_checkpoint
 from transferkit.inference.predictor import (PredictDataset, collate, ensemble_predictor, load_predictor,
                                              predict_files, predict_inputs, probabilities, task_predictor)
-from transferkit.planning.spec import CheckpointSpec
+from transferkit.inference.spec import CheckpointSpec
 from transferkit.tasks.ensemble import EnsembleTask
 
 

@@ -23,6 +23,7 @@ from transferkit.training import metrics_files
 from transferkit.planning import resume as resuming
 from transferkit.errors import ConfigError
 from transferkit.runtime.guards import RunInterrupted
+from tests.test_faults_writers import start_holder
 
 pytestmark = pytest.mark.slow
 
@@ -235,11 +236,11 @@ def test_metrics_past_the_checkpoint_are_dropped_and_sessions_joined(tmp_path):
 
 def test_a_run_still_going_is_not_resumed_under_it(finished_run, tmp_path):
     run = copy_run(finished_run, tmp_path)
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    alive = start_holder(run)  # holds the run directory's lock, as a running fit does (tests/test_faults_writers.py)
     try:
         (run / "results.json").write_text(json.dumps({"command": "fit", "status": "running", "pid": alive.pid,
                                                       "host": socket.gethostname()}))
-        with pytest.raises(ConfigError, match=f"still going \\(pid {alive.pid}\\)"):
+        with pytest.raises(ConfigError, match=f"still going \\(pid {alive.pid}\\b"):
             cli.run(["fit", f"resume={run}"])
     finally:
         alive.kill()

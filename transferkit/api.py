@@ -85,12 +85,12 @@ def run_command(command: str, recipe=None, overrides: list[str] | None = None, *
 def stopped_as_exception(command: str, argv: list[str]) -> dict:
     """`cli.run_for_python(argv)`, where a KeyboardInterrupt or SystemExit (Lightning exits after a Ctrl+C)
     becomes RunInterrupted naming the run directory."""
-    from transferkit.training.rundir import ENV_RUN_DIR
+    from transferkit.training.rundir import ENV_RUN_DIR  # lazy: `import transferkit` stays free of torch
 
     try:
         return cli.run_for_python(argv)
     except (KeyboardInterrupt, SystemExit) as err:
-        from transferkit.runtime.guards import EXIT_SIGNAL, RunInterrupted
+        from transferkit.runtime.guards import EXIT_SIGNAL, RunInterrupted  # lazy: as above
 
         where = os.environ.get(ENV_RUN_DIR)
         what = "KeyboardInterrupt (Ctrl+C or the notebook's stop button)" if isinstance(err, KeyboardInterrupt) \

@@ -9,6 +9,8 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+EXPORT_EXTRA_HINT = 'pip install ".[export]"'  # what ONNX export and ONNX Runtime need
+
 
 class ConfigError(ValueError):
     """A config value is wrong; the message names the key and says what to do.

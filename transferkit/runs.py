@@ -48,7 +48,7 @@ class Run:
             >>> transferkit.load("outputs/2026-01-01/12-00-00/model.onnx").exported  # doctest: +SKIP
         """
         # lazy: torch and Lightning load on first use; `import transferkit` stays light
-        from transferkit.inference.spec import is_exported_model
+        from transferkit.inference.exported import is_exported_model
 
         return self._checkpoint if self._checkpoint is not None and is_exported_model(self._checkpoint) else None
 
@@ -229,7 +229,7 @@ def load(path: str | os.PathLike) -> Run:
         raise FileNotFoundError(f"transferkit.load: {str(path)!r} does not exist; {LOAD_HINT}.")
     if path.is_file():
         # lazy: torch and Lightning load on first use; `import transferkit` stays light
-        from transferkit.inference.spec import is_exported_model
+        from transferkit.inference.exported import is_exported_model
         from transferkit.tasks.loading import read_checkpoint
 
         if not is_exported_model(path):  # an exported model is checked when it is first used

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"transferkit: error: {text}\n(add debug=true for the full traceback)\n")
         raise SystemExit(2 if config_error else 1) from None
     if isinstance(results, dict) and results.get("kind") == "sweep" and results["status"] != "completed":
-        from transferkit.search.sweep import failure_line
+        from transferkit.search.sweep import failure_line  # lazy: only after a sweep, which imported it
 
         sys.stderr.write(f"transferkit: error: {failure_line(results)}\n")
         raise SystemExit(1)

@@ -12,6 +12,7 @@ from transferkit.cli.overrides import plain_value
 from transferkit.config.explain import flat_values, unknown_key_message, wrong_types
 from transferkit.config.files import config_keys, is_recipe_file, load_recipe_file, package_dir
 from transferkit.errors import ConfigError
+from transferkit.config.files import trainer_flags
 
 
 class UsageError(ValueError):
@@ -37,7 +38,6 @@ def expand_trainer_overrides(overrides: list[str]) -> list[str]:
         key = item.split("=", 1)[0]
         if key.startswith("trainer.") and key.count(".") == 1 and key.split(".", 1)[1] not in known:
             if flags is None:  # imports Lightning: only for a flag the trainer group does not spell out
-                from transferkit.training.builders import trainer_flags
 
                 flags = trainer_flags()
             if key.split(".", 1)[1] in flags:

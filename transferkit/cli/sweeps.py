@@ -18,6 +18,7 @@ SWEEPABLE = tuple(name for name, command in COMMANDS.items() if command.sweeps)
 
 def run_sweep(command: str, overrides: list[str], run_job: Callable[[list[str]], dict]) -> dict:
     """Expand the grid and compose every job's config (a bad value fails before anything trains), then run it."""
+    # lazy: the sweep machinery imports the training stack; a single run and config errors stay light
     from transferkit.search.launchers import launcher_of, refusal
     from transferkit.search.sweep import run_sweep as run_jobs
 
@@ -43,7 +44,7 @@ def expand_sweep(overrides: list[str]) -> tuple[list, str | None]:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from transferkit.search.launchers import Job
+    from transferkit.search.launchers import Job  # lazy: see run_sweep
 
     for item in overrides:
         if "=" not in item:

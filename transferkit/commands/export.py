@@ -9,8 +9,7 @@ import time
 from omegaconf import DictConfig
 
 from transferkit.exporting.run import ParityError, export_model, failure_message
-from transferkit.inference.exported import ExportedModel
-from transferkit.inference.spec import meta_path
+from transferkit.inference.exported import ExportedModel, meta_path
 from transferkit.planning.checkpoint import export_spec, parity_samples
 from transferkit.tasks.loading import load_task
 from transferkit.training.rundir import create_run_dir, write_config, write_json

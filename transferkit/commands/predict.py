@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from transferkit.inference.images import list_inputs
+from transferkit.data.inputs import list_inputs
 from transferkit.inference.predictor import load_predictor, predict_files
 from transferkit.planning.checkpoint import predict_spec
 from transferkit.training.rundir import create_run_dir, write_config, write_json

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferkit.config.files import group_options, leaves, package_dir, recipe_names
 from transferkit.errors import ConfigError, did_you_mean
+from transferkit.config.files import trainer_flags
 
 
 def explain_config_error(err: Exception) -> str:
@@ -69,7 +70,6 @@ def unknown_key_message(err: Exception, overrides: list[str],
         return None
     unknown, choices = ".".join([*path, part]), sorted(str(k) for k in node.keys())
     if path == ["trainer"]:  # any Lightning Trainer argument is accepted as trainer.<flag>
-        from transferkit.training.builders import trainer_flags
 
         return (f"{unknown} is not an option: neither a key of the trainer group {choices} nor an argument of "
                 f"pytorch_lightning.Trainer.{did_you_mean(part, {*choices, *trainer_flags()})}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -83,3 +85,10 @@ def leaves(node: dict, prefix: str = ""):
             yield from leaves(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
+
+
+def trainer_flags() -> set[str]:
+    """Every keyword Lightning's Trainer takes (any of them can be set as `trainer.<flag>=`)."""
+    import pytorch_lightning as pl  # lazy: Lightning only for a flag the trainer group does not spell out
+
+    return {n for n in inspect.signature(pl.Trainer.__init__).parameters if n != "self"}

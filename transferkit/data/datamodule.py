@@ -21,7 +21,23 @@ from transferkit.data.sources import (
     source_labels,
     subset_source,
 )
+from transferkit.data.vanished import SkipLog, collate_readable
 from transferkit.errors import lookup
+from transferkit.data.loader_settings import check_drop_last, check_num_workers
+from transferkit.data.splits import check_per_class
+from transferkit.data.transforms import TRAIN_PIPELINES
+from transferkit.data.folders import scan_image_folder
+from transferkit.data.validate import class_counts
+from transferkit.data.device_decode import EncodedImages
+from transferkit.data.image_cache import DecodedImageCache
+from transferkit.data.splits import kfold
+from transferkit.data.splits import draw_per_class
+from transferkit.data.balance import class_weights
+from transferkit.data.transforms import build_transforms
+from transferkit.data.loader_settings import drops_last, loader_settings
+from transferkit.data.balance import build_weighted_sampler
+from transferkit.data.device_augment import DeviceAugment
+from transferkit.data.device_decode import DeviceDecodeLoader
 
 if TYPE_CHECKING:
     from transferkit.data.folders import FolderScan
@@ -55,7 +71,6 @@ class ClassificationDataModule(pl.LightningDataModule):
                  cache_dir: str | None = None, flips: bool = True, interpolation: str = "bilinear",
                  decode: str = "cpu", synthetic_classes: int = 10, drop_last: bool | str = "auto") -> None:
         super().__init__()
-        from transferkit.data.loader_settings import check_drop_last, check_num_workers
 
         check_num_workers(num_workers)
         self.drop_last = check_drop_last(drop_last)
@@ -65,8 +80,6 @@ class ClassificationDataModule(pl.LightningDataModule):
         if root is None:
             embedded_spec(embedded, "classification")
         lookup({k: k for k in BALANCE}, balance, "data.balance")
-        from transferkit.data.splits import check_per_class
-        from transferkit.data.transforms import TRAIN_PIPELINES
 
         lookup(TRAIN_PIPELINES, augment, "augment.name")  # fail before scanning, not at the first batch
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -85,6 +98,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.sources: dict[str, Dataset] = {}
         self.split_record: dict = {}
         self.skipped: list[tuple[Path, str]] = []
+        self.skip_log: SkipLog | None = None  # files that become unreadable during the run (data.vanished)
 
     # -- scanning -----------------------------------------------------------------
     def scan(self) -> None:
@@ -99,8 +113,6 @@ class ClassificationDataModule(pl.LightningDataModule):
         log.info("Data: %s, %d classes, sizes %s", self.describe(), len(self.class_names), sizes)
 
     def _scan_folder(self) -> None:
-        from transferkit.data.folders import scan_image_folder
-
         scan = scan_image_folder(self.root, val_fraction=self.val_fraction,
                                  test_fraction=self.test_fraction, seed=self.seed,
                                  max_bad_fraction=self.max_bad_fraction, manifest=self.manifest,
@@ -115,13 +127,14 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.split_record = scan.to_json()
         if chosen is not None:
             self.split_record.update(self._draw_record(chosen))
+        scanned = sum(len(items) for items in scan.splits.values()) + len(scan.skipped)
+        self.skip_log = SkipLog.create(self.max_bad_fraction, scanned, len(scan.skipped))
         self.sources = {split: self._file_source(scan.splits.get(split, [])) for split in SPLITS}
 
     def _draw_folder_train(self, scan: FolderScan) -> tuple[FolderScan, np.ndarray]:
         """The scan with its train split cut to the draw (before any cache sizes itself), and the draw."""
         from dataclasses import replace
 
-        from transferkit.data.validate import class_counts
 
         train = scan.splits.get("train", [])
         chosen = self._draw_train([label for _, label in train], scan.class_names)
@@ -130,13 +143,10 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def _file_source(self, items: list[tuple[Path, int]]) -> Dataset:
         if self.decode == "gpu":
-            from transferkit.data.device_decode import EncodedImages
-
             return EncodedImages(items)
-        source = FileSource(items, in_chans=self.in_chans, background=self.background)
+        source = FileSource(items, in_chans=self.in_chans, background=self.background, skips=self.skip_log)
         if not self.cache or not items:
             return source
-        from transferkit.data.image_cache import DecodedImageCache
 
         return DecodedImageCache(source, image_size=self.image_size, directory=self.cache_dir)
 
@@ -158,8 +168,6 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def _fold_embedded(self) -> None:
         """k-fold over the embedded train+val (as for folders): fold `fold` is val; test is untouched."""
-        from transferkit.data.splits import kfold
-
         if self.num_folds is None:
             raise ValueError(f"data.fold={self.fold!r} needs data.num_folds (e.g. data.num_folds=5).")
         pool = pool_sources(self.sources["train"], self.sources["val"])
@@ -173,8 +181,6 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def _draw_train(self, labels: Sequence[int] | np.ndarray, class_names: Sequence[str]) -> np.ndarray:
         """Indices of the training images kept by `train_per_class`; warns for each smaller class."""
-        from transferkit.data.splits import draw_per_class
-
         labels = np.asarray(labels, dtype=np.int64)
         counts = np.bincount(labels, minlength=len(class_names))
         for label in np.flatnonzero((counts > 0) & (counts < self.train_per_class)):
@@ -200,7 +206,6 @@ class ClassificationDataModule(pl.LightningDataModule):
     def class_weights(self) -> list[float] | None:
         if self.balance != "weights":
             return None
-        from transferkit.data.balance import class_weights
 
         return class_weights(self.labels("train"), len(self.class_names)).tolist()
 
@@ -212,23 +217,17 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.scan()
 
     def transform(self, train: bool):
-        from transferkit.data.transforms import build_transforms
-
         # Eval pipelines never augment, but keep the recipe's normalisation (cifar: per image).
         return build_transforms(self.augment, train=train, image_size=self.image_size, mean=self.mean,
                                 std=self.std, in_chans=self.in_chans, flips=self.flips,
                                 interpolation=self.interpolation)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        from transferkit.data.loader_settings import drops_last, loader_settings
-
         source, trainer = self.sources[split], getattr(self, "trainer", None)
         settings = loader_settings(self.num_workers, trainer)
         drop_last = train and drops_last(self.drop_last, len(source), self.batch_size, trainer)
         sampler = None
         if train and self.balance == "sampler":
-            from transferkit.data.balance import build_weighted_sampler
-
             sampler = build_weighted_sampler(self.labels("train"), len(self.class_names), self.seed)
         if not train:
             sampler = eval_sampler(source, split)  # DDP: each image once, no padding
@@ -238,14 +237,12 @@ class ClassificationDataModule(pl.LightningDataModule):
                               sampler=sampler, collate_fn=source.collate, num_workers=0, drop_last=drop_last)
         if self.decode == "gpu":
             return self._device_loader(source, train, sampler, {**settings, "drop_last": drop_last})
-        return DataLoader(TransformedDataset(source, self.transform(train)), batch_size=self.batch_size,
-                          shuffle=train and sampler is None, sampler=sampler, drop_last=drop_last, **settings)
+        return DataLoader(TransformedDataset(source, self.transform(train), drop_unreadable=True),
+                          batch_size=self.batch_size, shuffle=train and sampler is None, sampler=sampler,
+                          drop_last=drop_last, collate_fn=collate_readable, **settings)
 
     def _device_loader(self, source, train: bool, sampler, settings: dict):
         """data.decode=gpu: workers read bytes; decoding and augmentation run on the training device."""
-        from transferkit.data.device_augment import DeviceAugment
-        from transferkit.data.device_decode import DeviceDecodeLoader
-
         trainer = getattr(self, "trainer", None)
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         if device.type != "cuda" and not getattr(self, "_warned_decode", False):

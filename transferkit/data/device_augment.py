@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from transferkit.errors import ConfigError
+from transferkit.data.transforms import CROP_RATIO, HFLIP_P, LIGHT_CROP_SCALE
+from transferkit.data.transforms import per_channel
 
 # data.interpolation -> grid_sample mode (`area` has no grid_sample equivalent).
 GRID_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest"}
@@ -74,7 +76,6 @@ class DeviceAugment:
         """Crops and flips of a batch of images of `sizes` (height, width)."""
         if not self.train or self.augment == "none":
             return [(0, 0, h, w) for h, w in sizes], [False] * len(sizes)
-        from transferkit.data.transforms import CROP_RATIO, HFLIP_P, LIGHT_CROP_SCALE
 
         crops = [sample_resized_crop(h, w, LIGHT_CROP_SCALE, CROP_RATIO, rng) for h, w in sizes]
         flips = [self.flips and rng.random() < HFLIP_P for _ in sizes]
@@ -82,8 +83,6 @@ class DeviceAugment:
 
     def __call__(self, images: list[torch.Tensor], rng: random.Random) -> torch.Tensor:
         """uint8 C x H x W images (any sizes, one device) -> float N x C x S x S, normalised."""
-        from transferkit.data.transforms import per_channel
-
         crops, flips = self.draw([tuple(im.shape[-2:]) for im in images], rng)
         if self.in_chans == 1:
             images = [im.float().mean(0, keepdim=True).round().to(torch.uint8) for im in images]

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from transferkit.data.device_augment import DeviceAugment
+from transferkit.data.sources import FileSource, TransformedDataset
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ def decoded_on_cpu(dataset: Dataset, datamodule) -> Dataset:
     For what reads images outside the training loop (the run report's test images)."""
     if not isinstance(dataset, EncodedImages):
         return dataset
-    from transferkit.data.sources import FileSource, TransformedDataset
 
     source = FileSource(dataset.items, in_chans=datamodule.in_chans, background=datamodule.background)
     return TransformedDataset(source, datamodule.transform(train=False))

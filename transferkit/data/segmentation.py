@@ -30,6 +30,9 @@ from transferkit.data.masks import load_mask
 from transferkit.data.sources import match_image_channels
 from transferkit.data.transforms import TRAIN_PIPELINES, build_transforms
 from transferkit.errors import lookup
+from transferkit.data.loader_settings import check_drop_last
+from transferkit.data.embedded.scenes import SCENE_CLASSES
+from transferkit.data.loader_settings import drops_last, loader_settings
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +184,6 @@ class SegmentationDataModule(pl.LightningDataModule):
                  std: Sequence[float] = (0.5, 0.5, 0.5), augment: str = "light",
                  interpolation: str = "bilinear", drop_last: bool | str = "auto") -> None:
         super().__init__()
-        from transferkit.data.loader_settings import check_drop_last
 
         self.interpolation, self.drop_last = interpolation, check_drop_last(drop_last)
         if root is None:
@@ -203,7 +205,6 @@ class SegmentationDataModule(pl.LightningDataModule):
     def _class_names(root: str | None, num_classes: int | None, class_names: list[str] | None) -> list[str]:
         if root is None:
             # scenes is the only segmentation entry of EMBEDDED, and its spec carries no class names.
-            from transferkit.data.embedded.scenes import SCENE_CLASSES
 
             if class_names and len(class_names) != len(SCENE_CLASSES):
                 raise ValueError(f"data.class_names={list(class_names)!r} does not fit the embedded scenes "
@@ -263,8 +264,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         return JointTransformDataset(self.sources[split], self.transform(train), self.in_chans)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        from transferkit.data.loader_settings import drops_last, loader_settings
-
         trainer = getattr(self, "trainer", None)
         settings = loader_settings(self.num_workers, trainer)
         dataset = self.dataset(split, train)

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from transferkit.data.decode import load_image
+from transferkit.data.decode import UnreadableImageError, load_image
+from transferkit.data.vanished import SkipLog, SkippedImage, Unreadable, readable_stand_in
 
 
 def match_image_channels(image: np.ndarray, in_chans: int) -> np.ndarray:
@@ -27,20 +28,28 @@ def match_image_channels(image: np.ndarray, in_chans: int) -> np.ndarray:
 
 
 class FileSource(Dataset):
-    """Images read from disk through the one decode path (`data.decode.load_image`)."""
+    """Images read from disk through the one decode path (`data.decode.load_image`). With `skips`, a file
+    that became unreadable since the scan is recorded there and raised as `SkippedImage` (data.vanished)."""
 
     def __init__(self, items: Sequence[tuple[Path, int]], in_chans: int = 3,
-                 background: tuple[int, int, int] = (255, 255, 255)) -> None:
+                 background: tuple[int, int, int] = (255, 255, 255), skips: SkipLog | None = None) -> None:
         self.items = list(items)
         self.in_chans = in_chans
         self.background = tuple(background)
+        self.skips = skips
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         path, label = self.items[index]
-        return load_image(path, in_chans=self.in_chans, background=self.background), label
+        try:
+            return load_image(path, in_chans=self.in_chans, background=self.background), label
+        except UnreadableImageError as err:
+            if self.skips is None:
+                raise
+            self.skips.record(path, err.reason)
+            raise SkippedImage(path, err.reason) from err
 
 
 class ArraySource(Dataset):
@@ -61,18 +70,30 @@ class ArraySource(Dataset):
 
 
 class TransformedDataset(Dataset):
-    """Apply an albumentations pipeline to a source; yields `(float tensor C x H x W, label)`."""
+    """Apply an albumentations pipeline to a source; yields `(float tensor C x H x W, label)`.
 
-    def __init__(self, source: Dataset, transform: Callable) -> None:
+    An image that became unreadable mid-run (`SkippedImage`) is replaced by a readable neighbour, or, with
+    `drop_unreadable` (for a loader collating with `data.vanished.collate_readable`), yields an
+    `Unreadable` marker that the batch drops."""
+
+    def __init__(self, source: Dataset, transform: Callable, drop_unreadable: bool = False) -> None:
         self.source = source
         self.transform = transform
+        self.drop_unreadable = drop_unreadable
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.source[index]
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.source[index % len(self.source)]
         return self.transform(image=image)["image"], label
+
+    def __getitem__(self, index: int):
+        try:
+            return self.load(index)
+        except SkippedImage as err:
+            stand_in = readable_stand_in(self, index)
+            return Unreadable(str(err.path), stand_in) if self.drop_unreadable else stand_in
 
 
 class ViewsDataset(Dataset):
@@ -153,7 +174,7 @@ def subset_source(source: Dataset, indices: Sequence[int], labels: np.ndarray) -
     if isinstance(source, ArraySource):
         return ArraySource(source.images[indices], source.labels[indices], in_chans=source.in_chans)
     if isinstance(source, FileSource):
-        return FileSource([source.items[i] for i in indices], source.in_chans, source.background)
+        return FileSource([source.items[i] for i in indices], source.in_chans, source.background, source.skips)
     return SubsetSource(source, indices, labels[indices])
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from transferkit.errors import ConfigError
-from transferkit.inference.exported import INSTALL_HINT, first_line
+from transferkit.errors import EXPORT_EXTRA_HINT, ConfigError
+from transferkit.runtime.torch_files import first_line
 
 log = logging.getLogger("transferkit")
 
@@ -34,7 +34,7 @@ def require_onnx_packages() -> None:
             missing.append(name)
     if missing:
         raise ExportError(f"format=onnx needs {', '.join(missing)}, which is not installed; install the export "
-                          f"extra: {INSTALL_HINT}")
+                          f"extra: {EXPORT_EXTRA_HINT}")
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from transferkit.inference.spec import InputSpec
+from transferkit.data.inputs import InputSpec
 from transferkit.models.fcn import FCNSegmentationModel
 
 

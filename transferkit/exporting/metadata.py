@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from importlib import metadata as package_metadata
 from pathlib import Path
 
-from transferkit.inference.spec import InputSpec
+from transferkit.data.inputs import InputSpec
 
 META_VERSION = 1
 VERSIONED = ("transferkit", "torch", "timm", "albumentations", "opencv-python-headless", "opencv-python",

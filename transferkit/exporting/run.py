@@ -12,8 +12,8 @@ from transferkit.exporting.graph import build_graph, example_input, other_shape_
 from transferkit.exporting.metadata import build_meta
 from transferkit.exporting.parity import check_parity, describe
 from transferkit.exporting.samples import Samples, parity_batches
-from transferkit.inference.spec import InputSpec
-from transferkit.planning.spec import ExportSpec
+from transferkit.exporting.spec import ExportSpec
+from transferkit.data.inputs import InputSpec
 
 log = logging.getLogger("transferkit")
 

@@ -12,9 +12,8 @@ import torch
 
 from transferkit.errors import ConfigError
 from transferkit.data.decode import UnreadableImageError, load_image
+from transferkit.data.inputs import InputSpec, as_tensor, list_inputs
 from transferkit.data.sources import match_image_channels
-from transferkit.inference.images import as_tensor, list_inputs
-from transferkit.inference.spec import InputSpec
 
 log = logging.getLogger("transferkit")
 

@@ -1,3 +1,3 @@
-"""Inference without the training stack: how predict prepares images (shared by checkpoints and
-exported models), and predict from an exported ONNX or TorchScript file. Imports neither Lightning
-nor timm."""
+"""Predict without the training stack: one predictor (`predictor.py`) for a checkpoint, an ensemble (with
+TTA) or an exported ONNX / TorchScript file (`exported.py`), on files or images in memory
+(`images.py`), with one set of writers (`outputs.py`). Imports neither Lightning nor timm."""

@@ -1,5 +1,6 @@
-"""Load and run an exported model (`model.onnx` through ONNX Runtime, `model.torchscript.pt` through
-torch.jit) with its `model.meta.json`. Imports neither Lightning nor timm."""
+"""An exported model's files (`model.onnx` or `model.torchscript.pt`, and `model.meta.json` beside it: what
+export writes and predict recognises), loaded and run through ONNX Runtime or torch.jit. Imports neither
+Lightning nor timm."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transferkit.errors import ConfigError
-from transferkit.inference.spec import InputSpec, meta_path, model_format
+from transferkit.data.inputs import InputSpec
+from transferkit.errors import EXPORT_EXTRA_HINT, ConfigError
+from transferkit.runtime.torch_files import first_line
 
 log = logging.getLogger("transferkit")
 
-INSTALL_HINT = 'pip install ".[export]"'
+ONNX_SUFFIX = ".onnx"
+TORCHSCRIPT_SUFFIX = ".torchscript.pt"
+META_SUFFIX = ".meta.json"
+MODEL_FILES = {"onnx": "model" + ONNX_SUFFIX, "torchscript": "model" + TORCHSCRIPT_SUFFIX}
 EXPORT_HINT = "export it again with `python -m transferkit export ckpt_path=<run>/checkpoints/best.ckpt`"
 META_KEYS = ("task", "class_names", "input", "export")
 
@@ -31,13 +36,26 @@ def require_onnxruntime():
         import onnxruntime
     except ImportError:
         raise ExportedModelError(f"onnxruntime is not installed; ONNX models need the export extra: "
-                                 f"{INSTALL_HINT}") from None
+                                 f"{EXPORT_EXTRA_HINT}") from None
     return onnxruntime
 
 
-def first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+def is_exported_model(path: Path | str) -> bool:
+    name = Path(path).name
+    return name.endswith(ONNX_SUFFIX) or name.endswith(TORCHSCRIPT_SUFFIX)
+
+
+def model_format(path: Path | str) -> str:
+    return "torchscript" if Path(path).name.endswith(TORCHSCRIPT_SUFFIX) else "onnx"
+
+
+def meta_path(model_path: Path | str) -> Path:
+    """`model.onnx` / `model.torchscript.pt` -> `model.meta.json` beside it."""
+    path = Path(model_path)
+    for suffix in (TORCHSCRIPT_SUFFIX, ONNX_SUFFIX):
+        if path.name.endswith(suffix):
+            return path.with_name(path.name[: -len(suffix)] + META_SUFFIX)
+    return path.with_name(path.name + META_SUFFIX)
 
 
 def read_meta(model_path: Path, key: str = "ckpt_path") -> dict:

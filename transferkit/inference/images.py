@@ -1,45 +1,22 @@
-"""The images predict reads: files and folders (`input=`), or for `Run.predict` images in memory too."""
+"""The images predict reads: files and folders (`input=`, see `transferkit.data.inputs`), or for
+`Run.predict` images in memory too."""
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from transferkit.data.decode import image_of_pixels, load_image
-from transferkit.data.walk import Findings, is_image_file, walk_images
-
-log = logging.getLogger("transferkit")
-
-
-def list_inputs(path: Path) -> list[Path]:
-    """One image file, or every image under a folder (hidden files and junk skipped)."""
-    if path.is_file():
-        if not is_image_file(path.name):
-            raise ValueError(f"input={str(path)!r} is not an image file (png, jpg, webp, bmp, tif, gif).")
-        return [path]
-    findings = Findings()
-    images, _ = walk_images(path, findings)
-    for note in findings.link_notes(path):
-        log.warning("input: %s", note)
-    if not images:
-        raise FileNotFoundError(f"input={str(path)!r} holds no image files.")
-    return images
+from transferkit.data.inputs import list_inputs
 
 
 def decode_input(item, in_chans: int) -> np.ndarray:
     """One input as a uint8 H x W x in_chans array: an image file (fit's decode path), or an image already
     in memory (a Pillow image or a numpy array, from `Run.predict`) converted the same way."""
     return load_image(item, in_chans=in_chans) if isinstance(item, (str, Path)) else image_of_pixels(item, in_chans)
-
-
-def as_tensor(prepared) -> torch.Tensor:
-    """A transform's output as a tensor (the resize-only pipeline returns a uint8 numpy array)."""
-    return prepared if isinstance(prepared, torch.Tensor) else torch.from_numpy(np.require(prepared, requirements=["C", "W"]))
 
 
 def is_in_memory(item) -> bool:

@@ -10,8 +10,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from transferkit.data.decode import UnreadableImageError
@@ -75,16 +73,6 @@ def as_table(rows: list[dict]):
     except ImportError:
         return rows
     return pandas.DataFrame(rows, columns=CSV_COLUMNS)
-
-
-def mask_at_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Class ids `N x H x W` at `size` (the images' own): logits resized bilinearly, then argmax."""
-    return resize_scores(logits, size).argmax(dim=1)
-
-
-def resize_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Per-pixel logits (or probabilities) `N x C x h x w` resized bilinearly to `size`."""
-    return F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def save_prediction_pngs(image: np.ndarray, mask: np.ndarray, directory: Path | str, stem: str,

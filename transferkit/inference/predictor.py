@@ -6,27 +6,21 @@ Imports neither Lightning nor timm: predicting from an exported model needs neit
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from transferkit.data.inputs import InputSpec, as_tensor, list_inputs
 from transferkit.inference.exported import load_exported
-from transferkit.inference.images import as_tensor, decode_input, list_inputs
-from transferkit.inference.outputs import (as_table, masks_of, prediction_rows, resize_scores, unused_output,
-                                           write_masks, write_rows)
-from transferkit.inference.spec import InputSpec
+from transferkit.inference.images import decode_input
+from transferkit.inference.outputs import as_table, masks_of, prediction_rows, unused_output, write_masks, write_rows
+from transferkit.inference.spec import CheckpointSpec
 from transferkit.tasks.loading import load_model
-
-if TYPE_CHECKING:
-    from transferkit.planning.spec import CheckpointSpec
-
-log = logging.getLogger("transferkit")
+from transferkit.tasks.tta import resize_scores
 
 # views (member i's batch in member i's preprocessing), the images' own size for masks -> scores
 Scores = Callable[[list[torch.Tensor], "tuple[int, int] | None"], torch.Tensor]

@@ -1,80 +1,36 @@
-"""What a model expects as input, and the file names of an exported model and its metadata.
-
-`InputSpec` is the one description of inference preprocessing: predict builds it from a
-checkpoint's `data_config`, export writes it into `model.meta.json`, and predict from an exported
-file reads it back from there.
-"""
+"""What `test` and `predict` are asked to evaluate, as planning reads it from the config
+(`transferkit.planning.checkpoint`): plain frozen values, no config."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
-
-from transferkit.data.transforms import PER_IMAGE_STANDARDISED, build_eval_resize, build_transforms
-
-DEFAULT_BACKGROUND = (255, 255, 255)  # what `data.decode.load_image` composites transparency on
-ONNX_SUFFIX = ".onnx"
-TORCHSCRIPT_SUFFIX = ".torchscript.pt"
-META_SUFFIX = ".meta.json"
-MODEL_FILES = {"onnx": "model" + ONNX_SUFFIX, "torchscript": "model" + TORCHSCRIPT_SUFFIX}
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """How an image file becomes model input: decode to `in_chans` channels, resize (stretch, no crop)
-    to `image_size` x `image_size` with `interpolation` (OpenCV), then normalise: `mean_std` is
-    `(pixel / 255 - mean) / std` per channel, `per_image` is `(x - mean(x)) / max(std(x), 1/sqrt(N))`
-    over the whole image."""
+class CheckpointSpec:
+    """What `test` and `predict` evaluate: checkpoints (several: an ensemble, each member preparing
+    images its own way) with test-time augmentation, or one model file written by `export`."""
 
-    image_size: int
-    in_chans: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bilinear"
-    normalization: str = "mean_std"
-    background: tuple[int, int, int] = DEFAULT_BACKGROUND
+    paths: tuple[str, ...]
+    recorded: str | list[str]  # results.json's `checkpoint`: the one path, or the list (an ensemble)
+    tta: str = "none"
+    exported: bool = False
 
-    @classmethod
-    def from_data_config(cls, data: dict) -> "InputSpec":
-        """The spec of a checkpoint's `data_config` (builders.data_config)."""
-        normalization = "per_image" if data.get("augment") in PER_IMAGE_STANDARDISED else "mean_std"
-        return cls(int(data["image_size"]), int(data["in_chans"]), tuple(float(v) for v in data["mean"]),
-                   tuple(float(v) for v in data["std"]), str(data.get("interpolation", "bilinear")),
-                   normalization)
-
-    @classmethod
-    def from_dict(cls, record: dict) -> "InputSpec":
-        return cls(int(record["image_size"]), int(record["in_chans"]), tuple(record["mean"]), tuple(record["std"]),
-                   str(record["interpolation"]), str(record["normalization"]),
-                   tuple(record.get("background", DEFAULT_BACKGROUND)))
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "background": list(self.background)}
-
-    def eval_transform(self):
-        """albumentations pipeline: uint8 H x W x C -> normalised float32 C x H x W tensor."""
-        name = "cifar" if self.normalization == "per_image" else "none"  # eval pipelines differ only here
-        return build_transforms(name, train=False, image_size=self.image_size, mean=self.mean, std=self.std,
-                                in_chans=self.in_chans, interpolation=self.interpolation)
-
-    def resize_transform(self):
-        """The same resize without normalisation: uint8 H x W x C -> uint8 image_size x image_size x C."""
-        return build_eval_resize(self.image_size, self.interpolation)
+    @property
+    def single(self) -> bool:
+        """One model without TTA: its logits as they are (an ensemble or TTA averages probabilities)."""
+        return self.exported or (len(self.paths) == 1 and self.tta == "none")
 
 
-def is_exported_model(path: Path | str) -> bool:
-    name = Path(path).name
-    return name.endswith(ONNX_SUFFIX) or name.endswith(TORCHSCRIPT_SUFFIX)
+@dataclass(frozen=True)
+class PredictSpec:
+    """What `predict` does: the model, the images (`input`), where the CSV or masks go, and how."""
 
-
-def model_format(path: Path | str) -> str:
-    return "torchscript" if Path(path).name.endswith(TORCHSCRIPT_SUFFIX) else "onnx"
-
-
-def meta_path(model_path: Path | str) -> Path:
-    """`model.onnx` / `model.torchscript.pt` -> `model.meta.json` beside it."""
-    path = Path(model_path)
-    for suffix in (TORCHSCRIPT_SUFFIX, ONNX_SUFFIX):
-        if path.name.endswith(suffix):
-            return path.with_name(path.name[: -len(suffix)] + META_SUFFIX)
-    return path.with_name(path.name + META_SUFFIX)
+    model: CheckpointSpec
+    input: str
+    output: str | None = None
+    top_k: int = 3
+    batch_size: int = 64
+    num_workers: int = 0
+    run_dir: str | None = None
+    config: dict = field(default_factory=dict, compare=False)  # the composed config (config.yaml); never read

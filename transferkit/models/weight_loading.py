@@ -20,6 +20,8 @@ import torch.nn as nn
 
 from transferkit.models.weights import WEIGHTS_FILE_HINT, WeightsSource
 from transferkit.models.network import WeightsUnavailableError
+from transferkit.runtime.torch_files import read_torch_file
+from transferkit.models.backbones import create_backbone
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Torch files are read weights-only (`transferkit.runtime.torch_files`): one that would run code is refused.
     """
-    from transferkit.runtime.torch_files import read_torch_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         state = read_torch_file(path, key="model.weights", hint=WEIGHTS_FILE_HINT)
@@ -147,8 +147,6 @@ def timm_overlay(source: WeightsSource, target_keys: set[str]) -> tuple[dict | N
 def load_weights(module: nn.Module, source: WeightsSource, *, backbone_name: str, in_chans: int,
                  image_size: int | None = None, cache_dir: str | None = None) -> LoadReport | None:
     """Initialise `module` (a backbone built by `create_backbone`) in place from `source`."""
-    from transferkit.models.backbones import create_backbone
-
     if source.kind == "none":
         return None
     target_keys = set(module.state_dict())

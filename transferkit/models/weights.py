@@ -17,12 +17,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+
 from importlib import resources
 from pathlib import Path
 
 from transferkit.errors import ConfigError, did_you_mean
 from transferkit.models.network import WeightsUnavailableError  # noqa: F401 (re-export)
+from transferkit.planning.spec import RECORD_SUMMARY, WeightsSource  # noqa: F401 - the value type planning records
+from transferkit.runtime.torch_files import read_torch_file
+from transferkit.models.network import check_hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -30,34 +33,6 @@ FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 WEIGHTS_FILE_HINT = "pass .safetensors weights, a state dict saved by torch.save, or a transferkit checkpoint"
 # The names timm tries, in its order, in a `timm/<model>` hub repository.
 HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
-# What results.json repeats of a weights record.
-RECORD_SUMMARY = ("backbone", "in_chans", "image_size", "mean", "std", "interpolation", "hub_id",
-                  "source_data", "recipe", "date")
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where the weights of a run come from, decided by planning before anything is built.
-
-    kind: `none`, `house`, `file`, `hf-cache` (a file found in the Hugging Face cache) or `hub`
-    (timm downloads them). `path` is set for house, file and hf-cache; `record` holds what is known
-    about how the weights were made (house/backbone.json, a checkpoint's data config, timm's tag).
-    """
-
-    kind: str
-    requested: str
-    path: str | None = None
-    record: dict = field(default_factory=dict)
-
-    def describe(self) -> str:
-        where = {"none": "random init", "hub": "download from the Hugging Face hub"}.get(self.kind, self.path)
-        return f"{self.kind}: {where}"
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "requested": self.requested, "path": self.path,
-                "record": {k: v for k, v in self.record.items() if k in RECORD_SUMMARY}}
-
-
 def house_backbones() -> dict[str, dict]:
     """Name -> metadata of every house backbone shipped in `transferkit/assets/`."""
     table = {}
@@ -113,8 +88,6 @@ def checkpoint_record(path: Path) -> dict:
 
     Read weights-only: a file that would run code, or is not a checkpoint, stops here in one line.
     """
-    from transferkit.runtime.torch_files import read_torch_file
-
     checkpoint = read_torch_file(path, key="model.weights", hint=WEIGHTS_FILE_HINT)
     hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
     model, data = hparams.get("model") or {}, hparams.get("data_config") or {}
@@ -186,7 +159,5 @@ def resolve_weights_source(weights: str, backbone: str, *, cache_dir: str | None
         log.info("Weights for %s: %s (Hugging Face cache, no download)", backbone, cached)
         return WeightsSource("hf-cache", str(weights), str(cached), {"hub_id": repo})
     if require_available:
-        from transferkit.models.network import check_hub_reachable
-
         check_hub_reachable(backbone, missing_from=describe_cache(cache_dir), repo=repo)
     return WeightsSource("hub", str(weights), None, {"hub_id": repo})

@@ -12,12 +12,14 @@ from transferkit.data.loader_settings import choose_num_workers, usable_cpus
 from transferkit.errors import ConfigError, lookup
 from transferkit.exporting.formats import require_onnx_packages
 from transferkit.exporting.samples import Samples, input_items, split_items
-from transferkit.inference.spec import MODEL_FILES, is_exported_model
+from transferkit.exporting.spec import ExportSpec
+from transferkit.inference.exported import MODEL_FILES, is_exported_model
+from transferkit.inference.spec import CheckpointSpec, PredictSpec
 from transferkit.models.input_format import InputFormat
 from transferkit.models.weights import WeightsSource
 from transferkit.planning.plan import assemble_spec
 from transferkit.planning.rebuild import checkpoint_run_config
-from transferkit.planning.spec import CheckpointSpec, ExportSpec, ModelSpec, PredictSpec, RunSpec
+from transferkit.planning.spec import ModelSpec, RunSpec
 from transferkit.tasks.loading import checkpoint_paths, is_many, load_model, require
 from transferkit.tasks.tta import check_tta
 from transferkit.training.builders import build_datamodule

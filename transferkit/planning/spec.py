@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field, replace
 
 from transferkit.models.input_format import InputFormat
 from transferkit.runtime.format import FORMAT_VERSION
-from transferkit.models.weights import WeightsSource
 from transferkit.errors import ConfigError, lookup
 
 # The format of run directories and checkpoints (FORMAT_VERSION) and its migrations: transferkit.runtime.format.
@@ -128,6 +127,34 @@ class RacePlan:
 
 
 
+# What results.json repeats of a weights record.
+RECORD_SUMMARY = ("backbone", "in_chans", "image_size", "mean", "std", "interpolation", "hub_id",
+                  "source_data", "recipe", "date")
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where the weights of a run come from, decided by planning before anything is built.
+
+    kind: `none`, `house`, `file`, `hf-cache` (a file found in the Hugging Face cache) or `hub`
+    (timm downloads them). `path` is set for house, file and hf-cache; `record` holds what is known
+    about how the weights were made (house/backbone.json, a checkpoint's data config, timm's tag).
+    """
+
+    kind: str
+    requested: str
+    path: str | None = None
+    record: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        where = {"none": "random init", "hub": "download from the Hugging Face hub"}.get(self.kind, self.path)
+        return f"{self.kind}: {where}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "requested": self.requested, "path": self.path,
+                "record": {k: v for k, v in self.record.items() if k in RECORD_SUMMARY}}
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """`task.kind` and the task group's other keys (the task constructor's arguments)."""
@@ -150,16 +177,6 @@ class ModelSpec:
     def cache_dir(self) -> str | None:
         return self.options.get("cache_dir")
 
-    def data_config(self, augment: AugmentSpec, task_kind: str) -> dict:
-        """The input format a task records, so predict/export prepare images exactly as training did."""
-        from transferkit.data.transforms import trains_with_flips  # noqa: PLC0415 - keeps spec import-light
-
-        # The segmentation datamodule flips whenever its pipeline does; classification obeys augment.flips.
-        flips = task_kind == "segmentation" or augment.flips
-        fmt = self.input
-        return {"image_size": fmt.image_size, "in_chans": fmt.in_chans, "mean": list(fmt.mean),
-                "std": list(fmt.std), "interpolation": fmt.interpolation, "augment": augment.name,
-                "flips": trains_with_flips(augment.name, flips)}
 
 
 @dataclass(frozen=True)
@@ -342,9 +359,6 @@ class RunSpec:
             notes=tuple(record.get("notes") or ()), lr_search=record.get("lr_search"),
             format_version=int(record.get("format_version", FORMAT_VERSION)))
 
-    def data_config(self) -> dict:
-        return self.model.data_config(self.data.augment, self.task.kind)
-
     def for_candidate(self, candidate: Candidate) -> RunSpec:
         """The spec a `finetune=auto` candidate trains with: its finetune group (and augmentation); a
         solved head's leg keeps the run's max_epochs (the race's schedule) but steps no clipping."""
@@ -364,50 +378,3 @@ class RunSpec:
         return replace(self, data=self.data.with_options(fold=fold), outputs=OutputSpec(run_dir=run_dir),
                        config={**self.config, "data": {**self.config.get("data", {}), "fold": fold},
                                "run_dir": run_dir, "resume": None, "ckpt_path": None})
-
-
-@dataclass(frozen=True)
-class CheckpointSpec:
-    """What `test` and `predict` evaluate: checkpoints (several: an ensemble, each member preparing
-    images its own way) with test-time augmentation, or one model file written by `export`."""
-
-    paths: tuple[str, ...]
-    recorded: str | list[str]  # results.json's `checkpoint`: the one path, or the list (an ensemble)
-    tta: str = "none"
-    exported: bool = False
-
-    @property
-    def single(self) -> bool:
-        """One model without TTA: its logits as they are (an ensemble or TTA averages probabilities)."""
-        return self.exported or (len(self.paths) == 1 and self.tta == "none")
-
-
-@dataclass(frozen=True)
-class PredictSpec:
-    """What `predict` does: the model, the images (`input`), where the CSV or masks go, and how."""
-
-    model: CheckpointSpec
-    input: str
-    output: str | None = None
-    top_k: int = 3
-    batch_size: int = 64
-    num_workers: int = 0
-    run_dir: str | None = None
-    config: dict = field(default_factory=dict, compare=False)  # the composed config (config.yaml); never read
-
-
-@dataclass(frozen=True)
-class ExportSpec:
-    """What `export` does: the checkpoint, the file format (`file_name` in the run directory), whether the
-    graph takes uint8 pixels, and the images parity is checked on (`input`, else the run's test split)."""
-
-    checkpoint: str
-    format: str
-    file_name: str
-    include_preprocessing: bool = False
-    opset: int = 18
-    parity_max_images: int | None = None
-    batch_size: int = 64
-    input: str | None = None
-    run_dir: str | None = None
-    config: dict = field(default_factory=dict, compare=False)  # the composed config (config.yaml); never read

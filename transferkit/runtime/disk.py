@@ -156,7 +156,8 @@ def describe_full(target: Path, needed: int, code: int) -> str:
     folder = Path(target).parent
     where = f"{folder} has {human_bytes(free_bytes(folder))} free"
     needs = f"the checkpoint needs about {human_bytes(needed)}"
-    then = f"The previous {target.name} is intact; resume with: {resume_hint(folder)}"
+    then = (f"The previous {target.name} is intact; resume with: {resume_hint(folder)}" if Path(target).is_file()
+            else "No checkpoint was saved yet: start the run again once there is room")
     if code == errno.EFBIG:
         limit = file_size_limit()
         allowed = f"at most {human_bytes(limit)}" if limit is not None else "less than that"

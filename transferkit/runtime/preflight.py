@@ -16,7 +16,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from transferkit.runtime.disk import DiskFullError, check_writable, existing_parent, file_size_limit, free_bytes, human_bytes
+from transferkit.runtime.disk import DiskFullError, check_writable, file_size_limit, free_bytes, human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def check_room(folder: Path, checkpoint_bytes: int) -> None:
     existing = sum((folder / name).stat().st_size for name in KEPT if (folder / name).is_file())
     needed, free = COPIES_AT_PEAK * checkpoint_bytes - existing, free_bytes(folder)
     if free < needed:
-        raise DiskFullError(f"not enough disk space for this run: {existing_parent(folder)} has {human_bytes(free)} "
+        raise DiskFullError(f"not enough disk space for this run: {folder} has {human_bytes(free)} "
                             f"free, and its checkpoints need about {human_bytes(needed)} more (best.ckpt, last.ckpt "
                             f"and one being written, {human_bytes(checkpoint_bytes)} each); free space there or "
                             "point run_dir= at a bigger disk.", errno.ENOSPC)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from transferkit.tasks.tta import check_tta, tta_probabilities
+from transferkit.tasks.tta import check_tta, resize_scores, tta_probabilities
 
 
 def average_probabilities(probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -67,7 +67,7 @@ class EnsembleTask(pl.LightningModule):
             if self.segmentation:
                 target = tuple(size or views[0].shape[-2:])
                 if probs.shape[-2:] != target:
-                    probs = F.interpolate(probs, size=target, mode="bilinear", align_corners=False)
+                    probs = resize_scores(probs, target)
             outputs.append(probs)
         return average_probabilities(outputs)
 

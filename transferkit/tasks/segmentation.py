@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from transferkit.errors import ConfigError
 from transferkit.models.fcn import create_segmentation_model, fcn_forward
 from transferkit.tasks.base import BaseTask, build_eval_losses
+from transferkit.tasks.tta import resize_scores
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,4 @@ class SegmentationTask(BaseTask):
 
         The logits are resized bilinearly to ``size`` (the images' own size) before the argmax.
         """
-        from transferkit.inference.outputs import mask_at_size
-
-        return mask_at_size(self(x.to(self.device)), size)
+        return resize_scores(self(x.to(self.device)), size).argmax(dim=1)

@@ -36,6 +36,11 @@ def resize_batch(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
+def resize_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Per-pixel logits or probabilities `N x C x h x w` resized bilinearly to `size` (e.g. an image's own)."""
+    return F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)
+
+
 def tta_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str,
                       flips: bool, segmentation: bool) -> torch.Tensor:
     """Softmax probabilities of `forward(x)` averaged over the views of `mode`.
@@ -46,7 +51,7 @@ def tta_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.
     def probabilities(view: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(forward(view).float(), dim=1)
         if segmentation and probs.shape[-2:] != x.shape[-2:]:
-            probs = F.interpolate(probs, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+            probs = resize_scores(probs, x.shape[-2:])
         return probs
 
     match check_tta(mode):

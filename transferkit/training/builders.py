@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from transferkit.config.files import trainer_flags
+from transferkit.data.transforms import trains_with_flips
 from transferkit.errors import ConfigError, construct, did_you_mean, lookup
 from transferkit.tasks.finetune import FinetunePlan
 from transferkit.tasks.loading import task_classes
@@ -17,17 +19,37 @@ from transferkit.models.weight_loading import load_weights
 from transferkit.models.weights import WeightsSource
 from transferkit.planning.spec import DataSpec, RunSpec
 from transferkit.runtime.format import FORMAT_KEY, FORMAT_VERSION, SPEC_KEY
+from transferkit.data.datamodule import ClassificationDataModule
+from transferkit.data.segmentation import SegmentationDataModule
+from transferkit.data.feature_cache import FeatureCacheDataModule
+from transferkit.data.feature_store import FeatureStore
+from transferkit.runtime.interval_checkpoint import IntervalCheckpoint
+from transferkit.tasks.linear_probe import LinearProbeCallback
+from transferkit.training.averaging import build_averaging_callbacks
+from transferkit.evaluation.reports.test_outputs import TestOutputsCallback
+from transferkit.evaluation.reports.seg_grid import GRID_SAMPLES, SegmentationGridCallback
+from transferkit.runtime.rng_state import RngStateCallback
+from transferkit.runtime.guards import FiniteLossGuard, SignalCheckpoint
+from transferkit.runtime.checkpoint_io import AtomicCheckpointIO
+from transferkit.training.console import is_interactive, progress_callbacks
 
 log = logging.getLogger(__name__)
 
 
 def build_datamodule(data: DataSpec, in_chans: int) -> pl.LightningDataModule:
     """The datamodule of a planned data spec (input format resolved)."""
-    from transferkit.data.datamodule import ClassificationDataModule
-    from transferkit.data.segmentation import SegmentationDataModule
-
     cls = SegmentationDataModule if data.task == "segmentation" else ClassificationDataModule
     return construct(cls, data.datamodule_kwargs(in_chans), "data")
+
+
+def data_config(spec: RunSpec) -> dict:
+    """The input format a task records, so predict/export prepare images exactly as training did."""
+    # The segmentation datamodule flips whenever its pipeline does; classification obeys augment.flips.
+    augment, fmt = spec.data.augment, spec.model.input
+    flips = spec.task.kind == "segmentation" or augment.flips
+    return {"image_size": fmt.image_size, "in_chans": fmt.in_chans, "mean": list(fmt.mean), "std": list(fmt.std),
+            "interpolation": fmt.interpolation, "augment": augment.name,
+            "flips": trains_with_flips(augment.name, flips)}
 
 
 def build_task(spec: RunSpec, datamodule, weights: WeightsSource | None = None):
@@ -41,7 +63,7 @@ def build_task(spec: RunSpec, datamodule, weights: WeightsSource | None = None):
         "finetune": dict(spec.finetune.options),
         "optimizer": dict(spec.optimizer),
         "scheduler": dict(spec.scheduler),
-        "data_config": spec.data_config(),
+        "data_config": data_config(spec),
     }
     if spec.callbacks.regularization is not None:
         kwargs["regularization"] = dict(spec.callbacks.regularization)
@@ -62,19 +84,12 @@ def build_task(spec: RunSpec, datamodule, weights: WeightsSource | None = None):
 
 def build_feature_cache(spec: RunSpec, datamodule, task, run_dir: Path):
     """Serve the frozen backbone's features once per split instead of images (data.feature_cache)."""
-    from transferkit.data.feature_cache import FeatureCacheDataModule
-    from transferkit.data.feature_store import FeatureStore
-
     cache_dir = spec.data.get("cache_dir")
     store = FeatureStore(cache_dir=Path(cache_dir) / "features" if cache_dir else None,
                          spill_dir=run_dir / "feature_cache")
     return FeatureCacheDataModule(datamodule, task.encoder, spec.model.backbone,
                                   image_size=spec.model.input.image_size, in_chans=spec.model.input.in_chans,
                                   store=store, prepare_input=task.prepare_input)
-
-
-def trainer_flags() -> set[str]:
-    return {n for n in inspect.signature(pl.Trainer.__init__).parameters if n != "self"}
 
 
 def build_callbacks(spec: RunSpec, run_dir: Path, monitor: str, mode: str,
@@ -94,29 +109,20 @@ def build_callbacks(spec: RunSpec, run_dir: Path, monitor: str, mode: str,
     callbacks += run_guard_callbacks(run_dir / "checkpoints")
     every_minutes = spec.callbacks.checkpoint_every_minutes
     if every_minutes is not None:
-        from transferkit.runtime.interval_checkpoint import IntervalCheckpoint
-
         callbacks.append(IntervalCheckpoint(run_dir / "checkpoints", every_minutes))
     stopping = spec.callbacks.early_stopping
     if stopping.get("patience"):
         callbacks.append(EarlyStopping(monitor=stopping.get("monitor") or monitor, mode=mode,
                                        patience=stopping["patience"], min_delta=stopping.get("min_delta", 0.0)))
     if spec.task.kind == "classification" and FinetunePlan(**spec.finetune.options).probes_first:
-        from transferkit.tasks.linear_probe import LinearProbeCallback
-
         callbacks.append(LinearProbeCallback(seed=spec.seed))  # finetune.head_solver=lbfgs or lpft
-    from transferkit.training.averaging import build_averaging_callbacks
 
     # After the linear probe: an average starts from the solved head.
     callbacks += build_averaging_callbacks(dict(spec.callbacks.ema), dict(spec.callbacks.swa))
     callbacks.append(LearningRateMonitor(logging_interval="epoch"))  # after swa.lr is set for the epoch
     if spec.callbacks.report_enabled:
-        from transferkit.evaluation.reports.test_outputs import TestOutputsCallback
-
         callbacks.append(TestOutputsCallback())  # the test pass's outputs, for report.html
     if spec.task.kind == "segmentation":
-        from transferkit.evaluation.reports.seg_grid import GRID_SAMPLES, SegmentationGridCallback
-
         samples = spec.task.options.get("grid_samples", GRID_SAMPLES)
         callbacks.append(SegmentationGridCallback(run_dir, samples=samples))
     return callbacks
@@ -136,9 +142,6 @@ class LastCheckpoint(ModelCheckpoint):
 def run_guard_callbacks(checkpoints: Path) -> list[pl.Callback]:
     """What lets a run stop and resume: the random state in every checkpoint, `last.ckpt` saved on
     SIGTERM/SIGINT, and a stop at the first non-finite loss (see transferkit.runtime.guards)."""
-    from transferkit.runtime.rng_state import RngStateCallback
-    from transferkit.runtime.guards import FiniteLossGuard, SignalCheckpoint
-
     return [RngStateCallback(), SignalCheckpoint(checkpoints), FiniteLossGuard(checkpoints)]
 
 
@@ -154,7 +157,6 @@ def build_plugins(flags: dict) -> list:
     from lightning_fabric.plugins import CheckpointIO
     from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
-    from transferkit.runtime.checkpoint_io import AtomicCheckpointIO
 
     given = flags.pop("plugins", None) or []
     plugins = list(given) if isinstance(given, (list, tuple)) else [given]
@@ -192,7 +194,6 @@ def build_trainer(spec: RunSpec, run_dir: Path, monitor: str, mode: str,
     for key in ("callbacks", "logger", "default_root_dir"):
         if key in flags:
             raise ConfigError(f"trainer.{key} is managed by transferkit (run_dir=..., early_stopping.*).")
-    from transferkit.training.console import is_interactive, progress_callbacks
 
     if flags.get("benchmark") is None and not flags.get("deterministic"):
         flags["benchmark"] = True  # one input size per run: let cuDNN pick its fastest algorithms (GPU only)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from transferkit.evaluation.ensemble_views import views_loader
 from transferkit.evaluation.reports.run_report import finish_run_report
-from transferkit.planning.spec import CheckpointSpec, RunSpec
+from transferkit.inference.spec import CheckpointSpec
+from transferkit.planning.spec import RunSpec
 from transferkit.tasks.loading import load_ensemble
 from transferkit.tasks.tta import check_tta
 from transferkit.training.builders import build_datamodule, build_trainer

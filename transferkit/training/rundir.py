@@ -10,6 +10,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from transferkit.runtime.disk import check_writable
+from transferkit.runtime.lock import acquire_run_lock, release_run_lock
+from transferkit.runtime.rendezvous import agree_on_run_dir, detect_launch
+
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "spec.json"
@@ -20,6 +24,26 @@ ENV_CV_DIR = "TRANSFERKIT_CV_DIR"  # a cv run's own directory, for its DDP worke
 def is_ddp_child() -> bool:
     """True inside processes that Lightning's DDP launcher started (local rank > 0)."""
     return int(os.environ.get("LOCAL_RANK", "0")) > 0 and ENV_RUN_DIR in os.environ
+
+
+def writes_the_run() -> bool:
+    """True in the one process of a launch that writes the run directory (global rank 0): not in the
+    workers Lightning starts, nor in the other ranks of torchrun, SLURM or a multi-node launch."""
+    env = os.environ
+    return not is_ddp_child() and all(int(env.get(k) or 0) == 0
+                                      for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def lock_run_dir(run_dir: Path, key: str = "resume") -> None:
+    """Take `run_dir`'s writer lock (`transferkit.runtime.lock`) in the process that writes it; a no-op in
+    the others. Raises `RunDirBusyError` (naming the holder's pid and host) if another process writes it."""
+    if writes_the_run():
+        acquire_run_lock(run_dir, key)
+
+
+def unlock_run_dir(run_dir: Path) -> None:
+    """Let `run_dir` go when this process is done writing it (the lock also ends with the process)."""
+    release_run_lock(run_dir)
 
 
 def default_run_dir(now: datetime | None = None, base: Path = Path("outputs")) -> Path:
@@ -36,7 +60,6 @@ def create_run_dir(run_dir: str | None, num_nodes: int = 1) -> Path:
     """
     if is_ddp_child():
         return Path(os.environ[ENV_RUN_DIR])
-    from transferkit.runtime.rendezvous import agree_on_run_dir, detect_launch
 
     launch = detect_launch(num_nodes)
     candidate = fresh_run_dir(run_dir) if launch is None else agree_on_run_dir(launch, lambda: fresh_run_dir(run_dir))
@@ -49,7 +72,9 @@ def fresh_run_dir(run_dir: str | None) -> Path:
 
 
 def create_fresh_dir(path: Path) -> Path:
-    """Create `path`, or `path-1`, `path-2`, ... if it holds files already; returns it resolved."""
+    """Create `path`, or `path-1`, `path-2`, ... if it holds files already; returns it resolved. A folder
+    that cannot be written stops here, in one line (`runtime.disk.NotWritableError`)."""
+    check_writable(path)
     candidate, n = path, 1
     while candidate.exists() and any(candidate.iterdir()):
         candidate = path.with_name(f"{path.name}-{n}")
@@ -60,8 +85,10 @@ def create_fresh_dir(path: Path) -> Path:
 
 def reuse_run_dir(run_dir: str) -> Path:
     """`fit resume=...`: the run directory being continued (the one exception to never reusing one;
-    `transferkit.training.resume` checked it holds a run)."""
+    `transferkit.training.resume` checked it holds a run), writable and locked for this process."""
     path = Path(run_dir).expanduser().resolve()
+    check_writable(path)
+    lock_run_dir(path)  # one writer: a second resume of it stops here (kept until unlock_run_dir or exit)
     os.environ[ENV_RUN_DIR] = str(path)
     return path
 

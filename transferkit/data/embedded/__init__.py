@@ -51,6 +51,7 @@ def classification_lengths(length: int) -> dict[str, int]:
 def load_digits(*, length: int, image_size: int, in_chans: int, seed: int, val_fraction: float,
                 test_fraction: float, num_classes: int | None = None) -> EmbeddedData:
     """scikit-learn's 1797 digits; the split seed is fixed at 0 so `seed` changes only training."""
+    # lazy: importing the table loads no data library (torch, PIL, scikit-learn, matplotlib)
     from transferkit.data.embedded.digits import DIGIT_CLASS_NAMES, load_digits_splits
     from transferkit.data.sources import ArraySource
 
@@ -63,6 +64,7 @@ def load_digits(*, length: int, image_size: int, in_chans: int, seed: int, val_f
 def load_fonts(*, length: int, image_size: int, in_chans: int, seed: int, val_fraction: float,
                test_fraction: float, num_classes: int | None = None) -> EmbeddedData:
     """Characters rendered on the fly, each item fixed by (split seed, index)."""
+    # lazy: importing the table loads no data library (torch, PIL, scikit-learn, matplotlib)
     from transferkit.data.embedded.fonts import CHARSET, FontCharDataset
 
     seeds, lengths = split_seeds(seed), classification_lengths(length)
@@ -74,6 +76,7 @@ def load_fonts(*, length: int, image_size: int, in_chans: int, seed: int, val_fr
 def load_synthdigits(*, length: int, image_size: int, in_chans: int, seed: int, val_fraction: float,
                      test_fraction: float, num_classes: int | None = None) -> EmbeddedData:
     """Distorted font digits, generated once into memory (8 x 8, like the real digits)."""
+    # lazy: importing the table loads no data library (torch, PIL, scikit-learn, matplotlib)
     from transferkit.data.embedded.synthdigits import SYNTH_DIGIT_CLASS_NAMES, generate_synth_digits
     from transferkit.data.sources import ArraySource
 
@@ -87,6 +90,7 @@ def load_synthdigits(*, length: int, image_size: int, in_chans: int, seed: int, 
 def load_shapes(*, length: int, image_size: int, in_chans: int, seed: int, val_fraction: float,
                 test_fraction: float, num_classes: int | None = None) -> EmbeddedData:
     """Textured shapes at `image_size`, generated once into memory."""
+    # lazy: importing the table loads no data library (torch, PIL, scikit-learn, matplotlib)
     from transferkit.data.embedded.shapes import SHAPE_CLASS_NAMES, generate_shapes
     from transferkit.data.sources import ArraySource
 
@@ -99,6 +103,7 @@ def load_shapes(*, length: int, image_size: int, in_chans: int, seed: int, val_f
 def load_scenes(*, length: int, image_size: int, in_chans: int, seed: int, val_fraction: float,
                 test_fraction: float, num_classes: int | None = None) -> EmbeddedData:
     """RGB scenes with masks; kept in memory when small (items are identical either way)."""
+    # lazy: importing the table loads no data library (torch, PIL, scikit-learn, matplotlib)
     from transferkit.data.embedded.scenes import SCENE_CLASSES, SceneDataset, materialize_if_small
 
     seeds = split_seeds(seed)
@@ -110,6 +115,7 @@ def load_scenes(*, length: int, image_size: int, in_chans: int, seed: int, val_f
 def load_synthetic(*, length: int, image_size: int, in_chans: int, seed: int, val_fraction: float,
                    test_fraction: float, num_classes: int | None = None) -> EmbeddedData:
     """Random images on the training device (benchmarks): val and test are fractions of `length`."""
+    # lazy: importing the table loads no data library (torch, PIL, scikit-learn, matplotlib)
     from transferkit.data.embedded.synthetic import SyntheticImages
 
     classes = int(num_classes or 10)

@@ -32,6 +32,8 @@ from transferkit.training.metrics_files import join_metrics, set_aside_metrics
 from transferkit.planning.spec import RunSpec
 from transferkit.training.race.rules import Candidate, Entry, Rung, choose_survivors, leg_score
 from transferkit.tasks.linear_probe import LinearProbeCallback, probe_report
+from transferkit.data.feature_store import FeatureDataset
+from transferkit.data.transforms import PER_IMAGE_STANDARDISED
 
 log = logging.getLogger("transferkit")
 
@@ -125,9 +127,6 @@ def shared_features(leg: Leg) -> SharedProbe | None:
     """The freeze candidate's cached training features, for the LP-FT candidates' probes: the same
     pretrained encoder and, with augment=none, the eval transform's resize and normalisation. With
     them the head it solved: the LP-FT probes would solve the same problem again."""
-    from transferkit.data.feature_store import FeatureDataset
-    from transferkit.data.transforms import PER_IMAGE_STANDARDISED
-
     dataset = getattr(getattr(leg.trainer, "train_dataloader", None), "dataset", None)
     if not isinstance(dataset, FeatureDataset) or leg.spec.data.augment.name in PER_IMAGE_STANDARDISED:
         return None

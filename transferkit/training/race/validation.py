@@ -10,25 +10,66 @@ from transferkit.planning.spec import RunSpec
 
 
 class ValidationRecorder(pl.Callback):
-    """Keeps every validation loss and accuracy of a candidate (the race scores legs on them)."""
+    """Keeps every validation loss and accuracy of a candidate, and what the model predicted for each
+    validation image in its last `keep_outputs` validations (the race scores legs on them).
 
-    def __init__(self) -> None:
+    The predictions are the head's raw argmax, read by a forward hook on `pl_module.head` while it
+    validates: nothing is computed twice and nothing is calibrated. Under DDP each rank's images are
+    gathered, so every rank scores the same images. A task without a `head` records no outputs (the
+    race then falls back to the accuracies)."""
+
+    def __init__(self, keep_outputs: int | None = 2) -> None:
         self.losses: list[float] = []
         self.accs: list[float] = []
+        self.outputs: list[dict[str, list[int]]] = []  # per validation: {"pred": [...], "label": [...]}
+        self.keep_outputs = keep_outputs
+        self._batch: list[torch.Tensor] = []
+        self._epoch: dict[str, list[torch.Tensor]] = {"pred": [], "label": []}
+        self._hook = None
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch = {"pred": [], "label": []}
+        head = getattr(pl_module, "head", None)
+        if not trainer.sanity_checking and isinstance(head, torch.nn.Module):
+            self._hook = head.register_forward_hook(lambda _m, _i, out: self._batch.append(out.detach()))
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._hook is not None and self._batch:
+            self._epoch["pred"].append(self._batch[-1].argmax(dim=-1).cpu())
+            self._epoch["label"].append(batch[1].detach().cpu())
+        self._batch = []
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        hooked, self._hook = self._hook, None
+        if hooked is not None:
+            hooked.remove()
         if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
             return
         metrics = trainer.callback_metrics
         self.losses.append(float(metrics["val/loss"]))
         self.accs.append(float(metrics.get("val/acc", float("nan"))))
+        if hooked is not None and self._epoch["pred"]:
+            record = {k: torch.cat(v).tolist() for k, v in self._epoch.items()}
+            self.outputs.append(gathered(trainer, record))
+            if self.keep_outputs is not None:
+                self.outputs = self.outputs[-self.keep_outputs:]
 
     # Saved in the candidate's checkpoints, so a leg resumed in a later session scores the same.
     def state_dict(self) -> dict:
-        return {"losses": list(self.losses), "accs": list(self.accs)}
+        return {"losses": list(self.losses), "accs": list(self.accs), "outputs": list(self.outputs)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.losses, self.accs = list(state_dict["losses"]), list(state_dict["accs"])
+        self.outputs = list(state_dict.get("outputs", []))
+
+
+def gathered(trainer: pl.Trainer, record: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Every rank's validation predictions, in rank order (one process: as they are)."""
+    if trainer.world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return record
+    parts: list = [None] * trainer.world_size
+    torch.distributed.all_gather_object(parts, record)
+    return {key: [v for part in parts for v in part[key]] for key in record}
 
 
 class ScoredEpochsOnly(pl.Callback):

@@ -1,0 +1,23 @@
+"""What `export` is asked to do, as planning reads it from the config (`transferkit.planning.checkpoint`):
+plain frozen values, no config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What `export` does: the checkpoint, the file format (`file_name` in the run directory), whether the
+    graph takes uint8 pixels, and the images parity is checked on (`input`, else the run's test split)."""
+
+    checkpoint: str
+    format: str
+    file_name: str
+    include_preprocessing: bool = False
+    opset: int = 18
+    parity_max_images: int | None = None
+    batch_size: int = 64
+    input: str | None = None
+    run_dir: str | None = None
+    config: dict = field(default_factory=dict, compare=False)  # the composed config (config.yaml); never read
