@@ -216,9 +216,7 @@ def markdown(summary: dict, rules_tried: int | None) -> str:
             ratios = f"{v['epochs_ratio']:.2f}× | {v['wall_ratio']:.2f}×"
         else:
             gap, ok, ratios = "–", "–", "– | –"
-        size = cells[names[0]] if names[0] in cells else {}
         lines.append(f"| {row} | {ROWS[row]['role']} | " + " | ".join(parts) + f" | {picks} | {gap} | {ok} | {ratios} |")
-        del size
     text = "\n".join(lines)
     for role, values in gaps.items():
         text += (f"\n\nMean gap, best fixed strategy minus auto, over the {len(values)} {role} rows: "

@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import textwrap
@@ -69,6 +68,8 @@ def test_a_full_disk_is_told_with_the_folder_free_space_and_size(tmp_path, monke
     assert "the checkpoint needs about 1.0 MB" in line and "The previous last.ckpt is intact" in line
     assert info.value.status == "failed" and info.value.exit_code == 1 and info.value.errno == errno.ENOSPC
     assert target.read_bytes() == old and sorted(tmp_path.iterdir()) == [target]
+    with pytest.raises(DiskFullError, match="No checkpoint was saved yet: start the run again once there is room"):
+        io.save_checkpoint({"w": torch.ones(10)}, tmp_path / "best.ckpt")  # the first save of a run
 
 
 def test_only_writes_out_of_room_count_as_a_full_disk(tmp_path):

@@ -7,8 +7,6 @@ from __future__ import annotations
 import errno
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import uuid
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,18 +56,21 @@ class SkipLog:
 
     @classmethod
     def create(cls, max_bad_fraction: float, total: int, skipped_at_scan: int) -> SkipLog:
-        """A fresh log in the temporary folder, removed when the returned object is collected."""
-        handle, name = tempfile.mkstemp(prefix="transferkit-skipped-", suffix=".tsv")
-        os.close(handle)
-        log_ = cls(Path(name), int(max_bad_fraction * total) - skipped_at_scan, max_bad_fraction, total)
-        weakref.finalize(log_, Path(name).unlink, missing_ok=True)
+        """A log in the temporary folder (the file appears with the first skip), removed when the returned
+        object is collected."""
+        name = Path(tempfile.gettempdir()) / f"transferkit-skipped-{os.getpid()}-{uuid.uuid4().hex}.tsv"
+        log_ = cls(name, int(max_bad_fraction * total) - skipped_at_scan, max_bad_fraction, total)
+        weakref.finalize(log_, name.unlink, missing_ok=True)
         return log_
 
     def record(self, path: Path | str, reason: str) -> None:
         """Write down `path`; raise `TooManyUnreadableError` once more files are skipped than allowed."""
-        line = f"{path}\t{' '.join(reason.split())}\n"
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line)
+        line = f"{path}\t{' '.join(reason.split())}\n".encode()
+        handle = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            os.write(handle, line)
+        finally:
+            os.close(handle)
         log.warning("Skipping %s: it became unreadable during the run (%s); recorded with the files skipped "
                     "at scan time.", path, reason)
         count = len(self.entries())

@@ -38,8 +38,12 @@ class BaseTask(pl.LightningModule):
     monitor_mode: str = "min"
 
     def __init__(self, finetune: dict | None = None, optimizer: dict | None = None,
-                 scheduler: dict | None = None, regularization: dict | None = None) -> None:
+                 scheduler: dict | None = None, regularization: dict | None = None,
+                 schedule_epochs: int | None = None) -> None:
         super().__init__()
+        # The epochs the LR schedule spans. None = the trainer's max_epochs; a race leg (finetune=auto)
+        # gives the full budget, so a leg trains a prefix of the schedule and the next leg continues it.
+        self.schedule_epochs = schedule_epochs
         regularization = dict(regularization or {})
         unknown = sorted(set(regularization) - {"l1"})
         if unknown:
@@ -125,10 +129,6 @@ class BaseTask(pl.LightningModule):
         params = list(self.parameters())
         return {"total": sum(p.numel() for p in params),
                 "trainable": sum(p.numel() for p in params if p.requires_grad)}
-
-    # The epochs the LR schedule spans. None = the trainer's max_epochs; a race leg (finetune=auto)
-    # sets the full budget, so a leg trains a prefix of the schedule and the next leg continues it.
-    schedule_epochs: int | None = None
 
     def steps_per_epoch(self) -> tuple[int, int]:
         """(epochs of the schedule, optimizer steps per epoch) as the trainer will run them."""

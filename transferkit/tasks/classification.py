@@ -36,9 +36,10 @@ class ClassificationTask(BaseTask):
                  label_smoothing: float = 0.0, top_k: int = 5,
                  class_weights: list[float] | None = None, mixup_alpha: float = 0.0,
                  cutmix_alpha: float = 0.0, data_config: dict | None = None,
-                 regularization: dict | None = None) -> None:
+                 regularization: dict | None = None,
+                 schedule_epochs: int | None = None) -> None:
         super().__init__(finetune=finetune, optimizer=optimizer, scheduler=scheduler,
-                         regularization=regularization)
+                         regularization=regularization, schedule_epochs=schedule_epochs)
         self.save_hyperparameters()
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes!r}: classification needs at least 2 classes.")

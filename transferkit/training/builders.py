@@ -52,8 +52,10 @@ def data_config(spec: RunSpec) -> dict:
             "flips": trains_with_flips(augment.name, flips)}
 
 
-def build_task(spec: RunSpec, datamodule, weights: WeightsSource | None = None):
-    """Build the task for `spec.task.kind`; with `weights`, initialise its backbone from them."""
+def build_task(spec: RunSpec, datamodule, weights: WeightsSource | None = None,
+               schedule_epochs: int | None = None):
+    """Build the task for `spec.task.kind`; with `weights`, initialise its backbone from them.
+    `schedule_epochs`: the epochs its LR schedule spans when a fit trains only a part of it (a race leg)."""
     cls = lookup(task_classes(), spec.task.kind, "task.kind")
     kwargs = {
         **spec.task.options,
@@ -72,14 +74,21 @@ def build_task(spec: RunSpec, datamodule, weights: WeightsSource | None = None):
     for key in ("mixup_alpha", "cutmix_alpha"):
         if key in params:
             kwargs[key] = getattr(augment, key)
+    if schedule_epochs is not None:
+        kwargs["schedule_epochs"] = int(schedule_epochs)
     if "class_weights" in params and hasattr(datamodule, "class_weights"):
         kwargs["class_weights"] = datamodule.class_weights()
     task = construct(cls, kwargs, "task")
-    fmt = spec.model.input
-    task.weights_report = None if weights is None else load_weights(
-        task.encoder, weights, backbone_name=spec.model.backbone, in_chans=fmt.in_chans,
-        image_size=fmt.image_size, cache_dir=spec.model.cache_dir)
+    if weights is not None:
+        load_task_weights(task, spec, weights)
     return task
+
+
+def load_task_weights(task, spec: RunSpec, weights: WeightsSource):
+    """Initialise the task's backbone from `weights`; returns what was loaded (`LoadReport`)."""
+    fmt = spec.model.input
+    return load_weights(task.encoder, weights, backbone_name=spec.model.backbone, in_chans=fmt.in_chans,
+                        image_size=fmt.image_size, cache_dir=spec.model.cache_dir)
 
 
 def build_feature_cache(spec: RunSpec, datamodule, task, run_dir: Path):

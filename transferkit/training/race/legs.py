@@ -22,7 +22,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_only
 
-from transferkit.training.builders import build_feature_cache, build_task, build_trainer
+from transferkit.training.builders import build_feature_cache, build_task, build_trainer, load_task_weights
 from transferkit.runtime.checkpoint_io import checkpoint_meta
 from transferkit.training.race.progress import RaceProgress
 from transferkit.training.race.record import adopt_winner, race_table
@@ -55,6 +55,7 @@ class Leg:
     trainer: pl.Trainer | None = None
     legs_run: int = 0
     probe: dict | None = None  # what its linear probe solved (lbfgs freeze, LP-FT), in its first leg
+    weights_report: object | None = None  # what its encoder loaded from the planned weights (LoadReport)
 
     @property
     def last_checkpoint(self) -> Path:
@@ -78,13 +79,14 @@ def start_leg(spec: RunSpec, candidate: Candidate, datamodule, run_dir: Path,
     `weights`, copied instead of reading the weights file again.
     """
     leg_spec, weights = spec.for_candidate(candidate), spec.model.weights
-    if candidate.use_weights and pretrained is not None:
-        task = build_task(leg_spec, datamodule, None)  # the same random init draws as with weights
+    # the race's schedule spans the run's max_epochs: each leg trains a part of it
+    task = build_task(leg_spec, datamodule, None, schedule_epochs=spec.trainer.max_epochs)
+    report = None
+    if candidate.use_weights and pretrained is not None:  # the same random init draws as with weights
         task.encoder.load_state_dict(pretrained[0])
-        task.weights_report = pretrained[1]
-    else:
-        task = build_task(leg_spec, datamodule, weights if candidate.use_weights else None)
-    task.schedule_epochs = spec.trainer.max_epochs
+        report = pretrained[1]
+    elif candidate.use_weights:
+        report = load_task_weights(task, leg_spec, weights)
     directory = run_dir / "race" / candidate.name
     data = datamodule
     if candidate.augment is not None and getattr(datamodule, "augment", None) != candidate.augment:
@@ -93,14 +95,14 @@ def start_leg(spec: RunSpec, candidate: Candidate, datamodule, run_dir: Path,
     if leg_spec.finetune.strategy == "freeze" and leg_spec.task.kind == "classification":
         data = build_feature_cache(leg_spec, data, task, directory)
     entry = Entry(candidate.name, leg_spec.finetune.strategy)
-    return Leg(candidate, leg_spec, task, data, directory, entry, ValidationRecorder())
+    return Leg(candidate, leg_spec, task, data, directory, entry, ValidationRecorder(), weights_report=report)
 
 
 def pretrained_state(leg: Leg) -> tuple[dict, object] | None:
     """A fresh pretrained candidate's encoder state and weights report, for the candidates built
     after it (the weights are read once per race). None when some encoder keys were not in the
     weights or did not fit (they keep each model's own random init: copying them would change it)."""
-    report = getattr(leg.task, "weights_report", None)
+    report = leg.weights_report
     if not leg.candidate.use_weights or report is None or report.missing or report.mismatched:
         return None
     return {k: v.detach().clone() for k, v in leg.task.encoder.state_dict().items()}, report
