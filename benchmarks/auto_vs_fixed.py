@@ -14,7 +14,7 @@ init, `finetune=full`, backbone LR x 1) and `auto`, every cell over the same see
 with `--curves` every run also keeps its validation predictions per epoch in `auto_vs_fixed.curves.json`,
 which `benchmarks/race_design.py` replays rules on.
 
-    python benchmarks/auto_vs_fixed.py --rows sources rotation             # those rows, 3 seeds
+    python benchmarks/auto_vs_fixed.py --rows sources textures             # those rows, 3 seeds
     python benchmarks/auto_vs_fixed.py --rows sources --strategies freeze full-llrd scratch --curves
     python benchmarks/auto_vs_fixed.py --table                             # only rewrite the table
 
@@ -51,13 +51,12 @@ RESULTS = REPO / "benchmarks" / "results"
 # Per row: the recipe, epochs for every strategy, the photo set or extra overrides, and its role.
 ROWS: dict[str, dict] = {
     "sources": {"recipe": "small_similar", "epochs": 15, "set": "sources", "role": "design"},
-    "rotation": {"recipe": "small_similar", "epochs": 15, "set": "rotation", "role": "design"},
+    "textures": {"recipe": "small_similar", "epochs": 15, "set": "textures", "role": "design"},
     "fonts": {"recipe": "small_similar", "epochs": 15, "set": "fonts", "role": "design"},
     "areas": {"recipe": "small_similar", "epochs": 15, "set": "areas", "role": "report"},
     "symbols": {"recipe": "small_similar", "epochs": 15, "set": "symbols", "role": "report"},
-    "rotation-large": {"recipe": "small_similar", "epochs": 15, "set": "rotation-large", "role": "report"},
+    "textures-large": {"recipe": "small_similar", "epochs": 15, "set": "textures-large", "role": "report"},
     "sources-large": {"recipe": "small_similar", "epochs": 15, "set": "sources-large", "role": "report"},
-    "fonts-large": {"recipe": "small_similar", "epochs": 15, "set": "fonts-large", "role": "report"},
     # The first benchmark's rows: they shaped the earlier rules, so they are design rows.
     "digits": {"recipe": "small_similar", "epochs": 9, "extra": [], "role": "design"},
     "digits-10pc": {"recipe": "small_similar", "epochs": 15, "extra": ["data.train_per_class=10"], "role": "design"},
@@ -109,10 +108,12 @@ def run_overrides(row: str, strategy: str, seed: int, sets_dir: Path, run_dir: P
     spec = ROWS[row]
     data = ([f"data.root={photo_sets.build_set(spec['set'], sets_dir)}", "model.weights=charnet"]
             if "set" in spec else list(spec["extra"]))
-    if strategy == "scratch":
+    if strategy.partition("@")[0] == "scratch":
         data = [d for d in data if d != "model.weights=charnet"] + scratch_overrides(row)
     epochs = spec["epochs"]
-    return [f"recipe={spec['recipe']}", *STRATEGIES[strategy], f"trainer.max_epochs={epochs}",
+    strategy, _, short = strategy.partition("@")  # full-llrd@8: the candidate's run cut to 8 epochs (its
+    # schedule spans them: what a race leg with a schedule of its own would score)
+    return [f"recipe={spec['recipe']}", *STRATEGIES[strategy], f"trainer.max_epochs={short or epochs}",
             f"scheduler.warmup_epochs={min(0.2 * epochs, 1.0):g}", f"seed={seed}", *data, *COMMON,
             f"run_dir={run_dir}"]
 
@@ -125,7 +126,13 @@ def run_one(row: str, strategy: str, seed: int, sets_dir: Path, root: Path, curv
     from transferkit.training.session import train_and_test
 
     overrides = run_overrides(row, strategy, seed, sets_dir, root / f"{row}-{strategy}-s{seed}")
-    recorder = ValidationRecorder(keep_outputs=None)
+    class CurveRecorder(ValidationRecorder):
+        """Every epoch's predictions, never rolled back (testing restores best.ckpt's callback states)."""
+
+        def load_state_dict(self, state_dict: dict) -> None:
+            pass
+
+    recorder = CurveRecorder(keep_outputs=None)
     start = time.time()
     plan = RunPlan(compose_config(overrides), "fit")
     results, *_ = train_and_test(plan.spec, plan.datamodule, callbacks=[recorder] if curves and strategy != "auto"
@@ -134,8 +141,9 @@ def run_one(row: str, strategy: str, seed: int, sets_dir: Path, root: Path, curv
     record = {"row": row, "strategy": strategy, "seed": seed, "test_acc": results["metrics"]["test/acc"],
               "wall_seconds": round(time.time() - start, 1), "train_size": results["data"]["train_size"],
               "val_size": results["data"]["val_size"], "winner": auto.get("winner"),
-              "epochs": auto.get("epochs_trained", ROWS[row]["epochs"]), "overrides": overrides,
-              "race": {k: auto.get(k) for k in ("rungs", "cuts", "cost_bound", "rule")} if auto else None,
+              "epochs": epoch_equivalents(auto) if auto else int(strategy.partition("@")[2] or ROWS[row]["epochs"]),
+              "overrides": overrides,
+              "race": {k: auto.get(k) for k in ("rungs", "candidates", "cost_bound", "rule")} if auto else None,
               "source": source_fingerprint()}
     curve = {}
     if recorder.outputs:
@@ -144,6 +152,13 @@ def run_one(row: str, strategy: str, seed: int, sets_dir: Path, root: Path, curv
     log.info("%s/%s seed %d: test/acc %.4f in %.0f s%s", row, strategy, seed, record["test_acc"],
              record["wall_seconds"], f" (winner {record['winner']})" if record["winner"] else "")
     return record, curve
+
+
+def epoch_equivalents(auto: dict) -> float:
+    """What the race trained, in epochs of the slowest fixed strategy: each candidate's epochs x its cost."""
+    from transferkit.planning.spec import EPOCH_COST
+
+    return round(sum(EPOCH_COST[c["name"]] * c["rungs"][-1]["epochs"] for c in auto["candidates"] if c["rungs"]), 2)
 
 
 def stats(values: list[float]) -> dict:
@@ -229,7 +244,8 @@ def markdown(summary: dict, rules_tried: int | None) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", default=list(PHOTO_ROWS), choices=list(ROWS))
-    parser.add_argument("--strategies", nargs="+", default=list(DEFAULT_STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--strategies", nargs="+", default=list(DEFAULT_STRATEGIES),
+                        help=f"of {list(STRATEGIES)}; <strategy>@<epochs>: cut short, its schedule spanning those epochs")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 42, 1, 2, ... (initialisation, batch order)")
     parser.add_argument("--curves", action="store_true", help="keep validation predictions per epoch")
     parser.add_argument("--sets-dir", type=Path, default=Path(tempfile.gettempdir()) / "photo_sets")
@@ -244,6 +260,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
+    unknown = [s for s in args.strategies if s.partition("@")[0] not in STRATEGIES]
+    if unknown:
+        raise SystemExit(f"--strategies {unknown}: use {list(STRATEGIES)}, optionally with @<epochs>")
     import torch
 
     torch.set_num_threads(1)

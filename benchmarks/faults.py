@@ -396,8 +396,9 @@ def markdown(record: dict) -> str:
                   "while results.json said running) resume to the metrics and weights of the uninterrupted run, "
                   f"bit for bit ({a['within_1_point']}/{a['killed_mid_run']} within 1 point of test accuracy; "
                   f"{a['restarted_from_scratch']} killed before their first checkpoint were started again; "
-                  f"{a['redrawn_after_the_run_ended']} kill times that fell after a run had ended were drawn again, "
-                  "not counted).", "", f"    {a['command']}", f"    {a['resume']}", ""]
+                  f"kill times drawn again because they fell after the run had ended: "
+                  f"{a['redrawn_after_the_run_ended']}, not counted).", "",
+                  f"    {a['command']}", f"    {a['resume']}", ""]
     for row in record.get("write_kills", []):
         lines.append(f"**kill during save, {row['writer']}:** {row['torn']}/{row['kills']} kills left an unloadable "
                      f"`last.ckpt` ({row['killed_inside_a_write']} landed inside a write of {row['state_mb']} MB, "

@@ -9,7 +9,7 @@ is seen in two splits. Fonts are split by what the class is not about: the `font
 (the characters of val and test are never trained on), the `symbols` row by font.
 
     python benchmarks/photo_sets.py /tmp/photo_sets            # every set, under <out>/<name>
-    python benchmarks/photo_sets.py /tmp/photo_sets --sets rotation
+    python benchmarks/photo_sets.py /tmp/photo_sets --sets textures
 
 Each set is `<out>/<name>/{train,val,test}/<class>/<n>.png` plus `crops.json`, which records every
 image's split, class and where it came from (source, cell, box; font, character).
@@ -58,11 +58,10 @@ class SetSpec:
 SETS: dict[str, SetSpec] = {
     "sources": SetSpec("sources", (40, 8, 80)),         # which photograph a crop comes from (5 classes)
     "sources-large": SetSpec("sources", (60, 60, 80), seed=1),
-    "rotation": SetSpec("rotation", (80, 12, 120)),     # how a crop is rotated: 0/90/180/270 degrees
-    "rotation-large": SetSpec("rotation", (120, 100, 120), seed=1),
+    "textures": SetSpec("textures", (25, 5, 50)),       # which texture: sky, foliage, petals, ... (8 classes)
+    "textures-large": SetSpec("textures", (40, 30, 50), seed=1),
     "areas": SetSpec("areas", (20, 5, 40)),             # which area of which photograph (12 classes)
     "fonts": SetSpec("fonts", (60, 10, 80)),            # which font a character is set in (6 classes)
-    "fonts-large": SetSpec("fonts", (80, 60, 80), seed=1),
     "symbols": SetSpec("symbols", (30, 6, 60)),         # which math symbol (10 classes), fonts split
 }
 
@@ -126,9 +125,9 @@ def random_crop(image: np.ndarray, cell: Cell, rng: np.random.Generator, tries: 
     return crop, (top, left, top + side, left + side)
 
 
-def recolour(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random channel order and gamma: grey levels change, textures stay."""
-    out = pixels[..., rng.permutation(3)].astype(np.float64) / 255
+def recolour(pixels: np.ndarray, rng: np.random.Generator, channels: bool = True) -> np.ndarray:
+    """A random gamma (and with `channels` a random channel order): grey levels change, textures stay."""
+    out = pixels[..., rng.permutation(3) if channels else slice(None)].astype(np.float64) / 255
     return (np.clip(out ** rng.uniform(0.6, 1.6), 0, 1) * 255).astype(np.uint8)
 
 
@@ -138,9 +137,10 @@ def to_image(pixels: np.ndarray) -> Image.Image:
 
 def crop_rows(labelled: dict[str, list[Cell]], sources: dict[str, np.ndarray], spec: SetSpec,
               rng: np.random.Generator, label_of: Callable[[int], tuple[str, int]] | None = None,
-              classes: int = 1) -> list[dict]:
-    """Crops per class and split. `labelled`: class -> its cells; with `label_of`, the class is the
-    crop's (class name, quarter turns) by its number instead (a rotation), over `classes` classes."""
+              classes: int = 1, channels: bool = True) -> list[dict]:
+    """Crops per class and split, each turned by a random multiple of 90 degrees. `labelled`: class ->
+    its cells; with `label_of`, the class is the crop's (class name, quarter turns) by its number
+    instead, over `classes` classes, and `labelled` has one key."""
     rows = []
     for name, cells in labelled.items():
         splits = assign_cells(textured(cells, sources), rng)
@@ -149,40 +149,50 @@ def crop_rows(labelled: dict[str, list[Cell]], sources: dict[str, np.ndarray], s
                 cell = splits[split][int(rng.integers(len(splits[split])))]
                 crop, box = random_crop(sources[cell.source], cell, rng)
                 label, turns = (name, int(rng.integers(4))) if label_of is None else label_of(i)
-                pixels = np.rot90(recolour(crop, rng), turns)
+                pixels = np.rot90(recolour(crop, rng, channels), turns)
                 rows.append({"split": split, "label": label, "image": to_image(pixels), "source": cell.source,
                              "cell": cell.index, "box": list(box), "turns": turns})
     return rows
 
 
 def sources_set(spec: SetSpec, rng: np.random.Generator) -> list[dict]:
-    """Class = which source the crop comes from (5 classes); 4 x 4 cells per source."""
+    """Class = which source the crop comes from (5 classes); 8 x 8 cells per source (val and test
+    crops come from a dozen regions each, so they stand for the whole photograph)."""
     sources = load_sources()
-    return crop_rows({name: grid_cells(name, image.shape, 4, 4) for name, image in sources.items()},
+    return crop_rows({name: grid_cells(name, image.shape, 8, 8) for name, image in sources.items()},
                      sources, spec, rng)
 
 
-def rotation_set(spec: SetSpec, rng: np.random.Generator) -> list[dict]:
-    """Class = how many quarter turns a crop of the three colour photographs was rotated (4 classes)."""
-    sources = {k: v for k, v in load_sources().items() if k in ("china", "flower", "hopper")}
-    cells = [cell for name, image in sources.items() for cell in grid_cells(name, image.shape, 5, 5)]
+# Texture classes: boxes (y0, x0, y1, x1) of one texture each in the colour photographs.
+TEXTURES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
+    "sky": ("china", (0, 330, 150, 640)), "foliage": ("china", (300, 340, 427, 640)),
+    "water": ("china", (215, 345, 290, 520)), "pagoda": ("china", (95, 75, 360, 330)),
+    "petals": ("flower", (90, 140, 330, 400)), "blur": ("flower", (0, 420, 300, 640)),
+    "flag": ("hopper", (0, 0, 330, 130)), "uniform": ("hopper", (440, 40, 600, 470)),
+}
 
-    def label_of(i: int) -> tuple[str, int]:
-        return f"r{90 * (i % 4):03d}", i % 4
 
-    return crop_rows({"*": cells}, sources, spec, rng, label_of, classes=4)
+def textures_set(spec: SetSpec, rng: np.random.Generator) -> list[dict]:
+    """Class = the texture (8 classes); each texture's box is cut into cells of about 50 px."""
+    sources = load_sources()
+    labelled = {}
+    for index, (name, (source, box)) in enumerate(TEXTURES.items()):
+        rows, cols = max(2, round((box[2] - box[0]) / 50)), max(2, round((box[3] - box[1]) / 50))
+        labelled[name] = [Cell(source, 1000 * index + c.index, c.box)
+                          for c in grid_cells(source, sources[source].shape, rows, cols, box)]
+    return crop_rows(labelled, sources, spec, rng, channels=False)
 
 
 def areas_set(spec: SetSpec, rng: np.random.Generator) -> list[dict]:
-    """Class = which quadrant of which colour photograph (12 classes); 3 x 3 cells per quadrant."""
+    """Class = which quadrant of which colour photograph (12 classes); 4 x 4 cells per quadrant."""
     sources = {k: v for k, v in load_sources().items() if k in ("china", "flower", "hopper")}
     labelled = {}
     for name, image in sources.items():
         h, w = image.shape[:2]
         for q, (qy, qx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
             quadrant = (qy * h // 2, qx * w // 2, (qy + 1) * h // 2, (qx + 1) * w // 2)
-            labelled[f"{name}-{q}"] = [Cell(name, q * 9 + c.index, c.box)
-                                       for c in grid_cells(name, image.shape, 3, 3, quadrant)]
+            labelled[f"{name}-{q}"] = [Cell(name, q * 16 + c.index, c.box)
+                                       for c in grid_cells(name, image.shape, 4, 4, quadrant)]
     return crop_rows(labelled, sources, spec, rng)
 
 
@@ -240,7 +250,7 @@ def symbols_set(spec: SetSpec, rng: np.random.Generator) -> list[dict]:
 
 
 BUILDERS: dict[str, Callable[[SetSpec, np.random.Generator], list[dict]]] = {
-    "sources": sources_set, "rotation": rotation_set, "areas": areas_set, "fonts": fonts_set, "symbols": symbols_set}
+    "sources": sources_set, "textures": textures_set, "areas": areas_set, "fonts": fonts_set, "symbols": symbols_set}
 
 
 def build_set(name: str, out: Path) -> Path:

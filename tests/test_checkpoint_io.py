@@ -17,7 +17,8 @@ import torch
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
 from transferkit.training.builders import build_plugins
-from transferkit.runtime.checkpoint_io import AtomicCheckpointIO, checkpoint_problem, describe_bad_checkpoint, remove_stale_temps
+from transferkit.runtime.checkpoint_io import (AtomicCheckpointIO, checkpoint_problem, describe_bad_checkpoint,
+                                               remove_stale_temps)
 
 
 def temp_files(folder: Path) -> list[Path]:

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from transferkit.data.fingerprints import cross_split_duplicates, inspect_files
 from transferkit.data.folders import scan_image_folder
 from transferkit.data.validate import (
     BadFile,
     check_classes,
     drop_unreadable,
-    find_cross_split_duplicates,
     find_unreadable,
     summary_table,
 )
@@ -134,7 +134,18 @@ def test_cross_split_duplicates_are_found(tmp_path: Path) -> None:
         "train": [(a, 0), (tmp_path / "train/x/same_split_copy.png", 0), (tmp_path / "train/y/2.png", 1)],
         "val": [(b, 0), (tmp_path / "val/y/3.png", 1)],
     }
-    assert find_cross_split_duplicates(splits) == [(a, b)]
+    _, prints = inspect_files([path for items in splits.values() for path, _ in items])
+    assert cross_split_duplicates(splits, prints) == [(a, b)]
     (warning,) = scan_image_folder(tmp_path).warnings
     assert warning.startswith("1 file(s) appear in more than one split")
+    assert f"{a} == {b}" in warning and "transferkit audit" in warning
+
+
+def test_same_pixels_in_another_format_is_a_leak(tmp_path: Path) -> None:
+    """The digest is of the decoded pixels: a BMP copy of a PNG leaks as much as a byte copy."""
+    a = write_image(tmp_path / "train" / "x" / "1.png", seed=1)
+    b = write_image(tmp_path / "val" / "x" / "1.bmp", seed=1, fmt="BMP")
+    for split, name, seed in (("train", "y", 2), ("val", "y", 3)):
+        write_image(tmp_path / split / name / f"{seed}.png", seed=seed)
+    (warning,) = scan_image_folder(tmp_path).warnings
     assert f"{a} == {b}" in warning

@@ -57,6 +57,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 SHARED_LEAVES = {
     f"{ROOT}.errors": "ConfigError, lookup, did_you_mean: every layer names a bad key the same way",
     f"{ROOT}.planning.spec": "the typed RunSpec (plain frozen dataclasses) whose parts every layer receives",
+    f"{ROOT}.planning.choices": "the spec's typed choices (finetune group, race plan, weights source)",
     f"{ROOT}.models.input_format": "InputFormat, the value type of an input format (plain dataclass, no imports)",
     f"{ROOT}.runtime.format": "the run/checkpoint format version and its one migration (plain dicts)",
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import re
 import weakref
 from pathlib import Path
@@ -18,35 +19,73 @@ from transferkit.cli import app as cli
 from transferkit.runtime.checkpoint_io import AtomicCheckpointIO
 from transferkit.training.race import legs as racing
 from transferkit.planning.plan import plan_spec
-from transferkit.planning.race import build_candidates, plan_race, rung_schedule, schedule_cost, scratch_enters
-from transferkit.training.race.rules import Rung, choose_survivors, leg_score
+from transferkit.planning.race import (COST_BOUND, budget_schedule, build_candidates, plan_race, schedule_cost,
+                                      scratch_enters, within_bound)
+from transferkit.tasks.schedulers import build_scheduler
+from transferkit.training.race.rules import Rung, Score, Verdict, choose_survivors, score_outputs
+from transferkit.training.race.schedule import LegSchedule, leg_factor
 
 COSTS = [0.05, 0.7, 1.0, 1.0, 1.0]  # freeze, lpft-partial, full-llrd, lpft-full, scratch
 
 
-@pytest.mark.parametrize("epochs", [3, 4, 5, 6, 10, 15, 30, 100])
-def test_worst_case_cost_is_at_most_twice_one_full_run(epochs):
-    rungs = rung_schedule(epochs, len(COSTS))
+@pytest.mark.parametrize("epochs", [1, 2, 3, 4, 5, 6, 9, 10, 15, 30, 100])
+@pytest.mark.parametrize("scratch", [True, False])
+def test_worst_case_cost_is_at_most_two_and_a_half_full_runs(epochs, scratch):
+    candidates, rungs = within_bound(build_candidates({}, use_weights=True, with_scratch=scratch), epochs)
     assert rungs[-1] == Rung(epochs, 1) and [r.end for r in rungs] == sorted({r.end for r in rungs})
-    assert schedule_cost(rungs, COSTS) <= 2 * epochs
+    assert schedule_cost(rungs, [c.cost for c in candidates]) <= COST_BOUND * epochs
+    assert len(candidates) == (3 if epochs == 1 else 4 + scratch)  # one epoch: the costliest two sit out
 
 
-def test_schedule_cuts_five_to_two_to_one():
-    assert rung_schedule(15, 5) == [Rung(2, 2), Rung(5, 1), Rung(15, 1)]
-    assert rung_schedule(15, 1) == [Rung(15, 1)]  # one candidate: a plain run
+def test_one_cut_as_late_as_the_bound_allows():
+    # 4 paid candidates (0.7 + 3 x 1.0) all train to epoch 8 (3.75 x 8 = 30 epochs), the best one
+    # finishes (7 more): 37 <= 2.5 x 15; a cut at 9 would cost 39.75.
+    assert budget_schedule(15, COSTS) == [Rung(8, 1), Rung(15, 1)]
+    assert budget_schedule(15, COSTS[:4]) == [Rung(12, 1), Rung(15, 1)]  # without scratch: later still
+    assert budget_schedule(15, [0.05, 1.0]) == [Rung(15, 1)]  # one paid candidate: a plain run
+    assert budget_schedule(1, COSTS) == [Rung(1, 1)]
 
 
-def test_survivors_by_accuracy_then_loss_and_ties_go_to_the_cheaper_plan():
-    scores = {"freeze": (0.90, 0.30), "lpft-partial": (0.92, 0.20), "full-llrd": (0.80, 0.50), "lpft-full": (0.95, 0.10)}
-    assert choose_survivors(scores, 2, val_size=1000) == ["lpft-full", "lpft-partial"]
-    tie = {"lpft-full": (0.95, 0.100), "freeze": (0.95, 0.105)}  # losses within 0.01: the cheaper plan
-    assert choose_survivors(tie, 1, val_size=1000) == ["freeze"]
-    # Near chance, a calibrated uninformative model has the lower loss; a clear accuracy gap on 500
-    # validation images still decides, but on 10 images it is noise and the loss decides.
-    near_chance = {"scratch": (0.28, 1.38), "lpft-partial": (0.38, 1.60)}
-    assert choose_survivors(near_chance, 1, val_size=500) == ["lpft-partial"]
-    assert choose_survivors(near_chance, 1, val_size=10) == ["scratch"]
-    assert leg_score([0.9, 0.4, 0.2], [0.5, 0.7, 0.9]) == pytest.approx((0.8, 0.3))  # the last two evaluations
+def predictions(correct: int, n: int = 100, wrong_first: bool = False) -> dict:
+    """A validation's record: `correct` of `n` two-class images right (the first or the last ones wrong)."""
+    label = [i % 2 for i in range(n)]
+    right = [i >= n - correct for i in range(n)] if wrong_first else [i < correct for i in range(n)]
+    return {"pred": [y if ok else 1 - y for y, ok in zip(label, right)], "label": label}
+
+
+def test_a_leg_is_scored_on_the_runs_metric_with_a_bootstrap_se():
+    score = score_outputs([predictions(80)], "val/acc")
+    assert score.value == pytest.approx(0.8)
+    assert score.se == pytest.approx((0.8 * 0.2 / 100) ** 0.5, rel=0.15)  # the binomial SE, by resampling
+    assert score_outputs([predictions(10), predictions(70), predictions(90)]).value == pytest.approx(0.8)  # last two
+    with pytest.raises(ValueError, match="val/auroc"):
+        score_outputs([predictions(80)], "val/auroc")
+
+
+def test_balanced_accuracy_weighs_every_class_alike():
+    record = {"pred": [0] * 10, "label": [0] * 8 + [1] * 2}  # always the majority class
+    assert score_outputs([record], "val/acc").value == pytest.approx(0.8)
+    assert score_outputs([record], "val/balanced_acc").value == pytest.approx(0.5)
+
+
+def test_a_difference_on_the_same_images_has_its_own_smaller_se():
+    a, b = score_outputs([predictions(80)]), score_outputs([predictions(78)])  # 78 of a's 80 right images
+    assert a.se_of_difference(b) < 0.5 * math.hypot(a.se, b.se)
+    apart = score_outputs([predictions(78, wrong_first=True)])  # the same accuracy on other images
+    assert a.se_of_difference(apart) > 2 * a.se_of_difference(b)
+
+
+def test_survivors_by_score_ties_to_the_cheaper_plan_and_every_verdict_says_why():
+    scores = {"freeze": Score(0.90, None, 0.03), "lpft-partial": Score(0.92, None, 0.03),
+              "full-llrd": Score(0.80, None, 0.04), "lpft-full": Score(0.95, None, 0.02)}
+    verdicts = {v.name: v for v in choose_survivors(scores, 2)}
+    assert [n for n, v in verdicts.items() if v.kept] == ["lpft-full", "lpft-partial"]
+    cut = verdicts["full-llrd"]
+    assert not cut.kept and cut.behind == pytest.approx(0.15) and cut.se_behind == pytest.approx(math.hypot(0.04, 0.02))
+    assert "cut: rank 4 of 4, keep 2; 0.150 behind lpft-full (3.4 paired SE)" == cut.why
+    assert cut.to_dict()["se"] == 0.04
+    tie = {"lpft-full": Score(0.95, None, 0.02), "freeze": Score(0.95, None, 0.02)}
+    assert [v.name for v in choose_survivors(tie, 1) if v.kept] == ["freeze"]
 
 
 @pytest.mark.parametrize("advice, enters", [
@@ -60,12 +99,14 @@ def test_scratch_enters_unless_negative_transfer_is_ruled_out(advice, enters):
 
 
 def test_free_candidates_wait_for_the_finisher(monkeypatch, tmp_path):
-    legs = {n: SimpleNamespace(candidate=SimpleNamespace(free=n == "freeze"), entry=SimpleNamespace(score=lambda v=v: v),
+    legs = {n: SimpleNamespace(candidate=SimpleNamespace(free=n == "freeze"),
+                               entry=SimpleNamespace(rungs=[{"outputs": [predictions(v)]}]),
                                trainer=SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda o, src=0: o)))
-            for n, v in {"freeze": (0.99, 0.05), "lpft-full": (0.90, 0.30), "scratch": (0.50, 0.90)}.items()}
+            for n, v in {"freeze": 99, "lpft-full": 90, "scratch": 50}.items()}
     monkeypatch.setattr(racing, "release", lambda leg: None)
     racing.cut(legs, {n: l for n, l in legs.items() if not l.candidate.free}, Rung(1, 1), 1, val_size=100)
     assert set(legs) == {"freeze", "lpft-full"}  # the cut left freeze alone
+    assert legs["lpft-full"].entry.rungs[-1]["verdict"]["kept"] and "verdict" not in legs["freeze"].entry.rungs[-1]
     racing.cut(legs, legs, Rung(9, 1), 1, val_size=100)
     assert set(legs) == {"freeze"}
 
@@ -77,19 +118,19 @@ def test_explicit_keys_bind_every_candidate():
     names = [c.name for c in plan.candidates]
     assert names == ["freeze", "lpft-partial", "full-llrd", "lpft-full", "scratch"]
     assert all(c.finetune["backbone_lr_scale"] == 0.05 for c in plan.candidates)
-    assert plan.scratch["explicit_keys"] == ["backbone_lr_scale"] and plan.cost_bound <= 2
+    assert plan.scratch["explicit_keys"] == ["backbone_lr_scale"] and plan.cost_bound <= COST_BOUND
     assert [c.name for c in build_candidates({}, use_weights=False, with_scratch=True)] == ["scratch"]
 
 
-def fake_training(scores: dict[str, list[float]]):
-    """A train_leg that reads each candidate's validation losses from `scores`, one per rung."""
+def fake_training(scores: dict[str, list[int]]):
+    """A train_leg that reads each candidate's validation images right (of 100) from `scores`, one per rung."""
     broadcaster = SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj), global_rank=0)
 
     def train_leg(leg, rung, probe_features=None):
-        loss = scores[leg.candidate.name][len(leg.entry.rungs)]
+        right = scores[leg.candidate.name][len(leg.entry.rungs)]
         leg.trainer = broadcaster
-        leg.entry.rungs.append({"epochs": rung.end, "val_loss": loss, "val_acc": 1 - loss,
-                                "score_acc": 1 - loss, "score_loss": loss})
+        leg.entry.rungs.append({"epochs": rung.end, "val_loss": 1.0, "val_acc": right / 100,
+                                "outputs": [predictions(right)], "accs": [right / 100]})
     return train_leg
 
 
@@ -100,8 +141,7 @@ def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_fold
     datamodule = build_datamodule(spec.data, spec.model.input.in_chans)
     datamodule.scan()
     candidates = build_candidates({}, use_weights=True, with_scratch=True)
-    scores = {"freeze": [0.5, 0.5, 0.5], "lpft-partial": [0.3, 0.25, 0.2], "full-llrd": [0.6], "lpft-full": [0.2, 0.3, 0.1],
-              "scratch": [0.9]}
+    scores = {"freeze": [50, 50], "lpft-partial": [75, 80], "full-llrd": [40], "lpft-full": [70], "scratch": [10]}
     monkeypatch.setattr(racing, "train_leg", fake_training(scores))
     watched: dict[str, weakref.ref] = {}
     real_release = racing.release
@@ -110,12 +150,14 @@ def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_fold
         watched[leg.candidate.name] = weakref.ref(leg.task)
         real_release(leg)
     monkeypatch.setattr(racing, "release", release)
-    rungs = rung_schedule(9, len(candidates))
+    rungs = budget_schedule(9, [c.cost for c in candidates])
+    assert rungs == [Rung(4, 1), Rung(9, 1)]
     winner, entries = racing.run_race(spec, candidates, rungs, datamodule, tmp_path)
-    # lpft-partial beat lpft-full at the second cut (0.25 < 0.30), finished the schedule and then beat
+    # lpft-partial beat lpft-full at the cut (0.75 > 0.70), finished the schedule and then beat
     # freeze, which is never cut (it costs nothing) and meets the finisher at the end.
     assert winner.candidate.name == "lpft-partial"
-    assert [len(e.rungs) for e in entries] == [3, 3, 1, 2, 1]
+    assert [len(e.rungs) for e in entries] == [2, 2, 1, 1, 1]
+    assert [e.rungs[0]["verdict"]["kept"] for e in entries[1:]] == [True, False, False, False]
     gc.collect()
     assert set(watched) == {"freeze", "full-llrd", "scratch", "lpft-full"}
     assert all(ref() is None for ref in watched.values())  # nothing keeps an eliminated model alive
@@ -125,8 +167,8 @@ def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_fold
 def test_auto_race_continues_the_winner_and_records_it(image_folder, fast, tmp_path, caplog, monkeypatch):
     caplog.set_level("INFO", logger="transferkit")
     # On 12 random images any plan may win; make lpft-full win so that it runs every leg.
-    monkeypatch.setattr(racing, "choose_survivors",
-                        lambda scores, keep, val_size: sorted(scores, key="lpft-full".__ne__)[:keep])
+    monkeypatch.setattr(racing, "choose_survivors", lambda scores, keep: [
+        Verdict(n, i < keep, 0.0, 0.0, 0.0, 0.0, "test") for i, n in enumerate(sorted(scores, key="lpft-full".__ne__))])
     saved: list[Path] = []
     real_save = AtomicCheckpointIO.save_checkpoint
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint",
@@ -143,7 +185,7 @@ def test_auto_race_continues_the_winner_and_records_it(image_folder, fast, tmp_p
     batches = -(-results["data"]["train_size"] // 4)
     assert last["epoch"] == 2 and last["global_step"] == 3 * batches  # one schedule, no restart
     assert auto["winner"] == "lpft-full" and results["linear_probe"]["then"] == "full"
-    assert results["strategy"] == winner["strategy"] and "race (val loss / val acc" in caplog.text
+    assert results["strategy"] == winner["strategy"] and "race (val/acc ± bootstrap SE" in caplog.text
     assert not (tmp_path / "auto" / "race" / "scratch" / "checkpoints").exists() or auto["winner"] == "scratch"
     # last.ckpt once per early leg (where the next leg resumes), after every epoch of the finishing
     # leg (epochs 2 and 3 here); freeze trains one one-epoch leg.
@@ -227,3 +269,45 @@ def test_only_non_final_legs_skip_validations():
     for workers in ("2", "auto"):
         loaders = spec_of("trainer.max_epochs=15", f"data.num_workers={workers}")
         assert racing.validated_epochs_callbacks(loaders, 5, 15) == []
+
+
+class ScheduledTask(TinyTask):
+    """TinyTask with the configured warm-up + cosine schedule over the whole run, as BaseTask builds it."""
+
+    scheduler_cfg = {"name": "cosine", "interval": "step", "warmup_epochs": 1, "warmup_start_factor": 0.01,
+                     "min_lr_scale": 0.0}
+
+    def steps_per_epoch(self) -> tuple[int, int]:
+        return 6, 4  # 32 images, batches of 8
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": build_scheduler(optimizer, **self.scheduler_cfg, max_epochs=6,
+                                                                         steps_per_epoch=4)}
+
+
+class LearningRates(pl.Callback):
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_each_leg_warms_up_and_anneals_within_its_own_epochs(tmp_path):
+    def leg(start: int, end: int, resume: Path | None) -> list[float]:
+        lrs = LearningRates()
+        trainer = pl.Trainer(max_epochs=end, callbacks=[LegSchedule(start, end), lrs], logger=False,
+                             default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0)
+        trainer.fit(ScheduledTask(), ckpt_path=resume)
+        trainer.save_checkpoint(tmp_path / f"leg{end}.ckpt")
+        return lrs.seen
+
+    first, second = leg(0, 2, None), leg(2, 6, tmp_path / "leg2.ckpt")
+    assert len(first) == 8 and len(second) == 16
+    for lrs, epochs in ((first, 2), (second, 4)):
+        expected = [0.1 * leg_factor(ScheduledTask.scheduler_cfg, epochs, 4)(step) for step in range(4 * epochs)]
+        assert lrs == pytest.approx(expected)
+        assert lrs[0] == pytest.approx(0.001) and lrs[3] < lrs[4] == pytest.approx(0.1)  # warm-up, then the peak
+        assert lrs[-1] < 0.02  # annealing to 0 at the leg's end (the last step is 3/4 down its cosine)

@@ -174,9 +174,10 @@ class SigtermInTheFinishersSecondEpoch(builders.pl.Callback):
 
 def test_a_race_stopped_mid_way_resumes_keeping_its_record_and_winner(image_folder, fast, tmp_path, monkeypatch):
     from transferkit.training.race import legs as racing
+    from transferkit.training.race.rules import Verdict
     # On 12 random images any plan may win; make lpft-full win so that it is the finisher.
-    monkeypatch.setattr(racing, "choose_survivors",
-                        lambda scores, keep, val_size: sorted(scores, key="lpft-full".__ne__)[:keep])
+    monkeypatch.setattr(racing, "choose_survivors", lambda scores, keep: [
+        Verdict(n, i < keep, 0.0, 0.0, 0.0, 0.0, "test") for i, n in enumerate(sorted(scores, key="lpft-full".__ne__))])
     guards = builders.run_guard_callbacks
     monkeypatch.setattr(builders, "run_guard_callbacks", lambda d: [*guards(d), SigtermInTheFinishersSecondEpoch()])
     run_dir = tmp_path / "auto"
@@ -186,7 +187,7 @@ def test_a_race_stopped_mid_way_resumes_keeping_its_record_and_winner(image_fold
     assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
     stopped = json.loads((run_dir / "race" / "progress.json").read_text())
     assert stopped["alive"] == ["freeze", "lpft-full"]  # the cut after epoch 1 was made
-    first_rungs = {e["name"]: e["rungs"][0] for e in stopped["entries"]}
+    first_rungs = {e["name"]: {k: v for k, v in e["rungs"][0].items() if k != "outputs"} for e in stopped["entries"]}
 
     monkeypatch.setattr(builders, "run_guard_callbacks", guards)
     resumed = cli.run(["fit", f"resume={run_dir}"])

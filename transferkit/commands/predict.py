@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from transferkit.data.inputs import list_inputs
 from transferkit.inference.predictor import load_predictor, predict_files
-from transferkit.planning.checkpoint import predict_spec
+from transferkit.planning.checkpoint import PredictPlan
 from transferkit.training.rundir import create_run_dir, write_config, write_json
 
 log = logging.getLogger("transferkit")
@@ -24,7 +24,7 @@ log = logging.getLogger("transferkit")
 
 def run(cfg: DictConfig) -> dict:
     start = time.time()
-    spec = predict_spec(cfg)
+    spec = PredictPlan(cfg).spec  # the config stops here: the rest of the command receives the spec
     predictor = load_predictor(spec.model)
     paths = list_inputs(Path(spec.input))
     run_dir = create_run_dir(spec.run_dir)

@@ -53,6 +53,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "Export a checkpoint as model.onnx or model.torchscript.pt (+ model.meta.json), checked for parity.",
             'run = transferkit.export(ckpt_path="outputs/<date>/<time>/checkpoints/best.ckpt", format="onnx")',
             checkpoint_run=True),
+    Command("audit", "audit",
+            "Find what is wrong with a data set: duplicates and leaks across splits, likely wrong labels, outliers.",
+            'run = transferkit.audit(data={"root": "my_images/"}, model={"weights": "charnet"})'),
     Command("report", "report", "Rebuild a run's report.html from the files the run saved (no re-evaluation).",
             'run = transferkit.report(run="outputs/<date>/<time>")'),
 )}

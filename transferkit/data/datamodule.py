@@ -49,6 +49,14 @@ SPLITS = ("train", "val", "test")
 DECODE = ("cpu", "gpu")  # data.decode: in DataLoader workers, or on the training device (folders)
 
 
+def check_folder_only(**given) -> None:
+    """`data.exclude` and `data.relabel` name files of a folder; the embedded data has none."""
+    for key, value in given.items():
+        if value:
+            raise ValueError(f"data.{key}={value!r} names files of an image folder; set data.root=<folder> "
+                             f"(the embedded data has no files), or drop data.{key}.")
+
+
 class ClassificationDataModule(pl.LightningDataModule):
     """Classification data from `root` (image folder) or, with `root=None`, the `embedded` dataset.
 
@@ -69,7 +77,8 @@ class ClassificationDataModule(pl.LightningDataModule):
                  seed: int = 0, in_chans: int = 3, mean: tuple[float, ...] = (0.5,),
                  std: tuple[float, ...] = (0.5,), augment: str = "light",
                  cache_dir: str | None = None, flips: bool = True, interpolation: str = "bilinear",
-                 decode: str = "cpu", synthetic_classes: int = 10, drop_last: bool | str = "auto") -> None:
+                 decode: str = "cpu", synthetic_classes: int = 10, drop_last: bool | str = "auto",
+                 exclude: str | None = None, relabel: str | None = None) -> None:
         super().__init__()
 
         check_num_workers(num_workers)
@@ -79,6 +88,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.interpolation = interpolation
         if root is None:
             embedded_spec(embedded, "classification")
+            check_folder_only(exclude=exclude, relabel=relabel)
+        self.exclude, self.relabel = exclude, relabel
+        self.fingerprints = None  # a folder's scan: each file's pixel digest and thumbnail (audit, leak check)
         lookup({k: k for k in BALANCE}, balance, "data.balance")
 
         lookup(TRAIN_PIPELINES, augment, "augment.name")  # fail before scanning, not at the first batch
@@ -116,7 +128,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         scan = scan_image_folder(self.root, val_fraction=self.val_fraction,
                                  test_fraction=self.test_fraction, seed=self.seed,
                                  max_bad_fraction=self.max_bad_fraction, manifest=self.manifest,
-                                 fold=self.fold, num_folds=self.num_folds)
+                                 fold=self.fold, num_folds=self.num_folds, exclude=self.exclude,
+                                 relabel=self.relabel)
         chosen = None
         if self.train_per_class is not None:
             scan, chosen = self._draw_folder_train(scan)
@@ -124,6 +137,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         for warning in scan.warnings:
             log.warning(warning)
         self.class_names, self.skipped = list(scan.class_names), list(scan.skipped)
+        self.fingerprints = scan.fingerprints
         self.split_record = scan.to_json()
         if chosen is not None:
             self.split_record.update(self._draw_record(chosen))

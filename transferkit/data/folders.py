@@ -6,20 +6,19 @@ Every problem is found here, before the first batch; nothing is written into ``d
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transferkit.data.curation import apply_curation, check_known, read_curation
 from transferkit.data.discover import Item, discover_images
-from transferkit.data.splits import make_splits, splits_record
+from transferkit.data.fingerprints import Fingerprints, cross_split_duplicates, inspect_files, leak_notes
+from transferkit.data.splits import make_splits, relative_path, splits_record
 from transferkit.data.validate import (
     BadFile,
     check_classes,
     class_counts,
     drop_unreadable,
-    duplicate_notes,
-    find_cross_split_duplicates,
-    find_unreadable,
     summary_table,
 )
 
@@ -37,6 +36,8 @@ class FolderScan:
     counts: dict[str, list[int]]
     skipped: tuple[BadFile, ...] = ()
     warnings: tuple[str, ...] = ()
+    fingerprints: Fingerprints | None = field(default=None, repr=False)  # of every readable file (audit)
+    curation: dict = field(default_factory=dict)  # what data.exclude / data.relabel changed
 
     def summary_table(self) -> str:
         """Class → image count per split, as plain text."""
@@ -50,6 +51,7 @@ class FolderScan:
         }
         record["skipped"] = [{"path": str(path), "reason": reason} for path, reason in self.skipped]
         record["warnings"] = list(self.warnings)
+        record.update(self.curation)
         return record
 
 
@@ -63,6 +65,8 @@ def scan_image_folder(
     fold: int | None = None,
     num_folds: int | None = None,
     num_workers: int = 0,
+    exclude: str | None = None,
+    relabel: str | None = None,
 ) -> FolderScan:
     """Find the images, drop unreadable ones (or stop), complete the splits and check them.
 
@@ -72,19 +76,25 @@ def scan_image_folder(
         max_bad_fraction: above this share of unreadable files the scan stops and lists them all.
         fold, num_folds: stratified k-fold over train+val; fold ``fold`` becomes val.
         num_workers: threads that decode files to check them.
+        exclude, relabel: ``data.exclude`` / ``data.relabel`` CSV files (see ``transferkit.data.curation``).
 
     Raises:
         FileNotFoundError, NotADirectoryError, ValueError: with the config key and what to do.
     """
     listing = discover_images(root, manifest=manifest)
-    paths = [path for items in listing.splits.values() for path, _ in items]
-    bad = find_unreadable(paths, num_workers=num_workers)
-    readable = drop_unreadable(listing.splits, bad, max_bad_fraction)
     classes = listing.classes
+    curation = read_curation(listing.root, exclude, relabel, classes)
+    check_known(curation, listing.root, listing.splits)
+    paths = [path for items in listing.splits.values() for path, _ in items
+             if relative_path(path, listing.root) not in curation.excluded]
+    bad, prints = inspect_files(paths, num_workers=num_workers)  # one decode: the check and the fingerprints
+    readable = drop_unreadable(listing.splits, bad, max_bad_fraction)
     splits = make_splits(readable, classes, val_fraction, test_fraction, seed, num_folds, fold)
+    splits, record = apply_curation(splits, listing.root, classes, curation)
     counts = class_counts(splits, len(classes))
     notes = list(listing.notes) + check_classes(classes, counts, listing.empty_folders)
-    notes += duplicate_notes(find_cross_split_duplicates(splits))
-    scan = FolderScan(listing.root, listing.layout, classes, splits, counts, tuple(bad), tuple(notes))
+    notes += leak_notes(cross_split_duplicates(splits, prints), listing.root)
+    scan = FolderScan(listing.root, listing.layout, classes, splits, counts, tuple(bad), tuple(notes), prints,
+                      record)
     log.debug("Data in %s (%s layout):\n%s", scan.root, scan.layout, scan.summary_table())
     return scan

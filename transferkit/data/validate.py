@@ -1,10 +1,9 @@
-"""Up-front checks before training: unreadable files, class problems, duplicates, a summary table."""
+"""Up-front checks before training: unreadable files, class problems, a summary table (leaked copies:
+`fingerprints`)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -128,36 +127,3 @@ def check_classes(
             f"data.balance=weights or data.balance=sampler."
         )
     return notes
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-
-
-def find_cross_split_duplicates(splits: dict[str, list[Item]]) -> list[tuple[Path, Path]]:
-    """Pairs ``(earlier split's file, later split's file)`` with identical bytes: leaked examples."""
-    by_size: dict[int, list[tuple[str, Path]]] = defaultdict(list)
-    for name, items in splits.items():
-        for path, _ in items:
-            by_size[path.stat().st_size].append((name, path))
-    pairs: list[tuple[Path, Path]] = []
-    for group in by_size.values():
-        if len({name for name, _ in group}) < 2:
-            continue
-        first_seen: dict[str, tuple[str, Path]] = {}
-        for name, path in group:
-            digest = file_digest(path)
-            if digest in first_seen and first_seen[digest][0] != name:
-                pairs.append((first_seen[digest][1], path))
-            first_seen.setdefault(digest, (name, path))
-    return sorted(pairs)
-
-
-def duplicate_notes(pairs: Sequence[tuple[Path, Path]], shown: int = 5) -> list[str]:
-    if not pairs:
-        return []
-    examples = "; ".join(f"{a} == {b}" for a, b in pairs[:shown])
-    return [
-        f"{len(pairs)} file(s) appear in more than one split with identical bytes, which leaks "
-        f"them into evaluation (e.g. {examples}). Remove each from one of its splits."
-    ]

@@ -59,15 +59,16 @@ def extract_features(backbone: torch.nn.Module, dataset, batch_size: int, num_wo
     return torch.cat([backbone(images).flatten(1) for images, _ in loader]).numpy()
 
 
-def frozen_backbones(model: ModelSpec, seed: int) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    """The planned backbone with its weights, and a random-init twin (None when weights are none)."""
+def frozen_backbones(model: ModelSpec, seed: int, twin: bool = True) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The planned backbone with its weights, and a random-init twin (None when weights are none or
+    without `twin`)."""
     fmt, weights = model.input, model.weights
     torch.manual_seed(seed)
     backbone = create_backbone(model.backbone, in_chans=fmt.in_chans, image_size=fmt.image_size)
     if weights.kind == "none":
-        log.warning("model.weights=none: similarity is measured on randomly initialised features.")
+        log.warning("model.weights=none: the features are those of a randomly initialised backbone.")
         return backbone, None
-    twin = create_backbone(model.backbone, in_chans=fmt.in_chans, image_size=fmt.image_size)
+    twin = create_backbone(model.backbone, in_chans=fmt.in_chans, image_size=fmt.image_size) if twin else None
     load_weights(backbone, weights, backbone_name=model.backbone, in_chans=fmt.in_chans, image_size=fmt.image_size,
                  cache_dir=model.cache_dir)
     return backbone, twin

@@ -54,6 +54,14 @@ def predict_spec(cfg: DictConfig) -> PredictSpec:
                        OmegaConf.to_container(cfg, resolve=True))
 
 
+class PredictPlan:
+    """A planned `predict`: its `spec` (checkpoints or export, inputs, outputs, loader), every value checked
+    before anything is loaded or written. The config stops here: the command hands on the spec."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.spec = predict_spec(cfg)
+
+
 def spec_for_checkpoint(cfg: DictConfig | dict, hparams: dict, command: str, checkpoint: str | None = None) -> RunSpec:
     """The spec to evaluate a trained task with: its model and input format come from the checkpoint
     (`hparams`), the data, trainer and outputs from `cfg`. No weights are looked for: the checkpoint has them."""

@@ -6,13 +6,15 @@ that trains its legs and the elimination rule live in `transferkit.training.race
 
 from __future__ import annotations
 
-import math
+import logging
 
 from transferkit.config.files import load_group_option
 from transferkit.errors import ConfigError
-from transferkit.training.race.rules import ETA, Candidate, RacePlan, Rung
+from transferkit.planning.spec import FREE_COST, Candidate, RacePlan, Rung
 
+COST_BOUND = 2.5           # worst-case epochs, as a multiple of the slowest fixed strategy's (trainer.max_epochs)
 SCRATCH_UNLESS_SIMILARITY = 0.9  # scratch is ruled out only when frozen features already separate the classes
+log = logging.getLogger("transferkit")
 LAYER_DECAY = 0.75          # full-llrd: each lower backbone group gets 0.75x the LR of the one above
 
 
@@ -51,27 +53,23 @@ def build_candidates(explicit: dict, *, use_weights: bool, with_scratch: bool) -
     return plans
 
 
-def rung_schedule(max_epochs: int, n_candidates: int, eta: int = ETA) -> list[Rung]:
-    """Where the cuts fall: at max_epochs / eta**k, keeping ceil(n / eta) each time, the last at 1.
+def budget_schedule(max_epochs: int, costs: list[float], keep: int = 1, bound: float = COST_BOUND) -> list[Rung]:
+    """One cut, as late as the cost bound allows: every candidate trains to epoch t, the best `keep`
+    finish. `costs`: every candidate's epoch cost. t is the largest epoch with
+    `schedule_cost <= bound * max_epochs` in the worst case (the most expensive ones survive); with
+    no such epoch (max_epochs 1) the cut falls at epoch 1.
 
-    5 candidates over 15 epochs: all to epoch 2, the best 2 to epoch 5, the best one to 15.
+    5 candidates (4 paid: 0.7, 1, 1, 1) over 15 epochs, keep 1: all to epoch 8, the best one to 15.
     """
     if max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs={max_epochs!r}: finetune=auto needs at least 1 epoch.")
-    keeps, alive = [], n_candidates
-    while alive > 1:
-        alive = max(1, math.ceil(alive / eta))
-        keeps.append(alive)
-    rungs: list[Rung] = []
-    for k, keep in enumerate(keeps):
-        end = min(max_epochs, max(1, math.ceil(max_epochs / eta ** (len(keeps) - k))))
-        if rungs and rungs[-1].end >= end:
-            rungs[-1] = Rung(rungs[-1].end, keep)  # too few epochs to cut twice apart: cut deeper now
-        else:
-            rungs.append(Rung(end, keep))
-    if not rungs or rungs[-1].end < max_epochs:
-        rungs.append(Rung(max_epochs, 1))
-    return rungs
+    if sum(c > FREE_COST for c in costs) <= keep or max_epochs == 1:
+        return [Rung(max_epochs, 1)]
+    cut = 1
+    for end in range(1, max_epochs):
+        if schedule_cost([Rung(end, keep), Rung(max_epochs, 1)], costs) <= bound * max_epochs:
+            cut = end
+    return [Rung(cut, keep), Rung(max_epochs, 1)]
 
 
 def schedule_cost(rungs: list[Rung], costs: list[float]) -> float:
@@ -106,7 +104,18 @@ def plan_race(given: dict, advice: dict | None, max_epochs: int) -> RacePlan:
     """The candidates (scratch only when negative transfer is not ruled out) and the cuts."""
     enters, why = scratch_enters(advice)
     explicit = explicit_keys(given, load_group_option("finetune", "auto"))
-    candidates = build_candidates(explicit, use_weights=True, with_scratch=enters)
-    rungs = rung_schedule(max_epochs, sum(not c.free for c in candidates))
+    candidates, rungs = within_bound(build_candidates(explicit, use_weights=True, with_scratch=enters), max_epochs)
     cost = schedule_cost(rungs, [c.cost for c in candidates]) / max_epochs
     return RacePlan(candidates, rungs, {"entered": enters, "why": why, "explicit_keys": sorted(explicit)}, cost)
+
+
+def within_bound(candidates: list[Candidate], max_epochs: int) -> tuple[list[Candidate], list[Rung]]:
+    """The candidates and their cut, leaving out the last (costliest) ones while even the earliest cut
+    would break the cost bound: only with max_epochs 1 (every candidate would train the whole run)."""
+    while True:
+        rungs = budget_schedule(max_epochs, [c.cost for c in candidates])
+        if len(candidates) == 1 or schedule_cost(rungs, [c.cost for c in candidates]) <= COST_BOUND * max_epochs:
+            return candidates, rungs
+        log.info("finetune=auto: %s left out: with trainer.max_epochs=%d racing it would cost more than %gx "
+                 "one run", candidates[-1].name, max_epochs, COST_BOUND)
+        candidates = candidates[:-1]

@@ -21,6 +21,8 @@ from transferkit.runtime.stops import RunStopped
 
 log = logging.getLogger(__name__)
 
+# EFBIG: a write past the file-size limit (`ulimit -f`); CPython ignores SIGXFSZ from its start, so the write
+# fails instead of the signal killing the process.
 FULL_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file-size limit hit"}
 NOT_WRITABLE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 # torch.save's zip writer reports a failed write as a RuntimeError (the OSError is its __context__ when

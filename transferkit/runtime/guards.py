@@ -101,7 +101,6 @@ class SignalCheckpoint(pl.Callback):
         # (these too) when the fit ends.
         if threading.current_thread() is not threading.main_thread():
             return
-        ignore_file_size_signal()
         self.previous_sigint = signal.signal(signal.SIGINT, self.forward_sigint)
         if trainer.world_size > 1:
             # Lightning's handler runs a collective (a broadcast) inside the signal handler, at whatever
@@ -149,13 +148,6 @@ class SignalCheckpoint(pl.Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.restore_sigint()
         self.host.close()
-
-
-def ignore_file_size_signal() -> None:
-    """A write past the file-size limit (`ulimit -f`) then fails with EFBIG, which the checkpoint writer
-    reports in one line (`runtime.disk.DiskFullError`), instead of SIGXFSZ killing the process mid-write."""
-    if hasattr(signal, "SIGXFSZ"):
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def current_lrs(trainer: pl.Trainer) -> list[float]:

@@ -14,6 +14,7 @@ from transferkit.models.backbones import create_backbone
 from transferkit.models.heads import create_head, create_spatial_dropout, pooled_with_spatial_dropout
 from transferkit.tasks.base import BaseTask, build_eval_losses
 from transferkit.tasks.linear_probe import LinearProbeCallback
+from transferkit.data.transforms import build_batch_mix
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,6 @@ class ClassificationTask(BaseTask):
     def _build_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int, label_smoothing: float):
         if not (mixup_alpha or cutmix_alpha):
             return None
-        from transferkit.data.transforms import build_batch_mix
 
         return build_batch_mix(mixup_alpha, cutmix_alpha, num_classes, label_smoothing)
 

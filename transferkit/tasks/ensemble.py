@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from transferkit.tasks.tta import check_tta, resize_scores, tta_probabilities
+from transferkit.tasks.classification import build_metrics
+from transferkit.tasks.segmentation import metric_name, scores_from_confusion
 
 
 def average_probabilities(probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -54,8 +56,6 @@ class EnsembleTask(pl.LightningModule):
 
             self.test_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=self.ignore_index)
         else:
-            from transferkit.tasks.classification import build_metrics
-
             top_k = int(first.hparams.get("top_k", 5))
             self.test_metrics = build_metrics(num_classes, top_k).clone(prefix="test/")
 
@@ -85,7 +85,6 @@ class EnsembleTask(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         if not self.segmentation:
             return
-        from transferkit.tasks.segmentation import metric_name, scores_from_confusion
 
         iou, miou, pixel_acc = scores_from_confusion(self.test_confusion.compute())
         scores = {"test/miou": miou, "test/pixel_acc": pixel_acc}

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from transferkit.data.curation import curation_summary
 from transferkit.errors import ConfigError
 from transferkit.evaluation.reports.lr_plot import LRSearch, plot_lr_search
 from transferkit.evaluation.reports.run_report import finish_run_report
@@ -223,7 +224,8 @@ def collect_results(spec: RunSpec, task, datamodule, trainer, val_metrics, teste
                  "num_classes": len(datamodule.class_names), "class_names": list(datamodule.class_names),
                  "train_size": sizes.get("train", 0), "val_size": sizes.get("val", 0),
                  "test_size": sizes.get("test", 0),
-                 "skipped_files": [[str(p), r] for p, r in getattr(datamodule, "skipped", [])]},
+                 "skipped_files": [[str(p), r] for p, r in getattr(datamodule, "skipped", [])],
+                 **curation_summary(getattr(datamodule, "split_record", {}))},
         "params": task.num_params(),
         "metrics": metrics,
         "monitor": {"metric": callback.monitor, "mode": callback.mode} if callback else None,  # sweep tables sort by it
