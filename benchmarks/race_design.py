@@ -83,11 +83,12 @@ def extrapolated_rule(curves: dict, alive: list[str], upto: int, keep: int) -> l
     return [v.name for v in choose_survivors(scores, keep) if v.kept]
 
 
-def run_variant(curves: dict, rungs: list[Rung], rule: Callable, short: dict | None = None) -> tuple[str, list[list[str]]]:
+def run_variant(curves: dict, rungs: list[Rung], rule: Callable, short: dict | None = None,
+                field: tuple[str, ...] = CANDIDATES) -> tuple[str, list[list[str]]]:
     """One replayed race: the winner and who was alive after each cut. With `short` (name -> the curve
     of its run cut to the first rung's epochs, its schedule spanning them) the first cut scores those:
     a leg with a schedule of its own."""
-    alive = [c for c in CANDIDATES if c in curves]
+    alive = [c for c in field if c in curves]
     paid = [c for c in alive if EPOCH_COST[c] > 0.1]
     history = []
     for k, rung in enumerate(rungs):
@@ -108,6 +109,8 @@ def schedules(epochs: int, n_paid_costs: list[float]) -> dict[str, list[Rung]]:
         "budget-2": budget_schedule(epochs, n_paid_costs, keep=2),
         "none": no_cut(epochs, n_paid_costs),
         "restart-6": [Rung(6, 1), Rung(epochs, 1)],
+        "field-4": budget_schedule(epochs, [0.05, 0.7, 1.0, 1.0], keep=2),
+        "field-3": [Rung(epochs, 3)],
     }
 
 
@@ -132,7 +135,10 @@ VARIANTS: list[tuple[str, str, Callable]] = [
      "budget-1", new_rule),
     ("metric + bootstrap SE, legs with their own schedules, cut at 6 of 15, keep 1 (the winner trains again)",
      "restart-6", new_rule),
+    ("without lpft-full: metric + bootstrap SE, one cut as late as 2.5x allows keeping 2", "field-4", new_rule),
+    ("freeze, full-llrd, scratch only: no cut (2.05x), metric + bootstrap SE at the end", "field-3", new_rule),
 ]
+FIELDS = {"field-4": ("freeze", "lpft-partial", "full-llrd", "scratch"), "field-3": ("freeze", "full-llrd", "scratch")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,11 +170,11 @@ def main(argv: list[str] | None = None) -> None:
                     short = {c: curves.get(f"{row}/{c}@{rungs[0].end}/{seed}") for c in row_curves if c != "freeze"}
                     if not all(short.values()):
                         continue
-                winner, history = run_variant(row_curves, rungs, rule, short)
+                winner, history = run_variant(row_curves, rungs, rule, short, FIELDS.get(schedule_name, CANDIDATES))
                 autos.append(test[(row, winner, seed)])
                 for s in FIXED:
                     fixed[s].append(test[(row, s, seed)])
-                best_alone = max(CANDIDATES, key=lambda c: test.get((row, c, seed), -1))
+                best_alone = max(FIELDS.get(schedule_name, CANDIDATES), key=lambda c: test.get((row, c, seed), -1))
                 picks.append(winner)
                 bloom.append(best_alone in history[0] or best_alone == "freeze")
             if not autos:

@@ -50,3 +50,10 @@ def test_gpu_data_smoke(tmp_path):
     assert set(report["variants"]) == {"synthetic", "decode_gpu"}
     decode = report["variants"]["decode_gpu"]
     assert decode["status"] == "completed" and decode["ratio_to_model_bound"] > 0 and report["folder_ratio"]
+
+
+@pytest.mark.slow
+def test_audit_benchmark_smoke(tmp_path):
+    run_script("audit.py", "--output", str(tmp_path / "audit.json"), cwd=tmp_path)
+    (row,) = json.loads((tmp_path / "audit.json").read_text())["quality"]
+    assert row["images"] > 1800 and 0 <= row["leak_recall"] <= 1 and row["flipped"] == 90 and row["ood"] == 30

@@ -162,6 +162,7 @@ def test_a_save_fsyncs_the_whole_file_then_renames_then_fsyncs_the_folder(tmp_pa
     assert folder == str(target.parent)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 def test_strace_sees_fsync_rename_fsync_folder_in_that_order(tmp_path):
     """The same order seen by the kernel (`strace -f`): no mock stands between the code and the calls."""

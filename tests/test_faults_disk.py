@@ -35,6 +35,7 @@ SAVE_UNDER_LIMIT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_save_past_the_file_size_limit_raises_one_line_and_keeps_the_old_file(tmp_path):
     target = tmp_path / "checkpoints" / "last.ckpt"
     done = subprocess.run([sys.executable, "-c", SAVE_UNDER_LIMIT, str(target)], capture_output=True, text=True,

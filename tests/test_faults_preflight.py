@@ -73,8 +73,6 @@ def test_fit_into_a_read_only_folder_stops_before_training_in_one_line(read_only
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs the wiring: runtime.preflight.PreflightCheck in "
-                   "builders.run_guard_callbacks")
 def test_fit_onto_a_disk_too_small_for_its_checkpoints_stops_before_training(tmp_path, image_folder,
                                                                              test_resnet_weights):
     """A 6 MB tmpfs; a full fine-tune of test_resnet writes checkpoints of 4.6 MB (three at the peak)."""

@@ -107,8 +107,6 @@ def test_a_fit_goes_on_when_images_vanish_mid_run_and_names_them(image_folder, f
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs the session wiring: results.json data.skipped_files gets "
-                   "data.vanished.skipped_mid_run(datamodule)")
 def test_images_vanished_mid_run_are_listed_in_results_json(image_folder, fast, tmp_path, monkeypatch):
     from transferkit.cli import app as cli
     from transferkit.training import builders

@@ -173,3 +173,12 @@ def test_report_options_are_checked() -> None:
         report_options({"top_losses": -1})
     with pytest.raises(ConfigError, match="report.enabled='yes'"):
         report_options({"enabled": "yes"})
+
+
+def test_report_html_opens_in_chromium_without_console_errors(tmp_path: Path) -> None:
+    """Every picture it links loads and nothing on the page errs (headless Chromium; skipped where absent)."""
+    from chromium import console_messages
+
+    run_dir = constructed_run(tmp_path)
+    problems, shown = console_messages(write_report(run_dir))
+    assert problems == [] and shown >= 2

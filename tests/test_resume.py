@@ -174,7 +174,11 @@ class SigtermInTheFinishersSecondEpoch(builders.pl.Callback):
 
 def test_a_race_stopped_mid_way_resumes_keeping_its_record_and_winner(image_folder, fast, tmp_path, monkeypatch):
     from transferkit.training.race import legs as racing
+    from transferkit.planning import race as race_plan
     from transferkit.training.race.rules import Verdict
+    # Five candidates over 3 epochs: one cut after epoch 1 (the cost bound allows no later one), so
+    # the finisher's leg is epochs 2 and 3.
+    monkeypatch.setattr(race_plan, "scratch_enters", lambda advice: (True, "test"))
     # On 12 random images any plan may win; make lpft-full win so that it is the finisher.
     monkeypatch.setattr(racing, "choose_survivors", lambda scores, keep: [
         Verdict(n, i < keep, 0.0, 0.0, 0.0, 0.0, "test") for i, n in enumerate(sorted(scores, key="lpft-full".__ne__))])
@@ -197,7 +201,7 @@ def test_a_race_stopped_mid_way_resumes_keeping_its_record_and_winner(image_fold
     assert [r["epochs"] for r in next(c for c in auto["candidates"] if c["name"] == "lpft-full")["rungs"]] == [1, 3]
     last = torch.load(resumed["last_checkpoint"], map_location="cpu", weights_only=True)
     batches = -(-resumed["data"]["train_size"] // 4)
-    assert last["global_step"] == 3 * batches  # the rest of epoch 2, then epoch 3: one schedule
+    assert last["global_step"] == 3 * batches  # the rest of epoch 2, then epoch 3: nothing trained twice
     steps = [row["step"] for row in metric_rows(str(run_dir / "race" / "lpft-full" / "logs" / "leg1"))
              if row.get("train/loss_step")]
     assert len(steps) == len(set(steps))  # the leg's rows appended, none twice

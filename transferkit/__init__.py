@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 
 # Names importable from transferkit without importing transferkit.api (and torch) up front.
 ERRORS = {"ConfigError": "transferkit.errors", "RunStopped": "transferkit.runtime.guards", "RunInterrupted": "transferkit.runtime.guards",
-          "RunDiverged": "transferkit.runtime.guards"}
+          "RunDiverged": "transferkit.runtime.guards", "DiskFullError": "transferkit.runtime.disk",
+          "NotWritableError": "transferkit.runtime.disk"}
 
 
 def __getattr__(name: str):

@@ -85,7 +85,7 @@ class TransformedDataset(Dataset):
         return len(self.source)
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.source[index % len(self.source)]
+        image, label = self.source[index]  # an index past the end raises IndexError: `for x in dataset` ends
         return self.transform(image=image)["image"], label
 
     def __getitem__(self, index: int):

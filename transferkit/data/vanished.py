@@ -102,7 +102,7 @@ def readable_stand_in(dataset, index: int) -> Any:
     """The first readable sample after `index` (wrapping): what fills a batch whose files are all gone."""
     for step in range(1, min(NEIGHBOURS_TRIED, len(dataset)) + 1):
         try:
-            return dataset.load(index + step)
+            return dataset.load((index + step) % len(dataset))
         except SkippedImage:
             continue
     raise TooManyUnreadableError(f"{NEIGHBOURS_TRIED} images in a row became unreadable during the run; the data "

@@ -25,7 +25,7 @@ from transferkit.search.space import override_key
 from transferkit.tasks.finetune import FinetunePlan
 from transferkit.training.race.rules import RACE_PROGRESS, Candidate
 from transferkit.training.resume import RESUME_KEYS, read_results
-from transferkit.training.rundir import ENV_CV_DIR, ENV_RUN_DIR, is_ddp_child
+from transferkit.training.rundir import ENV_CV_DIR, ENV_RUN_DIR, is_ddp_child, lock_run_dir
 
 log = logging.getLogger("transferkit")
 
@@ -166,8 +166,8 @@ def config_of_resumed_run(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         again = " (python -m transferkit cv resume=...)" if results["command"] == "cv" else ""
         raise ConfigError(f"resume={run_dir}: that is a {results['command']!r} run; fit resume continues fit "
                           f"runs. Resume it with its own command{again}.")
-    if not child:
-        check_not_running(results, run_dir)
+    if not child:  # a second writer stops here, at once, naming the holder (transferkit.runtime.lock)
+        lock_run_dir(run_dir)
     saved = OmegaConf.load(run_dir / "config.yaml")
     last: Path | None = None
     if saved.finetune.get("strategy") == "auto" and not (results.get("auto") or {}).get("winner"):

@@ -18,6 +18,7 @@ from transferkit.tasks.loading import task_classes
 from transferkit.models.weight_loading import load_weights
 from transferkit.models.weights import WeightsSource
 from transferkit.planning.spec import DataSpec, RunSpec
+from transferkit.runtime.preflight import PreflightCheck
 from transferkit.runtime.format import FORMAT_KEY, FORMAT_VERSION, SPEC_KEY
 from transferkit.data.datamodule import ClassificationDataModule
 from transferkit.data.segmentation import SegmentationDataModule
@@ -150,8 +151,10 @@ class LastCheckpoint(ModelCheckpoint):
 
 def run_guard_callbacks(checkpoints: Path) -> list[pl.Callback]:
     """What lets a run stop and resume: the random state in every checkpoint, `last.ckpt` saved on
-    SIGTERM/SIGINT, and a stop at the first non-finite loss (see transferkit.runtime.guards)."""
-    return [RngStateCallback(), SignalCheckpoint(checkpoints), FiniteLossGuard(checkpoints)]
+    SIGTERM/SIGINT, a stop at the first non-finite loss (see transferkit.runtime.guards), and, before
+    training, room for the checkpoints (transferkit.runtime.preflight)."""
+    return [RngStateCallback(), SignalCheckpoint(checkpoints), FiniteLossGuard(checkpoints),
+            PreflightCheck(checkpoints)]
 
 
 def build_plugins(flags: dict) -> list:

@@ -1,11 +1,12 @@
 """The cv run: one fit run per fold, `cv.csv`, mean and std over the folds, the folds' ensemble on test.
 
 Each fold is a fit run of its own in `<run_dir>/folds/<k>/` (config.yaml, checkpoints, metrics,
-results.json). The cv run writes `cv.csv` (one row per fold) and `results.json`: `cv: {folds, mean,
-std}` over the folds, and `metrics`, the ensemble of the folds' best checkpoints on the test split.
-A resumed cv run skips the folds that finished, resumes an interrupted fold from its `last.ckpt`
-(or restarts it when it has none) and trains the rest. Folds run one after another; under DDP each
-uses every device. Planning each fold is the caller's (`transferkit.planning.cv.plan_fold`).
+results.json; `audit_outputs.npz`, its held-out probabilities for `audit cv=<cv run>`). The cv run
+writes `cv.csv` (one row per fold) and `results.json`: `cv: {folds, mean, std}` over the folds, and
+`metrics`, the ensemble of the folds' best checkpoints on the test split. A resumed cv run skips the
+folds that finished, resumes an interrupted fold from its `last.ckpt` (or restarts it when it has
+none) and trains the rest. Folds run one after another; under DDP each uses every device. Planning
+each fold is the caller's (`transferkit.planning.cv.plan_fold`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transferkit.evaluation.audit.fold_outputs import save_fold_outputs
 from transferkit.planning.spec import RunSpec
 from transferkit.runtime.checkpoint_io import checkpoint_problem
 from transferkit.runtime.guards import RunInterrupted, RunStopped
@@ -74,7 +76,9 @@ def run_fold(k: int, num_folds: int, root: Path, action: str, plan_fold: FoldPla
     if action == "restart" and not is_ddp_child():
         shutil.rmtree(fold_dir)  # it holds no checkpoint: nothing of it can be used
     spec, datamodule = plan_fold(k, fold_dir, action)
-    results, *_ = train_and_test(spec, datamodule)
+    results, trainer, task, datamodule, _ = train_and_test(spec, datamodule)
+    if trainer.is_global_zero and spec.task.kind == "classification":  # for `audit cv=<this run>`
+        save_fold_outputs(task, datamodule, fold_dir, spec.data.batch_size)
     return results
 
 

@@ -27,6 +27,8 @@ from transferkit.training.race.progress import RaceProgress, read_progress
 from transferkit.training.race.rules import RACE_PROGRESS
 from transferkit.training.resume import (carried_over, check_same_splits, read_results, resume_callbacks,
                                          session_record, write_resumed_config)
+from transferkit.data.vanished import skipped_mid_run
+from transferkit.training.rundir import lock_run_dir, unlock_run_dir
 from transferkit.training.rundir import create_run_dir, reuse_run_dir, write_config, write_json, write_spec
 
 log = logging.getLogger("transferkit")
@@ -40,6 +42,14 @@ def train_and_test(spec: RunSpec, datamodule, callbacks: list[pl.Callback] | Non
     `callbacks` join the fit's trainer (e.g. a search's pruning callback; not a race's legs)."""
     start = time.time()
     run_dir, session = open_run(spec, datamodule)
+    try:  # the run directory is this process's until the run ends (one writer: runtime/lock.py)
+        return finish(spec, datamodule, run_dir, session, start, callbacks)
+    finally:
+        unlock_run_dir(run_dir)
+
+
+def finish(spec: RunSpec, datamodule, run_dir: Path, session: dict, start: float,
+           callbacks: list[pl.Callback] | None) -> tuple[dict, pl.Trainer, object, object, Path]:
     try:
         results, trainer, task = fit_and_test(spec, datamodule, run_dir, start, callbacks)
         if spec.lr_search is not None:
@@ -63,6 +73,7 @@ def open_run(spec: RunSpec, datamodule) -> tuple[Path, dict]:
     """A new run directory, or with `resume=` the run being continued; results.json says running."""
     resumed, ckpt_path = spec.outputs.resume, spec.outputs.ckpt_path
     run_dir = reuse_run_dir(resumed) if resumed else create_run_dir(spec.outputs.run_dir, spec.trainer.num_nodes)
+    lock_run_dir(run_dir, key="resume" if resumed else "run_dir")
     previous, resumed_from = read_results(run_dir) if resumed else {}, None
     if resumed and ckpt_path:
         resumed_from = {"checkpoint": str(ckpt_path), **checkpoint_meta(Path(ckpt_path))}
@@ -224,7 +235,8 @@ def collect_results(spec: RunSpec, task, datamodule, trainer, val_metrics, teste
                  "num_classes": len(datamodule.class_names), "class_names": list(datamodule.class_names),
                  "train_size": sizes.get("train", 0), "val_size": sizes.get("val", 0),
                  "test_size": sizes.get("test", 0),
-                 "skipped_files": [[str(p), r] for p, r in getattr(datamodule, "skipped", [])],
+                 "skipped_files": [[str(p), r] for p, r in [*getattr(datamodule, "skipped", []),
+                                                             *skipped_mid_run(datamodule)]],
                  **curation_summary(getattr(datamodule, "split_record", {}))},
         "params": task.num_params(),
         "metrics": metrics,

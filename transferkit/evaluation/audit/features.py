@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import ConcatDataset
 
 from transferkit.data.feature_store import extract_features
 from transferkit.data.loader_settings import loader_settings
@@ -35,19 +36,18 @@ def frozen_features(spec: RunSpec, datamodule, images: AuditImages) -> tuple[np.
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backbone.to(device)
     transform = datamodule.transform(train=False)
-    workers = loader_settings(spec.data.get("num_workers", 0), None)["num_workers"]
-    features, tiny = [], []
+    # Workers decode files in parallel; images already in memory are faster without them.
+    workers = loader_settings(spec.data.get("num_workers", 0), None)["num_workers"] if images.files else 0
+    tiny = []
 
     def keep_tiny(batch: torch.Tensor) -> torch.Tensor:
         tiny.append(tiny_grey(batch).cpu())
         return batch
 
-    for split, source in images.sources.items():
-        found, _ = extract_features(backbone, TransformedDataset(source, transform),
-                                    lambda n, dim: np.empty((n, dim), dtype=np.float32),
-                                    spec.data.batch_size, workers, convert_input=keep_tiny)
-        features.append(found)
-    stacked = np.concatenate(features).astype(np.float32)
+    every = ConcatDataset([TransformedDataset(source, transform) for source in images.sources.values()])
+    found, _ = extract_features(backbone, every, lambda n, dim: np.empty((n, dim), dtype=np.float32),
+                                spec.data.batch_size, workers, convert_input=keep_tiny)
+    stacked = np.asarray(found, dtype=np.float32)
     stacked /= np.linalg.norm(stacked, axis=1, keepdims=True).clip(min=1e-12)
     log.info("audit: %d features of dim %d (%s)", *stacked.shape, spec.model.backbone)
     return stacked, torch.cat(tiny).numpy()

@@ -28,6 +28,7 @@ def save_fold_outputs(task, datamodule, fold_dir: Path, batch_size: int) -> Path
     """The fold's probabilities on its val and test images (after its best checkpoint was tested)."""
     images = audit_images(datamodule)
     held = np.flatnonzero(images.splits != "train")
+    task.eval()  # the best checkpoint's weights as tested; Lightning leaves the module in train mode
     probs, failed = probabilities(task_predictor(task), [images.pixels(i) for i in held], batch_size, 0)
     kept = [k for k in range(len(held)) if k in probs]
     path = Path(fold_dir) / OUTPUTS_FILE

@@ -5,8 +5,9 @@ Per class j, the threshold t_j is the mean probability of j over the images labe
 *flagged* when some class other than its label clears its threshold and is the likeliest of those
 that do (an off-diagonal entry of the confident joint). Its score is 1 minus the normalised margin
 (p[given] - max other p + 1) / 2, in [0, 1]: 1 = sure it is wrong. The ranking puts the flagged
-images first, then the rest, each by score; an outlier (far from every class: its own file) comes
-after the flagged ones, since no class is a sensible suggestion for it.
+images first, then the rest, each by score; outliers (far from every class, listed in outliers.csv)
+come last, whatever their score: no class fits them, so their label is not what is wrong with them
+and "suggested" means nothing for them.
 """
 
 from __future__ import annotations
@@ -52,13 +53,13 @@ def margin_score(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def rank_label_issues(probs: np.ndarray, labels: np.ndarray, outlier: np.ndarray | None = None) -> LabelRanking:
-    """The full ranking: flagged in-domain images, flagged outliers, then the rest; by score within each."""
+    """The full ranking: flagged images, then the other images, then the outliers; by score within each."""
     thresholds = class_thresholds(probs, labels)
     confident = confident_class(probs, thresholds)
     flagged = (confident >= 0) & (confident != labels)
     score = margin_score(probs, labels)
     outlier = np.zeros(len(labels), bool) if outlier is None else outlier
-    group = np.where(flagged & ~outlier, 0, np.where(flagged, 1, 2))
+    group = np.where(outlier, 2, np.where(flagged, 0, 1))
     order = np.lexsort((-score, group))
     return LabelRanking(order, score, probs.argmax(1), flagged, thresholds)
 

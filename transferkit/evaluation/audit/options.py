@@ -8,7 +8,7 @@ from transferkit.errors import ConfigError
 # 32 x 32 correlation distance, resized, re-encoded, brightened and 3-5 % cropped copies pass and
 # different handwritten digits (as alike as two images of a data set get) do not.
 NEAR_THRESHOLD = 0.007
-AUDIT_DEFAULTS: dict = {"folds": 5, "neighbours": 5, "near_threshold": NEAR_THRESHOLD, "prefilter": 0.1,
+AUDIT_DEFAULTS: dict = {"folds": 5, "neighbours": 5, "near_threshold": NEAR_THRESHOLD, "prefilter": 0.08,
                         "outlier_neighbours": 5, "shown": 24}
 WHOLE = {"folds": 2, "neighbours": 1, "outlier_neighbours": 1, "shown": 0}  # whole numbers and their minimum
 FRACTIONS = ("near_threshold", "prefilter")  # distances in [0, 2]
