@@ -143,9 +143,9 @@ def environment() -> dict:
             "load_avg_start": os.getloadavg()[0]}
 
 
-def mean_std(rows: list[dict], key: str) -> str:
-    values = [r[key] for r in rows]
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+def mean_std(rows: list[dict], key: str, scale: float = 1.0, unit: str = "") -> str:
+    values = [r[key] * scale for r in rows]
+    return f"{statistics.fmean(values):.3f}{unit} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}{unit}"
 
 
 def markdown(report: dict) -> str:
@@ -159,7 +159,7 @@ def markdown(report: dict) -> str:
                      f"{r['label_average_precision']:.3f} | {r['ood_in_top_5pct']}/{r['ood']} | "
                      f"{r['out_of_sample_accuracy_true_labels']:.3f} | {r['audit_wall_seconds']:.1f} |")
     if len(rows) > 1:
-        lines.append(f"| mean ± std | | {mean_std(rows, 'leak_recall')} | {mean_std(rows, 'false_pair_share')} | "
+        lines.append(f"| mean ± std | | {mean_std(rows, 'leak_recall')} | {mean_std(rows, 'false_pair_share', 100, ' %')} | "
                      f"{mean_std(rows, 'flipped_recall_top_5pct')} | {mean_std(rows, 'label_average_precision')} | "
                      f"{mean_std(rows, 'ood_recall_top_5pct')} | {mean_std(rows, 'out_of_sample_accuracy_true_labels')} | |")
     timing = report.get("cost")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from transferkit import cli  # noqa: E402
+from transferkit.cli import app as cli  # noqa: E402
 from transferkit.models.weights import house_backbones  # noqa: E402
 
 log = logging.getLogger("feature_cache_benchmark")

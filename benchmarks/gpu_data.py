@@ -42,7 +42,7 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
 from gpu_fit import extra_callback, sync, versions  # noqa: E402
-from transferkit import cli  # noqa: E402
+from transferkit.cli import app as cli  # noqa: E402
 
 log = logging.getLogger("gpu_data")
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu_data.json"

@@ -36,7 +36,7 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from transferkit import cli  # noqa: E402
+from transferkit.cli import app as cli  # noqa: E402
 
 from transferkit.training import builders
 from transferkit.data.embedded.synthetic import SyntheticImages  # noqa: E402

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from gpu_fit import Settings, extra_callback, fit_overrides, hand_loop, sync  # noqa: E402
-from transferkit import cli  # noqa: E402
+from transferkit.cli import app as cli  # noqa: E402
 
 log = logging.getLogger("gpu_profile")
 

@@ -41,7 +41,7 @@ COMMON = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progre
 @contextmanager
 def few_shot_digits(per_class: int | None, seed: int) -> Iterator[None]:
     """Keep `per_class` training digits per class (a draw seeded by `seed`); None keeps them all."""
-    from transferkit.data import digits
+    from transferkit.data.embedded import digits
 
     original = digits.load_digits_splits
     if per_class is None:

@@ -56,7 +56,7 @@ def extract_features(weights: Path, record: dict, images: dict[str, np.ndarray])
     import torch
 
     from transferkit.models.backbones import create_backbone
-    from transferkit.models.weights import load_backbone_weights
+    from transferkit.models.weight_loading import load_backbone_weights
 
     backbone = create_backbone(record["backbone"], in_chans=record["in_chans"])
     load_backbone_weights(backbone, weights)

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from transferkit import cli  # noqa: E402
+from transferkit.cli import app as cli  # noqa: E402
 
 log = logging.getLogger("inference_speed")
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -6,8 +6,8 @@ contrast or gamma change undone); then every crop of X on a grid (each side cut 
 apart) is resampled to 32 x 32 and correlated with Y, and the other way round. The distance is 1 - the
 best correlation: about 0 for copies that were resized, re-encoded, brightened or slightly cropped,
 higher for different images however alike. A coarse grid (3 cuts a side) sorts out the pairs that are
-far apart; the close ones are searched again on the fine grid (5 cuts a side). The grid's correlations come from a few matrix products
-(resampling is separable), not from warping each image once per crop.
+far apart; the close ones are searched again on the fine grid (5 cuts a side). The grid's correlations
+come from a few matrix products (resampling is separable), not from warping each image once per crop.
 """
 
 from __future__ import annotations

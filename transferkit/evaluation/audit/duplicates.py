@@ -84,7 +84,8 @@ def same_pixels(a: Path, b: Path) -> bool:
         return False
 
 
-def find_duplicates(images: AuditImages, features: np.ndarray, tiny: np.ndarray, options: dict) -> tuple[list[Duplicate], dict]:
+def find_duplicates(images: AuditImages, features: np.ndarray, tiny: np.ndarray,
+                    options: dict) -> tuple[list[Duplicate], dict]:
     """Every exact and near pair, cross-split pairs first, closest first; and what the search did."""
     exact = exact_pairs(images)
     digests = images.digests

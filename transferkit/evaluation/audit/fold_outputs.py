@@ -86,7 +86,12 @@ def check_same_data(cv_dir: str, fold: dict, images: AuditImages) -> None:
     if names != images.class_names:
         raise ConfigError(f"cv={str(cv_dir)!r} was trained on the classes {names}, this data has "
                           f"{images.class_names}: audit a cv run of the same data (data.root).")
-    root = str(fold["root"])
-    if (root or None) != images.root and not (root and images.root and Path(root).resolve() == Path(images.root).resolve()):
-        raise ConfigError(f"cv={str(cv_dir)!r} was run on data.root={root or None!r}, this audit on "
+    root = str(fold["root"]) or None
+    if not same_root(root, images.root):
+        raise ConfigError(f"cv={str(cv_dir)!r} was run on data.root={root!r}, this audit on "
                           f"data.root={images.root!r}: audit a cv run of the same data.")
+
+
+def same_root(a: str | None, b: str | None) -> bool:
+    """Both the embedded data, or the same folder (however it was spelled)."""
+    return a == b or (a is not None and b is not None and Path(a).resolve() == Path(b).resolve())
