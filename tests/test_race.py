@@ -17,13 +17,12 @@ import torch
 from tests.conftest import fit_two_process_ddp
 from transferkit.cli import app as cli
 from transferkit.runtime.checkpoint_io import AtomicCheckpointIO
+from transferkit.planning import race as race_plan
 from transferkit.training.race import legs as racing
 from transferkit.planning.plan import plan_spec
-from transferkit.planning.race import (COST_BOUND, budget_schedule, build_candidates, plan_race, schedule_cost,
-                                      scratch_enters, within_bound)
-from transferkit.tasks.schedulers import build_scheduler
+from transferkit.planning.race import (COST_BOUND, budget_schedule, build_candidates, choose_field, plan_race,
+                                      schedule_cost, scratch_enters)
 from transferkit.training.race.rules import Rung, Score, Verdict, choose_survivors, score_outputs
-from transferkit.training.race.schedule import LegSchedule, leg_factor
 
 COSTS = [0.05, 0.7, 1.0, 1.0, 1.0]  # freeze, lpft-partial, full-llrd, lpft-full, scratch
 
@@ -31,18 +30,35 @@ COSTS = [0.05, 0.7, 1.0, 1.0, 1.0]  # freeze, lpft-partial, full-llrd, lpft-full
 @pytest.mark.parametrize("epochs", [1, 2, 3, 4, 5, 6, 9, 10, 15, 30, 100])
 @pytest.mark.parametrize("scratch", [True, False])
 def test_worst_case_cost_is_at_most_two_and_a_half_full_runs(epochs, scratch):
-    candidates, rungs = within_bound(build_candidates({}, use_weights=True, with_scratch=scratch), epochs)
-    assert rungs[-1] == Rung(epochs, 1) and [r.end for r in rungs] == sorted({r.end for r in rungs})
-    assert schedule_cost(rungs, [c.cost for c in candidates]) <= COST_BOUND * epochs
-    assert len(candidates) == (3 if epochs == 1 else 4 + scratch)  # one epoch: the costliest two sit out
+    plan = plan_race({}, {"similarity": 0.5 if scratch else 0.99, "logme_gain": 1.0}, epochs)
+    assert plan.rungs == [Rung(epochs, 2)]  # the field all finishes: no cut
+    assert schedule_cost(plan.rungs, [c.cost for c in plan.candidates]) <= COST_BOUND * epochs
+    assert plan.cost_bound == pytest.approx(2.05)
+    # Fields that could not all finish (every candidate; all but scratch) get a cut that keeps the bound
+    # from 2 epochs on.
+    for costs in (COSTS, COSTS[:4]):
+        rungs = budget_schedule(epochs, costs)
+        assert rungs[-1].end == epochs and [r.end for r in rungs] == sorted({r.end for r in rungs})
+        assert schedule_cost(rungs, costs) <= COST_BOUND * epochs or epochs == 1
+
+
+def test_the_field_is_as_large_as_can_all_finish_within_the_bound():
+    with_scratch = plan_race({}, {"similarity": 0.5, "logme_gain": 1.0}, 15)
+    assert [c.name for c in with_scratch.candidates] == ["freeze", "full-llrd", "scratch"]
+    assert with_scratch.left_out == ("lpft-partial", "lpft-full") and with_scratch.to_dict()["left_out"]
+    ruled_out = plan_race({}, {"similarity": 0.99, "logme_gain": 1.0}, 15)  # negative transfer ruled out
+    assert [c.name for c in ruled_out.candidates] == ["freeze", "full-llrd", "lpft-full"]
+    field, left_out = choose_field(build_candidates({}, use_weights=True, with_scratch=False), bound=3.0)
+    assert [c.name for c in field] == ["freeze", "lpft-partial", "full-llrd", "lpft-full"] and left_out == []
 
 
 def test_one_cut_as_late_as_the_bound_allows():
     # 4 paid candidates (0.7 + 3 x 1.0) all train to epoch 8 (3.75 x 8 = 30 epochs), the best one
     # finishes (7 more): 37 <= 2.5 x 15; a cut at 9 would cost 39.75.
-    assert budget_schedule(15, COSTS) == [Rung(8, 1), Rung(15, 1)]
+    assert budget_schedule(15, COSTS) == [Rung(8, 1), Rung(15, 1)]  # a field of all five could not finish
     assert budget_schedule(15, COSTS[:4]) == [Rung(12, 1), Rung(15, 1)]  # without scratch: later still
     assert budget_schedule(15, [0.05, 1.0]) == [Rung(15, 1)]  # one paid candidate: a plain run
+    assert budget_schedule(15, [0.05, 1.0, 1.0]) == [Rung(15, 2)]  # 2.05 x: both finish
     assert budget_schedule(1, COSTS) == [Rung(1, 1)]
 
 
@@ -116,7 +132,7 @@ def test_explicit_keys_bind_every_candidate():
                       "unfreeze_at_epoch": None, "cache_features": None}, {"similarity": 0.5, "logme_gain": 1},
                      max_epochs=9)
     names = [c.name for c in plan.candidates]
-    assert names == ["freeze", "lpft-partial", "full-llrd", "lpft-full", "scratch"]
+    assert names == ["freeze", "full-llrd", "scratch"]
     assert all(c.finetune["backbone_lr_scale"] == 0.05 for c in plan.candidates)
     assert plan.scratch["explicit_keys"] == ["backbone_lr_scale"] and plan.cost_bound <= COST_BOUND
     assert [c.name for c in build_candidates({}, use_weights=False, with_scratch=True)] == ["scratch"]
@@ -166,7 +182,9 @@ def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_fold
 @pytest.mark.slow
 def test_auto_race_continues_the_winner_and_records_it(image_folder, fast, tmp_path, caplog, monkeypatch):
     caplog.set_level("INFO", logger="transferkit")
-    # On 12 random images any plan may win; make lpft-full win so that it runs every leg.
+    # The field without scratch (freeze, full-llrd, lpft-full); on 12 random images any plan may win:
+    # make lpft-full win.
+    monkeypatch.setattr(race_plan, "scratch_enters", lambda advice: (False, "test"))
     monkeypatch.setattr(racing, "choose_survivors", lambda scores, keep: [
         Verdict(n, i < keep, 0.0, 0.0, 0.0, 0.0, "test") for i, n in enumerate(sorted(scores, key="lpft-full".__ne__))])
     saved: list[Path] = []
@@ -187,11 +205,12 @@ def test_auto_race_continues_the_winner_and_records_it(image_folder, fast, tmp_p
     assert auto["winner"] == "lpft-full" and results["linear_probe"]["then"] == "full"
     assert results["strategy"] == winner["strategy"] and "race (val/acc ± bootstrap SE" in caplog.text
     assert not (tmp_path / "auto" / "race" / "scratch" / "checkpoints").exists() or auto["winner"] == "scratch"
-    # last.ckpt once per early leg (where the next leg resumes), after every epoch of the finishing
-    # leg (from the cut to epoch 3); freeze trains one one-epoch leg.
-    cut = auto["rungs"][0]["end"]
-    legs = {c["name"]: 1 if c["name"] == "freeze" else sum(1 if r["epochs"] < 3 else 3 - cut for r in c["rungs"])
-            for c in auto["candidates"]}
+    # last.ckpt once per early leg (where the next leg resumes), after every epoch of a leg that
+    # finishes the schedule; freeze trains one one-epoch leg. (This field all finishes: one leg each.)
+    assert auto["rungs"] == [{"end": 3, "keep": 2}] and auto["left_out"] == ["lpft-partial"]
+    legs = {c["name"]: 1 if c["name"] == "freeze" else sum(
+        1 if r["epochs"] < 3 else r["epochs"] - ([0] + [q["epochs"] for q in c["rungs"]])[k]
+        for k, r in enumerate(c["rungs"])) for c in auto["candidates"]}
     assert {name: saved.count(tmp_path / "auto" / "race" / name / "checkpoints" / "last.ckpt")
             for name in legs} == legs
     # The LP-FT winner started from the head the freeze candidate solved on the same features, and
@@ -270,45 +289,3 @@ def test_only_non_final_legs_skip_validations():
     for workers in ("2", "auto"):
         loaders = spec_of("trainer.max_epochs=15", f"data.num_workers={workers}")
         assert racing.validated_epochs_callbacks(loaders, 5, 15) == []
-
-
-class ScheduledTask(TinyTask):
-    """TinyTask with the configured warm-up + cosine schedule over the whole run, as BaseTask builds it."""
-
-    scheduler_cfg = {"name": "cosine", "interval": "step", "warmup_epochs": 1, "warmup_start_factor": 0.01,
-                     "min_lr_scale": 0.0}
-
-    def steps_per_epoch(self) -> tuple[int, int]:
-        return 6, 4  # 32 images, batches of 8
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
-        return {"optimizer": optimizer, "lr_scheduler": build_scheduler(optimizer, **self.scheduler_cfg, max_epochs=6,
-                                                                         steps_per_epoch=4)}
-
-
-class LearningRates(pl.Callback):
-    def __init__(self) -> None:
-        self.seen: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.seen.append(trainer.optimizers[0].param_groups[0]["lr"])
-
-
-def test_each_leg_warms_up_and_anneals_within_its_own_epochs(tmp_path):
-    def leg(start: int, end: int, resume: Path | None) -> list[float]:
-        lrs = LearningRates()
-        trainer = pl.Trainer(max_epochs=end, callbacks=[LegSchedule(start, end), lrs], logger=False,
-                             default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
-                             num_sanity_val_steps=0)
-        trainer.fit(ScheduledTask(), ckpt_path=resume)
-        trainer.save_checkpoint(tmp_path / f"leg{end}.ckpt")
-        return lrs.seen
-
-    first, second = leg(0, 2, None), leg(2, 6, tmp_path / "leg2.ckpt")
-    assert len(first) == 8 and len(second) == 16
-    for lrs, epochs in ((first, 2), (second, 4)):
-        expected = [0.1 * leg_factor(ScheduledTask.scheduler_cfg, epochs, 4)(step) for step in range(4 * epochs)]
-        assert lrs == pytest.approx(expected)
-        assert lrs[0] == pytest.approx(0.001) and lrs[3] < lrs[4] == pytest.approx(0.1)  # warm-up, then the peak
-        assert lrs[-1] < 0.02  # annealing to 0 at the leg's end (the last step is 3/4 down its cosine)

@@ -2,6 +2,11 @@
 
 Planning decides the race (`plan_race`, or `plan_from_record` for a race stopped mid-way); the runner
 that trains its legs and the elimination rule live in `transferkit.training.race`.
+
+The field is as large as can all finish within the cost bound (`choose_field`): on the benchmark's
+design rows every rule that cut candidates before the end of their schedule lost the late bloomers
+(README, "finetune=auto"), so no plan of this version cuts; `budget_schedule` still places a cut for a
+field that could not all finish, and races recorded by earlier versions resume with their own cuts.
 """
 
 from __future__ import annotations
@@ -12,10 +17,14 @@ from transferkit.config.files import load_group_option
 from transferkit.errors import ConfigError
 from transferkit.planning.spec import FREE_COST, Candidate, RacePlan, Rung
 
+log = logging.getLogger("transferkit")
+
 COST_BOUND = 2.5           # worst-case epochs, as a multiple of the slowest fixed strategy's (trainer.max_epochs)
 SCRATCH_UNLESS_SIMILARITY = 0.9  # scratch is ruled out only when frozen features already separate the classes
-log = logging.getLogger("transferkit")
 LAYER_DECAY = 0.75          # full-llrd: each lower backbone group gets 0.75x the LR of the one above
+# Which paid candidates join the field first: by how often each was the best one trained alone on the
+# design rows (full-llrd 4 of 9 row-seeds, scratch 4, lpft-full 1, lpft-partial 0; README).
+PRIORITY = ("full-llrd", "scratch", "lpft-full", "lpft-partial")
 
 
 def scratch_enters(advice: dict | None, threshold: float = SCRATCH_UNLESS_SIMILARITY) -> tuple[bool, str]:
@@ -54,8 +63,9 @@ def build_candidates(explicit: dict, *, use_weights: bool, with_scratch: bool) -
 
 
 def budget_schedule(max_epochs: int, costs: list[float], keep: int = 1, bound: float = COST_BOUND) -> list[Rung]:
-    """One cut, as late as the cost bound allows: every candidate trains to epoch t, the best `keep`
-    finish. `costs`: every candidate's epoch cost. t is the largest epoch with
+    """No cut when every candidate can finish within the bound; else one cut, as late as the bound
+    allows: every candidate trains to epoch t, the best `keep` finish. `costs`: every candidate's
+    epoch cost. t is the largest epoch with
     `schedule_cost <= bound * max_epochs` in the worst case (the most expensive ones survive); with
     no such epoch (max_epochs 1) the cut falls at epoch 1.
 
@@ -63,7 +73,10 @@ def budget_schedule(max_epochs: int, costs: list[float], keep: int = 1, bound: f
     """
     if max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs={max_epochs!r}: finetune=auto needs at least 1 epoch.")
-    if sum(c > FREE_COST for c in costs) <= keep or max_epochs == 1:
+    paid = sum(c > FREE_COST for c in costs)
+    if schedule_cost([Rung(max_epochs, paid)], costs) <= bound * max_epochs:
+        return [Rung(max_epochs, max(paid, 1))]  # everyone finishes: no cut
+    if paid <= keep or max_epochs == 1:
         return [Rung(max_epochs, 1)]
     cut = 1
     for end in range(1, max_epochs):
@@ -97,25 +110,38 @@ def plan_from_record(given: dict, record: dict) -> RacePlan:
         raise ConfigError(f"the stopped race raced {record['candidates']}, which this version cannot rebuild "
                           f"(its candidates are {[c.name for c in built]}); start a new run.")
     rungs = [Rung(int(r["end"]), int(r["keep"])) for r in record["rungs"]]
-    return RacePlan(candidates, rungs, scratch, float(record["cost_bound"]))
+    return RacePlan(candidates, rungs, scratch, float(record["cost_bound"]), tuple(record.get("left_out", ())))
+
+
+def choose_field(candidates: list[Candidate], bound: float = COST_BOUND) -> tuple[list[Candidate], list[str]]:
+    """The candidates that race, in cost order, and those left out: the free ones, then paid ones in
+    `PRIORITY` order while the whole field can finish (its epoch costs sum to at most `bound`)."""
+    chosen = [c for c in candidates if c.free]
+    for name in PRIORITY:
+        found = [c for c in candidates if c.name == name]
+        if found and sum(c.cost for c in chosen) + found[0].cost <= bound:
+            chosen.append(found[0])
+    field = [c for c in candidates if c in chosen]
+    return field, [c.name for c in candidates if c not in chosen]
 
 
 def plan_race(given: dict, advice: dict | None, max_epochs: int) -> RacePlan:
-    """The candidates (scratch only when negative transfer is not ruled out) and the cuts."""
+    """The candidates (scratch only when negative transfer is not ruled out; as many as can all finish
+    within the cost bound) and the cuts (none when they all finish)."""
     enters, why = scratch_enters(advice)
     explicit = explicit_keys(given, load_group_option("finetune", "auto"))
-    candidates, rungs = within_bound(build_candidates(explicit, use_weights=True, with_scratch=enters), max_epochs)
+    candidates, left_out = choose_field(build_candidates(explicit, use_weights=True, with_scratch=enters))
+    rungs = budget_schedule(max_epochs, [c.cost for c in candidates])
     cost = schedule_cost(rungs, [c.cost for c in candidates]) / max_epochs
-    return RacePlan(candidates, rungs, {"entered": enters, "why": why, "explicit_keys": sorted(explicit)}, cost)
+    return RacePlan(candidates, rungs, {"entered": enters, "why": why, "explicit_keys": sorted(explicit)}, cost,
+                    tuple(left_out))
 
 
-def within_bound(candidates: list[Candidate], max_epochs: int) -> tuple[list[Candidate], list[Rung]]:
-    """The candidates and their cut, leaving out the last (costliest) ones while even the earliest cut
-    would break the cost bound: only with max_epochs 1 (every candidate would train the whole run)."""
-    while True:
-        rungs = budget_schedule(max_epochs, [c.cost for c in candidates])
-        if len(candidates) == 1 or schedule_cost(rungs, [c.cost for c in candidates]) <= COST_BOUND * max_epochs:
-            return candidates, rungs
-        log.info("finetune=auto: %s left out: with trainer.max_epochs=%d racing it would cost more than %gx "
-                 "one run", candidates[-1].name, max_epochs, COST_BOUND)
-        candidates = candidates[:-1]
+def describe(race: RacePlan) -> str:
+    """The plan in one line for the log: who races, who the bound left out, the cuts, and why scratch."""
+    paid = sum(not c.free for c in race.candidates)
+    cuts = [r.end for r in race.rungs if r.keep < paid]
+    left = f" (left out by the {COST_BOUND:g}x cost bound: {', '.join(race.left_out)})" if race.left_out else ""
+    when = f"cuts after epochs {cuts}" if cuts else f"no cut: all finish at epoch {race.rungs[-1].end}"
+    return (f"racing {', '.join(c.name for c in race.candidates)}{left}; {when}; scratch "
+            f"{'enters' if race.scratch['entered'] else 'left out'} ({race.scratch['why']})")

@@ -26,7 +26,6 @@ from transferkit.training.builders import build_feature_cache, build_task, build
 from transferkit.runtime.checkpoint_io import checkpoint_meta
 from transferkit.training.race.progress import RaceProgress
 from transferkit.training.race.record import adopt_winner, race_table
-from transferkit.training.race.schedule import LegSchedule
 from transferkit.training.race.validation import ScoredEpochsOnly, ValidationRecorder, validated_epochs_callbacks
 from transferkit.runtime.interval_checkpoint import newer_mid_epoch
 from transferkit.training.metrics_files import join_metrics, set_aside_metrics
@@ -199,10 +198,8 @@ def leg_trainer(leg: Leg, rung: Rung) -> pl.Trainer:
     the finishing leg writes last.ckpt and validates after every epoch, as a fixed run does."""
     end = 1 if leg.task.plan.solves_head else rung.end
     final = end >= int(leg.task.schedule_epochs)
-    start = leg.entry.rungs[-1]["epochs"] if leg.entry.rungs else 0  # where this leg's epochs begin
     return build_trainer(leg.spec, leg.directory, leg.task.monitor, leg.task.monitor_mode,
-                         extra_callbacks=[leg.recorder, LegSchedule(start, end),
-                                          *validated_epochs_callbacks(leg.spec, end, int(leg.task.schedule_epochs))],
+                         extra_callbacks=[leg.recorder, *validated_epochs_callbacks(leg.spec, end, int(leg.task.schedule_epochs))],
                          log_version=f"logs/leg{leg.legs_run}",
                          flags_override={"max_epochs": end, "enable_model_summary": False},
                          last_every_n_epochs=1 if final else end)

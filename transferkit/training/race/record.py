@@ -48,8 +48,9 @@ def race_table(entries: list[Entry], rungs: list[Rung], winner: str, monitor: st
         lines.append([entry.name, entry.strategy, *cells[:len(rungs)], f"{entry.seconds:.1f}{mark}"])
     widths = [max(len(str(row[i])) for row in [head, *lines]) for i in range(len(head))]
     text = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [head, *lines]]
-    return (f"race ({monitor} ± bootstrap SE over validation images, at each cut; the rule: the highest score "
-            "survives, an exact tie goes to the cheaper plan):\n" + "\n".join(text) + verdict_lines(entries))
+    return (f"race ({monitor} ± bootstrap SE over validation images, at each cut and at the end; the rule: the "
+            "highest score survives, an exact tie goes to the cheaper plan):\n" + "\n".join(text)
+            + verdict_lines(entries, rungs[-1].end if rungs else 0))
 
 
 def rung_cell(rung: dict) -> str:
@@ -59,11 +60,12 @@ def rung_cell(rung: dict) -> str:
     return f"{rung['val_loss']:.4f} / {rung['val_acc']:.3f}"  # a race recorded by an older transferkit
 
 
-def verdict_lines(entries: list[Entry]) -> str:
-    """Why each candidate was kept or cut, cut by cut."""
+def verdict_lines(entries: list[Entry], end: int) -> str:
+    """Why each candidate was kept or cut, cut by cut (the last: the choice at the end, epoch `end`)."""
     cuts: dict[int, list[str]] = {}
     for entry in entries:
         for rung in entry.rungs:
             if "verdict" in rung:
                 cuts.setdefault(rung["epochs"], []).append(f"  {entry.name}: {rung['verdict']['why']}")
-    return "".join(f"\ncut at epoch {epoch}:\n" + "\n".join(lines) for epoch, lines in sorted(cuts.items()))
+    return "".join(f"\n{'the choice at the end' if epoch == end else 'cut'} (epoch {epoch}):\n" + "\n".join(lines)
+                   for epoch, lines in sorted(cuts.items()))
