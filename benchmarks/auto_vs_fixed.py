@@ -8,8 +8,11 @@ Every row is a DESIGN row (the race's rule was tuned on it) or a REPORT row (run
 rule was frozen): `ROWS[row]["role"]`.
 
 Columns: `freeze`, `partial`, `full`, `scratch` (the same architecture and input format from random
-init, `finetune=full`, backbone LR x 1) and `auto`, every cell over the same seeds, in one source tree
-(its fingerprint is in every record). The race's own candidates trained alone
+init, `finetune=full`, backbone LR x 1) and `auto`, every cell over the same seeds; every record
+carries the fingerprint of the source tree it ran in. "Within SE" is within the standard error of the
+paired per-seed differences (auto minus the best fixed strategy, same seed). A row's late bloomer is
+its best fixed strategy when it trails at the old race's first cut (epoch ceil(E/9)); it survives when
+one of its candidates (`COUNTERPARTS`) finishes every auto run. The race's own candidates trained alone
 (`lpft-partial`, `full-llrd`, `lpft-full`) are the design curves (`--strategies ... --curves`):
 with `--curves` every run also keeps its validation predictions per epoch in `auto_vs_fixed.curves.json`,
 which `benchmarks/race_design.py` replays rules on.
@@ -174,7 +177,33 @@ def paired(auto: dict[int, float], other: dict[int, float]) -> dict:
     return {**stats(diffs), "seeds": seeds} if diffs else {}
 
 
-def summarise(runs: list[dict]) -> dict:
+# The race's candidates that stand for a fixed strategy (a late bloomer survives if one of them finishes).
+COUNTERPARTS = {"freeze": ("freeze",), "partial": ("lpft-partial",), "full": ("full-llrd", "lpft-full"),
+                "scratch": ("scratch",)}
+
+
+def late_bloomer(row: str, best: str, runs: list[dict], curves: dict) -> dict | None:
+    """Whether the best fixed strategy trails at the old race's first cut (epoch ceil(E/9), its score
+    the mean validation accuracy of its last two epochs there, averaged over seeds), and whether the
+    race let one of its candidates finish (every auto run of the row)."""
+    first = max(1, -(-ROWS[row]["epochs"] // 9))
+    early = {}
+    for strategy in FIXED:
+        scores = [statistics.fmean(c["accs"][:first][-2:]) for k, c in curves.items()
+                  if k.startswith(f"{row}/{strategy}/")]
+        if scores:
+            early[strategy] = statistics.fmean(scores)
+    if best not in early or len(early) < 2:
+        return None
+    trails = early[best] < max(v for s, v in early.items() if s != best)
+    finished = [any(c["name"] in COUNTERPARTS[best] and c["rungs"] and c["rungs"][-1]["epochs"] == ROWS[row]["epochs"]
+                    for c in (r.get("race") or {}).get("candidates") or []) for r in runs
+                if r["row"] == row and r["strategy"] == "auto"]
+    return {"strategy": best, "first_cut": first, "early": early, "trails": trails,
+            "survives": bool(finished) and all(finished)}
+
+
+def summarise(runs: list[dict], curves: dict | None = None) -> dict:
     """Per row: each strategy's accuracy over seeds, auto's paired differences and verdicts."""
     cells: dict[str, dict[str, dict]] = {}
     for run in runs:
@@ -201,7 +230,8 @@ def summarise(runs: list[dict]) -> dict:
             out["verdict"] = {"best_fixed": best, "gap": gap, "allowed": allowed, "ok": gap <= allowed and scratch_ok,
                               "not_below_scratch": scratch_ok, "paired": vs,
                               "epochs_ratio": out["auto"]["epochs"] / max(f["epochs"] for f in fixed.values()),
-                              "wall_ratio": out["auto"]["wall"] / fixed[slowest]["wall"]}
+                              "wall_ratio": out["auto"]["wall"] / fixed[slowest]["wall"],
+                              "late_bloomer": late_bloomer(row, best, runs, curves or {})}
         summary[row] = out
     return summary
 
@@ -209,7 +239,8 @@ def summarise(runs: list[dict]) -> dict:
 def markdown(summary: dict, rules_tried: int | None) -> str:
     names = [s for s in DEFAULT_STRATEGIES if any(s in cells for cells in summary.values())]
     lines = ["| data | role | " + " | ".join(names) + " | auto's picks | auto − best (paired SE) | within max(1 pt, SE) "
-             "| auto epochs / slowest fixed | auto wall / slowest fixed |", "|---|---|" + "---|" * (len(names) + 5)]
+             "| best trails at the first cut? finishes in auto? | auto epochs / slowest fixed | auto wall / slowest fixed |",
+             "|---|---|" + "---|" * (len(names) + 6)]
     gaps: dict[str, list[float]] = {}
     for row in [r for r in ROWS if r in summary]:
         cells = summary[row]
@@ -229,9 +260,12 @@ def markdown(summary: dict, rules_tried: int | None) -> str:
             gap = f"{-100 * v['gap']:+.1f} ({100 * se:.1f})"
             ok = ("yes" if v["ok"] else "no") + ("" if v["not_below_scratch"] else ", below scratch − 1")
             ratios = f"{v['epochs_ratio']:.2f}× | {v['wall_ratio']:.2f}×"
+            late = v.get("late_bloomer")
+            bloom = "–" if not late else (f"{late['strategy']}: {'yes' if late['trails'] else 'no'} "
+                                          f"(epoch {late['first_cut']}), {'yes' if late['survives'] else 'no'}")
         else:
-            gap, ok, ratios = "–", "–", "– | –"
-        lines.append(f"| {row} | {ROWS[row]['role']} | " + " | ".join(parts) + f" | {picks} | {gap} | {ok} | {ratios} |")
+            gap, ok, ratios, bloom = "–", "–", "– | –", "–"
+        lines.append(f"| {row} | {ROWS[row]['role']} | " + " | ".join(parts) + f" | {picks} | {gap} | {ok} | {bloom} | {ratios} |")
     text = "\n".join(lines)
     for role, values in gaps.items():
         text += (f"\n\nMean gap, best fixed strategy minus auto, over the {len(values)} {role} rows: "
@@ -290,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
             curves["/".join(map(str, job))] = curve
             curves_path.write_text(json.dumps(curves) + "\n")
     record["rules_tried"] = args.rules_tried if args.rules_tried is not None else record.get("rules_tried")
-    record["summary"] = summarise(record["runs"])
+    record["summary"] = summarise(record["runs"], curves)
     args.output.write_text(json.dumps(record, indent=1) + "\n")
     table = markdown(record["summary"], record["rules_tried"])
     args.output.with_suffix(".md").write_text(table)

@@ -10,7 +10,11 @@ replayed on the same curves without training again: the winner's test accuracy i
     python benchmarks/race_design.py --variants budget-1 --rows sources
 
 Each variant is one rule that was tried; `VARIANTS` lists them all, in the order they were tried, and
-the README's count of rules tried is its length. Writes nothing: it prints the table.
+the README's count of rules tried is its length (the first is the rule before issue 22). The last is
+the rule that shipped (`transferkit.planning.race.choose_field`: on the design rows scratch entered,
+so the field was freeze, full-llrd, scratch). Legs with schedules of their own (variants 6 and 7) are
+replayed from runs cut short (`<candidate>@<epochs>`); variant 6's warm restart was also run for real
+(`auto_vs_fixed.json` -> `variant6_real_runs`). Writes nothing: it prints the table.
 """
 
 from __future__ import annotations
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
             gap = -statistics.fmean(diffs)
             se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
             gaps.append(gap)
-            bound = schedule_cost(rungs, [EPOCH_COST[c] for c in CANDIDATES]) / epochs
+            bound = schedule_cost(rungs, [EPOCH_COST[c] for c in FIELDS.get(schedule_name, CANDIDATES)]) / epochs
             print(f"{row:15s} auto {100 * statistics.fmean(autos):5.1f}  best fixed {best:8s} "  # noqa: T201
                   f"{100 * statistics.fmean(fixed[best]):5.1f}  gap {100 * gap:+5.1f} (SE {100 * se:.1f})  "
                   f"picks {','.join(picks)}  best-alone survives first cut {sum(bloom)}/{len(bloom)}  "

@@ -289,3 +289,12 @@ def test_only_non_final_legs_skip_validations():
     for workers in ("2", "auto"):
         loaders = spec_of("trainer.max_epochs=15", f"data.num_workers={workers}")
         assert racing.validated_epochs_callbacks(loaders, 5, 15) == []
+
+
+def test_a_rung_is_scored_from_its_predictions_or_else_its_accuracies():
+    scored = racing.entry_score({"outputs": [predictions(70), predictions(90)], "accs": [0.7, 0.9]}, "val/acc", 100)
+    assert scored.value == pytest.approx(0.8) and scored.replicates is not None
+    plain = racing.entry_score({"accs": [0.7, 0.9]}, "val/acc", 100)  # a task without a head to hook
+    assert plain.value == pytest.approx(0.8) and plain.se == pytest.approx((0.8 * 0.2 / 100) ** 0.5)
+    older = racing.entry_score({"score_acc": 0.75, "score_loss": 0.4}, "val/acc", 100)  # race/progress.json of
+    assert older.value == 0.75  # a race an earlier transferkit started

@@ -22,8 +22,8 @@ def race_section(auto: dict) -> str:
         for rung in entry.get("rungs", []):
             if "verdict" in rung:
                 cuts.setdefault(int(rung["epochs"]), []).append(f"{entry['name']}: {rung['verdict']['why']}")
-    verdicts = "".join(f"<p>Cut at epoch {end}:</p><ul>" + "".join(f"<li>{escape(w)}</li>" for w in whys) + "</ul>"
-                       for end, whys in sorted(cuts.items()))
+    verdicts = "".join(f"<p>{'The choice at the end' if end == ends[-1] else 'Cut'} (epoch {end}):</p><ul>"
+                       + "".join(f"<li>{escape(w)}</li>" for w in whys) + "</ul>" for end, whys in sorted(cuts.items()))
     rule = escape(str(auto.get("rule") or "the highest validation score survives; an exact tie goes to the cheaper plan"))
     return (f"<h3>The race</h3><p>Score: the run's validation metric ± bootstrap SE over validation images. "
             f"Rule: {rule}. Worst-case cost bound: {auto.get('cost_bound')}× trainer.max_epochs.</p>"
