@@ -30,15 +30,15 @@ NOT_WRITABLE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
 
 
-class DiskFullError(RunStopped, OSError):
-    """The disk (or a quota, or the file-size limit) has no room for a checkpoint; the message is one line
-    naming the folder, the free space and the bytes needed."""
+class RunDirError(RunStopped, OSError):
+    """A run directory that cannot take what the run writes: one line, exit 1, `results.json` failed."""
 
     status = "failed"
     exit_code = 1
+    default_errno = errno.EIO
 
-    def __init__(self, message: str, code: int = errno.ENOSPC) -> None:
-        OSError.__init__(self, code, message)
+    def __init__(self, message: str, code: int | None = None) -> None:
+        OSError.__init__(self, self.default_errno if code is None else code, message)
         self.message = message
 
     def __str__(self) -> str:
@@ -48,21 +48,17 @@ class DiskFullError(RunStopped, OSError):
         return type(self), (self.message, self.errno)
 
 
-class NotWritableError(RunStopped, OSError):
+class DiskFullError(RunDirError):
+    """The disk (or a quota, or the file-size limit) has no room for a checkpoint; the message is one line
+    naming the folder, the free space and the bytes needed."""
+
+    default_errno = errno.ENOSPC
+
+
+class NotWritableError(RunDirError):
     """The run directory cannot be written (read-only file system, no permission)."""
 
-    status = "failed"
-    exit_code = 1
-
-    def __init__(self, message: str, code: int = errno.EROFS) -> None:
-        OSError.__init__(self, code, message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-    def __reduce__(self):
-        return type(self), (self.message, self.errno)
+    default_errno = errno.EROFS
 
 
 def human_bytes(count: float) -> str:
