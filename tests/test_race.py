@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import re
 import weakref
 from pathlib import Path
@@ -16,37 +17,91 @@ import torch
 from tests.conftest import fit_two_process_ddp
 from transferkit.cli import app as cli
 from transferkit.runtime.checkpoint_io import AtomicCheckpointIO
+from transferkit.planning import race as race_plan
 from transferkit.training.race import legs as racing
 from transferkit.planning.plan import plan_spec
-from transferkit.planning.race import build_candidates, plan_race, rung_schedule, schedule_cost, scratch_enters
-from transferkit.training.race.rules import Rung, choose_survivors, leg_score
+from transferkit.planning.race import (COST_BOUND, budget_schedule, build_candidates, choose_field, plan_race,
+                                      schedule_cost, scratch_enters)
+from transferkit.training.race.rules import Rung, Score, Verdict, choose_survivors, score_outputs
 
 COSTS = [0.05, 0.7, 1.0, 1.0, 1.0]  # freeze, lpft-partial, full-llrd, lpft-full, scratch
 
 
-@pytest.mark.parametrize("epochs", [3, 4, 5, 6, 10, 15, 30, 100])
-def test_worst_case_cost_is_at_most_twice_one_full_run(epochs):
-    rungs = rung_schedule(epochs, len(COSTS))
-    assert rungs[-1] == Rung(epochs, 1) and [r.end for r in rungs] == sorted({r.end for r in rungs})
-    assert schedule_cost(rungs, COSTS) <= 2 * epochs
+@pytest.mark.parametrize("epochs", [1, 2, 3, 4, 5, 6, 9, 10, 15, 30, 100])
+@pytest.mark.parametrize("scratch", [True, False])
+def test_worst_case_cost_is_at_most_two_and_a_half_full_runs(epochs, scratch):
+    plan = plan_race({}, {"similarity": 0.5 if scratch else 0.99, "logme_gain": 1.0}, epochs)
+    assert plan.rungs == [Rung(epochs, 2)]  # the field all finishes: no cut
+    assert schedule_cost(plan.rungs, [c.cost for c in plan.candidates]) <= COST_BOUND * epochs
+    assert plan.cost_bound == pytest.approx(2.05)
+    # Fields that could not all finish (every candidate; all but scratch) get a cut that keeps the bound
+    # from 2 epochs on.
+    for costs in (COSTS, COSTS[:4]):
+        rungs = budget_schedule(epochs, costs)
+        assert rungs[-1].end == epochs and [r.end for r in rungs] == sorted({r.end for r in rungs})
+        assert schedule_cost(rungs, costs) <= COST_BOUND * epochs or epochs == 1
 
 
-def test_schedule_cuts_five_to_two_to_one():
-    assert rung_schedule(15, 5) == [Rung(2, 2), Rung(5, 1), Rung(15, 1)]
-    assert rung_schedule(15, 1) == [Rung(15, 1)]  # one candidate: a plain run
+def test_the_field_is_as_large_as_can_all_finish_within_the_bound():
+    with_scratch = plan_race({}, {"similarity": 0.5, "logme_gain": 1.0}, 15)
+    assert [c.name for c in with_scratch.candidates] == ["freeze", "full-llrd", "scratch"]
+    assert with_scratch.left_out == ("lpft-partial", "lpft-full") and with_scratch.to_dict()["left_out"]
+    ruled_out = plan_race({}, {"similarity": 0.99, "logme_gain": 1.0}, 15)  # negative transfer ruled out
+    assert [c.name for c in ruled_out.candidates] == ["freeze", "full-llrd", "lpft-full"]
+    field, left_out = choose_field(build_candidates({}, use_weights=True, with_scratch=False), bound=3.0)
+    assert [c.name for c in field] == ["freeze", "lpft-partial", "full-llrd", "lpft-full"] and left_out == []
 
 
-def test_survivors_by_accuracy_then_loss_and_ties_go_to_the_cheaper_plan():
-    scores = {"freeze": (0.90, 0.30), "lpft-partial": (0.92, 0.20), "full-llrd": (0.80, 0.50), "lpft-full": (0.95, 0.10)}
-    assert choose_survivors(scores, 2, val_size=1000) == ["lpft-full", "lpft-partial"]
-    tie = {"lpft-full": (0.95, 0.100), "freeze": (0.95, 0.105)}  # losses within 0.01: the cheaper plan
-    assert choose_survivors(tie, 1, val_size=1000) == ["freeze"]
-    # Near chance, a calibrated uninformative model has the lower loss; a clear accuracy gap on 500
-    # validation images still decides, but on 10 images it is noise and the loss decides.
-    near_chance = {"scratch": (0.28, 1.38), "lpft-partial": (0.38, 1.60)}
-    assert choose_survivors(near_chance, 1, val_size=500) == ["lpft-partial"]
-    assert choose_survivors(near_chance, 1, val_size=10) == ["scratch"]
-    assert leg_score([0.9, 0.4, 0.2], [0.5, 0.7, 0.9]) == pytest.approx((0.8, 0.3))  # the last two evaluations
+def test_one_cut_as_late_as_the_bound_allows():
+    # 4 paid candidates (0.7 + 3 x 1.0) all train to epoch 8 (3.75 x 8 = 30 epochs), the best one
+    # finishes (7 more): 37 <= 2.5 x 15; a cut at 9 would cost 39.75.
+    assert budget_schedule(15, COSTS) == [Rung(8, 1), Rung(15, 1)]  # a field of all five could not finish
+    assert budget_schedule(15, COSTS[:4]) == [Rung(12, 1), Rung(15, 1)]  # without scratch: later still
+    assert budget_schedule(15, [0.05, 1.0]) == [Rung(15, 1)]  # one paid candidate: a plain run
+    assert budget_schedule(15, [0.05, 1.0, 1.0]) == [Rung(15, 2)]  # 2.05 x: both finish
+    assert budget_schedule(1, COSTS) == [Rung(1, 1)]
+
+
+def predictions(correct: int, n: int = 100, wrong_first: bool = False) -> dict:
+    """A validation's record: `correct` of `n` two-class images right (the first or the last ones wrong)."""
+    label = [i % 2 for i in range(n)]
+    right = [i >= n - correct for i in range(n)] if wrong_first else [i < correct for i in range(n)]
+    return {"pred": [y if ok else 1 - y for y, ok in zip(label, right)], "label": label}
+
+
+def test_a_leg_is_scored_on_the_runs_metric_with_a_bootstrap_se():
+    score = score_outputs([predictions(80)], "val/acc")
+    assert score.value == pytest.approx(0.8)
+    assert score.se == pytest.approx((0.8 * 0.2 / 100) ** 0.5, rel=0.15)  # the binomial SE, by resampling
+    assert score_outputs([predictions(10), predictions(70), predictions(90)]).value == pytest.approx(0.8)  # last two
+    with pytest.raises(ValueError, match="val/auroc"):
+        score_outputs([predictions(80)], "val/auroc")
+
+
+def test_balanced_accuracy_weighs_every_class_alike():
+    record = {"pred": [0] * 10, "label": [0] * 8 + [1] * 2}  # always the majority class
+    assert score_outputs([record], "val/acc").value == pytest.approx(0.8)
+    assert score_outputs([record], "val/balanced_acc").value == pytest.approx(0.5)
+
+
+def test_a_difference_on_the_same_images_has_its_own_smaller_se():
+    a, b = score_outputs([predictions(80)]), score_outputs([predictions(78)])  # 78 of a's 80 right images
+    assert a.se_of_difference(b) < 0.5 * math.hypot(a.se, b.se)
+    apart = score_outputs([predictions(78, wrong_first=True)])  # the same accuracy on other images
+    assert a.se_of_difference(apart) > 2 * a.se_of_difference(b)
+
+
+def test_survivors_by_score_ties_to_the_cheaper_plan_and_every_verdict_says_why():
+    scores = {"freeze": Score(0.90, None, 0.03), "lpft-partial": Score(0.92, None, 0.03),
+              "full-llrd": Score(0.80, None, 0.04), "lpft-full": Score(0.95, None, 0.02)}
+    verdicts = {v.name: v for v in choose_survivors(scores, 2)}
+    assert [n for n, v in verdicts.items() if v.kept] == ["lpft-full", "lpft-partial"]
+    cut = verdicts["full-llrd"]
+    assert not cut.kept and cut.behind == pytest.approx(0.15) and cut.se_behind == pytest.approx(math.hypot(0.04, 0.02))
+    assert "cut: rank 4 of 4, keep 2; 0.150 behind lpft-full (3.4 paired SE)" == cut.why
+    assert cut.to_dict()["se"] == 0.04
+    tie = {"lpft-full": Score(0.95, None, 0.02), "freeze": Score(0.95, None, 0.02)}
+    assert [v.name for v in choose_survivors(tie, 1) if v.kept] == ["freeze"]
 
 
 @pytest.mark.parametrize("advice, enters", [
@@ -60,12 +115,14 @@ def test_scratch_enters_unless_negative_transfer_is_ruled_out(advice, enters):
 
 
 def test_free_candidates_wait_for_the_finisher(monkeypatch, tmp_path):
-    legs = {n: SimpleNamespace(candidate=SimpleNamespace(free=n == "freeze"), entry=SimpleNamespace(score=lambda v=v: v),
+    legs = {n: SimpleNamespace(candidate=SimpleNamespace(free=n == "freeze"),
+                               entry=SimpleNamespace(rungs=[{"outputs": [predictions(v)]}]),
                                trainer=SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda o, src=0: o)))
-            for n, v in {"freeze": (0.99, 0.05), "lpft-full": (0.90, 0.30), "scratch": (0.50, 0.90)}.items()}
+            for n, v in {"freeze": 99, "lpft-full": 90, "scratch": 50}.items()}
     monkeypatch.setattr(racing, "release", lambda leg: None)
     racing.cut(legs, {n: l for n, l in legs.items() if not l.candidate.free}, Rung(1, 1), 1, val_size=100)
     assert set(legs) == {"freeze", "lpft-full"}  # the cut left freeze alone
+    assert legs["lpft-full"].entry.rungs[-1]["verdict"]["kept"] and "verdict" not in legs["freeze"].entry.rungs[-1]
     racing.cut(legs, legs, Rung(9, 1), 1, val_size=100)
     assert set(legs) == {"freeze"}
 
@@ -75,21 +132,21 @@ def test_explicit_keys_bind_every_candidate():
                       "unfreeze_at_epoch": None, "cache_features": None}, {"similarity": 0.5, "logme_gain": 1},
                      max_epochs=9)
     names = [c.name for c in plan.candidates]
-    assert names == ["freeze", "lpft-partial", "full-llrd", "lpft-full", "scratch"]
+    assert names == ["freeze", "full-llrd", "scratch"]
     assert all(c.finetune["backbone_lr_scale"] == 0.05 for c in plan.candidates)
-    assert plan.scratch["explicit_keys"] == ["backbone_lr_scale"] and plan.cost_bound <= 2
+    assert plan.scratch["explicit_keys"] == ["backbone_lr_scale"] and plan.cost_bound <= COST_BOUND
     assert [c.name for c in build_candidates({}, use_weights=False, with_scratch=True)] == ["scratch"]
 
 
-def fake_training(scores: dict[str, list[float]]):
-    """A train_leg that reads each candidate's validation losses from `scores`, one per rung."""
+def fake_training(scores: dict[str, list[int]]):
+    """A train_leg that reads each candidate's validation images right (of 100) from `scores`, one per rung."""
     broadcaster = SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj), global_rank=0)
 
     def train_leg(leg, rung, probe_features=None):
-        loss = scores[leg.candidate.name][len(leg.entry.rungs)]
+        right = scores[leg.candidate.name][len(leg.entry.rungs)]
         leg.trainer = broadcaster
-        leg.entry.rungs.append({"epochs": rung.end, "val_loss": loss, "val_acc": 1 - loss,
-                                "score_acc": 1 - loss, "score_loss": loss})
+        leg.entry.rungs.append({"epochs": rung.end, "val_loss": 1.0, "val_acc": right / 100,
+                                "outputs": [predictions(right)], "accs": [right / 100]})
     return train_leg
 
 
@@ -100,8 +157,7 @@ def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_fold
     datamodule = build_datamodule(spec.data, spec.model.input.in_chans)
     datamodule.scan()
     candidates = build_candidates({}, use_weights=True, with_scratch=True)
-    scores = {"freeze": [0.5, 0.5, 0.5], "lpft-partial": [0.3, 0.25, 0.2], "full-llrd": [0.6], "lpft-full": [0.2, 0.3, 0.1],
-              "scratch": [0.9]}
+    scores = {"freeze": [50, 50], "lpft-partial": [75, 80], "full-llrd": [40], "lpft-full": [70], "scratch": [10]}
     monkeypatch.setattr(racing, "train_leg", fake_training(scores))
     watched: dict[str, weakref.ref] = {}
     real_release = racing.release
@@ -110,12 +166,14 @@ def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_fold
         watched[leg.candidate.name] = weakref.ref(leg.task)
         real_release(leg)
     monkeypatch.setattr(racing, "release", release)
-    rungs = rung_schedule(9, len(candidates))
+    rungs = budget_schedule(9, [c.cost for c in candidates])
+    assert rungs == [Rung(4, 1), Rung(9, 1)]
     winner, entries = racing.run_race(spec, candidates, rungs, datamodule, tmp_path)
-    # lpft-partial beat lpft-full at the second cut (0.25 < 0.30), finished the schedule and then beat
+    # lpft-partial beat lpft-full at the cut (0.75 > 0.70), finished the schedule and then beat
     # freeze, which is never cut (it costs nothing) and meets the finisher at the end.
     assert winner.candidate.name == "lpft-partial"
-    assert [len(e.rungs) for e in entries] == [3, 3, 1, 2, 1]
+    assert [len(e.rungs) for e in entries] == [2, 2, 1, 1, 1]
+    assert [e.rungs[0]["verdict"]["kept"] for e in entries[1:]] == [True, False, False, False]
     gc.collect()
     assert set(watched) == {"freeze", "full-llrd", "scratch", "lpft-full"}
     assert all(ref() is None for ref in watched.values())  # nothing keeps an eliminated model alive
@@ -124,9 +182,11 @@ def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_fold
 @pytest.mark.slow
 def test_auto_race_continues_the_winner_and_records_it(image_folder, fast, tmp_path, caplog, monkeypatch):
     caplog.set_level("INFO", logger="transferkit")
-    # On 12 random images any plan may win; make lpft-full win so that it runs every leg.
-    monkeypatch.setattr(racing, "choose_survivors",
-                        lambda scores, keep, val_size: sorted(scores, key="lpft-full".__ne__)[:keep])
+    # The field without scratch (freeze, full-llrd, lpft-full); on 12 random images any plan may win:
+    # make lpft-full win.
+    monkeypatch.setattr(race_plan, "scratch_enters", lambda advice: (False, "test"))
+    monkeypatch.setattr(racing, "choose_survivors", lambda scores, keep: [
+        Verdict(n, i < keep, 0.0, 0.0, 0.0, 0.0, "test") for i, n in enumerate(sorted(scores, key="lpft-full".__ne__))])
     saved: list[Path] = []
     real_save = AtomicCheckpointIO.save_checkpoint
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint",
@@ -141,14 +201,16 @@ def test_auto_race_continues_the_winner_and_records_it(image_folder, fast, tmp_p
     assert auto["seconds"] == pytest.approx(sum(c["seconds"] for c in auto["candidates"]), abs=0.05)
     last = torch.load(results["last_checkpoint"], map_location="cpu", weights_only=False)
     batches = -(-results["data"]["train_size"] // 4)
-    assert last["epoch"] == 2 and last["global_step"] == 3 * batches  # one schedule, no restart
+    assert last["epoch"] == 2 and last["global_step"] == 3 * batches  # the weights carry on through the legs
     assert auto["winner"] == "lpft-full" and results["linear_probe"]["then"] == "full"
-    assert results["strategy"] == winner["strategy"] and "race (val loss / val acc" in caplog.text
+    assert results["strategy"] == winner["strategy"] and "race (val/acc ± bootstrap SE" in caplog.text
     assert not (tmp_path / "auto" / "race" / "scratch" / "checkpoints").exists() or auto["winner"] == "scratch"
-    # last.ckpt once per early leg (where the next leg resumes), after every epoch of the finishing
-    # leg (epochs 2 and 3 here); freeze trains one one-epoch leg.
-    legs = {c["name"]: 1 if c["name"] == "freeze" else sum(1 if r["epochs"] < 3 else 2 for r in c["rungs"])
-            for c in auto["candidates"]}
+    # last.ckpt once per early leg (where the next leg resumes), after every epoch of a leg that
+    # finishes the schedule; freeze trains one one-epoch leg. (This field all finishes: one leg each.)
+    assert auto["rungs"] == [{"end": 3, "keep": 2}] and auto["left_out"] == ["lpft-partial"]
+    legs = {c["name"]: 1 if c["name"] == "freeze" else sum(
+        1 if r["epochs"] < 3 else r["epochs"] - ([0] + [q["epochs"] for q in c["rungs"]])[k]
+        for k, r in enumerate(c["rungs"])) for c in auto["candidates"]}
     assert {name: saved.count(tmp_path / "auto" / "race" / name / "checkpoints" / "last.ckpt")
             for name in legs} == legs
     # The LP-FT winner started from the head the freeze candidate solved on the same features, and
@@ -227,3 +289,12 @@ def test_only_non_final_legs_skip_validations():
     for workers in ("2", "auto"):
         loaders = spec_of("trainer.max_epochs=15", f"data.num_workers={workers}")
         assert racing.validated_epochs_callbacks(loaders, 5, 15) == []
+
+
+def test_a_rung_is_scored_from_its_predictions_or_else_its_accuracies():
+    scored = racing.entry_score({"outputs": [predictions(70), predictions(90)], "accs": [0.7, 0.9]}, "val/acc", 100)
+    assert scored.value == pytest.approx(0.8) and scored.replicates is not None
+    plain = racing.entry_score({"accs": [0.7, 0.9]}, "val/acc", 100)  # a task without a head to hook
+    assert plain.value == pytest.approx(0.8) and plain.se == pytest.approx((0.8 * 0.2 / 100) ** 0.5)
+    older = racing.entry_score({"score_acc": 0.75, "score_loss": 0.4}, "val/acc", 100)  # race/progress.json of
+    assert older.value == 0.75  # a race an earlier transferkit started

@@ -174,9 +174,13 @@ class SigtermInTheFinishersSecondEpoch(builders.pl.Callback):
 
 def test_a_race_stopped_mid_way_resumes_keeping_its_record_and_winner(image_folder, fast, tmp_path, monkeypatch):
     from transferkit.training.race import legs as racing
-    # On 12 random images any plan may win; make lpft-full win so that it is the finisher.
-    monkeypatch.setattr(racing, "choose_survivors",
-                        lambda scores, keep, val_size: sorted(scores, key="lpft-full".__ne__)[:keep])
+    from transferkit.planning import race as race_plan
+    from transferkit.training.race.rules import Verdict
+    # The field freeze, full-llrd, scratch: one leg each, in that order, so the signal stops full-llrd
+    # in its second epoch. On 12 random images any plan may win; make full-llrd win.
+    monkeypatch.setattr(race_plan, "scratch_enters", lambda advice: (True, "test"))
+    monkeypatch.setattr(racing, "choose_survivors", lambda scores, keep: [
+        Verdict(n, i < keep, 0.0, 0.0, 0.0, 0.0, "test") for i, n in enumerate(sorted(scores, key="full-llrd".__ne__))])
     guards = builders.run_guard_callbacks
     monkeypatch.setattr(builders, "run_guard_callbacks", lambda d: [*guards(d), SigtermInTheFinishersSecondEpoch()])
     run_dir = tmp_path / "auto"
@@ -185,19 +189,22 @@ def test_a_race_stopped_mid_way_resumes_keeping_its_record_and_winner(image_fold
                  "trainer.max_epochs=3", f"run_dir={run_dir}"])
     assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
     stopped = json.loads((run_dir / "race" / "progress.json").read_text())
-    assert stopped["alive"] == ["freeze", "lpft-full"]  # the cut after epoch 1 was made
-    first_rungs = {e["name"]: e["rungs"][0] for e in stopped["entries"]}
+    assert stopped["alive"] == ["freeze", "full-llrd", "scratch"]
+    assert [len(e["rungs"]) for e in stopped["entries"]] == [1, 0, 0]  # freeze's leg ran, full-llrd's did not finish
+    first_rungs = {e["name"]: {k: v for k, v in e["rungs"][0].items() if k != "outputs"}
+                   for e in stopped["entries"] if e["rungs"]}
 
     monkeypatch.setattr(builders, "run_guard_callbacks", guards)
     resumed = cli.run(["fit", f"resume={run_dir}"])
     auto = resumed["auto"]
-    assert resumed["status"] == "completed" and auto["winner"] == "lpft-full" and "race" in resumed["resumes"][0]
-    assert {c["name"]: c["rungs"][0] for c in auto["candidates"]} == first_rungs  # the record is kept
-    assert [r["epochs"] for r in next(c for c in auto["candidates"] if c["name"] == "lpft-full")["rungs"]] == [1, 3]
+    assert resumed["status"] == "completed" and auto["winner"] == "full-llrd" and "race" in resumed["resumes"][0]
+    freeze = next(c for c in auto["candidates"] if c["name"] == "freeze")["rungs"][0]
+    assert {k: v for k, v in freeze.items() if k != "verdict"} == first_rungs["freeze"]  # the record is kept
+    assert [r["epochs"] for r in next(c for c in auto["candidates"] if c["name"] == "full-llrd")["rungs"]] == [3]
     last = torch.load(resumed["last_checkpoint"], map_location="cpu", weights_only=True)
     batches = -(-resumed["data"]["train_size"] // 4)
-    assert last["global_step"] == 3 * batches  # the rest of epoch 2, then epoch 3: one schedule
-    steps = [row["step"] for row in metric_rows(str(run_dir / "race" / "lpft-full" / "logs" / "leg1"))
+    assert last["global_step"] == 3 * batches  # the rest of epoch 2, then epoch 3: nothing trained twice
+    steps = [row["step"] for row in metric_rows(str(run_dir / "race" / "full-llrd" / "logs" / "leg0"))
              if row.get("train/loss_step")]
     assert len(steps) == len(set(steps))  # the leg's rows appended, none twice
 

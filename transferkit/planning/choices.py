@@ -17,6 +17,10 @@ HEAD_SOLVERS: tuple[str, ...] = ("sgd", "lbfgs")  # see transferkit.tasks.head_s
 # Relative cost of one epoch of a `finetune=auto` candidate; a frozen head on cached features costs next to nothing.
 EPOCH_COST = {"freeze": 0.05, "lpft-partial": 0.7, "full-llrd": 1.0, "lpft-full": 1.0, "scratch": 1.0}
 FREE_COST = 0.1             # a candidate this cheap is never cut: it waits for the finisher (see run_race)
+RACE_RULE = ("the highest validation score (the run's metric on the last two validations, ± bootstrap SE over "
+             "validation images) survives; an exact tie goes to the cheaper plan")
+
+
 @dataclass(frozen=True)
 class FinetunePlan:
     """The `finetune` config group: what trains, and at which learning-rate scale."""
@@ -105,11 +109,13 @@ class RacePlan:
     rungs: list[Rung]
     scratch: dict          # {"entered": bool, "why": str}
     cost_bound: float      # worst-case epoch-equivalents / trainer.max_epochs
+    left_out: tuple[str, ...] = ()  # candidates the cost bound left out of the field
 
     def to_dict(self) -> dict:
         return {"candidates": [c.name for c in self.candidates],
                 "rungs": [{"end": r.end, "keep": r.keep} for r in self.rungs],
-                "scratch": dict(self.scratch), "cost_bound": round(self.cost_bound, 3)}
+                "scratch": dict(self.scratch), "cost_bound": round(self.cost_bound, 3),
+                "left_out": list(self.left_out), "rule": RACE_RULE}
 
 
 

@@ -13,7 +13,7 @@ from transferkit.planning.model import AUTO
 from transferkit.planning.spec import SOLVED_HEAD_TRAINER, RunSpec
 from transferkit.runtime.rng_state import preserved_rng
 from transferkit.tasks.finetune import FinetunePlan
-from transferkit.planning.race import plan_from_record, plan_race
+from transferkit.planning.race import describe, plan_from_record, plan_race
 from transferkit.training.race.rules import RACE_PROGRESS, RacePlan
 
 log = logging.getLogger("transferkit")
@@ -55,9 +55,7 @@ def plan_finetune(spec: RunSpec, datamodule, notes: list[str]) -> tuple[dict, di
         with preserved_rng():  # measuring must not change training's random stream
             advice = measure_datamodule(spec, datamodule, quick=True).to_dict()
         race = plan_race(finetune, advice, spec.trainer.max_epochs)
-    log.info("finetune=auto: racing %s; cuts at epochs %s; scratch %s (%s)",
-             ", ".join(c.name for c in race.candidates), [r.end for r in race.rungs],
-             "enters" if race.scratch["entered"] else "left out", race.scratch["why"])
+    log.info("finetune=auto: %s", describe(race))
     return finetune, advice, race
 
 

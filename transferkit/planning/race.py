@@ -2,18 +2,29 @@
 
 Planning decides the race (`plan_race`, or `plan_from_record` for a race stopped mid-way); the runner
 that trains its legs and the elimination rule live in `transferkit.training.race`.
+
+The field is as large as can all finish within the cost bound (`choose_field`): on the benchmark's
+design rows every rule that cut candidates before the end of their schedule lost the late bloomers
+(README, "finetune=auto"), so no plan of this version cuts; `budget_schedule` still places a cut for a
+field that could not all finish, and races recorded by earlier versions resume with their own cuts.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 
 from transferkit.config.files import load_group_option
 from transferkit.errors import ConfigError
-from transferkit.training.race.rules import ETA, Candidate, RacePlan, Rung
+from transferkit.planning.spec import FREE_COST, Candidate, RacePlan, Rung
 
+log = logging.getLogger("transferkit")
+
+COST_BOUND = 2.5           # worst-case epochs, as a multiple of the slowest fixed strategy's (trainer.max_epochs)
 SCRATCH_UNLESS_SIMILARITY = 0.9  # scratch is ruled out only when frozen features already separate the classes
 LAYER_DECAY = 0.75          # full-llrd: each lower backbone group gets 0.75x the LR of the one above
+# Which paid candidates join the field first: by how often each was the best one trained alone on the
+# design rows (full-llrd 4 of 9 row-seeds, scratch 4, lpft-full 1, lpft-partial 0; README).
+PRIORITY = ("full-llrd", "scratch", "lpft-full", "lpft-partial")
 
 
 def scratch_enters(advice: dict | None, threshold: float = SCRATCH_UNLESS_SIMILARITY) -> tuple[bool, str]:
@@ -51,27 +62,27 @@ def build_candidates(explicit: dict, *, use_weights: bool, with_scratch: bool) -
     return plans
 
 
-def rung_schedule(max_epochs: int, n_candidates: int, eta: int = ETA) -> list[Rung]:
-    """Where the cuts fall: at max_epochs / eta**k, keeping ceil(n / eta) each time, the last at 1.
+def budget_schedule(max_epochs: int, costs: list[float], keep: int = 1, bound: float = COST_BOUND) -> list[Rung]:
+    """No cut when every candidate can finish within the bound; else one cut, as late as the bound
+    allows: every candidate trains to epoch t, the best `keep` finish. `costs`: every candidate's
+    epoch cost. t is the largest epoch with
+    `schedule_cost <= bound * max_epochs` in the worst case (the most expensive ones survive); with
+    no such epoch (max_epochs 1) the cut falls at epoch 1.
 
-    5 candidates over 15 epochs: all to epoch 2, the best 2 to epoch 5, the best one to 15.
+    5 candidates (4 paid: 0.7, 1, 1, 1) over 15 epochs, keep 1: all to epoch 8, the best one to 15.
     """
     if max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs={max_epochs!r}: finetune=auto needs at least 1 epoch.")
-    keeps, alive = [], n_candidates
-    while alive > 1:
-        alive = max(1, math.ceil(alive / eta))
-        keeps.append(alive)
-    rungs: list[Rung] = []
-    for k, keep in enumerate(keeps):
-        end = min(max_epochs, max(1, math.ceil(max_epochs / eta ** (len(keeps) - k))))
-        if rungs and rungs[-1].end >= end:
-            rungs[-1] = Rung(rungs[-1].end, keep)  # too few epochs to cut twice apart: cut deeper now
-        else:
-            rungs.append(Rung(end, keep))
-    if not rungs or rungs[-1].end < max_epochs:
-        rungs.append(Rung(max_epochs, 1))
-    return rungs
+    paid = sum(c > FREE_COST for c in costs)
+    if schedule_cost([Rung(max_epochs, paid)], costs) <= bound * max_epochs:
+        return [Rung(max_epochs, max(paid, 1))]  # everyone finishes: no cut
+    if paid <= keep or max_epochs == 1:
+        return [Rung(max_epochs, 1)]
+    cut = 1
+    for end in range(1, max_epochs):
+        if schedule_cost([Rung(end, keep), Rung(max_epochs, 1)], costs) <= bound * max_epochs:
+            cut = end
+    return [Rung(cut, keep), Rung(max_epochs, 1)]
 
 
 def schedule_cost(rungs: list[Rung], costs: list[float]) -> float:
@@ -99,14 +110,38 @@ def plan_from_record(given: dict, record: dict) -> RacePlan:
         raise ConfigError(f"the stopped race raced {record['candidates']}, which this version cannot rebuild "
                           f"(its candidates are {[c.name for c in built]}); start a new run.")
     rungs = [Rung(int(r["end"]), int(r["keep"])) for r in record["rungs"]]
-    return RacePlan(candidates, rungs, scratch, float(record["cost_bound"]))
+    return RacePlan(candidates, rungs, scratch, float(record["cost_bound"]), tuple(record.get("left_out", ())))
+
+
+def choose_field(candidates: list[Candidate], bound: float = COST_BOUND) -> tuple[list[Candidate], list[str]]:
+    """The candidates that race, in cost order, and those left out: the free ones, then paid ones in
+    `PRIORITY` order while the whole field can finish (its epoch costs sum to at most `bound`)."""
+    chosen = [c for c in candidates if c.free]
+    for name in PRIORITY:
+        found = [c for c in candidates if c.name == name]
+        if found and sum(c.cost for c in chosen) + found[0].cost <= bound:
+            chosen.append(found[0])
+    field = [c for c in candidates if c in chosen]
+    return field, [c.name for c in candidates if c not in chosen]
 
 
 def plan_race(given: dict, advice: dict | None, max_epochs: int) -> RacePlan:
-    """The candidates (scratch only when negative transfer is not ruled out) and the cuts."""
+    """The candidates (scratch only when negative transfer is not ruled out; as many as can all finish
+    within the cost bound) and the cuts (none when they all finish)."""
     enters, why = scratch_enters(advice)
     explicit = explicit_keys(given, load_group_option("finetune", "auto"))
-    candidates = build_candidates(explicit, use_weights=True, with_scratch=enters)
-    rungs = rung_schedule(max_epochs, sum(not c.free for c in candidates))
+    candidates, left_out = choose_field(build_candidates(explicit, use_weights=True, with_scratch=enters))
+    rungs = budget_schedule(max_epochs, [c.cost for c in candidates])
     cost = schedule_cost(rungs, [c.cost for c in candidates]) / max_epochs
-    return RacePlan(candidates, rungs, {"entered": enters, "why": why, "explicit_keys": sorted(explicit)}, cost)
+    return RacePlan(candidates, rungs, {"entered": enters, "why": why, "explicit_keys": sorted(explicit)}, cost,
+                    tuple(left_out))
+
+
+def describe(race: RacePlan) -> str:
+    """The plan in one line for the log: who races, who the bound left out, the cuts, and why scratch."""
+    paid = sum(not c.free for c in race.candidates)
+    cuts = [r.end for r in race.rungs if r.keep < paid]
+    left = f" (left out by the {COST_BOUND:g}x cost bound: {', '.join(race.left_out)})" if race.left_out else ""
+    when = f"cuts after epochs {cuts}" if cuts else f"no cut: all finish at epoch {race.rungs[-1].end}"
+    return (f"racing {', '.join(c.name for c in race.candidates)}{left}; {when}; scratch "
+            f"{'enters' if race.scratch['entered'] else 'left out'} ({race.scratch['why']})")

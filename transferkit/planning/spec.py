@@ -125,7 +125,7 @@ class FinetuneSpec:
         race = record.get("race")
         plan = None if race is None else RacePlan(
             [Candidate(**c) for c in race["candidates"]], [Rung(int(r["end"]), int(r["keep"])) for r in race["rungs"]],
-            dict(race["scratch"]), float(race["cost_bound"]))
+            dict(race["scratch"]), float(race["cost_bound"]), tuple(race.get("left_out") or ()))
         return cls(dict(record["options"]), plan, dict(record.get("cache") or {}), record.get("advice"))
 
 

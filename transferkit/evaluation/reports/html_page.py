@@ -8,6 +8,8 @@ from collections.abc import Iterable, Sequence
 from html import escape
 from pathlib import Path
 
+from transferkit.evaluation.reports.race_section import race_section
+
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1100px;
 padding:0 1em;color:#222;line-height:1.4}
@@ -111,7 +113,7 @@ def plan_section(results: dict) -> str:
     auto = results.get("auto")
     if auto:
         parts.append(f"<p>finetune=auto race winner: <b>{escape(str(auto.get('winner')))}</b> "
-                     f"({len(auto.get('candidates', []))} candidates, {auto.get('seconds')} s)</p>")
+                     f"({len(auto.get('candidates', []))} candidates, {auto.get('seconds')} s)</p>" + race_section(auto))
     probe = results.get("linear_probe")
     if probe:
         parts.append(f"<p>Solved head ({escape(str(probe.get('solver')))}): C={probe.get('c')}, "

@@ -30,7 +30,8 @@ from transferkit.training.race.validation import ScoredEpochsOnly, ValidationRec
 from transferkit.runtime.interval_checkpoint import newer_mid_epoch
 from transferkit.training.metrics_files import join_metrics, set_aside_metrics
 from transferkit.planning.spec import RunSpec
-from transferkit.training.race.rules import Candidate, Entry, Rung, choose_survivors, leg_score
+from transferkit.training.race.rules import (SCORED_EVALUATIONS, Candidate, Entry, Rung, Score, Verdict,
+                                             choose_survivors, score_accuracies, score_outputs)
 from transferkit.tasks.linear_probe import LinearProbeCallback, probe_report
 from transferkit.data.feature_store import FeatureDataset
 from transferkit.data.transforms import PER_IMAGE_STANDARDISED
@@ -144,7 +145,7 @@ def train_leg(leg: Leg, rung: Rung, shared: SharedProbe | None = None) -> None:
     See `leg_trainer` for when it writes last.ckpt and validates.
     """
     if leg.legs_run and leg.task.plan.solves_head:
-        leg.entry.rungs.append({**leg.entry.rungs[-1], "epochs": rung.end})
+        leg.entry.rungs.append({k: v for k, v in leg.entry.rungs[-1].items() if k != "verdict"} | {"epochs": rung.end})
         return
     log.info("race: %s trains to epoch %d", leg.candidate.name, rung.end)
     trainer = leg_trainer(leg, rung)
@@ -159,9 +160,21 @@ def train_leg(leg: Leg, rung: Rung, shared: SharedProbe | None = None) -> None:
     leg.trainer, leg.legs_run = trainer, leg.legs_run + 1
     leg.probe = leg.probe or probe_report(trainer)
     recorder = leg.recorder
-    acc, loss = leg_score(recorder.losses, recorder.accs)
-    leg.entry.rungs.append({"epochs": rung.end, "val_loss": recorder.losses[-1], "val_acc": recorder.accs[-1],
-                            "score_acc": acc, "score_loss": loss})
+    if not recorder.losses:
+        raise ValueError("a race leg produced no validation loss (is the val split empty?)")
+    record = {"epochs": rung.end, "val_loss": recorder.losses[-1], "val_acc": recorder.accs[-1],
+              "outputs": recorder.outputs[-SCORED_EVALUATIONS:], "accs": recorder.accs[-SCORED_EVALUATIONS:]}
+    score = entry_score(record, leg.task.monitor, len(record["outputs"][-1]["label"]) if record["outputs"] else 0)
+    leg.entry.rungs.append({**record, "score": round(score.value, 4), "se": round(score.se, 4)})
+
+
+def entry_score(record: dict, monitor: str, val_size: int) -> Score:
+    """A rung record's score: the run's metric on its scored predictions (bootstrap SE), or without
+    per-image predictions the mean accuracy of its scored validations (binomial SE)."""
+    if record.get("outputs"):
+        return score_outputs(record["outputs"], monitor)
+    return score_accuracies(record.get("accs") or [record["score_acc"]], val_size)  # score_acc: a race recorded
+    # before per-image scores (an older transferkit) resumes with its accuracies
 
 
 @contextmanager
@@ -219,15 +232,22 @@ def agree(trainer: pl.Trainer | None, names: list[str]) -> list[str]:
     return names if trainer is None else list(trainer.strategy.broadcast(names, src=0))
 
 
-def cut(legs: dict[str, Leg], among: dict[str, Leg], rung: Rung, keep: int, val_size: int) -> None:
-    """Keep the best `keep` of `among` (see race.choose_survivors); release the others."""
-    scores = {name: leg.entry.score() for name, leg in among.items()}
+def cut(legs: dict[str, Leg], among: dict[str, Leg], rung: Rung, keep: int, val_size: int,
+        monitor: str = "val/acc") -> list[Verdict]:
+    """Keep the best `keep` of `among` (see rules.choose_survivors); release the others. Each
+    candidate's last rung record gets its verdict (kept or cut, and why)."""
+    scores = {name: entry_score(leg.entry.rungs[-1], monitor, val_size) for name, leg in among.items()}
     trainer = next((leg.trainer for leg in among.values() if leg.trainer is not None), None)
-    kept = agree(trainer, choose_survivors(scores, keep, val_size))
+    verdicts = choose_survivors(scores, keep)
+    kept = agree(trainer, [v.name for v in verdicts if v.kept])
+    for verdict in verdicts:
+        among[verdict.name].entry.rungs[-1]["verdict"] = verdict.to_dict()
+        log.info("race: epoch %d, %s %s %.3f ± %.3f: %s", rung.end, monitor, verdict.name, verdict.value,
+                 verdict.se, verdict.why)
     for name in [n for n in among if n not in kept]:
-        log.info("race: %s stops after epoch %d (val acc %.4f, val loss %.4f)", name, rung.end, *scores[name])
         release(legs.pop(name))
     gc.collect()  # once per cut, not per candidate: a full collection is not free
+    return verdicts
 
 
 def run_race(spec: RunSpec, candidates: list[Candidate], rungs: list[Rung], datamodule, run_dir: Path, progress: RaceProgress | None = None) -> tuple[Leg, list[Entry]]:
@@ -245,6 +265,7 @@ def run_race(spec: RunSpec, candidates: list[Candidate], rungs: list[Rung], data
     record()
     shared = None
     val_size = len(datamodule.sources["val"]) if hasattr(datamodule, "sources") else 0
+    monitor = next(iter(legs.values())).task.monitor
     for rung in rungs:
         for leg in legs.values():
             if not leg.ran(rung):
@@ -253,10 +274,10 @@ def run_race(spec: RunSpec, candidates: list[Candidate], rungs: list[Rung], data
             shared = shared or shared_features(leg)
         paying = {name: leg for name, leg in legs.items() if not leg.candidate.free}
         if len(paying) > rung.keep:
-            cut(legs, paying, rung, rung.keep, val_size)
+            cut(legs, paying, rung, rung.keep, val_size, monitor)
             record()
     if len(legs) > 1:  # the finisher meets the candidates too cheap to cut (freeze)
-        cut(legs, legs, rungs[-1], 1, val_size)
+        cut(legs, legs, rungs[-1], 1, val_size, monitor)
         record()
     winner = next(iter(legs.values()))
     if winner.trainer is None:

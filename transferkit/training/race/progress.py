@@ -55,7 +55,7 @@ class RaceProgress:
         if rank_zero_only.rank != 0:
             return
         record = {"plan": self.plan, "advice": self.advice, "alive": list(legs),
-                  "entries": [e.to_dict() for e in entries],
+                  "entries": [e.to_dict(outputs=True) for e in entries],
                   "legs": {name: {"legs_run": leg.legs_run, "probe": leg.probe} for name, leg in legs.items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json(record, self.path)

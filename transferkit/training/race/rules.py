@@ -1,23 +1,153 @@
-"""`finetune=auto`: the candidate plans, the rung schedule and the elimination rule (pure).
+"""`finetune=auto`: how a leg is scored and who survives a cut (pure).
 
-Successive halving (Jamieson & Talwalkar 2016) over a few fine-tuning plans: every candidate trains
-a short leg of its own full schedule, is scored on validation, the worse ones stop, and survivors
-continue from where they stopped. The last one finishes its schedule. The runner that trains the
-legs is `transferkit.training.race.legs`.
+One rule for any metric: a candidate is ranked on the validation metric the run selects on
+(`task.monitor`, e.g. `val/acc`), computed from the head's raw predictions (uncalibrated) on the
+validation images of its scored evaluations, with a standard error from a bootstrap over those
+images. The same bootstrap draws score every candidate, so the difference between two candidates
+has its own (paired) standard error: that is what a cut reports. The runner that trains the legs
+is `transferkit.training.race.legs`; the plan (candidates, rungs, cost bound) is
+`transferkit.planning.race`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from transferkit.planning.spec import EPOCH_COST, FREE_COST, Candidate, RacePlan, Rung  # noqa: F401 - the plan's types
 
-
-ETA = 3                     # keep ceil(n / ETA) candidates at each cut: 5 -> 2 -> 1
-TIE_TOLERANCE = 0.01        # validation losses this close (nats) are a tie; the cheaper plan wins
-ORDER = tuple(EPOCH_COST)   # the cost order: ties go to the earlier (cheaper) plan
+ORDER = tuple(EPOCH_COST)   # the cost order: exact ties go to the earlier (cheaper) plan
 RACE_PROGRESS = "race/progress.json"  # under the run directory: how far the race got (commands.race_progress)
+BOOTSTRAP_DRAWS = 1000      # resamples of the validation images; the SE of an SE is ~2 % at 1000
+BOOTSTRAP_SEED = 0          # fixed: every rank (and a resumed race) draws the same resamples
+SCORED_EVALUATIONS = 2      # a leg's score pools its last two validations: one lucky epoch does not decide
+
+
+def accuracy(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Accuracy along the last axis (pred and label: [..., n_images])."""
+    return (pred == label).mean(axis=-1)
+
+
+def balanced_accuracy(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Mean per-class recall along the last axis; a class absent from a resample is left out."""
+    recalls = []
+    for c in np.unique(label):
+        members = label == c
+        count = members.sum(axis=-1)
+        hits = ((pred == c) & members).sum(axis=-1)
+        recalls.append(np.where(count > 0, hits / np.maximum(count, 1), np.nan))
+    return np.nanmean(np.stack(recalls), axis=0)
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "val/acc": accuracy, "val/balanced_acc": balanced_accuracy}
+
+
+def metric_of(monitor: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    if monitor not in METRICS:
+        raise ValueError(f"finetune=auto ranks on the run's monitor {monitor!r}, which the race cannot score "
+                         f"from predictions; it knows {sorted(METRICS)}.")
+    return METRICS[monitor]
+
+
+@dataclass(frozen=True)
+class Score:
+    """A leg's score: the metric on its scored validations, and the same on every bootstrap resample."""
+
+    value: float
+    replicates: np.ndarray | None = field(default=None, compare=False, repr=False)
+    se_fallback: float = 0.0  # without per-image outputs: a binomial standard error
+
+    @property
+    def se(self) -> float:
+        return float(np.std(self.replicates, ddof=1)) if self.replicates is not None else self.se_fallback
+
+    def se_of_difference(self, other: Score) -> float:
+        """The paired standard error of self - other (same images, same resamples)."""
+        if self.replicates is None or other.replicates is None or len(self.replicates) != len(other.replicates):
+            return math.hypot(self.se, other.se)
+        return float(np.std(self.replicates - other.replicates, ddof=1))
+
+
+def bootstrap_indices(n_images: int, draws: int = BOOTSTRAP_DRAWS, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """`draws` resamples (with replacement) of `n_images` validation images: [draws, n_images]."""
+    return np.random.default_rng(seed).integers(0, n_images, size=(draws, n_images))
+
+
+def score_outputs(outputs: list[dict], monitor: str = "val/acc", draws: int = BOOTSTRAP_DRAWS) -> Score:
+    """The score of a leg from its last `SCORED_EVALUATIONS` validations' predictions
+    (`ValidationRecorder.outputs`: {"pred": [...], "label": [...]} each, the same images in order)."""
+    if not outputs:
+        raise ValueError("a race leg produced no validation predictions (is the val split empty?)")
+    used = outputs[-SCORED_EVALUATIONS:]
+    label = np.asarray(used[-1]["label"])
+    preds = np.stack([np.asarray(o["pred"]) for o in used])  # [evaluations, n_images]
+    metric = metric_of(monitor)
+    value = float(np.mean(metric(preds, label[None, :])))
+    index = bootstrap_indices(len(label), draws)
+    resampled = metric(preds[:, index], label[index][None, :, :])  # [evaluations, draws]
+    return Score(value, np.asarray(resampled).mean(axis=0))
+
+
+def score_accuracies(accs: list[float], val_size: int) -> Score:
+    """The score of a leg without per-image outputs: its mean accuracy, with a binomial standard error."""
+    if not accs:
+        raise ValueError("a race leg produced no validation accuracy (is the val split empty?)")
+    value = float(np.mean(accs[-SCORED_EVALUATIONS:]))
+    return Score(value, None, accuracy_tolerance(value, val_size))
+
+
+def accuracy_tolerance(accuracy: float, val_size: int) -> float:
+    """One binomial standard error of a validation accuracy."""
+    p = min(max(accuracy, 1.0 / max(val_size, 1)), 1 - 1.0 / max(val_size, 1))
+    return math.sqrt(p * (1 - p) / max(val_size, 1))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why a candidate was kept or cut at one cut: its score, its SE, and the rule's words."""
+
+    name: str
+    kept: bool
+    value: float
+    se: float
+    behind: float      # best score minus its score (0 for the best)
+    se_behind: float   # paired SE of that difference
+    why: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kept": self.kept, "score": round(self.value, 4), "se": round(self.se, 4),
+                "behind": round(self.behind, 4), "se_behind": round(self.se_behind, 4), "why": self.why}
+
+
+def rank_key(name: str, score: Score) -> tuple:
+    """Higher score first; an exact tie goes to the cheaper plan (ORDER)."""
+    return (-score.value, ORDER.index(name) if name in ORDER else len(ORDER), name)
+
+
+def choose_survivors(scores: dict[str, Score], keep: int) -> list[Verdict]:
+    """Keep the `keep` best of `scores` by the run's metric; exact ties go to the cheaper plan.
+
+    Every verdict says where the candidate stood: its score ± SE, and how far it was behind the
+    best, with the paired SE of that gap (how much of it the validation images' luck could explain)."""
+    ranked = sorted(scores, key=lambda n: rank_key(n, scores[n]))
+    best = scores[ranked[0]]
+    verdicts = []
+    for place, name in enumerate(ranked, start=1):
+        score = scores[name]
+        behind, se_behind = best.value - score.value, (score.se_of_difference(best) if place > 1 else 0.0)
+        kept = place <= keep
+        if place == 1:
+            why = f"best of {len(ranked)}"
+        else:
+            sigmas = behind / se_behind if se_behind > 0 else math.inf if behind > 0 else 0.0
+            why = (f"{'kept' if kept else 'cut'}: rank {place} of {len(ranked)}, keep {keep}; "
+                   f"{behind:.3f} behind {ranked[0]} ({sigmas:.1f} paired SE)")
+        verdicts.append(Verdict(name, kept, score.value, score.se, behind, se_behind, why))
+    return verdicts
 
 
 @dataclass
@@ -29,49 +159,8 @@ class Entry:
     rungs: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
-    def score(self) -> tuple[float, float]:
-        """(val acc, val loss) of its last leg, as `choose_survivors` ranks them."""
-        return self.rungs[-1]["score_acc"], self.rungs[-1]["score_loss"]
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "strategy": self.strategy, "rungs": self.rungs, "seconds": round(self.seconds, 2)}
-
-
-def accuracy_tolerance(accuracy: float, val_size: int) -> float:
-    """One binomial standard error of a validation accuracy: differences within it are noise."""
-    p = min(max(accuracy, 1.0 / max(val_size, 1)), 1 - 1.0 / max(val_size, 1))
-    return math.sqrt(p * (1 - p) / max(val_size, 1))
-
-
-def choose_survivors(scores: dict[str, tuple[float, float]], keep: int, val_size: int,
-                     tolerance: float = TIE_TOLERANCE) -> list[str]:
-    """The `keep` best of `scores` (name -> (val acc, val loss)), one at a time:
-
-    1. the contenders: accuracy within one binomial standard error of the best accuracy left;
-    2. among them, validation loss within `tolerance` of their lowest;
-    3. among those, the cheaper plan.
-
-    On a tiny validation split every accuracy is within the noise, so the loss decides; on a larger
-    one a clear accuracy gap decides first, so a calibrated but uninformative model (all near
-    chance, low loss) cannot beat one that classifies better.
-    """
-    left = dict(scores)
-    chosen: list[str] = []
-    while left and len(chosen) < keep:
-        best_acc = max(acc for acc, _ in left.values())
-        contenders = {n: v for n, v in left.items() if v[0] >= best_acc - accuracy_tolerance(best_acc, val_size)}
-        best_loss = min(loss for _, loss in contenders.values())
-        tied = [n for n, (_, loss) in contenders.items() if loss <= best_loss + tolerance]
-        pick = min(tied, key=lambda name: (ORDER.index(name) if name in ORDER else len(ORDER), left[name][1]))
-        chosen.append(pick)
-        del left[pick]
-    return chosen
-
-
-def leg_score(val_losses: list[float], val_accs: list[float]) -> tuple[float, float]:
-    """A candidate's score after a leg: mean validation accuracy and loss of its last two evaluations
-    (two, so one lucky epoch does not decide)."""
-    if not val_losses:
-        raise ValueError("a race leg produced no validation loss (is the val split empty?)")
-    accs, losses = val_accs[-2:], val_losses[-2:]
-    return float(sum(accs) / len(accs)), float(sum(losses) / len(losses))
+    def to_dict(self, outputs: bool = False) -> dict:
+        """Its record; `outputs` keeps each rung's scored predictions (race/progress.json needs them to
+        score a resumed race's cuts; results.json does not)."""
+        rungs = self.rungs if outputs else [{k: v for k, v in r.items() if k != "outputs"} for r in self.rungs]
+        return {"name": self.name, "strategy": self.strategy, "rungs": rungs, "seconds": round(self.seconds, 2)}
