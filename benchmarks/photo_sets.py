@@ -63,6 +63,9 @@ SETS: dict[str, SetSpec] = {
     "areas": SetSpec("areas", (20, 5, 40)),             # which area of which photograph (12 classes)
     "fonts": SetSpec("fonts", (60, 10, 80)),            # which font a character is set in (6 classes)
     "symbols": SetSpec("symbols", (30, 6, 60)),         # which math symbol (10 classes), fonts split
+    # Report round 2 (built after round 1's sources-large missed and became a design row):
+    "areas-large": SetSpec("areas", (20, 20, 40), seed=2),
+    "symbols-large": SetSpec("symbols", (30, 20, 60), seed=2),
 }
 
 

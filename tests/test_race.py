@@ -298,3 +298,22 @@ def test_a_rung_is_scored_from_its_predictions_or_else_its_accuracies():
     assert plain.value == pytest.approx(0.8) and plain.se == pytest.approx((0.8 * 0.2 / 100) ** 0.5)
     older = racing.entry_score({"score_acc": 0.75, "score_loss": 0.4}, "val/acc", 100)  # race/progress.json of
     assert older.value == 0.75  # a race an earlier transferkit started
+
+
+@pytest.mark.slow
+def test_each_candidate_trains_as_that_plan_would_alone(image_folder, fast, tmp_path, monkeypatch):
+    """A candidate's random init, shuffles and augmentations do not depend on the candidates built
+    or trained before it: the race's full-llrd and scratch end where the fixed runs at the same seed
+    end (the race's scratch once drew another init than the fixed scratch run: issue 22's
+    sources-large row)."""
+    monkeypatch.setattr(race_plan, "scratch_enters", lambda advice: (True, "test"))
+    common = [f"data.root={image_folder}", *fast[:-1], "trainer.max_epochs=2", "seed=7"]
+    auto = cli.run(["fit", *common, "finetune=auto", f"run_dir={tmp_path / 'auto'}"])["auto"]
+    raced = {c["name"]: c["rungs"][-1]["val_loss"] for c in auto["candidates"]}
+    alone = {
+        "full-llrd": ["finetune=full", "finetune.backbone_lr_scale=1.0", "finetune.layer_decay=0.75"],
+        "scratch": ["finetune=full", "finetune.backbone_lr_scale=1.0", "model.weights=none"],
+    }
+    for name, overrides in alone.items():
+        fixed = cli.run(["fit", *common, *overrides, f"run_dir={tmp_path / name}"])
+        assert raced[name] == pytest.approx(fixed["metrics"]["val/loss"], rel=1e-6), name

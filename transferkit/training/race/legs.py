@@ -28,6 +28,7 @@ from transferkit.training.race.progress import RaceProgress
 from transferkit.training.race.record import adopt_winner, race_table
 from transferkit.training.race.validation import ScoredEpochsOnly, ValidationRecorder, validated_epochs_callbacks
 from transferkit.runtime.interval_checkpoint import newer_mid_epoch
+from transferkit.runtime.rng_state import capture_global_rng, restore_global_rng
 from transferkit.training.metrics_files import join_metrics, set_aside_metrics
 from transferkit.planning.spec import RunSpec
 from transferkit.training.race.rules import (SCORED_EVALUATIONS, Candidate, Entry, Rung, Score, Verdict,
@@ -57,6 +58,7 @@ class Leg:
     legs_run: int = 0
     probe: dict | None = None  # what its linear probe solved (lbfgs freeze, LP-FT), in its first leg
     weights_report: object | None = None  # what its encoder loaded from the planned weights (LoadReport)
+    rng: dict | None = None  # the random state right after its model was built, for its first leg
 
     @property
     def last_checkpoint(self) -> Path:
@@ -110,9 +112,14 @@ def pretrained_state(leg: Leg) -> tuple[dict, object] | None:
 
 
 def start_legs(spec: RunSpec, candidates: list[Candidate], datamodule, run_dir: Path) -> dict[str, Leg]:
-    legs, pretrained = {}, None
+    """Every candidate draws its random init and its first leg's shuffles and augmentations from
+    the random state the race started with, as that plan trained alone at the same seed would: a
+    candidate's result does not depend on which candidates were built or trained before it."""
+    legs, pretrained, start = {}, None, capture_global_rng()
     for candidate in candidates:
+        restore_global_rng(start)
         leg = start_leg(spec, candidate, datamodule, run_dir, pretrained)
+        leg.rng = capture_global_rng()
         pretrained = pretrained or pretrained_state(leg)
         legs[candidate.name] = leg
     return legs
@@ -153,6 +160,8 @@ def train_leg(leg: Leg, rung: Rung, shared: SharedProbe | None = None) -> None:
         if isinstance(callback, LinearProbeCallback) and leg.candidate.use_weights and shared is not None:
             callback.given, callback.given_solution = shared.features, shared.solution
     resume = leg.resume_checkpoint()
+    if resume is None and leg.rng is not None:  # a later leg's random state comes from its checkpoint
+        restore_global_rng(leg.rng)
     start = time.time()
     with kept_leg_logs(leg, checkpoint_meta(resume)["global_step"] if resume else None):
         trainer.fit(leg.task, datamodule=leg.data, ckpt_path=resume, weights_only=True)
