@@ -4,7 +4,10 @@ Runs the command from two source trees in alternation (A B A B ...), each as a f
 the same interpreter, and compares wall time (process start to exit) and test accuracy. The
 baseline tree is any checkout of an earlier commit (`git worktree add /tmp/base <commit>`).
 
-    python benchmarks/main_job.py --baseline /tmp/base --pairs 3
+    python benchmarks/main_job.py --baseline /tmp/base --pairs 10
+
+A ratio rests on at least 10 A B pairs (`--pairs`, default 10); the JSON keeps every pair's ratio and
+their spread (min, quartiles, max) beside the median.
 
 Writes `benchmarks/results/main_job.json`.
 """
@@ -54,26 +57,32 @@ def git_head(tree: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, required=True, help="source tree of the earlier commit")
-    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=10)
+    parser.add_argument("--current", type=Path, default=REPO, help="source tree of the change (default: this one)")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "main_job.json")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="main_job-"))
     rows: dict[str, list[dict]] = {"baseline": [], "current": []}
     for i in range(args.pairs):
-        for name, tree in (("baseline", args.baseline), ("current", REPO)):
+        for name, tree in (("baseline", args.baseline), ("current", args.current)):
             rows[name].append(run(tree, root / f"{name}-{i}"))
             print(f"{name} {i}: {rows[name][-1]}", flush=True)  # noqa: T201 - a benchmark script's output
     walls = {name: [r["wall_seconds"] for r in runs] for name, runs in rows.items()}
-    ratio = statistics.median(c / b for c, b in zip(walls["current"], walls["baseline"]))
+    ratios = [c / b for c, b in zip(walls["current"], walls["baseline"])]
+    ratio = statistics.median(ratios)
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratio] * 3
     record = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "command": "python " + " ".join(COMMAND), "baseline_commit": git_head(args.baseline),
-              "current_commit": git_head(REPO), "runs": rows,
+              "current_commit": git_head(args.current), "runs": rows,
+              "pairs": len(ratios), "pair_ratios": [round(r, 3) for r in ratios],
+              "pair_ratio_spread": {"min": round(min(ratios), 3), "q1": round(quartiles[0], 3),
+                                    "q3": round(quartiles[2], 3), "max": round(max(ratios), 3)},
               "median_wall": {n: statistics.median(w) for n, w in walls.items()},
               "median_pair_ratio_current_over_baseline": round(ratio, 3),
               "test_acc": {n: sorted({r["test_acc"] for r in runs}) for n, runs in rows.items()}}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({k: record[k] for k in ("median_wall", "median_pair_ratio_current_over_baseline", "test_acc")}))  # noqa: T201
+    print(json.dumps({k: record[k] for k in ("median_wall", "median_pair_ratio_current_over_baseline", "pair_ratio_spread", "test_acc")}))  # noqa: T201
 
 
 if __name__ == "__main__":
