@@ -45,6 +45,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("training",),  # the fit session: trainer, run directory, results, resume, the race's legs
     ("evaluation",),  # measure, transferability, weight arithmetic, run reports and figures
     ("exporting",),  # ONNX/TorchScript with parity (checked by running the exported file through inference)
+    ("serving",),  # serve: the one predictor behind an HTTP server (LitServe), each request checked first
     ("inference",),  # predict without the training stack: one predictor, one dataset, one set of writers
     ("tasks",),  # LightningModules, fine-tuning strategies, optimizers, schedules, head solver
     ("models",),  # backbones (the one timm.create_model caller), weights, heads, FCN, input format

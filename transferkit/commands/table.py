@@ -56,6 +56,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("audit", "audit",
             "Find what is wrong with a data set: duplicates and leaks across splits, likely wrong labels, outliers.",
             'run = transferkit.audit(data={"root": "my_images/"}, model={"weights": "charnet"})'),
+    Command("serve", "serve",
+            "Serve a model over HTTP with dynamic batching (LitServe): POST /predict, GET /health, GET /info.",
+            'transferkit.serve(ckpt_path="outputs/<date>/<time>", serve={"port": 8000})  # blocks until Ctrl+C'),
     Command("report", "report", "Rebuild a run's report.html from the files the run saved (no re-evaluation).",
             'run = transferkit.report(run="outputs/<date>/<time>")'),
 )}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -22,9 +23,9 @@ _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that sw
 class UnreadableImageError(OSError):
     """A file that cannot be decoded; ``reason`` is a short, human-readable cause."""
 
-    def __init__(self, path: Path | str, reason: str) -> None:
+    def __init__(self, path: Path | str | BinaryIO, reason: str) -> None:
         super().__init__(f"{str(path)!r}: {reason}")
-        self.path = Path(path)
+        self.path = Path(path) if isinstance(path, (str, os.PathLike)) else Path(getattr(path, "name", "<memory>"))
         self.reason = reason
 
 
@@ -57,7 +58,7 @@ def displayed_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
 
 
-def open_image(path: Path | str, min_size: int | None = None) -> Image.Image:
+def open_image(path: Path | str | BinaryIO, min_size: int | None = None) -> Image.Image:
     """Open and fully decode the first frame of ``path``; EXIF orientation applied.
 
     ``min_size`` lets JPEGs decode at a reduced scale (DCT scaling) while keeping

@@ -158,21 +158,27 @@ def overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Colour] | Non
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
+def index_png_image(mask: np.ndarray, palette: Sequence[Colour] | None = None) -> Image.Image:
+    """``mask`` as the image of a palette PNG whose indices are the class ids (16-bit grey above 255)."""
+    mask = np.asarray(mask)
+    if mask.min(initial=0) < 0:
+        raise ValueError("a mask holds negative class ids; class ids start at 0.")
+    if mask.max(initial=0) > 255:
+        return Image.fromarray(mask.astype(np.uint16))  # no palette holds > 256 ids
+    image = Image.fromarray(mask.astype(np.uint8))  # mode L; putpalette turns it into P
+    colours = list(palette) if palette is not None else voc_palette()
+    colours = colours + voc_palette()[len(colours) :]
+    image.putpalette([channel for colour in colours[:256] for channel in colour])
+    return image
+
+
 def write_index_png(
     mask: np.ndarray, path: Path | str, palette: Sequence[Colour] | None = None
 ) -> Path:
     """Write ``mask`` as a palette PNG whose indices are the class ids (16-bit grey above 255)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mask = np.asarray(mask)
-    if mask.min(initial=0) < 0:
+    if np.asarray(mask).min(initial=0) < 0:
         raise ValueError(f"cannot write negative class ids to {str(path)!r}.")
-    if mask.max(initial=0) > 255:
-        Image.fromarray(mask.astype(np.uint16)).save(path)  # no palette holds > 256 ids
-        return path
-    image = Image.fromarray(mask.astype(np.uint8))  # mode L; putpalette turns it into P
-    colours = list(palette) if palette is not None else voc_palette()
-    colours = colours + voc_palette()[len(colours) :]
-    image.putpalette([channel for colour in colours[:256] for channel in colour])
-    image.save(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    index_png_image(mask, palette).save(path)
     return path

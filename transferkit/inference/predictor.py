@@ -7,7 +7,7 @@ Imports neither Lightning nor timm: predicting from an exported model needs neit
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ class Predictor:
     in_chans: list[int]
     transforms: list[Callable]
     scores: Scores
+    input_formats: list[InputSpec] = field(default_factory=list)  # member i's preprocessing, as recorded
 
 
 def device() -> torch.device:
@@ -58,12 +59,16 @@ def task_predictor(task) -> Predictor:
     task.to(target)
     spec = InputSpec.from_data_config(task.hparams.data_config)
     return Predictor(task.kind, list(task.class_names), [spec.in_chans], [spec.eval_transform()],
-                     logit_scores(lambda batch: task(batch.to(target)), task.kind))
+                     logit_scores(lambda batch: task(batch.to(target)), task.kind), [spec])
+
+
+def member_formats(ensemble) -> list[InputSpec]:
+    return [InputSpec.from_data_config(m.hparams.data_config) for m in ensemble.members]
 
 
 def member_inputs(ensemble) -> tuple[list[int], list]:
     """Per ensemble member: its input channels and its eval pipeline (each keeps its own preprocessing)."""
-    specs = [InputSpec.from_data_config(m.hparams.data_config) for m in ensemble.members]
+    specs = member_formats(ensemble)
     return [s.in_chans for s in specs], [s.eval_transform() for s in specs]
 
 
@@ -71,14 +76,15 @@ def ensemble_predictor(ensemble) -> Predictor:
     """An `EnsembleTask`: probabilities averaged over its members and their TTA views."""
     ensemble.to(device())
     in_chans, transforms = member_inputs(ensemble)
-    return Predictor(ensemble.kind, list(ensemble.class_names), in_chans, transforms, ensemble.probabilities)
+    return Predictor(ensemble.kind, list(ensemble.class_names), in_chans, transforms, ensemble.probabilities,
+                     member_formats(ensemble))
 
 
 def exported_predictor(path: Path | str, key: str = "ckpt_path") -> Predictor:
     """A model written by export (`model.onnx`, `model.torchscript.pt`) with its `model.meta.json`."""
     model = load_exported(path, key)
     return Predictor(model.task, model.class_names, [model.spec.in_chans], [model.transform()],
-                     logit_scores(lambda batch: torch.from_numpy(model(batch)), model.task))
+                     logit_scores(lambda batch: torch.from_numpy(model(batch)), model.task), [model.spec])
 
 
 def load_predictor(model: CheckpointSpec) -> Predictor:

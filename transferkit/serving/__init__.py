@@ -1,0 +1,1 @@
+"""`python -m transferkit serve`: the one predictor behind an HTTP server (LitServe, dynamic batching)."""
