@@ -60,8 +60,11 @@ class Run:
             >>> transferkit.load("outputs/2026-01-01/12-00-00").results["metrics"]  # doctest: +SKIP
         """
         if self._results is None:
+            # lazy: plain values only (no torch); the run's own paths read where the directory is now
+            from transferkit.runtime.run_paths import read_located
+
             path = self.dir / "results.json"
-            self._results = json.loads(path.read_text()) if path.is_file() else {}
+            self._results = read_located(json.loads(path.read_text()), self.dir) if path.is_file() else {}
         return self._results
 
     @property

@@ -122,6 +122,20 @@ def check_race_resumable(saved: DictConfig, cfg: DictConfig, keys: list[str], ru
                           "resume again with a larger trainer.max_epochs to train its winner longer.")
 
 
+def check_data_root(saved: DictConfig, cfg: DictConfig, keys: list[str], run_dir: Path) -> None:
+    """`data.root=` on resume names where the run's image folder is now (moved, or another machine); a run
+    on embedded data has no folder to move. Without it, the recorded folder must still be there."""
+    recorded = saved.data.get("root")
+    if "data.root" in keys and recorded is None:
+        raise ConfigError(f"data.root cannot be given when resuming {run_dir}: the run trained on the embedded "
+                          f"data set {saved.data.get('embedded')!r}, not a folder. Resume without data.root=.")
+    if "data.root" not in keys and recorded is not None and not Path(str(recorded)).expanduser().exists():
+        raise FileNotFoundError(f"resume={run_dir}: the run's data.root={str(recorded)!r} does not exist here (moved, "
+                                "or another machine); point it at the same images' new place: python -m "
+                                f"transferkit fit resume={run_dir} data.root=<new place> (the splits are checked to "
+                                "be the same files).")
+
+
 def candidate_config(saved: DictConfig, candidate: Candidate) -> DictConfig:
     """The run's config with a race candidate's finetune group (and augmentation): what its leg trained."""
     derived = OmegaConf.create({**OmegaConf.to_container(saved, resolve=True), "finetune": candidate.finetune})
@@ -169,6 +183,7 @@ def config_of_resumed_run(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     if not child:  # a second writer stops here, at once, naming the holder (transferkit.runtime.lock)
         lock_run_dir(run_dir)
     saved = OmegaConf.load(run_dir / "config.yaml")
+    check_data_root(saved, cfg, keys, run_dir)
     last: Path | None = None
     if saved.finetune.get("strategy") == "auto" and not (results.get("auto") or {}).get("winner"):
         check_race_resumable(saved, cfg, keys, run_dir)  # each candidate continues from its own checkpoint

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from transferkit.config.files import trainer_flags
@@ -32,6 +31,8 @@ from transferkit.evaluation.reports.seg_grid import GRID_SAMPLES, SegmentationGr
 from transferkit.runtime.rng_state import RngStateCallback
 from transferkit.runtime.guards import FiniteLossGuard, SignalCheckpoint
 from transferkit.runtime.checkpoint_io import AtomicCheckpointIO
+from transferkit.runtime.checkpoint_state import RunCheckpoint
+from transferkit.runtime.run_paths import portable
 from transferkit.training.console import is_interactive, progress_callbacks
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def build_callbacks(spec: RunSpec, run_dir: Path, monitor: str, mode: str,
                     last_every_n_epochs: int = 1) -> list[pl.Callback]:
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
 
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
+    checkpoint = RunCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor,
                                  mode=mode, save_last=False, auto_insert_metric_name=False,
                                  enable_version_counter=False)
     # save_last=True would refresh last.ckpt only when best.ckpt is saved (Lightning 2.6), so a
@@ -115,7 +116,7 @@ def build_callbacks(spec: RunSpec, run_dir: Path, monitor: str, mode: str,
     last = LastCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                           auto_insert_metric_name=False, enable_version_counter=False,
                           every_n_epochs=last_every_n_epochs)
-    callbacks: list[pl.Callback] = [checkpoint, last, FormatRecord(spec.to_dict())]
+    callbacks: list[pl.Callback] = [checkpoint, last, FormatRecord(portable(spec.to_dict(), run_dir))]
     callbacks += run_guard_callbacks(run_dir / "checkpoints")
     every_minutes = spec.callbacks.checkpoint_every_minutes
     if every_minutes is not None:
@@ -138,7 +139,7 @@ def build_callbacks(spec: RunSpec, run_dir: Path, monitor: str, mode: str,
     return callbacks
 
 
-class LastCheckpoint(ModelCheckpoint):
+class LastCheckpoint(RunCheckpoint):
     """last.ckpt: its saved state does not depend on how often it saves (`every_n_epochs`), so a
     race leg that writes it only at its end resumes the state the previous leg saved."""
 

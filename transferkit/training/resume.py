@@ -21,19 +21,23 @@ from omegaconf import OmegaConf, open_dict
 from transferkit.errors import ConfigError
 from transferkit.planning.spec import RunSpec
 from transferkit.runtime.checkpoint_io import checkpoint_problem
+from transferkit.runtime.run_paths import read_located
 from transferkit.training.rundir import write_config
 
 log = logging.getLogger("transferkit")
 
 # What may change on resume: nothing that changes what is trained (`transferkit.planning.resume` checks).
+# data.root: the same files at another place (a moved run, another machine); the splits are checked to match.
 RESUME_KEYS = ("resume", "trainer.max_epochs", "data.num_workers", "trainer.enable_progress_bar",
-               "trainer.log_every_n_steps", "trainer.enable_model_summary", "checkpoint.every_minutes", "debug")
+               "trainer.log_every_n_steps", "trainer.enable_model_summary", "checkpoint.every_minutes", "debug",
+               "data.root")
 
 
 def read_results(run_dir: Path) -> dict:
+    """results.json, its paths of the run's own files absolute where the run directory is now."""
     path = run_dir / "results.json"
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return read_located(json.loads(path.read_text()), run_dir) if path.is_file() else {}
     except json.JSONDecodeError:
         return {}
 
@@ -49,12 +53,55 @@ def write_resumed_config(config: dict, run_dir: Path) -> None:
     write_config(OmegaConf.to_container(saved), run_dir)
 
 
-def check_same_splits(record: dict, run_dir: Path) -> None:
+def check_same_splits(record: dict, run_dir: Path, root: str | None = None) -> None:
+    """The resumed run's data splits into the files splits.json records (by their paths under data.root,
+    which may have moved: `fit resume=<run> data.root=<new place>`), else one line naming the first
+    file that differs."""
     path = run_dir / "splits.json"
-    if path.is_file() and json.loads(path.read_text()) != json.loads(json.dumps(record, default=str)):
-        raise ConfigError(f"resume={run_dir}: the data no longer splits as splits.json records (files were "
-                          "added, removed or renamed under data.root); the run cannot continue on other data. "
-                          "Start a new run.")
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    old_root = saved.get("root") or OmegaConf.load(run_dir / "config.yaml").data.get("root")
+    before, now = under_root(saved, old_root), under_root(json.loads(json.dumps(record, default=str)), root)
+    difference = first_difference(before, now)
+    if difference is not None:
+        where, was, found = difference
+        raise ConfigError(f"resume={run_dir}: the data no longer splits as splits.json records: its {where} was "
+                          f"{was!r}, data.root={str(root)!r} gives {found!r} (files added, removed, renamed or "
+                          "changed); the run cannot continue on other data. Point data.root= at the folder the "
+                          "run trained on (data.root=<its new place> if it moved), or start a new run.")
+
+
+def under_root(record, root: str | None):
+    """A split record with the data root taken out: paths relative to it, so a moved folder compares equal."""
+    prefix = str(root).rstrip("/") + "/" if root else None
+    if isinstance(record, dict):
+        return {k: under_root(v, root) for k, v in record.items() if k != "root"}
+    if isinstance(record, list):
+        return [under_root(v, root) for v in record]
+    if prefix and isinstance(record, str) and record.startswith(prefix):
+        return record[len(prefix):]
+    return record
+
+
+def first_difference(before, now, where: str = "") -> tuple[str, object, object] | None:
+    """Where two records first differ (`splits.train[3][0]`), what it was and what it is."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        for key in [*before, *(k for k in now if k not in before)]:
+            found = first_difference(before.get(key), now.get(key), f"{where}.{key}" if where else str(key))
+            if found is not None:
+                return found
+        return None
+    if isinstance(before, list) and isinstance(now, list):
+        for i, (a, b) in enumerate(zip(before, now)):
+            found = first_difference(a, b, f"{where}[{i}]")
+            if found is not None:
+                return found
+        if len(before) != len(now):
+            i = min(len(before), len(now))
+            return f"{where}[{i}]", before[i] if i < len(before) else None, now[i] if i < len(now) else None
+        return None
+    return None if before == now else (where, before, now)
 
 
 def session_record(run_dir: Path, command: str, previous: dict, resumed_from: dict | None) -> dict:

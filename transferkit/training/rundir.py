@@ -13,10 +13,12 @@ from omegaconf import OmegaConf
 from transferkit.runtime.disk import check_writable
 from transferkit.runtime.lock import acquire_run_lock, release_run_lock
 from transferkit.runtime.rendezvous import agree_on_run_dir, detect_launch
+from transferkit.runtime.run_paths import portable
 
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "spec.json"
+RESULTS_FILE = "results.json"
 ENV_RUN_DIR = "TRANSFERKIT_RUN_DIR"
 ENV_CV_DIR = "TRANSFERKIT_CV_DIR"  # a cv run's own directory, for its DDP workers (each fold has ENV_RUN_DIR)
 
@@ -94,9 +96,11 @@ def reuse_run_dir(run_dir: str) -> Path:
 
 
 def write_config(config: dict, run_dir: Path) -> Path:
-    """config.yaml: the composed config users know (resolved), which `fit resume=` and `test` read back."""
+    """config.yaml: the composed config users know (resolved), which `fit resume=` and `test` read back.
+    Its `run_dir` is `.` (this directory, wherever it is now), the run's own files relative to it."""
     path = run_dir / "config.yaml"
-    path.write_text(OmegaConf.to_yaml(config, resolve=True))
+    resolved = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+    path.write_text(OmegaConf.to_yaml(portable({**resolved, "run_dir": str(run_dir)}, run_dir)))
     return path
 
 
@@ -106,6 +110,10 @@ def write_spec(spec, run_dir: Path) -> Path:
 
 
 def write_json(data: dict, path: Path) -> Path:
+    """`data` as JSON at `path`, atomically. A run's results.json and spec.json name the run's own files
+    relative to its directory (`transferkit.runtime.run_paths`), so the directory can move."""
+    if path.name in (RESULTS_FILE, SPEC_FILE):
+        data = portable(data, path.parent)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     tmp.replace(path)  # atomic: a killed run never leaves half a results.json

@@ -83,7 +83,7 @@ def open_run(spec: RunSpec, datamodule) -> tuple[Path, dict]:
     if rank_zero_only.rank == 0:
         log.info("Run directory: %s", run_dir)
         if resumed:
-            check_same_splits(datamodule.split_record, run_dir)
+            check_same_splits(datamodule.split_record, run_dir, spec.data.root)
             remove_stale_temps(run_dir / "checkpoints")
             if "global_step" in resumed_from:
                 set_aside_metrics(run_dir, resumed_from["global_step"])
