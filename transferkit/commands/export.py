@@ -1,5 +1,6 @@
-"""`python -m transferkit export ckpt_path=... [format=onnx|torchscript] [input=...]`: write the model
-as `model.onnx` or `model.torchscript.pt` plus `model.meta.json`, kept only if it passes parity."""
+"""`python -m transferkit export ckpt_path=... [format=onnx|torchscript|openvino] [export.quantize=int8]
+[input=...]`: write the model as `model.onnx`, `model.torchscript.pt`, `model.xml` (+ `.bin`) or, INT8,
+`model.int8.onnx` / `model.int8.xml`, plus `model.meta.json`, kept only if it passes its check."""
 
 from __future__ import annotations
 
@@ -23,14 +24,15 @@ def run(cfg: DictConfig) -> dict:
     start = time.time()
     spec = export_spec(cfg)
     task = load_task(spec.checkpoint)
-    samples = parity_samples(cfg, spec, task)
+    samples, calibration = parity_samples(cfg, spec, task)
     run_dir = create_run_dir(spec.run_dir)
     write_config(spec.config, run_dir)
     log.info("Run directory: %s", run_dir)
-    results, meta = export_model(spec, task, samples, run_dir, lambda path, meta: ExportedModel(path, meta))
+    results, meta = export_model(spec, task, samples, run_dir, lambda path, meta: ExportedModel(path, meta),
+                                 calibration)
     if meta is None:
         write_json({**results, "wall_seconds": round(time.time() - start, 2)}, run_dir / "results.json")
-        raise ParityError(failure_message(spec.format, results["parity"], run_dir))
+        raise ParityError(failure_message(spec.format, results, run_dir))
     model = run_dir / spec.file_name
     write_json(meta, meta_path(model))
     results.update(model=str(model), meta=str(meta_path(model)), wall_seconds=round(time.time() - start, 2))

@@ -1,5 +1,6 @@
-"""Write an `InferenceGraph` as ONNX (torch.onnx.export through torch.export) or TorchScript
-(torch.jit.trace), with a dynamic batch axis (and dynamic height and width for segmentation)."""
+"""Write an `InferenceGraph` as ONNX (torch.onnx.export through torch.export), TorchScript
+(torch.jit.trace) or OpenVINO IR (the ONNX file through openvino.convert_model), with a dynamic batch
+axis (and dynamic height and width for segmentation)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torc
 
 class ExportError(ConfigError):
     """The exporter could not turn the model into the requested format."""
+
+
+def require_export_package(name: str, what: str) -> None:
+    """`name` importable, or a one-line error naming what needs it and how to install it."""
+    try:
+        __import__(name)
+    except ImportError:
+        raise ExportError(f"{what} needs {name}, which is not installed; install the export extra: "
+                          f"{EXPORT_EXTRA_HINT}") from None
 
 
 def require_onnx_packages() -> None:
@@ -97,3 +107,22 @@ def export_torchscript(graph: torch.nn.Module, example: torch.Tensor, path: Path
     except Exception as error:  # noqa: BLE001 - the tracer raises RuntimeError/TypeError variants
         raise ExportError(f"format=torchscript: torch.jit.trace failed ({first_line(error)}); add debug=true "
                           "for the traceback, or try format=onnx.") from error
+
+
+def convert_openvino(onnx_path: Path):
+    """The ONNX file as an in-memory OpenVINO model (dynamic axes kept)."""
+    require_export_package("openvino", "format=openvino")
+    import openvino as ov  # lazy: optional extra
+
+    try:
+        return ov.convert_model(str(onnx_path))
+    except Exception as error:  # noqa: BLE001 - the converter raises many types
+        raise ExportError(f"format=openvino: openvino.convert_model failed ({first_line(error)}); add debug=true "
+                          "for the traceback, or try format=onnx.") from error
+
+
+def save_openvino(model, xml_path: Path) -> None:
+    """Write `model.xml` + `model.bin` with FP32 weights (save_model would compress them to FP16)."""
+    import openvino as ov  # lazy: optional extra
+
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)

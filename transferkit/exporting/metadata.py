@@ -10,10 +10,14 @@ from importlib import metadata as package_metadata
 from pathlib import Path
 
 from transferkit.data.inputs import InputSpec
+from transferkit.inference.exported import OPENVINO_CONFIG
 
 META_VERSION = 1
 VERSIONED = ("transferkit", "torch", "timm", "albumentations", "opencv-python-headless", "opencv-python",
-             "onnx", "onnxscript", "onnxruntime")
+             "onnx", "onnxscript", "onnxruntime", "openvino", "nncf")
+EXPORTERS = {"onnx": "torch.onnx.export(dynamo=True)", "torchscript": "torch.jit.trace",
+             "openvino": "torch.onnx.export(dynamo=True) -> openvino.convert_model -> save_model(compress_to_fp16=False)"}
+OPENVINO_RUNTIME = {"device": "CPU", **OPENVINO_CONFIG}  # what predict compiles the model with
 
 
 def sha256(path: Path) -> str:
@@ -64,7 +68,9 @@ def output_record(kind: str, num_classes: int) -> dict:
 
 
 def build_meta(task, kind: str, spec: InputSpec, ckpt: Path, fmt: str, file_name: str, opset: int | None,
-               uint8_input: bool, axes: dict[int, str]) -> dict:
+               uint8_input: bool, axes: dict[int, str], quantize: str | None = None) -> dict:
+    """The metadata; `export.quantize` ("int8" or None) and, for OpenVINO, `export.runtime` are optional keys
+    (absent in older files: FP32)."""
     model = dict(task.hparams.get("model") or {})
     return {
         "meta_version": META_VERSION,
@@ -75,8 +81,8 @@ def build_meta(task, kind: str, spec: InputSpec, ckpt: Path, fmt: str, file_name
         "output": output_record(kind, len(task.class_names)),
         "export": {"format": fmt, "file": file_name, "opset": opset, "include_preprocessing": uint8_input,
                    "dynamic_axes": sorted(set(axes.values()), key=["batch", "height", "width"].index),
-                   "exporter": "torch.onnx.export(dynamo=True)" if fmt == "onnx" else "torch.jit.trace",
-                   "eval_mode": True},
+                   "exporter": EXPORTERS[fmt], "eval_mode": True, "quantize": quantize,
+                   **({"runtime": OPENVINO_RUNTIME} if fmt == "openvino" else {})},
         "source": {"checkpoint": str(Path(ckpt).resolve()), "sha256": sha256(ckpt),
                    "backbone": model.get("backbone"), "head": model.get("head") if kind == "segmentation" else None},
         "versions": versions(),

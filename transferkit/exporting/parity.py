@@ -104,7 +104,7 @@ def check_parity(kind: str, reference: torch.nn.Module, exported: Callable, batc
     """Run both models on each `(names, normalised float batch, exported model's input batch)`."""
     tally = ParityTally(kind)
     with torch.inference_mode():
-        for names, floats, prepared in batches:
+        for names, floats, prepared, *_ in batches:
             tally.add(names, reference(floats).numpy(), np.asarray(exported(prepared)))
     return tally.report()
 

@@ -1,13 +1,21 @@
-"""`export`: write the task's inference graph as ONNX or TorchScript into the run directory, check it
-against the PyTorch model (parity), and keep it (with its `model.meta.json`) only if it passes."""
+"""`export`: write the task's inference graph as ONNX, TorchScript or OpenVINO IR (FP32, or INT8 for ONNX and
+OpenVINO) into the run directory, check it against the PyTorch model (FP32: parity; INT8: accuracy on the
+test split), and keep it (with its `model.meta.json`) only if it passes."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from transferkit.exporting.formats import dynamic_axes, export_onnx, export_torchscript
+import numpy as np
+import torch
+
+from transferkit.exporting.accuracy import check_accuracy, describe_accuracy
+from transferkit.exporting.formats import (convert_openvino, dynamic_axes, export_onnx, export_torchscript,
+                                           save_openvino)
+from transferkit.exporting.int8 import quantize_onnx, quantize_openvino
 from transferkit.exporting.graph import build_graph, example_input, other_shape_input
 from transferkit.exporting.metadata import build_meta
 from transferkit.exporting.parity import check_parity, describe
@@ -17,54 +25,111 @@ from transferkit.data.inputs import InputSpec
 
 log = logging.getLogger("transferkit")
 
+PARTIAL_DIR = "partial"  # the files written, before the check decides whether they are kept
+CALIBRATION_BATCH = 8
+
 
 class ParityError(RuntimeError):
     """The exported model does not compute what the PyTorch model computes; it was not kept."""
 
 
-def write_model(fmt: str, graph, example, path: Path, axes: dict[int, str], opset: int) -> int | None:
-    if fmt == "onnx":
-        return export_onnx(graph, example, path, axes, opset)
-    export_torchscript(graph, example, path)
-    return None
+def write_model(spec: ExportSpec, graph, example, path: Path, axes: dict[int, str],
+                calibration: list[np.ndarray]) -> tuple[int | None, dict | None]:
+    """Write `path`; returns the ONNX opset (None for TorchScript) and, for INT8, how it was quantized.
+    OpenVINO and INT8 go through the FP32 ONNX file, which is then removed."""
+    if spec.format == "torchscript":
+        export_torchscript(graph, example, path)
+        return None, None
+    onnx_path = path if spec.format == "onnx" and not spec.quantize else path.with_name("fp32.onnx")
+    opset = export_onnx(graph, example, onnx_path, axes, spec.opset)
+    quantization = None
+    if spec.format == "onnx" and spec.quantize:
+        quantization = quantize_onnx(onnx_path, path, calibration)
+    elif spec.format == "openvino":
+        model = convert_openvino(onnx_path)
+        if spec.quantize:
+            model, quantization = quantize_openvino(model, calibration)
+        save_openvino(model, path)
+    if onnx_path != path:
+        onnx_path.unlink()
+    return opset, quantization
+
+
+def calibration_batches(calibration: Samples | None, inputs: InputSpec, uint8_input: bool) -> list[np.ndarray]:
+    """The exported model's inputs for the INT8 calibration images (none without quantization)."""
+    if calibration is None:
+        return []
+    where, count, items = calibration
+    log.info("Calibrating INT8 ranges on %s (%d images) ...", where, count)
+    return [prepared.numpy() for _, _, prepared, _ in parity_batches(items, inputs, uint8_input, CALIBRATION_BATCH)]
+
+
+def check_int8(max_drop: float, graph, exported, batches, other) -> dict:
+    """The INT8 rule (accuracy within `max_drop` points of the checkpoint's) and a run on another shape."""
+    report = check_accuracy(graph.network, exported, batches, max_drop)
+    with torch.inference_mode():
+        shape_ok = np.asarray(exported(other)).shape == tuple(graph(other).shape)
+    log.info("INT8 accuracy: %s; another shape %s: %s", describe_accuracy(report), tuple(other.shape),
+             "runs" if shape_ok else "FAILED")
+    return {**report, "other_shape": {"shape": list(other.shape), "passed": bool(shape_ok)}}
+
+
+def check_fp32(kind: str, graph, exported, batches, other) -> dict:
+    """The FP32 rule (logits within tolerance, argmax agreeing) on the samples and on another shape."""
+    report = check_parity(kind, graph.network, exported, batches)
+    shape_report = check_parity(kind, graph, exported, [([f"random {tuple(other.shape)}"] * len(other), other, other)])
+    log.info("Parity: %s; another shape %s: %s", describe(report), tuple(other.shape),
+             "passed" if shape_report["passed"] else "FAILED")
+    return {**report, "other_shape": {"shape": list(other.shape), "passed": shape_report["passed"],
+                                      "max_abs_logit_diff": shape_report["max_abs_logit_diff"]}}
 
 
 def export_model(spec: ExportSpec, task, samples: Samples, run_dir: Path,
-                 load_exported: Callable[[Path, dict], Callable]) -> tuple[dict, dict | None]:
-    """Export `task` into `run_dir` and check parity on `samples`; `load_exported(path, meta)` runs the
-    written file. Returns results.json (no `wall_seconds` yet; `status` completed or failed) and the
-    metadata to write beside the kept model (None when parity failed and nothing was kept)."""
+                 load_exported: Callable[[Path, dict], Callable],
+                 calibration: Samples | None = None) -> tuple[dict, dict | None]:
+    """Export `task` into `run_dir` and check it on `samples` (FP32: parity; INT8, calibrated on
+    `calibration`: accuracy); `load_exported(path, meta)` runs the written file. Returns results.json (no
+    `wall_seconds` yet; `status` completed or failed) and the metadata to write beside the kept model (None
+    when the check failed and nothing was kept)."""
     kind, fmt, uint8_input = task.kind, spec.format, spec.include_preprocessing
     inputs = InputSpec.from_data_config(task.hparams.data_config)
     graph, axes = build_graph(task, inputs, uint8_input), dynamic_axes(kind, uint8_input)
-    partial = run_dir / f"partial-{spec.file_name}"  # moved into place only once parity passed
-    log.info("Exporting %s (%s, %s input) to %s ...", kind, fmt, "uint8 NHWC" if uint8_input else "float32 NCHW",
-             spec.file_name)
-    opset = write_model(fmt, graph, example_input(inputs, uint8_input, kind), partial, axes, spec.opset)
-    meta = build_meta(task, kind, inputs, Path(spec.checkpoint), fmt, spec.file_name, opset, uint8_input, axes)
-    exported = load_exported(partial, meta)
+    partial = run_dir / PARTIAL_DIR  # its files are moved into place only once the check passed
+    partial.mkdir(exist_ok=True)
+    log.info("Exporting %s (%s%s, %s input) to %s ...", kind, fmt, f" {spec.quantize}" if spec.quantize else "",
+             "uint8 NHWC" if uint8_input else "float32 NCHW", spec.file_name)
+    opset, quantization = write_model(spec, graph, example_input(inputs, uint8_input, kind), partial / spec.file_name,
+                                      axes, calibration_batches(calibration, inputs, uint8_input))
+    meta = build_meta(task, kind, inputs, Path(spec.checkpoint), fmt, spec.file_name, opset, uint8_input, axes,
+                      spec.quantize)
+    if quantization is not None:
+        meta["quantization"] = {**quantization, "calibration": {"on": calibration[0], "images": calibration[1]}}
+    exported = load_exported(partial / spec.file_name, meta)
     where, count, items = samples
-    log.info("Checking parity on %s (%d images) ...", where, count)
+    log.info("Checking %s on %s (%d images) ...", "INT8 accuracy" if spec.quantize else "parity", where, count)
     batches = parity_batches(items, inputs, uint8_input, spec.batch_size, spec.parity_max_images)
-    report = check_parity(kind, graph.network, exported, batches)
     other = other_shape_input(inputs, uint8_input, kind)
-    shape_report = check_parity(kind, graph, exported, [([f"random {tuple(other.shape)}"] * len(other), other, other)])
-    meta["parity"] = {"on": where, **report,
-                      "other_shape": {"shape": list(other.shape), "passed": shape_report["passed"],
-                                      "max_abs_logit_diff": shape_report["max_abs_logit_diff"]}}
-    log.info("Parity: %s; another shape %s: %s", describe(report), tuple(other.shape),
-             "passed" if shape_report["passed"] else "FAILED")
-    results = {"command": "export", "status": "completed", "task": kind, "format": fmt, "checkpoint": spec.checkpoint,
-               "parity": meta["parity"], "run_dir": str(run_dir)}
-    if not (report["passed"] and shape_report["passed"]):
-        partial.unlink(missing_ok=True)
+    key = "accuracy" if spec.quantize else "parity"
+    report = (check_int8(spec.max_drop, graph, exported, batches, other) if spec.quantize
+              else check_fp32(kind, graph, exported, batches, other))
+    meta[key] = {"on": where, **report}
+    results = {"command": "export", "status": "completed", "task": kind, "format": fmt, "quantize": spec.quantize,
+               "checkpoint": spec.checkpoint, key: meta[key], "run_dir": str(run_dir)}
+    if not (meta[key]["passed"] and meta[key]["other_shape"]["passed"]):
+        shutil.rmtree(partial)
         return {**results, "status": "failed"}, None
-    partial.replace(run_dir / spec.file_name)
+    for path in sorted(partial.iterdir()):
+        path.replace(run_dir / path.name)
+    partial.rmdir()
     return results, meta
 
 
-def failure_message(fmt: str, parity: dict, run_dir: Path) -> str:
-    """Why the exported model was not kept: the parity numbers and the first disagreeing images."""
+def failure_message(fmt: str, results: dict, run_dir: Path) -> str:
+    """Why the exported model was not kept: the parity (or INT8 accuracy) numbers and the first
+    disagreeing images."""
+    if "accuracy" in results:
+        return int8_refusal(fmt, results["accuracy"], run_dir)
+    parity = results["parity"]
     firsts = "; ".join(", ".join(f"{k} {v}" for k, v in item.items()) for item in parity["first_failures"])
     text = f"format={fmt}: the exported model disagrees with the PyTorch model on {parity['on']}: {describe(parity)}"
     if firsts:
@@ -74,3 +139,11 @@ def failure_message(fmt: str, parity: dict, run_dir: Path) -> str:
         text += (f". On input of another shape {tuple(other['shape'])}: max |dlogit| "
                  f"{other['max_abs_logit_diff']:.3g}")
     return text + f". Nothing was kept (numbers in {run_dir / 'results.json'})."
+
+
+def int8_refusal(fmt: str, accuracy: dict, run_dir: Path) -> str:
+    text = f"format={fmt} export.quantize=int8 was refused on {accuracy['on']}: {describe_accuracy(accuracy)}"
+    if not accuracy["other_shape"]["passed"]:
+        text += f"; on input of another shape {tuple(accuracy['other_shape']['shape'])} the output shape was wrong"
+    return (text + ". Raise export.max_drop to accept it, calibrate on more images (export.calibration_images), "
+            f"or ship the FP32 model. Nothing was kept (numbers in {run_dir / 'results.json'}).")

@@ -1,5 +1,6 @@
 """The images parity is checked on: `input=` (a file or folder), else the checkpoint run's own test
-split (its val split when it has no test split), prepared exactly as predict prepares them."""
+split (its val split when it has no test split), prepared exactly as predict prepares them; and the
+training images an INT8 export is calibrated on."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from transferkit.data.sources import match_image_channels
 
 log = logging.getLogger("transferkit")
 
-Item = tuple[str, np.ndarray]  # (file or sample name, uint8 H x W x C)
+Item = tuple[str, np.ndarray, int | None]  # (file or sample name, uint8 H x W x C, class index if known)
 Samples = tuple[str, int, Iterator[Item]]  # (where, how many, the items)
 
 
@@ -28,7 +29,7 @@ def input_items(source: Path, in_chans: int) -> Samples:
     def items() -> Iterator[Item]:
         for path in paths:
             try:
-                yield str(path), load_image(path, in_chans=in_chans)
+                yield str(path), load_image(path, in_chans=in_chans), None
             except UnreadableImageError as error:
                 log.warning("parity: skipped %s: %s", path, error.reason)
 
@@ -56,14 +57,29 @@ def split_items(datamodule, task, in_chans: int, root: str | None) -> Samples:
 
     def items() -> Iterator[Item]:
         for i in range(len(source)):
-            yield item_name(source, i, f"{datamodule.describe()}/{split}"), match_image_channels(source[i][0], in_chans)
+            image, label = source[i]
+            yield item_name(source, i, f"{datamodule.describe()}/{split}"), match_image_channels(image, in_chans), int(label)
 
     return where, len(source), items()
 
 
+def calibration_items(datamodule, in_chans: int, count: int) -> Samples:
+    """`count` training images drawn at random (seed 0; every image when the split is smaller), in file order."""
+    source = datamodule.sources["train"]
+    chosen = np.sort(np.random.default_rng(0).permutation(len(source))[:count])
+    where = f"{datamodule.describe()} train split"
+
+    def items() -> Iterator[Item]:
+        for i in chosen:
+            image, label = source[int(i)]
+            yield item_name(source, int(i), f"{datamodule.describe()}/train"), match_image_channels(image, in_chans), int(label)
+
+    return where, len(chosen), items()
+
+
 def parity_batches(items: Iterator[Item], spec: InputSpec, uint8_input: bool, batch_size: int,
                    limit: int | None = None):
-    """`(names, normalised float32 N x C x H x W, the exported model's input)` per batch."""
+    """`(names, normalised float32 N x C x H x W, the exported model's input, labels)` per batch."""
     normalise, resize = spec.eval_transform(), spec.resize_transform()
     chunk: list[Item] = []
     for count, item in enumerate(items):
@@ -78,8 +94,8 @@ def parity_batches(items: Iterator[Item], spec: InputSpec, uint8_input: bool, ba
 
 
 def prepare(chunk: list[Item], normalise, resize, uint8_input: bool):
-    names = [name for name, _ in chunk]
-    floats = torch.stack([normalise(image=image)["image"] for _, image in chunk])
+    names, labels = [item[0] for item in chunk], [item[2] for item in chunk]
+    floats = torch.stack([normalise(image=item[1])["image"] for item in chunk])
     if not uint8_input:
-        return names, floats, floats
-    return names, floats, torch.stack([as_tensor(resize(image=image)["image"]) for _, image in chunk])
+        return names, floats, floats, labels
+    return names, floats, torch.stack([as_tensor(resize(image=item[1])["image"]) for item in chunk]), labels

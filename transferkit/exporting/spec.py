@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class ExportSpec:
     """What `export` does: the checkpoint, the file format (`file_name` in the run directory), whether the
-    graph takes uint8 pixels, and the images parity is checked on (`input`, else the run's test split)."""
+    graph takes uint8 pixels, and the images parity is checked on (`input`, else the run's test split).
+    `quantize="int8"`: static INT8, calibrated on `calibration_images` training images and refused when the
+    test accuracy drops more than `max_drop` points below the checkpoint's."""
 
     checkpoint: str
     format: str
@@ -20,4 +22,7 @@ class ExportSpec:
     batch_size: int = 64
     input: str | None = None
     run_dir: str | None = None
+    quantize: str | None = None
+    calibration_images: int = 300
+    max_drop: float = 1.0
     config: dict = field(default_factory=dict, compare=False)  # the composed config (config.yaml); never read

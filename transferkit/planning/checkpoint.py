@@ -10,10 +10,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferkit.data.loader_settings import choose_num_workers, usable_cpus
 from transferkit.errors import ConfigError, lookup
-from transferkit.exporting.formats import require_onnx_packages
-from transferkit.exporting.samples import Samples, input_items, split_items
+from transferkit.exporting.formats import require_export_package, require_onnx_packages
+from transferkit.exporting.samples import Samples, calibration_items, input_items, split_items
 from transferkit.exporting.spec import ExportSpec
-from transferkit.inference.exported import MODEL_FILES, is_exported_model
+from transferkit.inference.exported import MODEL_FILES, QUANTIZED_FILES, is_exported_model, model_file
 from transferkit.inference.spec import CheckpointSpec, PredictSpec
 from transferkit.models.input_format import InputFormat
 from transferkit.models.weights import WeightsSource
@@ -25,7 +25,8 @@ from transferkit.tasks.tta import check_tta
 from transferkit.training.builders import build_datamodule
 
 INPUT_HINT = "an image file or a folder of images"
-EXPORTED_HINT = "a model.onnx / model.torchscript.pt written by export"
+EXPORTED_HINT = "a model.onnx / model.int8.onnx / model.torchscript.pt / model.xml written by export"
+QUANTIZE_CHOICES = ("int8",)
 CKPT_HINT = "a checkpoint written by fit, e.g. outputs/<date>/<time>/checkpoints/best.ckpt"
 
 
@@ -89,26 +90,55 @@ def plan_checkpoint_test(cfg: DictConfig) -> tuple[RunSpec, CheckpointSpec, obje
     return spec_for_checkpoint(cfg, dict(first.hparams), "test", checkpoints.paths[0]), checkpoints, model
 
 
+def choose_quantize(value, fmt: str, source) -> str | None:
+    """`export.quantize`: None (FP32) or "int8" (ONNX and OpenVINO; checked on the run's labelled test split)."""
+    quantize = None if value in (None, "none", False) else str(value)
+    if quantize is None:
+        return None
+    if quantize not in QUANTIZE_CHOICES:
+        raise ConfigError(f"export.quantize={value!r} is unknown; use one of {list(QUANTIZE_CHOICES)} or null.")
+    if fmt not in QUANTIZED_FILES:
+        raise ConfigError(f"export.quantize={quantize!r} needs format=onnx or format=openvino, not format={fmt!r}.")
+    if source is not None:
+        raise ConfigError(f"export.quantize={quantize!r} checks accuracy on the run's labelled test split, not "
+                          f"input={str(source)!r}; drop input=.")
+    return quantize
+
+
 def export_spec(cfg: DictConfig) -> ExportSpec:
-    """`export`'s config as a spec; the checkpoint, the format and (ONNX) the exporter's packages checked."""
+    """`export`'s config as a spec; the checkpoint, the format, quantization and the exporter's packages checked."""
     checkpoint = require(cfg.ckpt_path, "ckpt_path", CKPT_HINT)
     fmt = str(cfg.format)
-    file_name = lookup(MODEL_FILES, fmt, "format")
-    if fmt == "onnx":
-        require_onnx_packages()  # before anything is loaded or written
+    lookup(MODEL_FILES, fmt, "format")
     options = cfg.export
-    return ExportSpec(str(checkpoint), fmt, file_name, bool(options.include_preprocessing), int(options.opset),
-                      options.get("parity_max_images"), int(cfg.data.batch_size),
+    quantize = choose_quantize(options.get("quantize"), fmt, cfg.input)
+    if fmt in ("onnx", "openvino"):  # before anything is loaded or written
+        require_onnx_packages()
+    if fmt == "openvino":
+        require_export_package("openvino", "format=openvino")
+        if quantize:
+            require_export_package("nncf", "format=openvino export.quantize=int8")
+    calibration_images, max_drop = int(options.get("calibration_images", 300)), float(options.get("max_drop", 1.0))
+    if calibration_images < 1 or not 0 <= max_drop <= 100:
+        raise ConfigError(f"export.calibration_images={calibration_images!r} must be >= 1 and export.max_drop="
+                          f"{max_drop!r} between 0 and 100 (accuracy points).")
+    return ExportSpec(str(checkpoint), fmt, model_file(fmt, quantize), bool(options.include_preprocessing),
+                      int(options.opset), options.get("parity_max_images"), int(cfg.data.batch_size),
                       None if cfg.input is None else str(cfg.input), cfg.run_dir,
-                      OmegaConf.to_container(cfg, resolve=True))
+                      config=OmegaConf.to_container(cfg, resolve=True), quantize=quantize,
+                      calibration_images=calibration_images, max_drop=max_drop)
 
 
-def parity_samples(cfg: DictConfig, spec: ExportSpec, task) -> Samples:
+def parity_samples(cfg: DictConfig, spec: ExportSpec, task) -> tuple[Samples, Samples | None]:
     """The images export checks parity on: `input=`, else the checkpoint run's test split (its data from
-    the run's config.yaml, read from the files themselves, not a cache; the format from the checkpoint)."""
+    the run's config.yaml, read from the files themselves, not a cache; the format from the checkpoint);
+    and for INT8 the training images it is calibrated on (else None)."""
     in_chans = int(task.hparams.data_config["in_chans"])
+    if spec.quantize and task.kind != "classification":
+        raise ConfigError(f"export.quantize={spec.quantize!r} is for classification models; ckpt_path="
+                          f"{spec.checkpoint!r} is a {task.kind} model: export it without export.quantize.")
     if spec.input is not None:
-        return input_items(require(spec.input, "input", INPUT_HINT), in_chans)
+        return input_items(require(spec.input, "input", INPUT_HINT), in_chans), None
     if not checkpoint_run_config(spec.checkpoint).is_file():
         raise ConfigError(f"ckpt_path={spec.checkpoint!r} has no run config.yaml two folders up, so its test split is "
                           "unknown; pass input=<image file or folder> to check parity on.")
@@ -118,4 +148,5 @@ def parity_samples(cfg: DictConfig, spec: ExportSpec, task) -> Samples:
     run_spec = spec_for_checkpoint(config, dict(task.hparams), "export", spec.checkpoint)
     datamodule = build_datamodule(run_spec.data, run_spec.model.input.in_chans)
     datamodule.scan()
-    return split_items(datamodule, task, in_chans, run_spec.data.root)
+    samples = split_items(datamodule, task, in_chans, run_spec.data.root)
+    return samples, calibration_items(datamodule, in_chans, spec.calibration_images) if spec.quantize else None
