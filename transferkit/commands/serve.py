@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from transferkit.planning.serve import serve_spec
-from transferkit.serving.server import serve
+from transferkit.serving.server import require_litserve, serve
 
 
 def model_dir(path: str) -> str:
@@ -22,6 +22,7 @@ def model_dir(path: str) -> str:
 
 def run(cfg: DictConfig) -> dict:
     start = time.time()
+    require_litserve()  # the extra named before anything else
     spec = serve_spec(cfg)  # the config stops here: the server receives the spec
     serve(spec)
     return {"command": "serve", "checkpoint": spec.model.recorded, "host": spec.host, "port": spec.port,

@@ -32,13 +32,12 @@ def serve_spec(cfg: DictConfig) -> ServeSpec:
     if port > 65535:
         raise ConfigError(f"serve.port={port!r} must be in 1024..65535.")
     limits = UploadLimits(at_least(group, "max_bytes", 1), at_least(group, "max_pixels", 1))
+    values = dict(host=str(group["host"]), port=port, max_batch_size=at_least(group, "max_batch_size", 1),
+                  batch_timeout=at_least(group, "batch_timeout", 0, float),
+                  workers_per_device=at_least(group, "workers_per_device", 1),
+                  accelerator=lookup({a: a for a in ACCELERATORS}, str(group["accelerator"]), "serve.accelerator"),
+                  timeout=at_least(group, "timeout", 0.001, float), limits=limits, top_k=int(cfg.top_k),
+                  log_level=lookup({v: v for v in LOG_LEVELS}, str(group["log_level"]), "serve.log_level"))
     if cfg.ckpt_path is None:
         raise ConfigError(f"ckpt_path is not set; serve needs the model: {MODEL_HINT}.")
-    return ServeSpec(
-        model=checkpoint_spec(cfg.ckpt_path, cfg.get("tta"), exported=True),
-        host=str(group["host"]), port=port, max_batch_size=at_least(group, "max_batch_size", 1),
-        batch_timeout=at_least(group, "batch_timeout", 0, float),
-        workers_per_device=at_least(group, "workers_per_device", 1),
-        accelerator=lookup({a: a for a in ACCELERATORS}, str(group["accelerator"]), "serve.accelerator"),
-        timeout=at_least(group, "timeout", 0.001, float), limits=limits, top_k=int(cfg.top_k),
-        log_level=lookup({v: v for v in LOG_LEVELS}, str(group["log_level"]), "serve.log_level"))
+    return ServeSpec(model=checkpoint_spec(cfg.ckpt_path, cfg.get("tta"), exported=True), **values)

@@ -4,7 +4,7 @@ the API, the dynamic batching, the workers and the request limits. Blocks until 
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import logging
 import os
 import signal
@@ -22,7 +22,12 @@ SERVE_EXTRA_HINT = 'pip install ".[serve]"'
 
 def require_litserve() -> None:
     """Stop in one line when the `serve` extra (LitServe, python-multipart) is not installed."""
-    missing = [name for name in ("litserve", "multipart") if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in ("litserve", "python_multipart"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         raise ConfigError(f"serve needs LitServe and python-multipart ({missing} not installed); "
                           f"install the serve extra: {SERVE_EXTRA_HINT}")
