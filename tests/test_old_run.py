@@ -118,13 +118,14 @@ def test_resume_trains_one_more_epoch(old_run: Path):
     run = old_run / "run"
     before = sha256(run / "checkpoints" / "last.ckpt")
     rows_before = (run / "metrics.csv").read_text().splitlines()
-    # data.root= may not be given on resume (refused: it is not a RESUME_KEY); the run's config.yaml
-    # says data.root: images, relative, so the copy is the working directory
+    # the run's config.yaml says data.root: images, relative, so the copy is the working directory (a
+    # moved data folder would be given as data.root=<new place>: tests/test_faults_moved_run.py)
     transferkit("fit", f"resume={run}", "trainer.max_epochs=3", "data.num_workers=0", *QUIET, cwd=old_run)
     results = read_json(run / "results.json")
     assert results["status"] == "completed" and results["epochs"] == 3
     assert len(results["resumes"]) == 1
-    assert Path(results["run_dir"]) == run.resolve()
+    assert results["run_dir"] == "."  # the run's own paths are written relative to it (runtime/run_paths.py)
+    assert results["best_checkpoint"] == "checkpoints/best.ckpt"  # was absolute, under where the run was made
     assert {"test/acc", "test/f1", "test/loss", "val/acc"} <= set(results["metrics"])
     assert sha256(run / "checkpoints" / "last.ckpt") != before
     with (run / "metrics.csv").open(newline="") as handle:
