@@ -1,6 +1,12 @@
 """The format version of what a run leaves on disk (checkpoints, run directories), and the one place
 that reads older formats.
 
+Paths (version 2, no new field): a run's own files are named relative to its directory in results.json,
+spec.json, config.yaml (`run_dir: .`), a checkpoint's `transferkit_spec` outputs and its ModelCheckpoint
+state (`dirpath: "."`, `best_model_path: "best.ckpt"`: relative to the checkpoint's folder). Older runs
+hold absolute paths there; they are read as moved along with their directory (`runtime/run_paths.py`,
+`runtime/checkpoint_state.py`), so no migration step is needed.
+
 Version 1: before the version was recorded (no key). Version 2: checkpoints carry
 `transferkit_format_version` and the run's spec (`transferkit_spec`, `RunSpec.to_dict()`, plain values);
 run directories carry `spec.json` and `format_version` in results.json. A later field (a calibration
