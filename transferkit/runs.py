@@ -135,7 +135,8 @@ class Run:
             self._task = load_task(paths[0]) if len(paths) == 1 else load_ensemble(paths)[0]
         return self._task
 
-    def predict(self, inputs, top_k: int = 3, tta: str = "none", batch_size: int = 32):
+    def predict(self, inputs, top_k: int = 3, tta: str = "none", batch_size: int = 32,
+                calibration: str = "temperature"):
         """Predict image files, folders, Pillow images or uint8 numpy arrays (H x W or H x W x C), with the
         preprocessing of `python -m transferkit predict` (`transferkit.inference.predictor`).
 
@@ -144,6 +145,8 @@ class Run:
             top_k: how many labels the `top_k` column lists.
             tta: test-time augmentation: none | flip | multiscale.
             batch_size: images per forward pass.
+            calibration: temperature (the probabilities use the temperature fit stored in the checkpoint or
+                model.meta.json; 1 where there is none) | none (the raw softmax).
 
         Returns:
             Classification: one record per image with the CSV's columns `path`, `label`, `probability`,
@@ -160,22 +163,24 @@ class Run:
         from transferkit.inference.images import expand_inputs
         from transferkit.inference.predictor import (ensemble_predictor, exported_predictor, predict_inputs,
                                                      task_predictor)
+        from transferkit.tasks.calibration import check_calibration
         from transferkit.tasks.tta import check_tta
 
-        tta = check_tta(tta)
+        tta, calibration = check_tta(tta), check_calibration(calibration)
         items, names = expand_inputs(inputs)
         if self.exported is not None:
             if tta != "none":
                 raise ConfigError(f"tta={tta!r} needs the checkpoint; an exported model predicts without TTA.")
-            return predict_inputs(exported_predictor(self.exported), items, names, top_k, batch_size)
+            return predict_inputs(exported_predictor(self.exported, calibration=calibration), items, names, top_k,
+                                  batch_size)
         # lazy: torch and Lightning load on first use; `import transferkit` stays light
         from transferkit.tasks.ensemble import EnsembleTask
         from transferkit.tasks.loading import load_ensemble
 
         if tta == "none" and not isinstance(self.task, EnsembleTask):
-            return predict_inputs(task_predictor(self.task), items, names, top_k, batch_size)
+            return predict_inputs(task_predictor(self.task, calibration), items, names, top_k, batch_size)
         ensemble = self.task if tta == "none" else load_ensemble(self.checkpoints(), tta)[0]
-        return predict_inputs(ensemble_predictor(ensemble), items, names, top_k, batch_size)
+        return predict_inputs(ensemble_predictor(ensemble, calibration), items, names, top_k, batch_size)
 
     def show(self) -> None:
         """Show the run in a notebook: its report.html if it has one, else its plots (PNG files) and metrics.

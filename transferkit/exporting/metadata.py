@@ -10,6 +10,7 @@ from importlib import metadata as package_metadata
 from pathlib import Path
 
 from transferkit.data.inputs import InputSpec
+from transferkit.tasks.calibration import META_FIELD
 from transferkit.inference.exported import OPENVINO_CONFIG
 
 META_VERSION = 1
@@ -64,7 +65,8 @@ def output_record(kind: str, num_classes: int) -> dict:
         return {"name": "logits", "shape": ["batch", num_classes, "height", "width"],
                 "postprocess": "resize the logits bilinearly (align_corners=false) to the image's own size, "
                                "then argmax over classes"}
-    return {"name": "logits", "shape": ["batch", num_classes], "postprocess": "softmax over classes"}
+    return {"name": "logits", "shape": ["batch", num_classes],
+            "postprocess": "divide by `temperature` (calibration; null: leave as is), then softmax over classes"}
 
 
 def build_meta(task, kind: str, spec: InputSpec, ckpt: Path, fmt: str, file_name: str, opset: int | None,
@@ -79,6 +81,7 @@ def build_meta(task, kind: str, spec: InputSpec, ckpt: Path, fmt: str, file_name
         "num_classes": len(task.class_names),
         "input": input_record(spec, kind, uint8_input, axes),
         "output": output_record(kind, len(task.class_names)),
+        META_FIELD: getattr(task, "temperature", None),  # the checkpoint's calibration temperature (null: none)
         "export": {"format": fmt, "file": file_name, "opset": opset, "include_preprocessing": uint8_input,
                    "dynamic_axes": sorted(set(axes.values()), key=["batch", "height", "width"].index),
                    "exporter": EXPORTERS[fmt], "eval_mode": True, "quantize": quantize,

@@ -7,6 +7,7 @@ Imports neither Lightning nor timm: predicting from an exported model needs neit
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from transferkit.inference.exported import load_exported
 from transferkit.inference.images import decode_input
 from transferkit.inference.outputs import as_table, masks_of, prediction_rows, unused_output, write_masks, write_rows
 from transferkit.inference.spec import CheckpointSpec
+from transferkit.tasks.calibration import apply_temperature
 from transferkit.tasks.loading import load_model
 from transferkit.tasks.tta import resize_scores
 
@@ -44,22 +46,27 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def logit_scores(logits: Callable[[torch.Tensor], torch.Tensor], kind: str) -> Scores:
-    """One model's scores: the softmax of its logits; for masks its logits resized to the image."""
+def logit_scores(logits: Callable[[torch.Tensor], torch.Tensor], kind: str, temperature: float | None = None) -> Scores:
+    """One model's scores: the softmax of its logits (divided by the calibration `temperature`); for masks
+    its logits resized to the image."""
     def scores(views: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
         out = logits(views[0]).float().cpu()
-        return resize_scores(out, size) if kind == "segmentation" else torch.softmax(out, dim=-1)
+        if kind == "segmentation":
+            return resize_scores(out, size)
+        return torch.softmax(apply_temperature(out, temperature), dim=-1)
 
     return scores
 
 
-def task_predictor(task) -> Predictor:
-    """A task loaded from a checkpoint, on the GPU when there is one."""
+def task_predictor(task, calibration: str = "temperature") -> Predictor:
+    """A task loaded from a checkpoint, on the GPU when there is one; with `calibration=temperature` its
+    probabilities use the temperature the checkpoint carries (none: the raw softmax)."""
     target = device()
     task.to(target)
+    temperature = task.temperature if calibration == "temperature" else None
     spec = InputSpec.from_data_config(task.hparams.data_config)
     return Predictor(task.kind, list(task.class_names), [spec.in_chans], [spec.eval_transform()],
-                     logit_scores(lambda batch: task(batch.to(target)), task.kind), [spec])
+                     logit_scores(lambda batch: task(batch.to(target)), task.kind, temperature), [spec])
 
 
 def member_formats(ensemble) -> list[InputSpec]:
@@ -72,27 +79,31 @@ def member_inputs(ensemble) -> tuple[list[int], list]:
     return [s.in_chans for s in specs], [s.eval_transform() for s in specs]
 
 
-def ensemble_predictor(ensemble) -> Predictor:
-    """An `EnsembleTask`: probabilities averaged over its members and their TTA views."""
+def ensemble_predictor(ensemble, calibration: str = "temperature") -> Predictor:
+    """An `EnsembleTask`: probabilities averaged over its members (each at its own temperature with
+    `calibration=temperature`) and their TTA views."""
     ensemble.to(device())
     in_chans, transforms = member_inputs(ensemble)
-    return Predictor(ensemble.kind, list(ensemble.class_names), in_chans, transforms, ensemble.probabilities,
+    return Predictor(ensemble.kind, list(ensemble.class_names), in_chans, transforms,
+                     partial(ensemble.probabilities, calibration=calibration),
                      member_formats(ensemble))
 
 
-def exported_predictor(path: Path | str, key: str = "ckpt_path") -> Predictor:
-    """A model written by export (`model.onnx`, `model.torchscript.pt`) with its `model.meta.json`."""
+def exported_predictor(path: Path | str, key: str = "ckpt_path", calibration: str = "temperature") -> Predictor:
+    """A model written by export (`model.onnx`, `model.torchscript.pt`) with its `model.meta.json` (whose
+    `temperature` divides the logits with `calibration=temperature`)."""
     model = load_exported(path, key)
+    temperature = model.temperature if calibration == "temperature" else None
     return Predictor(model.task, model.class_names, [model.spec.in_chans], [model.transform()],
-                     logit_scores(lambda batch: torch.from_numpy(model(batch)), model.task), [model.spec])
+                     logit_scores(lambda batch: torch.from_numpy(model(batch)), model.task, temperature), [model.spec])
 
 
 def load_predictor(model: CheckpointSpec) -> Predictor:
     """The predictor of what `ckpt_path` named: one checkpoint, an ensemble (or TTA), or an exported file."""
     if model.exported:
-        return exported_predictor(model.paths[0])
+        return exported_predictor(model.paths[0], calibration=model.calibration)
     loaded = load_model(list(model.paths), model.tta)
-    return task_predictor(loaded) if model.single else ensemble_predictor(loaded)
+    return task_predictor(loaded, model.calibration) if model.single else ensemble_predictor(loaded, model.calibration)
 
 
 class PredictDataset(Dataset):

@@ -15,6 +15,7 @@ class CheckpointSpec:
     recorded: str | list[str]  # results.json's `checkpoint`: the one path, or the list (an ensemble)
     tta: str = "none"
     exported: bool = False
+    calibration: str = "temperature"  # temperature: divide logits by the model's own temperature; none: do not
 
     @property
     def single(self) -> bool:

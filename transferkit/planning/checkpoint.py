@@ -20,6 +20,7 @@ from transferkit.models.weights import WeightsSource
 from transferkit.planning.plan import assemble_spec
 from transferkit.planning.rebuild import checkpoint_run_config
 from transferkit.planning.spec import ModelSpec, RunSpec
+from transferkit.tasks.calibration import check_calibration
 from transferkit.tasks.loading import checkpoint_paths, is_many, load_model, require
 from transferkit.tasks.tta import check_tta
 from transferkit.training.builders import build_datamodule
@@ -30,17 +31,19 @@ QUANTIZE_CHOICES = ("int8",)
 CKPT_HINT = "a checkpoint written by fit, e.g. outputs/<date>/<time>/checkpoints/best.ckpt"
 
 
-def checkpoint_spec(value, tta=None, *, exported: bool = False) -> CheckpointSpec:
-    """`ckpt_path` and `tta` checked: checkpoints (run directories expanded) or, where `exported`
-    files are accepted (predict), one model written by export, which predicts without TTA."""
+def checkpoint_spec(value, tta=None, *, exported: bool = False, calibration: str | None = "temperature") -> CheckpointSpec:
+    """`ckpt_path`, `tta` and `calibration` checked: checkpoints (run directories expanded) or, where
+    `exported` files are accepted (predict), one model written by export, which predicts without TTA."""
     tta = check_tta(tta)
+    calibration = check_calibration(calibration)
     if exported and not is_many(value) and value is not None and is_exported_model(str(value)):
         path = require(value, "ckpt_path", EXPORTED_HINT)
         if tta != "none":
             raise ValueError(f"tta={tta!r} needs the checkpoint; an exported model predicts without TTA (tta=none).")
-        return CheckpointSpec((str(path),), str(path), tta, exported=True)
+        return CheckpointSpec((str(path),), str(path), tta, exported=True, calibration=calibration)
     paths = [str(p) for p in checkpoint_paths(value)]
-    return CheckpointSpec(tuple(paths), paths[0] if len(paths) == 1 and not is_many(value) else paths, tta)
+    return CheckpointSpec(tuple(paths), paths[0] if len(paths) == 1 and not is_many(value) else paths, tta,
+                          calibration=calibration)
 
 
 def predict_spec(cfg: DictConfig) -> PredictSpec:
@@ -48,7 +51,7 @@ def predict_spec(cfg: DictConfig) -> PredictSpec:
     tta = cfg.get("tta")
     check_tta(tta)  # named before input= and ckpt_path=, as always
     source = require(cfg.input, "input", INPUT_HINT)
-    model = checkpoint_spec(cfg.ckpt_path, tta, exported=True)
+    model = checkpoint_spec(cfg.ckpt_path, tta, exported=True, calibration=cfg.get("calibration"))
     workers = choose_num_workers(cfg.data.num_workers, on_gpu=torch.cuda.is_available(), cpus=usable_cpus())
     return PredictSpec(model, str(source), None if cfg.output is None else str(cfg.output), int(cfg.top_k),
                        int(cfg.data.batch_size), workers, cfg.run_dir,

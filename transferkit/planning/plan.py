@@ -21,6 +21,7 @@ from transferkit.planning.model import plan_model
 from transferkit.planning.spec import (AugmentSpec, CallbacksSpec, DataSpec, FinetuneSpec, ModelSpec, OutputSpec,
                                        RunSpec, TaskSpec, TrainerSpec)
 from transferkit.runtime.rng_state import preserved_rng
+from transferkit.tasks.calibration import check_calibration
 from transferkit.search.lr_finder import check_searchable, find_lr, wants_search
 from transferkit.tasks.loading import read_checkpoint, require
 from transferkit.tasks.optim import check_optimizer_group
@@ -79,6 +80,7 @@ def assemble_spec(config: dict, command: str, model: ModelSpec, data: dict, note
             swa=dict(config.get("swa") or {}), report=report_options(config.get("report"))),
         outputs=OutputSpec(config.get("run_dir"), config.get("resume"), config.get("ckpt_path")),
         lr_find=dict(config.get("lr_find") or {}), advise=dict(config.get("advise") or {}),
+        calibration=check_calibration(config.get("calibration"), str(config["task"]["kind"])),
         notes=tuple(notes), config={**config, "model": model.options, "data": data})
 
 

@@ -196,6 +196,7 @@ class RunSpec:
     advise: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     lr_search: dict | None = None
+    calibration: str = "none"  # temperature: fit one after training (tasks/calibration.py); none: do not
     config: dict = field(default_factory=dict, compare=False)  # the composed config (config.yaml); never read
     format_version: int = FORMAT_VERSION
 
@@ -206,7 +207,7 @@ class RunSpec:
     def to_dict(self) -> dict:
         out = {f: getattr(self, f) for f in ("format_version", "command", "seed", "recipe", "optimizer",
                                                  "scheduler", "lr_find", "advise", "lr_search")}
-        return {**out, "task": asdict(self.task), "notes": list(self.notes),
+        return {**out, "task": asdict(self.task), "notes": list(self.notes), "calibration": self.calibration,
                 "model": {"backbone": self.model.backbone, "options": dict(self.model.options),
                           "weights": {**asdict(self.model.weights)}, "input": self.model.input.to_dict()},
                 "data": {**asdict(self.data)}, "finetune": self.finetune.to_dict(),
@@ -229,6 +230,7 @@ class RunSpec:
             callbacks=CallbacksSpec(**record["callbacks"]), outputs=OutputSpec(**record["outputs"]),
             lr_find=dict(record.get("lr_find") or {}), advise=dict(record.get("advise") or {}),
             notes=tuple(record.get("notes") or ()), lr_search=record.get("lr_search"),
+            calibration=str(record.get("calibration") or "none"),
             format_version=int(record.get("format_version", FORMAT_VERSION)))
 
     def for_candidate(self, candidate: Candidate) -> RunSpec:

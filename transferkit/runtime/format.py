@@ -10,7 +10,14 @@ hold absolute paths there; they are read as moved along with their directory (`r
 Version 1: before the version was recorded (no key). Version 2: checkpoints carry
 `transferkit_format_version` and the run's spec (`transferkit_spec`, `RunSpec.to_dict()`, plain values);
 run directories carry `spec.json` and `format_version` in results.json. A later field (a calibration
-temperature, tuned thresholds, relative paths) bumps `FORMAT_VERSION` and adds one step to `migrate_*`.
+temperature, tuned thresholds, relative paths) bumps `FORMAT_VERSION` and adds one step to `migrate_*`,
+unless it is optional: absent means the old behaviour, so every older checkpoint reads as it did.
+
+Optional fields of version 2:
+- `transferkit_temperature` (float > 0, `TEMPERATURE_KEY`): the calibration temperature fitted on the
+  validation split after training (`calibration=temperature`; `transferkit.training.calibrate`). Absent:
+  1.0, uncalibrated (older checkpoints, `calibration=none`, segmentation). Predictions divide the logits by it
+  (`transferkit.tasks.calibration.apply_temperature`); the weights and every training metric are unchanged.
 """
 
 from __future__ import annotations
@@ -20,11 +27,18 @@ from transferkit.errors import ConfigError
 FORMAT_VERSION = 2
 FORMAT_KEY = "transferkit_format_version"
 SPEC_KEY = "transferkit_spec"
+TEMPERATURE_KEY = "transferkit_temperature"
 
 
 def format_version(record: dict, key: str = FORMAT_KEY) -> int:
     """The version a checkpoint (or a run record, with `key="format_version"`) was written in."""
     return int(record.get(key) or 1)
+
+
+def checkpoint_temperature(checkpoint: dict) -> float | None:
+    """The calibration temperature a checkpoint carries (None: not calibrated)."""
+    value = checkpoint.get(TEMPERATURE_KEY)
+    return None if value is None else float(value)
 
 
 def check_readable(version: int, what: str) -> None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from torchmetrics import MeanMetric
 
-from transferkit.runtime.format import FORMAT_KEY, FORMAT_VERSION, migrate_checkpoint
+from transferkit.runtime.format import FORMAT_KEY, FORMAT_VERSION, checkpoint_temperature, migrate_checkpoint
 from transferkit.errors import ConfigError
 from transferkit.tasks.finetune import (
     FinetunePlan,
@@ -60,6 +60,7 @@ class BaseTask(pl.LightningModule):
 
     encoder: nn.Module
     head: nn.Module
+    temperature: float | None = None  # calibration, read from the checkpoint (tasks/calibration.py)
 
     channels_last: bool = False
     compile_mode: str | None = None
@@ -124,6 +125,9 @@ class BaseTask(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         migrate_checkpoint(checkpoint)  # older formats read through the one migration
+        # The calibration temperature fitted after training (None: none); predict applies it, nothing
+        # else reads it, and checkpoints saved by a later fit do not carry it over (it would be stale).
+        self.temperature = checkpoint_temperature(checkpoint)
 
     def num_params(self) -> dict[str, int]:
         params = list(self.parameters())

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from transferkit.tasks.calibration import apply_temperature
 from transferkit.tasks.tta import check_tta, resize_scores, tta_probabilities
 from transferkit.tasks.classification import build_metrics
 from transferkit.tasks.segmentation import metric_name, scores_from_confusion
@@ -59,11 +60,16 @@ class EnsembleTask(pl.LightningModule):
             top_k = int(first.hparams.get("top_k", 5))
             self.test_metrics = build_metrics(num_classes, top_k).clone(prefix="test/")
 
-    def probabilities(self, views: Sequence[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Averaged probabilities: N x C, or N x C x H x W at `size` (default: the first view's pixels)."""
+    def probabilities(self, views: Sequence[torch.Tensor], size: tuple[int, int] | None = None,
+                      calibration: str = "none") -> torch.Tensor:
+        """Averaged probabilities: N x C, or N x C x H x W at `size` (default: the first view's pixels).
+        `calibration=temperature`: each member's logits divided by its own temperature (predict; `test`
+        and `cv` score the raw outputs)."""
         outputs = []
         for member, x, mode in zip(self.members, views, self.tta):
-            probs = tta_probabilities(member, x.to(self.device), mode, True, self.segmentation)
+            temperature = member.temperature if calibration == "temperature" else None
+            forward = member if temperature is None else (lambda v, m=member, t=temperature: apply_temperature(m(v), t))
+            probs = tta_probabilities(forward, x.to(self.device), mode, True, self.segmentation)
             if self.segmentation:
                 target = tuple(size or views[0].shape[-2:])
                 if probs.shape[-2:] != target:

@@ -21,6 +21,7 @@ from transferkit.runtime.checkpoint_io import checkpoint_meta, checkpoint_proble
 from transferkit.runtime.guards import EXIT_SIGNAL, RunDiverged, RunInterrupted, signal_name
 from transferkit.tasks.linear_probe import probe_report
 from transferkit.training.builders import build_feature_cache, build_task, build_trainer
+from transferkit.training.calibrate import fit_calibration, record_calibration
 from transferkit.training.metrics_files import join_metrics, set_aside_metrics
 from transferkit.training.race.legs import adopt_winner, race_table, run_race
 from transferkit.training.race.progress import RaceProgress, read_progress
@@ -121,6 +122,7 @@ def fit_and_test(spec: RunSpec, datamodule, run_dir: Path, start: float,
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     tested = trainer.test(task, datamodule=fit_data, ckpt_path=best or None, verbose=False, weights_only=True)
     results = collect_results(spec, task, datamodule, trainer, val_metrics, tested, run_dir, start)
+    calibration = fit_calibration(spec.calibration, task, fit_data, trainer, datamodule.sizes().get("test", 0) > 0)
     # test(ckpt_path=best) reloads the callbacks' states saved in best.ckpt; the path is the one before.
     results.update({"best_checkpoint": best or None, "finetune": dict(task.hparams.finetune),
                     "plan": spec.record(), **extra})
@@ -133,6 +135,7 @@ def fit_and_test(spec: RunSpec, datamodule, run_dir: Path, start: float,
         results["advice"] = spec.finetune.advice
     if race is not None:
         results.update(finish_race(winner, run_dir))
+    record_calibration(calibration, results)  # after the race adopted the winner's checkpoints
     return results, trainer, task
 
 

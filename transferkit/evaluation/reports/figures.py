@@ -103,6 +103,30 @@ def curves_figure(curves: dict[str, dict[str, list[tuple[int, float]]]], path: P
     return save(figure, path)
 
 
+def reliability_figure(panels: Sequence[tuple[str, list[dict]]], path: Path) -> Path:
+    """Reliability diagrams side by side: per confidence bin, accuracy (bars) against mean confidence
+    (the diagonal is perfect calibration); `panels` are (title, `evaluation.calibration.reliability_bins`)."""
+    figure = Figure(figsize=(3.6 * len(panels), 3.5))
+    for k, (title, bins) in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), k + 1)
+        used = [b for b in bins if b["count"]]
+        width = bins[0]["high"] - bins[0]["low"] if bins else 1.0
+        axes.bar([b["low"] for b in used], [b["accuracy"] for b in used], width=width, align="edge",
+                 color="tab:blue", edgecolor="white", label="accuracy")
+        axes.bar([b["low"] for b in used], [abs(b["confidence"] - b["accuracy"]) for b in used], width=width,
+                 bottom=[min(b["accuracy"], b["confidence"]) for b in used], align="edge", fill=False,
+                 hatch="///", edgecolor="tab:red", linewidth=0.5, label="gap to confidence")
+        axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1)
+        axes.set_xlabel("confidence (top class)")
+        axes.set_ylabel("accuracy" if k == 0 else "")
+        axes.set_title(title, fontsize=9)
+        axes.legend(fontsize=7, loc="upper left")
+    figure.subplots_adjust(left=0.5 / figure.get_figwidth(), right=0.98, bottom=0.15, top=0.9, wspace=0.25)
+    return save(figure, path)
+
+
 def top_losses_figure(images: np.ndarray, captions: Sequence[str], wrong: Sequence[bool], path: Path,
                       title: str, columns: int = 4) -> Path:
     """A grid of ``uint8 H x W x 3`` images, each under its two-line caption (red: wrong, green: right).

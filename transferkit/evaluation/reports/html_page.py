@@ -155,6 +155,24 @@ def segmentation_sections(run_dir: Path, files: dict, tables: dict) -> str:
     ])
 
 
+def calibration_section(run_dir: Path, files: dict, results: dict) -> str:
+    """`calibration=temperature`: the temperature, test ECE and NLL before and after (95 % bootstrap
+    intervals) and the reliability diagrams."""
+    calibration = results.get("calibration") or {}
+    if "reliability" not in files or "temperature" not in calibration:
+        return ""
+    metrics, ci = results.get("metrics") or {}, calibration.get("ci95") or {}
+    rows = [(key, metrics.get(key), "[{:.4f}, {:.4f}]".format(*ci[key]) if key in ci else "")
+            for key in ("test/ece_uncalibrated", "test/ece", "test/nll_uncalibrated", "test/nll")]
+    return "".join([
+        f"<h2>Calibration (test)</h2><p>Temperature T = {float(calibration['temperature']):.3f}, fitted on the "
+        f"{escape(str(calibration.get('val_images', '')))} validation images; predict divides the logits by it "
+        "(<code>calibration=none</code> turns it off). Accuracy is unchanged.</p>",
+        '<div class="figs">', figure(run_dir, files["reliability"], "reliability diagrams"),
+        table(["metric", "value", "95 % bootstrap interval"], rows), "</div>",
+    ])
+
+
 def files_section(run_dir: Path) -> str:
     names = ["config.yaml", "results.json", "metrics.csv", "splits.json", "checkpoints/best.ckpt",
              "checkpoints/last.ckpt"]
@@ -171,7 +189,7 @@ def render_page(run_dir: Path, results: dict, command: str, task: str, files: di
         body += ["<h2>Training curves</h2>", figure(run_dir, files["curves"], "loss and metric per epoch")]
     body.append(segmentation_sections(run_dir, files, tables) if task == "segmentation"
                 else classification_sections(run_dir, files, tables))
-    body += [plan_section(results), files_section(run_dir)]
+    body += [calibration_section(run_dir, files, results), plan_section(results), files_section(run_dir)]
     config = run_dir / "config.yaml"
     if config.is_file():
         body.append(f"<details><summary>config.yaml</summary><pre>{escape(config.read_text())}</pre></details>")

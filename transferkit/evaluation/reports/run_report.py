@@ -24,6 +24,7 @@ import numpy as np
 from transferkit.data.device_decode import decoded_on_cpu
 from transferkit.data.transforms import PER_IMAGE_STANDARDISED
 from transferkit.errors import ConfigError
+from transferkit.evaluation.calibration import reliability_bins
 from transferkit.evaluation.reports import figures, scores
 from transferkit.evaluation.reports.augment_grid import tensor_to_display
 from transferkit.evaluation.reports.html_page import render_page
@@ -196,6 +197,8 @@ def write_report(run_dir: Path) -> Path:
     task = str(saved["task"])
     write = write_segmentation if task == "segmentation" else write_classification
     files, tables = write(folder, saved, names)
+    if task != "segmentation" and (results.get("calibration") or {}).get("temperature"):
+        files["reliability"] = reliability_png(folder, saved, results)
     curves = read_curves(run_dir / "metrics.csv")
     if curves:
         files["curves"] = figures.curves_figure(curves, folder / "curves.png")
@@ -236,6 +239,16 @@ def write_classification(folder: Path, saved: dict, names: list[str]) -> tuple[d
     top_rows = [{"index": int(indices[k]), "path": paths[k], "true": names[targets[k]],
                  "predicted": names[preds[k]], "probability": float(probs[k, preds[k]])} for k in top]
     return written, {"per_class": rows, "top_losses": top_rows}
+
+
+def reliability_png(folder: Path, saved: dict, results: dict) -> Path:
+    """The test split's reliability diagrams, raw and at the fitted temperature (`calibration=temperature`)."""
+    calibration, metrics = results["calibration"], results.get("metrics") or {}
+    temperature = float(calibration["temperature"])
+    panels = [(f"uncalibrated (test ECE {metrics.get('test/ece_uncalibrated', float('nan')):.3f})", None),
+              (f"temperature {temperature:.2f} (test ECE {metrics.get('test/ece', float('nan')):.3f})", temperature)]
+    return figures.reliability_figure([(title, reliability_bins(saved["logits"], saved["targets"], t))
+                                       for title, t in panels], folder / "reliability.png")
 
 
 def write_segmentation(folder: Path, saved: dict, names: list[str]) -> tuple[dict[str, Path], dict[str, list]]:
