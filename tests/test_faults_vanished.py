@@ -7,9 +7,11 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from tests.conftest import write_class_folder
@@ -119,3 +121,25 @@ def test_images_vanished_mid_run_are_listed_in_results_json(image_folder, fast, 
     recorded = json.loads((Path(results["run_dir"]) / "results.json").read_text())["data"]["skipped_files"]
     assert [Path(path) for path, _ in recorded] == change.changed
     assert "file not found" in recorded[0][1]
+
+
+def test_segmentation_pairs_gone_mid_run_are_dropped_from_their_batch_and_recorded(tmp_path):
+    from transferkit.data.masks import write_index_png
+    from transferkit.data.segmentation import SegmentationDataModule
+
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        write_index_png(rng.integers(0, 3, (16, 16)), tmp_path / "masks" / f"{i}.png")
+    data = SegmentationDataModule(root=str(tmp_path), image_size=16, batch_size=3, num_classes=3, val_fraction=0.0,
+                                  test_fraction=0.0, augment="none", max_bad_fraction=0.2, drop_last=False)
+    data.scan()
+    pairs = data.sources["train"].pairs
+    gone_image, gone_mask = pairs[1][0], pairs[5][1]
+    gone_image.unlink()  # an image deleted after the scan
+    gone_mask.write_bytes(gone_mask.read_bytes()[:20])  # a mask replaced by part of a file
+    batches = list(data.train_dataloader())
+    assert sum(len(masks) for _, masks in batches) == len(pairs) - 2  # the whole epoch, less the two pairs
+    assert sorted(path for path, _ in data.skip_log.entries()) == sorted([gone_image, gone_mask])

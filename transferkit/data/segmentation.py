@@ -23,11 +23,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from transferkit.data.decode import IMAGE_EXTENSIONS, displayed_size, load_image
+from transferkit.data.decode import IMAGE_EXTENSIONS, UnreadableImageError, displayed_size, load_image
 from transferkit.data.embedded import embedded_spec
 from transferkit.data.eval_sampler import eval_sampler
 from transferkit.data.masks import load_mask
 from transferkit.data.sources import match_image_channels
+from transferkit.data.vanished import SkipLog, SkippedImage, Unreadable, collate_readable, readable_stand_in
 from transferkit.data.transforms import TRAIN_PIPELINES, build_transforms
 from transferkit.errors import lookup
 from transferkit.data.loader_settings import check_drop_last
@@ -133,21 +134,29 @@ def scan_segmentation_folder(root: Path | str, val_fraction: float = 0.15,
 
 
 class MaskFileSource(Dataset):
-    """``(uint8 H x W x C image, int64 H x W mask)`` pairs read from disk."""
+    """``(uint8 H x W x C image, int64 H x W mask)`` pairs read from disk. With `skips`, a pair whose image or
+    mask became unreadable since the scan is recorded there and raised as `SkippedImage` (data.vanished)."""
 
     def __init__(self, pairs: Sequence[Pair], num_classes: int, ignore_index: int = 255,
-                 mask_palette: Mapping | None = None, in_chans: int = 3) -> None:
+                 mask_palette: Mapping | None = None, in_chans: int = 3, skips: SkipLog | None = None) -> None:
         self.pairs = list(pairs)
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.mask_palette, self.in_chans = mask_palette, in_chans
+        self.skips = skips
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.pairs[index]
-        image = load_image(image_path, in_chans=self.in_chans)
-        mask = load_mask(mask_path, self.num_classes, self.ignore_index, self.mask_palette)
+        try:
+            image = load_image(image_path, in_chans=self.in_chans)
+            mask = load_mask(mask_path, self.num_classes, self.ignore_index, self.mask_palette)
+        except UnreadableImageError as err:
+            if self.skips is None:
+                raise
+            self.skips.record(err.path, err.reason)
+            raise SkippedImage(err.path, err.reason) from err
         if image.shape[:2] != mask.shape:
             raise ValueError(f"mask {str(mask_path)!r} has shape {mask.shape} but its image "
                              f"{str(image_path)!r} is {image.shape[:2]}; masks must match their image.")
@@ -155,18 +164,27 @@ class MaskFileSource(Dataset):
 
 
 class JointTransformDataset(Dataset):
-    """Apply an albumentations pipeline to image and mask together -> ``(float C x H x W, long H x W)``."""
+    """Apply an albumentations pipeline to image and mask together -> ``(float C x H x W, long H x W)``.
+    A pair that became unreadable mid-run is handled as `sources.TransformedDataset` handles an image."""
 
-    def __init__(self, source: Dataset, transform: Callable, in_chans: int = 3) -> None:
+    def __init__(self, source: Dataset, transform: Callable, in_chans: int = 3, drop_unreadable: bool = False) -> None:
         self.source, self.transform, self.in_chans = source, transform, in_chans
+        self.drop_unreadable = drop_unreadable
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.source[index]
         out = self.transform(image=match_image_channels(image, self.in_chans), mask=mask)
         return out["image"], out["mask"].long()
+
+    def __getitem__(self, index: int):
+        try:
+            return self.load(index)
+        except SkippedImage as err:
+            stand_in = readable_stand_in(self, index)
+            return Unreadable(str(err.path), stand_in) if self.drop_unreadable else stand_in
 
 
 class SegmentationDataModule(pl.LightningDataModule):
@@ -182,8 +200,11 @@ class SegmentationDataModule(pl.LightningDataModule):
                  test_fraction: float = 0.15, embedded_length: int = 512,
                  seed: int = 0, in_chans: int = 3, mean: Sequence[float] = (0.5, 0.5, 0.5),
                  std: Sequence[float] = (0.5, 0.5, 0.5), augment: str = "light",
-                 interpolation: str = "bilinear", drop_last: bool | str = "auto") -> None:
+                 interpolation: str = "bilinear", drop_last: bool | str = "auto",
+                 max_bad_fraction: float = 0.05) -> None:
         super().__init__()
+        self.max_bad_fraction = max_bad_fraction
+        self.skip_log: SkipLog | None = None  # pairs that become unreadable during the run (data.vanished)
 
         self.interpolation, self.drop_last = interpolation, check_drop_last(drop_last)
         if root is None:
@@ -232,8 +253,9 @@ class SegmentationDataModule(pl.LightningDataModule):
             self._load_embedded()
         else:
             splits = scan_segmentation_folder(self.root, self.val_fraction, self.test_fraction, self.seed)
+            self.skip_log = SkipLog.create(self.max_bad_fraction, sum(len(p) for p in splits.values()), 0)
             self.sources = {s: MaskFileSource(p, self.num_classes, self.ignore_index, self.mask_palette,
-                                              self.in_chans) for s, p in splits.items()}
+                                              self.in_chans, self.skip_log) for s, p in splits.items()}
             self.split_record = {s: [[str(i), str(m)] for i, m in p] for s, p in splits.items()}
         log.info("Data: %s, %d classes, sizes %s", self.describe(), self.num_classes, self.sizes())
 
@@ -259,18 +281,19 @@ class SegmentationDataModule(pl.LightningDataModule):
                                 in_chans=self.in_chans, fill_mask=self.ignore_index,
                                 interpolation=self.interpolation)
 
-    def dataset(self, split: str, train: bool = False) -> JointTransformDataset:
+    def dataset(self, split: str, train: bool = False, drop_unreadable: bool = False) -> JointTransformDataset:
         self.scan()
-        return JointTransformDataset(self.sources[split], self.transform(train), self.in_chans)
+        return JointTransformDataset(self.sources[split], self.transform(train), self.in_chans, drop_unreadable)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         trainer = getattr(self, "trainer", None)
         settings = loader_settings(self.num_workers, trainer)
-        dataset = self.dataset(split, train)
+        dataset = self.dataset(split, train, drop_unreadable=self.skip_log is not None)
         sampler = None if train else eval_sampler(dataset, split)  # DDP: each image once, no padding
         drop_last = train and drops_last(self.drop_last, len(dataset), self.batch_size, trainer)
+        collate = {"collate_fn": collate_readable} if self.skip_log is not None else {}
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, sampler=sampler, drop_last=drop_last,
-                          **settings)
+                          **settings, **collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
