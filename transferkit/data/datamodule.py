@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BALANCE = ("none", "weights", "sampler")
+BALANCE = ("auto", "none", "weights", "sampler")  # auto: planning decides (planning/balance.py); until then none
 SPLITS = ("train", "val", "test")
 DECODE = ("cpu", "gpu")  # data.decode: in DataLoader workers, or on the training device (folders)
 
@@ -157,7 +157,7 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def _file_source(self, items: list[tuple[Path, int]]) -> Dataset:
         if self.decode == "gpu":
-            return EncodedImages(items)
+            return EncodedImages(items, skips=self.skip_log)
         source = FileSource(items, in_chans=self.in_chans, background=self.background, skips=self.skip_log)
         if not self.cache or not items:
             return source
@@ -216,6 +216,10 @@ class ClassificationDataModule(pl.LightningDataModule):
     # -- what the task needs --------------------------------------------------------
     def labels(self, split: str = "train") -> np.ndarray:
         return source_labels(self.sources[split])
+
+    def use_balance(self, balance: str) -> None:
+        """The balance planning decided for `data.balance=auto` (or the one set by hand)."""
+        self.balance = lookup({k: k for k in BALANCE if k != "auto"}, balance, "data.balance")
 
     def class_weights(self) -> list[float] | None:
         if self.balance != "weights":

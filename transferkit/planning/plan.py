@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transferkit.errors import ConfigError
 from transferkit.evaluation.reports.run_report import report_options
+from transferkit.planning.balance import plan_balance
 from transferkit.planning.finetune import check_device_decode, plan_cache, plan_finetune, plan_head
 from transferkit.planning.model import plan_model
 from transferkit.planning.spec import (AugmentSpec, CallbacksSpec, DataSpec, FinetuneSpec, ModelSpec, OutputSpec,
@@ -65,6 +66,8 @@ def assemble_spec(config: dict, command: str, model: ModelSpec, data: dict, note
     """The spec of a composed config (a plain dict) whose model (`model.options`) and data group (`data`)
     are resolved; config.yaml gets those resolved groups."""
     task, augment = dict(config["task"]), config.get("augment") or {}
+    if config.get("logit_adjust"):
+        task["logit_adjust"] = True
     callbacks = config.get("checkpoint") or {}
     return RunSpec(
         command=command, seed=int(config["seed"]), recipe=config.get("recipe"),
@@ -77,7 +80,8 @@ def assemble_spec(config: dict, command: str, model: ModelSpec, data: dict, note
             early_stopping=dict(config.get("early_stopping") or {}),
             checkpoint_every_minutes=callbacks.get("every_minutes"),
             regularization=config.get("regularization"), ema=dict(config.get("ema") or {}),
-            swa=dict(config.get("swa") or {}), report=report_options(config.get("report"))),
+            swa=dict(config.get("swa") or {}), report=report_options(config.get("report")),
+            monitor=callbacks.get("monitor")),
         outputs=OutputSpec(config.get("run_dir"), config.get("resume"), config.get("ckpt_path")),
         lr_find=dict(config.get("lr_find") or {}), advise=dict(config.get("advise") or {}),
         calibration=check_calibration(config.get("calibration"), str(config["task"]["kind"])),
@@ -94,6 +98,7 @@ def plan_training(spec: RunSpec, datamodule) -> RunSpec:
     check_device_decode(spec.data.get("decode", "cpu"), spec.finetune.options)
     check_optimizer_group(spec.optimizer, wants_search(spec.optimizer))
     notes = list(spec.notes)
+    spec = plan_balance(spec, datamodule, notes)
     finetune, advice, race = plan_finetune(spec, datamodule, notes)
     cache = plan_cache(spec, finetune)
     finetune, trainer = plan_head(spec, finetune, notes)

@@ -161,6 +161,7 @@ class CallbacksSpec:
     ema: dict = field(default_factory=dict)
     swa: dict = field(default_factory=dict)
     report: dict = field(default_factory=lambda: {"enabled": True, "top_losses": 16})
+    monitor: str | None = None  # checkpoint.monitor: the metric best.ckpt is chosen on (None: the task's own)
 
     @property
     def report_enabled(self) -> bool:
@@ -196,17 +197,19 @@ class RunSpec:
     advise: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     lr_search: dict | None = None
+    imbalance: dict | None = None  # the train split's class balance and what it decided (planning/balance.py)
     calibration: str = "none"  # temperature: fit one after training (tasks/calibration.py); none: do not
     config: dict = field(default_factory=dict, compare=False)  # the composed config (config.yaml); never read
     format_version: int = FORMAT_VERSION
 
     def record(self) -> dict:
         """What results.json says planning decided (`plan`)."""
-        return {"weights": self.model.weights.to_dict(), "input": self.model.input.to_dict(), "notes": list(self.notes)}
+        record = {"weights": self.model.weights.to_dict(), "input": self.model.input.to_dict(), "notes": list(self.notes)}
+        return record if self.imbalance is None else {**record, "imbalance": dict(self.imbalance)}
 
     def to_dict(self) -> dict:
         out = {f: getattr(self, f) for f in ("format_version", "command", "seed", "recipe", "optimizer",
-                                                 "scheduler", "lr_find", "advise", "lr_search")}
+                                                 "scheduler", "lr_find", "advise", "lr_search", "imbalance")}
         return {**out, "task": asdict(self.task), "notes": list(self.notes), "calibration": self.calibration,
                 "model": {"backbone": self.model.backbone, "options": dict(self.model.options),
                           "weights": {**asdict(self.model.weights)}, "input": self.model.input.to_dict()},
@@ -229,7 +232,7 @@ class RunSpec:
             scheduler=dict(record["scheduler"]), trainer=TrainerSpec(dict(record["trainer"])),
             callbacks=CallbacksSpec(**record["callbacks"]), outputs=OutputSpec(**record["outputs"]),
             lr_find=dict(record.get("lr_find") or {}), advise=dict(record.get("advise") or {}),
-            notes=tuple(record.get("notes") or ()), lr_search=record.get("lr_search"),
+            notes=tuple(record.get("notes") or ()), lr_search=record.get("lr_search"), imbalance=record.get("imbalance"),
             calibration=str(record.get("calibration") or "none"),
             format_version=int(record.get("format_version", FORMAT_VERSION)))
 

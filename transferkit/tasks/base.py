@@ -39,8 +39,10 @@ class BaseTask(pl.LightningModule):
 
     def __init__(self, finetune: dict | None = None, optimizer: dict | None = None,
                  scheduler: dict | None = None, regularization: dict | None = None,
-                 schedule_epochs: int | None = None) -> None:
+                 schedule_epochs: int | None = None, monitor: str | None = None) -> None:
         super().__init__()
+        if monitor:  # checkpoint.monitor, or planning's choice (val/balanced_acc on long-tailed data)
+            self.monitor, self.monitor_mode = str(monitor), monitor_mode(str(monitor))
         # The epochs the LR schedule spans. None = the trainer's max_epochs; a race leg (finetune=auto)
         # gives the full budget, so a leg trains a prefix of the schedule and the next leg continues it.
         self.schedule_epochs = schedule_epochs
@@ -156,6 +158,11 @@ class BaseTask(pl.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def monitor_mode(monitor: str) -> str:
+    """Whether the selection metric is best low (a loss) or high (accuracy, F1, mIoU, mAP)."""
+    return "min" if monitor.rsplit("/", 1)[-1].endswith("loss") else "max"
 
 
 def build_eval_losses() -> nn.ModuleDict:

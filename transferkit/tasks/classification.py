@@ -7,7 +7,7 @@ import logging
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 
 from transferkit.errors import ConfigError
 from transferkit.models.backbones import create_backbone
@@ -38,9 +38,10 @@ class ClassificationTask(BaseTask):
                  class_weights: list[float] | None = None, mixup_alpha: float = 0.0,
                  cutmix_alpha: float = 0.0, data_config: dict | None = None,
                  regularization: dict | None = None,
-                 schedule_epochs: int | None = None) -> None:
+                 schedule_epochs: int | None = None, monitor: str | None = None,
+                 logit_adjust: bool = False, class_priors: list[float] | None = None) -> None:
         super().__init__(finetune=finetune, optimizer=optimizer, scheduler=scheduler,
-                         regularization=regularization, schedule_epochs=schedule_epochs)
+                         regularization=regularization, schedule_epochs=schedule_epochs, monitor=monitor)
         self.save_hyperparameters()
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes!r}: classification needs at least 2 classes.")
@@ -69,6 +70,11 @@ class ClassificationTask(BaseTask):
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.label_smoothing = label_smoothing
+        # logit_adjust=true: evaluation (val, test, predict, export) subtracts log(train prior) from the
+        # logits; a persistent buffer, so an exported graph and a reloaded checkpoint do the same.
+        if logit_adjust:
+            self.register_buffer("log_priors", log_priors(class_priors, num_classes))
+        self.logit_adjust = bool(logit_adjust)
         self._warned_odd_batch = False
         self.mix = self._build_mix(mixup_alpha, cutmix_alpha, num_classes, label_smoothing)
         metrics = build_metrics(num_classes, top_k)
@@ -86,11 +92,15 @@ class ClassificationTask(BaseTask):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A 2-D batch holds backbone features cached by transferkit.data.feature_cache (frozen encoder).
         if x.ndim == 2:
-            return self.head(x)
+            return self.adjusted(self.head(x))
         x = self.prepare_input(x)
         if self.spatial_dropout is None:
-            return self.head(self.encoder(x))
-        return self.head(pooled_with_spatial_dropout(self.encoder, self.spatial_dropout, x))
+            return self.adjusted(self.head(self.encoder(x)))
+        return self.adjusted(self.head(pooled_with_spatial_dropout(self.encoder, self.spatial_dropout, x)))
+
+    def adjusted(self, logits: torch.Tensor) -> torch.Tensor:
+        """Training sees the raw logits; evaluation the prior-adjusted ones (with logit_adjust)."""
+        return logits - self.log_priors if self.logit_adjust and not self.training else logits
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if target.ndim == 2:  # soft targets from mixup/cutmix
@@ -153,8 +163,20 @@ class ClassificationTask(BaseTask):
         return torch.softmax(self(x), dim=-1)
 
 
+def log_priors(class_priors: list[float] | None, num_classes: int) -> torch.Tensor:
+    """log of the train split's class frequencies (a class without images: the smallest seen)."""
+    if class_priors is None or len(class_priors) != num_classes:
+        raise ValueError(f"logit_adjust=true needs class_priors with {num_classes} values (planning records the "
+                         f"train split's), got {class_priors!r}.")
+    priors = torch.tensor(class_priors, dtype=torch.float32)
+    floor = priors[priors > 0].min() if bool((priors > 0).any()) else torch.tensor(1.0 / num_classes)
+    return torch.log(torch.where(priors > 0, priors, floor))
+
+
 def build_metrics(num_classes: int, top_k: int) -> MetricCollection:
+    # balanced_acc: the mean per-class recall; long-tailed runs select and report on it.
     metrics = {"acc": MulticlassAccuracy(num_classes, average="micro"),
+               "balanced_acc": MulticlassRecall(num_classes, average="macro"),
                "f1": MulticlassF1Score(num_classes, average="macro")}
     if 1 < top_k < num_classes:
         metrics[f"acc_top{top_k}"] = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")

@@ -82,7 +82,8 @@ class LinearProbeCallback(pl.Callback):
         set_linear_head(pl_module.head, solution.weight, solution.bias)
         self.solution = (options, solution)
         self.report = {**solution.to_dict(), "items": int(len(labels)), "features": origin,
-                       "then": "validate only" if pl_module.plan.solves_head else pl_module.plan.strategy}
+                       "then": "validate only" if pl_module.plan.solves_head else pl_module.plan.strategy,
+                       "class_weighted": options["class_weights"] is not None}
         if reused:
             self.report.update({"seconds": 0.0, "reused": "the race's freeze candidate's solve"})
 

@@ -74,9 +74,9 @@ class SegmentationTask(BaseTask):
                  ignore_index: int = 255, dice_weight: float = 0.0,
                  class_weights: list[float] | None = None, data_config: dict | None = None,
                  grid_samples: int = 4, regularization: dict | None = None,
-                 schedule_epochs: int | None = None) -> None:
+                 schedule_epochs: int | None = None, monitor: str | None = None) -> None:
         super().__init__(finetune=finetune, optimizer=optimizer, scheduler=scheduler,
-                         regularization=regularization, schedule_epochs=schedule_epochs)
+                         regularization=regularization, schedule_epochs=schedule_epochs, monitor=monitor)
         self.save_hyperparameters()
         spec = self._model_spec(model)
         if self.plan.probes_first:

@@ -64,7 +64,7 @@ def finish(spec: RunSpec, datamodule, run_dir: Path, session: dict, start: float
     results = {**carried_over(session), **results, "status": "completed", "wall_seconds": wall}
     if trainer.is_global_zero:
         write_json(results, run_dir / "results.json")
-        log.info("%s", metrics_table(results["metrics"]))
+        log.info("%s", metrics_table(results["metrics"], results.get("headline")))
         log.info("Results: %s", run_dir / "results.json")
         finish_run_report(spec.callbacks.report, trainer, datamodule, run_dir, results)
     return results, trainer, task, datamodule, run_dir
@@ -244,6 +244,7 @@ def collect_results(spec: RunSpec, task, datamodule, trainer, val_metrics, teste
         "params": task.num_params(),
         "metrics": metrics,
         "monitor": {"metric": callback.monitor, "mode": callback.mode} if callback else None,  # sweep tables sort by it
+        "headline": headline_metrics(spec.imbalance),
         "best_checkpoint": callback.best_model_path if callback else None,
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt") if callback else None,
         "epochs": trainer.current_epoch,
@@ -252,8 +253,16 @@ def collect_results(spec: RunSpec, task, datamodule, trainer, val_metrics, teste
     }
 
 
-def metrics_table(metrics: dict[str, float]) -> str:
+def headline_metrics(imbalance: dict | None) -> list[str] | None:
+    """The metrics a long-tailed run reports first (accuracy hides a class that is never predicted)."""
+    if not imbalance or not imbalance.get("long_tailed"):
+        return None
+    return ["test/balanced_acc", "test/f1", "test/acc"]
+
+
+def metrics_table(metrics: dict[str, float], first: list[str] | None = None) -> str:
     width = max((len(k) for k in metrics), default=6)
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
-    lines += [f"{k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())]
+    order = [k for k in first or [] if k in metrics] + sorted(k for k in metrics if k not in (first or []))
+    lines += [f"{k:<{width}}  {metrics[k]:.4f}" for k in order]
     return "\n".join(lines)

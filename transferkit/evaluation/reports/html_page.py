@@ -78,8 +78,10 @@ def overview(results: dict, command: str) -> str:
 
 def metrics_section(results: dict) -> str:
     metrics = results.get("metrics") or {}
-    order = sorted(metrics, key=lambda k: (next((i for i, p in enumerate(KEY_METRICS_FIRST) if k.startswith(p)),
-                                                 len(KEY_METRICS_FIRST)), k))
+    headline = [k for k in results.get("headline") or [] if k in metrics]  # long-tailed: balanced acc, macro F1
+    order = headline + sorted((k for k in metrics if k not in headline),
+                              key=lambda k: (next((i for i, p in enumerate(KEY_METRICS_FIRST) if k.startswith(p)),
+                                                  len(KEY_METRICS_FIRST)), k))
     return "<div><h2>Metrics</h2>" + table(["metric", "value"], [(k, float(metrics[k])) for k in order]) + "</div>"
 
 
@@ -129,6 +131,7 @@ def classification_sections(run_dir: Path, files: dict, tables: dict) -> str:
     top = [(k + 1, r["index"], r["path"] or "-", r["true"], r["predicted"], r["probability"])
            for k, r in enumerate(tables["top_losses"])]
     return "".join([
+        recall_section(tables.get("recall") or []),
         '<div class="row"><div><h2>Confusion matrix (test)</h2>',
         figure(run_dir, files["confusion_png"], "confusion matrix"),
         f"<p>{link(run_dir, files['confusion_csv'])} (rows: true class, columns: predicted)</p></div>",
@@ -138,6 +141,19 @@ def classification_sections(run_dir: Path, files: dict, tables: dict) -> str:
         "<h2>Top losses (test)</h2>", figure(run_dir, files["top_losses"], "top losses"),
         table(["#", "index", "path", "true", "predicted", "probability"], top),
     ])
+
+
+def recall_section(rows: list[dict]) -> str:
+    """Per-class recall, lowest first; classes the model never predicts are flagged."""
+    if not rows:
+        return ""
+    never = [r["class"] for r in rows if r["never_predicted"]]
+    flag = (f'<p class="bad">Never predicted on test: {escape(", ".join(never))}. Accuracy hides this; see '
+            "balanced accuracy (mean recall) and data.balance / logit_adjust.</p>" if never else "")
+    shown = [(r["class"], r["recall"], r["support"], r["predicted"], "never predicted" if r["never_predicted"] else "")
+             for r in rows]
+    return ("<div><h2>Recall per class (test), lowest first</h2>" + flag
+            + table(["class", "recall", "support", "predicted", ""], shown) + "</div>")
 
 
 def segmentation_sections(run_dir: Path, files: dict, tables: dict) -> str:

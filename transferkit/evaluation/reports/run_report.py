@@ -238,7 +238,7 @@ def write_classification(folder: Path, saved: dict, names: list[str]) -> tuple[d
                                                       folder / "top_losses.png", title)
     top_rows = [{"index": int(indices[k]), "path": paths[k], "true": names[targets[k]],
                  "predicted": names[preds[k]], "probability": float(probs[k, preds[k]])} for k in top]
-    return written, {"per_class": rows, "top_losses": top_rows}
+    return written, {"per_class": rows, "top_losses": top_rows, "recall": scores.recall_rows(confmat, names)}
 
 
 def reliability_png(folder: Path, saved: dict, results: dict) -> Path:

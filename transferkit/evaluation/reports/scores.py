@@ -41,6 +41,17 @@ def per_class_rows(confmat: np.ndarray, class_names: Sequence[str]) -> list[dict
             for row in rows]
 
 
+def recall_rows(confmat: np.ndarray, class_names: Sequence[str]) -> list[dict]:
+    """Per class: recall, support and how often it was predicted, lowest recall first (ties by name);
+    `never_predicted` flags a class with test images that the model never predicts."""
+    confmat = np.asarray(confmat, dtype=np.int64)
+    hits, support, predicted = np.diag(confmat), confmat.sum(axis=1), confmat.sum(axis=0)
+    rows = [{"class": str(name), "recall": float(ratio(int(hits[k]), int(support[k]))), "support": int(support[k]),
+             "predicted": int(predicted[k]), "never_predicted": bool(support[k] > 0 and predicted[k] == 0)}
+            for k, name in enumerate(class_names)]
+    return sorted(rows, key=lambda r: (r["recall"], r["class"]))
+
+
 def iou_rows(confmat: np.ndarray, class_names: Sequence[str]) -> list[dict]:
     """Per class: IoU (empty where the class is in neither truth nor prediction), true and
     predicted pixel counts. Same IoU as `tasks.segmentation.scores_from_confusion`."""
