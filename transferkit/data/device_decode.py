@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from transferkit.data.device_augment import DeviceAugment
 from transferkit.data.sources import FileSource, TransformedDataset
+from transferkit.data.vanished import SkipLog, SkippedImage, Unreadable, readable_stand_in
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +38,42 @@ class EncodedBatch(NamedTuple):
 
 
 class EncodedImages(Dataset):
-    """`(file bytes as uint8 tensor, label)` of image files; `collate` packs a batch as an `EncodedBatch`."""
+    """`(file bytes as uint8 tensor, label)` of image files; `collate` packs a batch as an `EncodedBatch`.
+    With `skips`, a file that cannot be read any more (deleted, unreadable since the scan) is recorded there
+    and dropped from its batch, as `data.vanished` does on the CPU path. (A file whose bytes are still there
+    but damaged fails in the device decode: it is not caught here.)"""
 
-    def __init__(self, items: Sequence[tuple[Path, int]]) -> None:
+    def __init__(self, items: Sequence[tuple[Path, int]], skips: SkipLog | None = None) -> None:
         self.items = list(items)
         self.labels = np.asarray([label for _, label in self.items], dtype=np.int64)
+        self.skips = skips
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.items[index]
-        return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8), int(label)
+        try:
+            data = Path(path).read_bytes()
+        except OSError as err:
+            if self.skips is None:
+                raise
+            reason = "file not found" if isinstance(err, FileNotFoundError) else f"{type(err).__name__}: {err.strerror}"
+            self.skips.record(path, reason)
+            raise SkippedImage(path, reason) from err
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), int(label)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.load(index)
+        except SkippedImage as err:
+            return Unreadable(str(err.path), readable_stand_in(self, index))
 
     @staticmethod
-    def collate(batch: list[tuple[torch.Tensor, int]]) -> EncodedBatch:
+    def collate(batch: list) -> EncodedBatch:
         # One tensor per batch: workers hand each tensor over in its own shared-memory segment.
+        readable = [item for item in batch if not isinstance(item, Unreadable)]
+        batch = readable or [item.stand_in for item in batch]  # a batch of gone files: their stand-ins
         data = [item[0] for item in batch]
         return EncodedBatch(torch.cat(data), torch.tensor([len(d) for d in data]),
                             torch.tensor([item[1] for item in batch]))
