@@ -28,6 +28,7 @@ from transferkit.cli import app as cli
 from transferkit.errors import ConfigError
 from transferkit.runtime.guards import RunInterrupted
 from transferkit.runs import Run
+from transferkit.runtime.run_paths import read_located
 
 
 def test_import_transferkit_loads_neither_torch_nor_hydra() -> None:
@@ -148,7 +149,8 @@ def trained(tmp_path_factory, test_resnet_weights) -> tuple[Run, Path]:
 
 def test_fit_returns_the_run(trained) -> None:
     run, root = trained
-    assert run.dir.is_dir() and run.results == json.loads((run.dir / "results.json").read_text())
+    saved = json.loads((run.dir / "results.json").read_text())  # the run's own paths relative to it
+    assert run.dir.is_dir() and run.results == read_located(saved, run.dir) and saved["run_dir"] == "."
     assert run.results["status"] == "completed" and "test/acc" in run.results["metrics"]
     assert run.config.data.root == str(root) and run.config.model.backbone == "test_resnet"
     assert not run.task.training and run.task.class_names == ["cat", "dog"]
