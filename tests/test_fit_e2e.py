@@ -31,12 +31,14 @@ def test_fit_writes_run_directory_then_predict_and_test(image_folder, fast, tmp_
     assert saved["data"]["train_size"] + saved["data"]["val_size"] + saved["data"]["test_size"] == 12
     assert "test/acc" in saved["metrics"]
     # Checkpoints hold only what torch.load(weights_only=True) allows: predict/test/resume read them so.
-    assert torch.serialization.get_unsafe_globals_in_checkpoint(saved["best_checkpoint"]) == []
-    head = sum(p.numel() for p in ClassificationTask.load_from_checkpoint(saved["best_checkpoint"]).head.parameters())
+    assert saved["best_checkpoint"] == "checkpoints/best.ckpt"  # relative to the run: the directory may move
+    best = run_dir / saved["best_checkpoint"]
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(best) == []
+    head = sum(p.numel() for p in ClassificationTask.load_from_checkpoint(best).head.parameters())
     assert saved["params"]["trainable"] == head < saved["params"]["total"]
 
     out = tmp_path / "preds.csv"
-    cli.run(["predict", f"ckpt_path={saved['best_checkpoint']}", f"input={image_folder}",
+    cli.run(["predict", f"ckpt_path={best}", f"input={image_folder}",
              f"output={out}", "top_k=2", f"run_dir={tmp_path / 'pred'}"])
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 12
@@ -44,7 +46,7 @@ def test_fit_writes_run_directory_then_predict_and_test(image_folder, fast, tmp_
     assert all(len(r["top_k"].split(";")) == 2 for r in rows)
 
     # `test` reuses the config saved in the checkpoint's run: same data, model and split.
-    tested = cli.run(["test", f"ckpt_path={saved['best_checkpoint']}", f"run_dir={tmp_path / 'test'}"])
+    tested = cli.run(["test", f"ckpt_path={best}", f"run_dir={tmp_path / 'test'}"])
     assert tested["metrics"]["test/acc"] == pytest.approx(saved["metrics"]["test/acc"])
 
 
