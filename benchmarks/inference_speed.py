@@ -12,6 +12,12 @@ workers, run the model, write the CSV. The plain loop is a timm model with the s
 11): predict from the checkpoint >= 0.9x the plain loop at batch 64.
 
     python benchmarks/inference_speed.py --images 300 --workers 2 --rounds 2 [--note "..."]
+
+`--formats`: instead, the export-format table (benchmarks/format_speed.py): format (PyTorch, ONNX Runtime
+FP32/INT8, OpenVINO FP32/INT8) x batch size (1, 8, 64) -> images/s of the model alone and accuracy, for
+the house backbone on a real folder and resnet50 at 224 px; results/inference_formats.json and .md.
+
+    python benchmarks/inference_speed.py --formats --rounds 3 [--smoke]
 """
 
 from __future__ import annotations
@@ -28,12 +34,17 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import sys  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from transferkit.cli import app as cli  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import format_speed  # noqa: E402 - benchmarks/ is not a package
 
 log = logging.getLogger("inference_speed")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -186,24 +197,33 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--source-size", type=int, nargs=2, default=(500, 375), metavar=("W", "H"))
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=(1, 64))
+    parser.add_argument("--batch-sizes", type=int, nargs="+", help="default 1 64 (--formats: 1 8 64)")
+    parser.add_argument("--formats", action="store_true", help="the export-format table instead (model alone)")
+    parser.add_argument("--calibration-images", type=int, default=64, help="--formats: resnet50's INT8 calibration")
+    parser.add_argument("--smoke", action="store_true", help="--formats in a minute: resnet10t at 64 px, 1 round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--fit-override", nargs="*", default=[], help="extra fit overrides, e.g. model=resnet18")
     parser.add_argument("--note", help="recorded with the numbers, e.g. 'measured under load'")
-    parser.add_argument("--output", type=Path, default=RESULTS / "inference_speed.json")
-    return parser.parse_args()
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    args.batch_sizes = args.batch_sizes or ((1, 8) if args.smoke else (1, 8, 64) if args.formats else (1, 64))
+    args.rounds = 1 if args.smoke else args.rounds
+    args.calibration_images = 16 if args.smoke else args.calibration_images
+    args.output = args.output or RESULTS / ("inference_formats.json" if args.formats else "inference_speed.json")
+    return args
 
 
 def main() -> None:
     cli.configure_logging(debug=False)
     args = parse_args()
     with tempfile.TemporaryDirectory(prefix="inference_speed_") as tmp:
-        result = measure(args, Path(tmp))
+        result = format_speed.measure_formats(args, Path(tmp)) if args.formats else measure(args, Path(tmp))
     result["machine"] = machine(args.note)
+    text = format_speed.formats_markdown(result, result["machine"]) if args.formats else markdown(result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1))
-    args.output.with_suffix(".md").write_text(markdown(result))
-    log.info("\n%s", markdown(result))
+    args.output.with_suffix(".md").write_text(text)
+    log.info("\n%s", text)
 
 
 if __name__ == "__main__":

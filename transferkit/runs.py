@@ -18,7 +18,7 @@ from transferkit.errors import ConfigError
 log = logging.getLogger("transferkit")
 
 LOAD_HINT = ("pass a run directory (outputs/<date>/<time>), a checkpoint (<run>/checkpoints/best.ckpt) or an "
-             "exported model (model.onnx, model.torchscript.pt)")
+             "exported model (model.onnx, model.int8.onnx, model.torchscript.pt, model.xml, model.int8.xml)")
 
 
 class Run:
@@ -42,7 +42,8 @@ class Run:
 
     @property
     def exported(self) -> Path | None:
-        """The exported model file (model.onnx, model.torchscript.pt) this run was loaded from, else None.
+        """The exported model file (model.onnx, model.int8.onnx, model.torchscript.pt, model.xml, ...) this run was
+        loaded from, else None.
 
         Example:
             >>> transferkit.load("outputs/2026-01-01/12-00-00/model.onnx").exported  # doctest: +SKIP
