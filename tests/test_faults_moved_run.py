@@ -71,6 +71,7 @@ def test_a_run_moved_mid_way_with_its_data_resumes_to_the_uninterrupted_run(tmp_
     assert run.checkpoints() == [b / "checkpoints" / "best.ckpt"]
     assert run.predict(str(moved_images / "dog" / "0.png"))[0]["label"] == "dog"
     assert files_naming(b, str(a)) == []  # nothing in the moved run names where it was
+    assert len(json.loads((b / "splits.json").read_text())["digests"]) == 12  # the files were checked by pixels too
 
 
 def test_a_results_record_names_the_runs_own_files_relative_to_it(tmp_path):
@@ -129,3 +130,19 @@ def test_data_root_on_resume_is_refused_for_embedded_data(tmp_path):
     (run / "results.json").write_text(json.dumps({"command": "fit", "status": "interrupted"}))
     with pytest.raises(ConfigError, match="data.root cannot be given when resuming .* embedded data set 'digits'"):
         cli.run(["fit", f"resume={run}", f"data.root={tmp_path}"])
+
+
+def test_a_file_with_other_pixels_at_the_new_root_is_named(tmp_path):
+    from PIL import Image
+
+    from transferkit.data.folders import scan_image_folder
+
+    images = write_class_folder(tmp_path / "images")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "splits.json").write_text(json.dumps(scan_image_folder(images).to_json()))
+    moved = Path(shutil.move(images, tmp_path / "moved"))
+    check_same_splits(scan_image_folder(moved).to_json(), run, str(moved))  # the same files, moved
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(moved / "dog" / "3.png")  # same name, other pixels
+    with pytest.raises(ConfigError, match=r"its digests.dog/3.png was '[0-9a-f]+', data.root=.* gives '[0-9a-f]+'"):
+        check_same_splits(scan_image_folder(moved).to_json(), run, str(moved))

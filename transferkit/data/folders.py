@@ -52,6 +52,10 @@ class FolderScan:
         record["skipped"] = [{"path": str(path), "reason": reason} for path, reason in self.skipped]
         record["warnings"] = list(self.warnings)
         record.update(self.curation)
+        if self.fingerprints is not None:  # what `fit resume= data.root=<new place>` checks the files by
+            used = [path for items in self.splits.values() for path, _ in items]
+            record["digests"] = {relative_path(path, self.root): self.fingerprints.digest(path).hex()
+                                 for path in sorted(used) if self.fingerprints.digest(path) is not None}
         return record
 
 

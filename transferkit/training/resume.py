@@ -55,14 +55,16 @@ def write_resumed_config(config: dict, run_dir: Path) -> None:
 
 def check_same_splits(record: dict, run_dir: Path, root: str | None = None) -> None:
     """The resumed run's data splits into the files splits.json records (by their paths under data.root,
-    which may have moved: `fit resume=<run> data.root=<new place>`), else one line naming the first
-    file that differs."""
+    which may have moved: `fit resume=<run> data.root=<new place>`, and their pixel digests where the run
+    recorded them), else one line naming the first file that differs."""
     path = run_dir / "splits.json"
     if not path.is_file():
         return
     saved = json.loads(path.read_text())
     old_root = saved.get("root") or OmegaConf.load(run_dir / "config.yaml").data.get("root")
     before, now = under_root(saved, old_root), under_root(json.loads(json.dumps(record, default=str)), root)
+    if "digests" not in before:  # a run from before the pixel digests were recorded: its paths are checked
+        now.pop("digests", None)
     difference = first_difference(before, now)
     if difference is not None:
         where, was, found = difference
@@ -73,10 +75,11 @@ def check_same_splits(record: dict, run_dir: Path, root: str | None = None) -> N
 
 
 def under_root(record, root: str | None):
-    """A split record with the data root taken out: paths relative to it, so a moved folder compares equal."""
+    """A split record with the data root taken out: paths relative to it, so a moved folder compares equal
+    (the warnings, sentences that may name the root, are not compared)."""
     prefix = str(root).rstrip("/") + "/" if root else None
     if isinstance(record, dict):
-        return {k: under_root(v, root) for k, v in record.items() if k != "root"}
+        return {k: under_root(v, root) for k, v in record.items() if k not in ("root", "warnings")}
     if isinstance(record, list):
         return [under_root(v, root) for v in record]
     if prefix and isinstance(record, str) and record.startswith(prefix):
