@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from transferkit.data.decode import IMAGE_EXTENSIONS
+from transferkit.data.manifest import ManifestRow, check_known_labels, check_rows
 from transferkit.data.walk import SCANNED_LINK, Findings, is_ignored, is_image_file, overlaps, walk_images
 
 log = logging.getLogger(__name__)
@@ -260,10 +261,11 @@ def discover_images(root: Path | str, manifest: Path | str | None = None) -> Ima
 
 
 def scan_manifest(manifest: Path, root: Path) -> ImageListing:
-    """Read a CSV with columns ``path,label`` (+ optional ``split``); paths are relative to ``root``."""
+    """Read a CSV with columns ``path,label`` (+ optional ``split``); paths are relative to ``root``.
+    Its rows are checked first (`transferkit.data.manifest`): each problem names its CSV lines."""
     if not manifest.is_file():
         raise FileNotFoundError(f"data.manifest={str(manifest)!r} does not exist.")
-    folders: dict[str, dict[str, list[Path]]] = {"train": {}}
+    rows = []
     with manifest.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = {"path", "label"} - set(reader.fieldnames or ())
@@ -279,9 +281,13 @@ def scan_manifest(manifest: Path, root: Path) -> ImageListing:
                     f"data.manifest={str(manifest)!r} line {line}: split={row['split']!r} "
                     f"is unknown; use one of {sorted(SPLIT_ALIASES)}."
                 )
-            name = class_name(row["label"].strip())
-            folders.setdefault(split, {}).setdefault(name, []).append(root / row["path"].strip())
-    check_split_classes(root, folders)
+            name = class_name((row["label"] or "").strip())
+            rows.append(ManifestRow(line, split, root / (row["path"] or "").strip(), (name,) if name else ()))
+    rows = check_rows(rows, manifest, root)
+    check_known_labels(rows, manifest, root)
+    folders: dict[str, dict[str, list[Path]]] = {"train": {}}
+    for row in rows:
+        folders.setdefault(row.split, {}).setdefault(row.labels[0], []).append(row.path)
     classes = tuple(sorted(folders["train"]))
     if not classes:
         raise ValueError(f"data.manifest={str(manifest)!r} has no train rows.")
