@@ -239,6 +239,18 @@ def test_metrics_past_the_checkpoint_are_dropped_and_sessions_joined(tmp_path):
     assert not (tmp_path / metrics_files.PREVIOUS_METRICS).exists()
 
 
+def test_rows_longer_than_the_header_do_not_stop_the_join(tmp_path):
+    """A kill while Lightning's CSV logger rewrote metrics.csv for new keys left a row longer than
+    its header: the join keeps the named values (it once stopped with 'dict contains fields not in
+    fieldnames')."""
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/loss\n0,0,1.0\n0,1,0.5,0.9,0.7\n")
+    metrics_files.set_aside_metrics(tmp_path, global_step=8)
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/loss\n0,2,0.4\n")
+    metrics_files.join_metrics(tmp_path)
+    assert [(r["step"], r["train/loss"]) for r in metric_rows(str(tmp_path))] == [("0", "1.0"), ("1", "0.5"),
+                                                                              ("2", "0.4")]
+
+
 def test_a_run_still_going_is_not_resumed_under_it(finished_run, tmp_path):
     run = copy_run(finished_run, tmp_path)
     alive = start_holder(run)  # holds the run directory's lock, as a running fit does (tests/test_faults_writers.py)

@@ -14,7 +14,10 @@ def read_rows(path: Path) -> tuple[list[str], list[dict]]:
         return [], []
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        return list(reader.fieldnames or []), list(reader)
+        # A process killed while Lightning's CSV logger rewrote the file for new metric keys can
+        # leave rows longer than the header: their unnamed values (DictReader's key None) are dropped.
+        rows = [{k: v for k, v in row.items() if k is not None} for row in reader]
+        return list(reader.fieldnames or []), rows
 
 
 def write_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
