@@ -38,9 +38,11 @@ class SigtermAfterEpoch2(builders.pl.Callback):
 
 
 @pytest.mark.slow
-def test_a_run_moved_mid_way_with_its_data_resumes_to_the_uninterrupted_run(tmp_path, fast, monkeypatch):
+def test_a_run_moved_mid_way_with_its_data_resumes_to_the_uninterrupted_run(tmp_path, fast, test_resnet_weights,
+                                                                            monkeypatch):
     images = write_class_folder(tmp_path / "images")
-    base = [*fast[:-1], *EXACT]
+    weights = Path(shutil.copy(test_resnet_weights, tmp_path / "weights.safetensors"))
+    base = [*(o for o in fast[:-1] if not o.startswith("model.weights=")), f"model.weights={weights}", *EXACT]
     full = cli.run(["fit", f"data.root={images}", *base, f"run_dir={tmp_path / 'full'}"])
     guards = builders.run_guard_callbacks
     monkeypatch.setattr(builders, "run_guard_callbacks", lambda d: [*guards(d), SigtermAfterEpoch2()])
@@ -50,10 +52,13 @@ def test_a_run_moved_mid_way_with_its_data_resumes_to_the_uninterrupted_run(tmp_
     monkeypatch.setattr(builders, "run_guard_callbacks", guards)
     shutil.move(a, b)
     moved_images = Path(shutil.move(images, tmp_path / "elsewhere" / "images"))
+    moved_weights = Path(shutil.move(weights, tmp_path / "elsewhere" / "weights.safetensors"))
 
     with pytest.raises(FileNotFoundError, match=f"fit resume={b} data.root=<new place>"):
         cli.run(["fit", f"resume={b}"])
-    resumed = cli.run(["fit", f"resume={b}", f"data.root={moved_images}"])
+    with pytest.raises(FileNotFoundError, match=f"fit resume={b} model.weights=<its new place>"):
+        cli.run(["fit", f"resume={b}", f"data.root={moved_images}"])
+    resumed = cli.run(["fit", f"resume={b}", f"data.root={moved_images}", f"model.weights={moved_weights}"])
     assert resumed["run_dir"] == str(b) and resumed["status"] == "completed" and resumed["epochs"] == 4
     assert resumed["metrics"] == full["metrics"]
     last = torch.load(b / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
@@ -123,13 +128,16 @@ def test_splits_of_other_files_at_the_new_root_name_the_first_difference(tmp_pat
         check_same_splits(other, run, "/new/images")
 
 
-def test_data_root_on_resume_is_refused_for_embedded_data(tmp_path):
+def test_data_root_and_weights_on_resume_are_refused_where_nothing_could_move(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.yaml").write_text("data: {root: null, embedded: digits}\nfinetune: {strategy: freeze}\n")
+    (run / "config.yaml").write_text("data: {root: null, embedded: digits}\nfinetune: {strategy: freeze}\n"
+                                     "model: {weights: charnet}\n")
     (run / "results.json").write_text(json.dumps({"command": "fit", "status": "interrupted"}))
     with pytest.raises(ConfigError, match="data.root cannot be given when resuming .* embedded data set 'digits'"):
         cli.run(["fit", f"resume={run}", f"data.root={tmp_path}"])
+    with pytest.raises(ConfigError, match="model.weights cannot change when resuming .* weights are 'charnet'"):
+        cli.run(["fit", f"resume={run}", f"model.weights={tmp_path / 'w.safetensors'}"])
 
 
 def test_a_file_with_other_pixels_at_the_new_root_is_named(tmp_path):

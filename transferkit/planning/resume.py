@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transferkit.config.files import load_group_option
+from transferkit.models.weights import FILE_SUFFIXES
 from transferkit.errors import ConfigError
 from transferkit.planning.race import build_candidates, explicit_keys
 from transferkit.planning.spec import SOLVED_HEAD_TRAINER
@@ -123,8 +124,9 @@ def check_race_resumable(saved: DictConfig, cfg: DictConfig, keys: list[str], ru
 
 
 def check_data_root(saved: DictConfig, cfg: DictConfig, keys: list[str], run_dir: Path) -> None:
-    """`data.root=` on resume names where the run's image folder is now (moved, or another machine); a run
-    on embedded data has no folder to move. Without it, the recorded folder must still be there."""
+    """`data.root=` / `model.weights=` on resume name where the run's image folder / weights file is now
+    (moved, or another machine); embedded data or named weights have no file to move. Without them, the
+    recorded places must still be there."""
     recorded = saved.data.get("root")
     if "data.root" in keys and recorded is None:
         raise ConfigError(f"data.root cannot be given when resuming {run_dir}: the run trained on the embedded "
@@ -134,6 +136,16 @@ def check_data_root(saved: DictConfig, cfg: DictConfig, keys: list[str], run_dir
                                 "or another machine); point it at the same images' new place: python -m "
                                 f"transferkit fit resume={run_dir} data.root=<new place> (the splits are checked to "
                                 "be the same files).")
+    weights = str(saved.model.get("weights"))
+    is_file = Path(weights).suffix in FILE_SUFFIXES
+    if "model.weights" in keys and not is_file:
+        raise ConfigError(f"model.weights cannot change when resuming {run_dir}: the run's weights are {weights!r}, "
+                          "not a file that could have moved. Resume without model.weights=.")
+    if "model.weights" not in keys and is_file and not Path(weights).expanduser().is_file():
+        raise FileNotFoundError(f"resume={run_dir}: the run's model.weights={weights!r} does not exist here (moved, "
+                                "or another machine); the checkpoint holds the trained weights, but the model is "
+                                f"built from that file first: python -m transferkit fit resume={run_dir} "
+                                "model.weights=<its new place>.")
 
 
 def candidate_config(saved: DictConfig, candidate: Candidate) -> DictConfig:

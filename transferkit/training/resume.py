@@ -27,10 +27,11 @@ from transferkit.training.rundir import write_config
 log = logging.getLogger("transferkit")
 
 # What may change on resume: nothing that changes what is trained (`transferkit.planning.resume` checks).
-# data.root: the same files at another place (a moved run, another machine); the splits are checked to match.
+# data.root, model.weights: the same files at another place (a moved run, another machine); the splits are
+# checked to be the same files, the weights file only builds the model before the checkpoint's weights load.
 RESUME_KEYS = ("resume", "trainer.max_epochs", "data.num_workers", "trainer.enable_progress_bar",
                "trainer.log_every_n_steps", "trainer.enable_model_summary", "checkpoint.every_minutes", "debug",
-               "data.root")
+               "data.root", "model.weights")
 
 
 def read_results(run_dir: Path) -> dict:
