@@ -123,3 +123,9 @@ def test_balanced_folder_keeps_accuracy(tmp_path, fast, image_folder) -> None:
 def test_unknown_monitor_named(tmp_path, fast, image_folder) -> None:
     with pytest.raises(ConfigError, match="checkpoint.monitor='val/accuracy'"):
         cli.run(["fit", f"data.root={image_folder}", *fast, "checkpoint.monitor=val/accuracy"])
+
+
+@pytest.mark.parametrize("command", ["test", "predict", "export"])
+def test_logit_adjust_is_a_fit_option(command, tmp_path) -> None:
+    with pytest.raises(ConfigError, match=f"logit_adjust=True is a fit option.*{command} applies them"):
+        cli.run([command, f"ckpt_path={tmp_path / 'best.ckpt'}", f"input={tmp_path}", "logit_adjust=true"])

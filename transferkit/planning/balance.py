@@ -105,3 +105,11 @@ def plan_balance(spec: RunSpec, datamodule, notes: list[str]) -> RunSpec:
               "checkpoint": {**spec.config.get("checkpoint", {}), "monitor": decided.monitor}}
     return replace(spec, task=task, data=data, callbacks=replace(spec.callbacks, monitor=decided.monitor),
                    config=config, imbalance=decided.to_dict())
+
+
+def check_fit_only(logit_adjust, command: str) -> None:
+    """`logit_adjust` is decided at fit (the checkpoint keeps the train priors and applies them itself)."""
+    if logit_adjust:
+        raise ConfigError(f"logit_adjust={logit_adjust!r} is a fit option: the checkpoint records the train split's "
+                          f"class priors and {command} applies them on its own when it was trained with "
+                          "logit_adjust=true. Drop logit_adjust= here, or fit again with logit_adjust=true.")

@@ -17,6 +17,7 @@ from transferkit.inference.exported import MODEL_FILES, QUANTIZED_FILES, is_expo
 from transferkit.inference.spec import CheckpointSpec, PredictSpec
 from transferkit.models.input_format import InputFormat
 from transferkit.models.weights import WeightsSource
+from transferkit.planning.balance import check_fit_only
 from transferkit.planning.plan import assemble_spec
 from transferkit.planning.rebuild import checkpoint_run_config
 from transferkit.planning.spec import ModelSpec, RunSpec
@@ -50,6 +51,7 @@ def predict_spec(cfg: DictConfig) -> PredictSpec:
     """`predict`'s config as a spec: every value checked before anything is loaded or written."""
     tta = cfg.get("tta")
     check_tta(tta)  # named before input= and ckpt_path=, as always
+    check_fit_only(cfg.get("logit_adjust"), "predict")
     source = require(cfg.input, "input", INPUT_HINT)
     model = checkpoint_spec(cfg.ckpt_path, tta, exported=True, calibration=cfg.get("calibration"))
     workers = choose_num_workers(cfg.data.num_workers, on_gpu=torch.cuda.is_available(), cpus=usable_cpus())
@@ -86,6 +88,7 @@ def spec_for_checkpoint(cfg: DictConfig | dict, hparams: dict, command: str, che
 def plan_checkpoint_test(cfg: DictConfig) -> tuple[RunSpec, CheckpointSpec, object]:
     """`test`: the checkpoints checked, the random streams seeded, the task (an `EnsembleTask` for several
     checkpoints or TTA) loaded, and the spec that tests it on the config's data."""
+    check_fit_only(cfg.get("logit_adjust"), "test")
     checkpoints = checkpoint_spec(cfg.ckpt_path, cfg.get("tta"))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = load_model(checkpoints.paths, checkpoints.tta)
@@ -110,6 +113,7 @@ def choose_quantize(value, fmt: str, source) -> str | None:
 
 def export_spec(cfg: DictConfig) -> ExportSpec:
     """`export`'s config as a spec; the checkpoint, the format, quantization and the exporter's packages checked."""
+    check_fit_only(cfg.get("logit_adjust"), "export")
     checkpoint = require(cfg.ckpt_path, "ckpt_path", CKPT_HINT)
     fmt = str(cfg.format)
     lookup(MODEL_FILES, fmt, "format")

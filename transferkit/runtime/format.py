@@ -18,6 +18,9 @@ Optional fields of version 2:
   validation split after training (`calibration=temperature`; `transferkit.training.calibrate`). Absent:
   1.0, uncalibrated (older checkpoints, `calibration=none`, segmentation). Predictions divide the logits by it
   (`transferkit.tasks.calibration.apply_temperature`); the weights and every training metric are unchanged.
+- Classification hyperparameters `monitor` (the selection metric), `logit_adjust` and `class_priors` (the train
+  split's class frequencies) with the persistent buffer `log_priors` (only with `logit_adjust`):
+  `transferkit.planning.balance`. Absent: `val/acc`, no adjustment (older checkpoints load as before).
 """
 
 from __future__ import annotations
