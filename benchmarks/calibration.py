@@ -52,8 +52,12 @@ def predicted_confidence(csv_path: Path) -> dict:
 def one_run(cli, name: str, root: Path, seed: int, workdir: Path) -> dict:
     run_dir = workdir / "runs" / f"{name}-{seed}"
     start = time.perf_counter()
-    results = cli.run(["fit", *FIT, f"data.root={root}", f"seed={seed}", f"run_dir={run_dir}"])
-    seconds = time.perf_counter() - start
+    saved = run_dir / "results.json"
+    if saved.is_file() and json.loads(saved.read_text()).get("status") == "completed":  # fitted by an earlier call
+        results = json.loads(saved.read_text())
+    else:
+        results = cli.run(["fit", *FIT, f"data.root={root}", f"seed={seed}", f"run_dir={run_dir}"])
+    seconds = results.get("wall_seconds", time.perf_counter() - start)
     metrics, calibration = results["metrics"], results["calibration"]
     ci = calibration["ci95"]
     row = {"set": name, "seed": seed, "run_dir": str(run_dir), "fit_seconds": round(seconds, 1),
@@ -110,7 +114,9 @@ def markdown(report: dict) -> str:
             f"{r['predict_temperature']['accuracy']:.3f} |")
     for name in report["sets"]:
         rows = [r for r in report["runs"] if r["set"] == name]
-        lines.append(f"| {name} | mean ± std | {mean_std(rows, 'test_acc')} | {mean_std(rows, 'temperature')} | "
+        if not rows:
+            continue
+        lines.append(f"| {name} | mean ± std ({len(rows)} seed{'s' if len(rows) > 1 else ''}) | {mean_std(rows, 'test_acc')} | {mean_std(rows, 'temperature')} | "
                      f"{mean_std(rows, 'test/ece_uncalibrated')} → {mean_std(rows, 'test/ece')} | "
                      f"{100 * statistics.fmean(r['ece_drop_fraction'] for r in rows):.0f} % | "
                      f"{mean_std(rows, 'test/nll_uncalibrated')} → {mean_std(rows, 'test/nll')} | |")
@@ -127,6 +133,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/transferkit-calibration"))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "calibration")
+    parser.add_argument("--keep", action="store_true", help="keep the runs already in the JSON; run the others")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from transferkit.cli import app as cli
@@ -135,10 +142,17 @@ def main() -> None:
     report = {"environment": environment(), "command": " ".join(["python -m transferkit fit", *FIT,
                                                                   "data.root=<set> seed=<seed>"]),
               "sets": args.sets, "seeds": args.seeds, "draws": DRAWS, "runs": []}
+    if args.keep and args.out.with_suffix(".json").is_file():
+        before = json.loads(args.out.with_suffix(".json").read_text())
+        report["runs"] = before["runs"]
+        report["sets"] = list(dict.fromkeys([*before["sets"], *args.sets]))
+        report["environments"] = [*before.get("environments", [before["environment"]]), report["environment"]]
+    done = {(r["set"], r["seed"]) for r in report["runs"]}
     for name in args.sets:
         root = photo_sets.build_set(name, args.workdir / "sets")
         for seed in args.seeds:
-            report["runs"].append(one_run(cli, name, root, seed, args.workdir))
+            if (name, seed) not in done:
+                report["runs"].append(one_run(cli, name, root, seed, args.workdir))
             args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))  # partial results survive
     args.out.with_suffix(".md").write_text(markdown(report))
     log.info("%s", markdown(report))
