@@ -129,3 +129,8 @@ def test_unknown_monitor_named(tmp_path, fast, image_folder) -> None:
 def test_logit_adjust_is_a_fit_option(command, tmp_path) -> None:
     with pytest.raises(ConfigError, match=f"logit_adjust=True is a fit option.*{command} applies them"):
         cli.run([command, f"ckpt_path={tmp_path / 'best.ckpt'}", f"input={tmp_path}", "logit_adjust=true"])
+
+
+def test_race_needs_a_monitor_it_can_score(tmp_path, fast, image_folder) -> None:
+    with pytest.raises(ConfigError, match="checkpoint.monitor='val/f1': finetune=auto's race scores"):
+        cli.run(["fit", f"data.root={image_folder}", *fast, "finetune=auto", "checkpoint.monitor=val/f1"])
