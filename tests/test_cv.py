@@ -97,6 +97,7 @@ def test_cv_interrupted_in_a_fold_resumes_skipping_finished_folds(fast, tmp_path
     assert saved["data"]["train_per_class"] == 3 and results["metrics"] == saved["metrics"]
     rows = list(csv.DictReader((root / "cv.csv").open()))
     assert [r["fold"] for r in rows] == ["0", "1"] and rows[1]["train_size"] == "6"
+    assert rows[1]["best_checkpoint"] == "folds/1/checkpoints/best.ckpt"  # relative: the cv run may move
 
     # The cv run directory is an ensemble for test and predict (its folds' best checkpoints).
     tested = cli.run(["test", f"ckpt_path={root}", f"run_dir={tmp_path / 'test'}"])

@@ -259,6 +259,7 @@ def config_of_resumed_search(cfg: DictConfig) -> tuple[DictConfig, Path]:
     tune_dir = find_tune_dir(cfg.resume)
     check_not_running(read_results(tune_dir), tune_dir)
     saved = OmegaConf.load(tune_dir / "config.yaml")
+    saved.run_dir = str(tune_dir)  # config.yaml says `.`: the directory, wherever it is now
     for item in cfg.tune.overrides:
         key = override_key(item)
         if key not in TUNE_RESUME_KEYS:

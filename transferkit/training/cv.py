@@ -27,6 +27,7 @@ from transferkit.evaluation.audit.fold_outputs import save_fold_outputs
 from transferkit.planning.spec import RunSpec
 from transferkit.runtime.checkpoint_io import checkpoint_problem
 from transferkit.runtime.guards import RunInterrupted, RunStopped
+from transferkit.runtime.run_paths import portable
 from transferkit.training.builders import build_datamodule
 from transferkit.training.evaluate import test_ensemble
 from transferkit.training.resume import read_results, session_record, write_resumed_config
@@ -101,6 +102,8 @@ def summarize(rows: list[dict]) -> tuple[dict, dict]:
 
 
 def write_cv_csv(rows: list[dict], path: Path) -> Path:
+    """cv.csv: one row per fold; its best_checkpoint relative to the cv run (`runtime.run_paths`)."""
+    rows = portable(rows, path.parent)
     fields: list[str] = []
     for row in rows:
         fields += [key for key in row if key not in fields]
