@@ -33,6 +33,10 @@ def test_installed_package_finds_conf_and_recipes(tmp_path):
     module_file, conf_dir, recipes, strategy = out.stdout.strip().splitlines()[-4:]
     assert module_file.startswith(str(target)) and conf_dir.startswith(str(target))
     assert "small_similar" in recipes and strategy == "freeze"
+    # the wheel's metadata carries the licence (PEP 639: pyproject's license and license-files)
+    dist_info = next(target.glob("transferkit-*.dist-info"))
+    assert (dist_info / "licenses" / "LICENSE").read_bytes() == (repo / "LICENSE").read_bytes()
+    assert "License-Expression: Apache-2.0" in (dist_info / "METADATA").read_text().splitlines()
 
 
 def test_every_config_group_is_a_listed_package():
