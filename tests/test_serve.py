@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from tests.conftest import write_class_folder
-from tests.serve_client import (REPO, healthy, malformed_requests, png_bytes, post_image, request, start_server,
-                                stop_server)
+from tests.serve_client import (REPO, healthy, malformed_requests, multipart, png_bytes, post_image, request,
+                                start_server, stop_server)
 from transferkit.cli import app as cli
 from transferkit.errors import ConfigError
 from transferkit.inference.predictor import Predictor, load_predictor, predict_inputs
@@ -95,17 +95,11 @@ def test_a_bad_request_gets_a_4xx_with_one_line_of_json_and_the_server_keeps_ser
 
 def test_bad_images_sent_with_good_ones_never_fail_a_batch(server):
     bad = [(b, h) for k, b, h in malformed_requests(MAX_BYTES, MAX_PIXELS) if k in ("not an image", "truncated image")]
-    jobs = [("good", *post_body(image(i))) for i in range(8)] + [("bad", *bad[i % 2]) for i in range(8)]
+    jobs = [("good", *multipart(image(i))) for i in range(8)] + [("bad", *bad[i % 2]) for i in range(8)]
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda job: (job[0], request(server.url + "/predict", job[1], job[2])[0]), jobs))
     assert [s for k, s in results if k == "good"] == [200] * 8
     assert all(400 <= s < 500 for k, s in results if k == "bad")
-
-
-def post_body(data: bytes) -> tuple[bytes, dict]:
-    from tests.serve_client import multipart
-
-    return multipart(data)
 
 
 @pytest.mark.slow
@@ -113,7 +107,7 @@ def test_load_16_clients_and_1000_malformed_requests_then_health(server):
     """A bounded local load: 16 concurrent clients send 160 good and 1,000 malformed requests (every kind in
     turn); every good one gets 200, every bad one a 4xx, and /health still answers."""
     kinds = malformed_requests(MAX_BYTES, MAX_PIXELS)
-    jobs = [("good", *post_body(image(i))) for i in range(160)] + [(k, b, h) for k, b, h in islice(cycle(kinds), 1000)]
+    jobs = [("good", *multipart(image(i))) for i in range(160)] + [(k, b, h) for k, b, h in islice(cycle(kinds), 1000)]
     order = np.random.default_rng(0).permutation(len(jobs))
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda i: (jobs[i][0], request(server.url + "/predict", jobs[i][1], jobs[i][2])[0]),
@@ -152,3 +146,21 @@ def test_serve_without_its_extra_says_what_to_install(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and 'pip install ".[serve]"' in lines[0] and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_an_exported_model_is_served_with_its_own_preprocessing_and_answers_as_the_checkpoint(server, fitted,
+                                                                                          tmp_path):
+    exported = cli.run(["export", f"ckpt_path={fitted / 'checkpoints' / 'best.ckpt'}", "format=torchscript",
+                        f"run_dir={tmp_path / 'export'}"])["model"]
+    other = start_server(exported, tmp_path, "serve.log_level=warning")
+    try:
+        status, _, body = request(other.url + "/info")
+        assert json.loads(body)["model"]["exported"] is True
+        for seed in (3, 4):
+            from_export, from_checkpoint = post_image(other, image(seed)), post_image(server, image(seed))
+            assert from_export[0] == from_checkpoint[0] == 200
+            a, b = json.loads(from_export[2]), json.loads(from_checkpoint[2])
+            assert a["label"] == b["label"] and a["probability"] == pytest.approx(b["probability"], abs=1e-4)
+    finally:
+        assert stop_server(other) == 0

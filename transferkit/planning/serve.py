@@ -35,6 +35,7 @@ def serve_spec(cfg: DictConfig) -> ServeSpec:
     values = dict(host=str(group["host"]), port=port, max_batch_size=at_least(group, "max_batch_size", 1),
                   batch_timeout=at_least(group, "batch_timeout", 0, float),
                   workers_per_device=at_least(group, "workers_per_device", 1),
+                  torch_threads=None if group.get("torch_threads") is None else at_least(group, "torch_threads", 1),
                   accelerator=lookup({a: a for a in ACCELERATORS}, str(group["accelerator"]), "serve.accelerator"),
                   timeout=at_least(group, "timeout", 0.001, float), limits=limits, top_k=int(cfg.top_k),
                   log_level=lookup({v: v for v in LOG_LEVELS}, str(group["log_level"]), "serve.log_level"))

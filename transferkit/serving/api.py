@@ -25,11 +25,14 @@ log = logging.getLogger("transferkit")
 class ImageAPI(ls.LitAPI):
     """`POST /predict`: one image per request, batched by LitServe up to `max_batch_size`."""
 
-    def __init__(self, model: CheckpointSpec, top_k: int, max_batch_size: int, batch_timeout: float) -> None:
+    def __init__(self, model: CheckpointSpec, top_k: int, max_batch_size: int, batch_timeout: float,
+                 torch_threads: int | None = None) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
-        self.model, self.top_k, self.predictor = model, top_k, None
+        self.model, self.top_k, self.torch_threads, self.predictor = model, top_k, torch_threads, None
 
     def setup(self, device: str) -> None:
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)  # this inference process's intra-op threads
         if str(device).startswith("cuda"):
             torch.cuda.set_device(torch.device(device))  # the predictor runs on the current CUDA device
         self.predictor = load_predictor(self.model)

@@ -52,6 +52,7 @@ def model_metadata(predictor: Predictor, spec: ServeSpec) -> dict:
         "max_pixels": spec.limits.max_pixels,
         "max_batch_size": spec.max_batch_size,
         "batch_timeout": spec.batch_timeout,
+        "torch_threads": spec.torch_threads,
     }
 
 
@@ -76,7 +77,7 @@ def serve(spec: ServeSpec) -> None:
     from transferkit.serving.api import ImageAPI  # lazy: imports LitServe (the serve extra)
 
     metadata = model_metadata(load_predictor(spec.model), spec)
-    api = ImageAPI(spec.model, spec.top_k, spec.max_batch_size, spec.batch_timeout)
+    api = ImageAPI(spec.model, spec.top_k, spec.max_batch_size, spec.batch_timeout, spec.torch_threads)
     server = ls.LitServer(api, accelerator=spec.accelerator, workers_per_device=spec.workers_per_device,
                           timeout=spec.timeout, model_metadata=metadata)
     server.app.state.upload_limits = spec.limits  # read by requests.read_image in the (forked) HTTP processes

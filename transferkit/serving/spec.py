@@ -31,6 +31,7 @@ class ServeSpec:
     max_batch_size: int = 8
     batch_timeout: float = 0.005
     workers_per_device: int = 1
+    torch_threads: int | None = None  # per inference process; None: torch's default
     accelerator: str = "auto"
     timeout: float = 30.0
     limits: UploadLimits = UploadLimits()
