@@ -164,3 +164,23 @@ def test_an_exported_model_is_served_with_its_own_preprocessing_and_answers_as_t
             assert a["label"] == b["label"] and a["probability"] == pytest.approx(b["probability"], abs=1e-4)
     finally:
         assert stop_server(other) == 0
+
+
+@pytest.mark.slow
+def test_a_segmentation_run_answers_its_mask_as_a_png_at_the_image_size(tmp_path, test_resnet_weights):
+    cli.run(["fit", "task=segmentation", "data=segmentation", "data.embedded_length=32", "data.image_size=32",
+             "model.backbone=test_resnet", f"model.weights={test_resnet_weights}", "model.in_chans=3",
+             "data.batch_size=4", "data.num_workers=0", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+             "trainer.devices=1", "report.enabled=false", "trainer.enable_progress_bar=false",
+             "trainer.enable_model_summary=false", f"run_dir={tmp_path / 'run'}"])
+    running = start_server(tmp_path / "run", tmp_path, "serve.log_level=warning")
+    try:
+        data = image(5, size=36)
+        status, content_type, body = post_image(running, data)
+        assert status == 200 and content_type == "image/png"
+        mask = np.asarray(Image.open(io.BytesIO(body)))
+        predictor = load_predictor(CheckpointSpec((str(tmp_path / "run" / "checkpoints" / "best.ckpt"),), "best.ckpt"))
+        expected = predict_inputs(predictor, [Image.open(io.BytesIO(data))], [0])[0]
+        assert mask.shape == (36, 44) and np.array_equal(mask, expected)
+    finally:
+        assert stop_server(running) == 0
