@@ -129,7 +129,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int, default=None, help="serve.torch_threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=RESULTS / "serve_load")
     parser.add_argument("--note", default=None)
-    return parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="a quick end-to-end check: 32 requests, 1 pair")
+    args = parser.parse_args()
+    if args.smoke:
+        args.requests, args.rounds, args.image_size = 32, 1, 32
+    return args
 
 
 def main() -> None:

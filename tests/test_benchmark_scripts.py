@@ -57,3 +57,10 @@ def test_audit_benchmark_smoke(tmp_path):
     run_script("audit.py", "--output", str(tmp_path / "audit.json"), cwd=tmp_path)
     (row,) = json.loads((tmp_path / "audit.json").read_text())["quality"]
     assert row["images"] > 1800 and 0 <= row["leak_recall"] <= 1 and row["flipped"] == 90 and row["ood"] == 30
+
+
+def test_serve_load_benchmark_smoke(tmp_path):
+    run_script("serve_load.py", "--out", str(tmp_path / "serve_load"), cwd=tmp_path)
+    results = json.loads((tmp_path / "serve_load.json").read_text())
+    assert results["failed"] == 0 and len(results["ratios_on_over_off"]) == 1
+    assert (tmp_path / "serve_load.md").is_file()

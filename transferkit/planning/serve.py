@@ -27,6 +27,7 @@ def at_least(group: dict, key: str, low: float, kind: type = int):
 def serve_spec(cfg: DictConfig) -> ServeSpec:
     """`serve`'s config as a spec: host, port, batching, workers and limits checked, then the model path."""
     group = OmegaConf.to_container(cfg.serve, resolve=True)
+    group["host"] = "127.0.0.1" if group["host"] == "localhost" else group["host"]  # LitServe binds the address
     lookup({h: h for h in HOSTS}, str(group["host"]), "serve.host")
     port = at_least(group, "port", 1024)
     if port > 65535:
