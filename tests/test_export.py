@@ -114,6 +114,8 @@ def test_metadata_alone_reproduces_preprocessing(cls_onnx, cls_ckpt, folder, wor
     batch = (np.stack(resized).astype(np.float32) / 255 - spec["mean"]) / spec["std"]
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(None, {spec["name"]: batch.transpose(0, 3, 1, 2).astype(np.float32)})[0]
+    assert meta["temperature"] > 0  # fit's calibration: meta["output"]["postprocess"] divides by it
+    logits = logits / meta["temperature"]
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     reference = work / "ckpt_meta.csv"

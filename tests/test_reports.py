@@ -16,7 +16,8 @@ from transferkit.evaluation.reports.run_report import OUTPUTS_FILE, read_curves,
 
 CLASSIFICATION_FILES = {"report.html", "report/test_outputs.npz", "report/confusion_matrix.png",
                         "report/confusion_matrix.csv", "report/per_class.csv", "report/predictions.csv",
-                        "report/top_losses.png", "report/curves.png"}
+                        "report/top_losses.png", "report/curves.png",
+                        "report/reliability.png"}  # calibration=temperature (the default): the reliability diagrams
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -126,7 +127,8 @@ def test_report_off_and_test_command_report(image_folder, fast, tmp_path) -> Non
     tested = cli.run(["test", f"ckpt_path={results['best_checkpoint']}", f"run_dir={tmp_path / 'test'}",
                       "report.enabled=true"])
     files = set(report_files(Path(tested["run_dir"])))
-    assert files == CLASSIFICATION_FILES - {"report/curves.png"}  # a test run has no epochs to plot
+    # a test run has no epochs to plot, and fits no temperature (test scores the raw outputs)
+    assert files == CLASSIFICATION_FILES - {"report/curves.png", "report/reliability.png"}
 
 
 @pytest.mark.slow
