@@ -232,7 +232,8 @@ def test_cached_fit_matches_uncached_and_its_checkpoint_predicts_images(image_fo
     paths = sorted(image_folder.rglob("*.png"))
     images = torch.stack([transform(image=load_image(p))["image"] for p in paths])
     with torch.no_grad():
-        probs = torch.softmax(task.head(task.encoder(images)), dim=-1)
+        # predict divides by the calibration temperature fit stored in the checkpoint
+        probs = torch.softmax(task.head(task.encoder(images)) / (task.temperature or 1.0), dim=-1)
     for path, p in zip(paths, probs):
         row = rows[path.resolve()]
         assert row["label"] == task.class_names[int(p.argmax())]
