@@ -44,6 +44,11 @@ def item_name(source, index: int, fallback: str) -> str:
     return str(pairs[index][0]) if pairs else f"{fallback}[{index}]"
 
 
+def class_index(label) -> int | None:
+    """A classification sample's class; None for a segmentation sample (its label is a mask)."""
+    return int(label) if np.ndim(label) == 0 else None
+
+
 def split_items(datamodule, task, in_chans: int, root: str | None) -> Samples:
     """The scanned datamodule's test split (its val split when it has none), checked against the task's
     classes (`root`: data.root, for the error)."""
@@ -58,7 +63,7 @@ def split_items(datamodule, task, in_chans: int, root: str | None) -> Samples:
     def items() -> Iterator[Item]:
         for i in range(len(source)):
             image, label = source[i]
-            yield item_name(source, i, f"{datamodule.describe()}/{split}"), match_image_channels(image, in_chans), int(label)
+            yield item_name(source, i, f"{datamodule.describe()}/{split}"), match_image_channels(image, in_chans), class_index(label)
 
     return where, len(source), items()
 
@@ -72,7 +77,7 @@ def calibration_items(datamodule, in_chans: int, count: int) -> Samples:
     def items() -> Iterator[Item]:
         for i in chosen:
             image, label = source[int(i)]
-            yield item_name(source, int(i), f"{datamodule.describe()}/train"), match_image_channels(image, in_chans), int(label)
+            yield item_name(source, int(i), f"{datamodule.describe()}/train"), match_image_channels(image, in_chans), class_index(label)
 
     return where, len(chosen), items()
 
