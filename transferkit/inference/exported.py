@@ -17,7 +17,6 @@ from transferkit.data.inputs import InputSpec
 from transferkit.errors import EXPORT_EXTRA_HINT, ConfigError
 from transferkit.runtime.torch_files import first_line
 from transferkit.tasks.calibration import META_FIELD
-from transferkit.tasks.calibration import META_FIELD
 
 log = logging.getLogger("transferkit")
 
@@ -113,17 +112,6 @@ def meta_temperature(meta: dict, path: Path | str) -> float | None:
     return float(value)
 
 
-def meta_temperature(meta: dict, path: Path | str) -> float | None:
-    """The calibration temperature `model.meta.json` records (`temperature`; absent or null: none)."""
-    value = meta.get(META_FIELD)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ExportedModelError(f"{str(meta_path(path))!r} has temperature={value!r}; it must be a number > 0 "
-                                 f"(or null: uncalibrated); {EXPORT_HINT}.")
-    return float(value)
-
-
 class ExportedModel:
     """`model(batch) -> logits` (float32 numpy) for a batch prepared as `meta['input']` says:
     float32 N x C x H x W normalised, or uint8 N x H x W x C when preprocessing is in the graph."""
@@ -134,7 +122,6 @@ class ExportedModel:
         self.task, self.class_names = meta["task"], list(meta["class_names"])
         self.spec = InputSpec.from_dict(meta["input"])
         self.uint8_input = bool(meta["export"].get("include_preprocessing"))
-        self.temperature = meta_temperature(meta, path)  # calibration (None: not calibrated)
         self.temperature = meta_temperature(meta, path)  # calibration (None: not calibrated)
         if not self.path.is_file():
             raise ExportedModelError(f"{key}={str(self.path)!r} does not exist (an exported model: {MODEL_NAMES}).")
