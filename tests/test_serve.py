@@ -140,6 +140,15 @@ def test_a_bad_serve_key_is_named_before_anything_loads(override, key, tmp_path)
         cli.run(["serve", f"ckpt_path={tmp_path}", override])
 
 
+@pytest.mark.parametrize("calibration", ["none", "temperature"])
+def test_serve_takes_the_calibration_key(calibration, fitted):
+    from transferkit.cli.compose import compose_config
+    from transferkit.planning.serve import serve_spec
+
+    spec = serve_spec(compose_config([f"ckpt_path={fitted}", f"calibration={calibration}"]))
+    assert spec.model.calibration == calibration
+
+
 def test_serve_without_its_extra_says_what_to_install(tmp_path):
     code = ("import sys; sys.modules['litserve'] = None; from transferkit.cli.app import main; "
             f"main(['serve', 'ckpt_path={tmp_path}'])")

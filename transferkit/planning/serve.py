@@ -42,4 +42,5 @@ def serve_spec(cfg: DictConfig) -> ServeSpec:
                   log_level=lookup({v: v for v in LOG_LEVELS}, str(group["log_level"]), "serve.log_level"))
     if cfg.ckpt_path is None:
         raise ConfigError(f"ckpt_path is not set; serve needs the model: {MODEL_HINT}.")
-    return ServeSpec(model=checkpoint_spec(cfg.ckpt_path, cfg.get("tta"), exported=True), **values)
+    return ServeSpec(model=checkpoint_spec(cfg.ckpt_path, cfg.get("tta"), exported=True,
+                                           calibration=cfg.get("calibration")), **values)
