@@ -28,7 +28,7 @@ from transferkit.data.embedded import embedded_spec
 from transferkit.data.eval_sampler import eval_sampler
 from transferkit.data.masks import load_mask
 from transferkit.data.sources import match_image_channels
-from transferkit.data.vanished import SkipLog, SkippedImage, Unreadable, collate_readable, readable_stand_in
+from transferkit.data.vanished import SkipLog, SkippedImage, SkipsUnreadable, collate_readable
 from transferkit.data.transforms import TRAIN_PIPELINES, build_transforms
 from transferkit.errors import lookup
 from transferkit.data.loader_settings import check_drop_last
@@ -163,7 +163,7 @@ class MaskFileSource(Dataset):
         return image, mask
 
 
-class JointTransformDataset(Dataset):
+class JointTransformDataset(SkipsUnreadable, Dataset):
     """Apply an albumentations pipeline to image and mask together -> ``(float C x H x W, long H x W)``.
     A pair that became unreadable mid-run is handled as `sources.TransformedDataset` handles an image."""
 
@@ -179,12 +179,6 @@ class JointTransformDataset(Dataset):
         out = self.transform(image=match_image_channels(image, self.in_chans), mask=mask)
         return out["image"], out["mask"].long()
 
-    def __getitem__(self, index: int):
-        try:
-            return self.load(index)
-        except SkippedImage as err:
-            stand_in = readable_stand_in(self, index)
-            return Unreadable(str(err.path), stand_in) if self.drop_unreadable else stand_in
 
 
 class SegmentationDataModule(pl.LightningDataModule):

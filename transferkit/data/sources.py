@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from transferkit.data.decode import UnreadableImageError, load_image
-from transferkit.data.vanished import SkipLog, SkippedImage, Unreadable, readable_stand_in
+from transferkit.data.vanished import SkipLog, SkippedImage, SkipsUnreadable
 
 
 def match_image_channels(image: np.ndarray, in_chans: int) -> np.ndarray:
@@ -69,7 +69,7 @@ class ArraySource(Dataset):
         return match_image_channels(self.images[index], self.in_chans), int(self.labels[index])
 
 
-class TransformedDataset(Dataset):
+class TransformedDataset(SkipsUnreadable, Dataset):
     """Apply an albumentations pipeline to a source; yields `(float tensor C x H x W, label)`.
 
     An image that became unreadable mid-run (`SkippedImage`) is replaced by a readable neighbour, or, with
@@ -88,12 +88,6 @@ class TransformedDataset(Dataset):
         image, label = self.source[index]  # an index past the end raises IndexError: `for x in dataset` ends
         return self.transform(image=image)["image"], label
 
-    def __getitem__(self, index: int):
-        try:
-            return self.load(index)
-        except SkippedImage as err:
-            stand_in = readable_stand_in(self, index)
-            return Unreadable(str(err.path), stand_in) if self.drop_unreadable else stand_in
 
 
 class ViewsDataset(Dataset):

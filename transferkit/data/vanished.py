@@ -109,6 +109,24 @@ def readable_stand_in(dataset, index: int) -> Any:
                                  "folder is changing under the run (a sync client, a mount gone?).")
 
 
+class SkipsUnreadable:
+    """`__getitem__` for a dataset whose `load(index)` may raise `SkippedImage` (a file gone mid-run): a
+    readable neighbour instead, or with `drop_unreadable` (a loader collating with `collate_readable`)
+    an `Unreadable` marker that the batch drops."""
+
+    drop_unreadable: bool = False
+
+    def load(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int):
+        try:
+            return self.load(index)
+        except SkippedImage as err:
+            stand_in = readable_stand_in(self, index)
+            return Unreadable(str(err.path), stand_in) if self.drop_unreadable else stand_in
+
+
 def collate_readable(batch: list) -> Any:
     """`default_collate` of the readable samples of `batch`; the stand-ins if none is left."""
     readable = [sample for sample in batch if not isinstance(sample, Unreadable)]
