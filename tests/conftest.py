@@ -37,6 +37,20 @@ def write_class_folder(root: Path, classes=("cat", "dog"), per_class: int = 6, s
     return root
 
 
+def write_segmentation_folder(root: Path, shape: tuple[int, int] = (16, 16), suffix: str = ".png",
+                              count: int = 10, classes: int = 3) -> Path:
+    """<root>/images/<i><suffix> (random RGB) and <root>/masks/<i>.png (random class indices)."""
+    from transferkit.data.masks import write_index_png
+
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(root / "images" / f"{i}{suffix}")
+        write_index_png(rng.integers(0, classes, shape), root / "masks" / f"{i}.png")
+    return root
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return write_class_folder(tmp_path / "images")

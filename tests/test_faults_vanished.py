@@ -7,14 +7,12 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
-from tests.conftest import write_class_folder
+from tests.conftest import write_class_folder, write_segmentation_folder
 from transferkit.data.sources import FileSource, TransformedDataset
 from transferkit.data.vanished import SkipLog, TooManyUnreadableError, collate_readable
 
@@ -124,16 +122,10 @@ def test_images_vanished_mid_run_are_listed_in_results_json(image_folder, fast, 
 
 
 def test_segmentation_pairs_gone_mid_run_are_dropped_from_their_batch_and_recorded(tmp_path):
-    from transferkit.data.masks import write_index_png
     from transferkit.data.segmentation import SegmentationDataModule
 
-    rng = np.random.default_rng(0)
-    for sub in ("images", "masks"):
-        (tmp_path / sub).mkdir()
-    for i in range(10):
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
-        write_index_png(rng.integers(0, 3, (16, 16)), tmp_path / "masks" / f"{i}.png")
-    data = SegmentationDataModule(root=str(tmp_path), image_size=16, batch_size=3, num_classes=3, val_fraction=0.0,
+    write_segmentation_folder(tmp_path)  # batches of 5 (shuffled): no batch holds only gone pairs
+    data = SegmentationDataModule(root=str(tmp_path), image_size=16, batch_size=5, num_classes=3, val_fraction=0.0,
                                   test_fraction=0.0, augment="none", max_bad_fraction=0.2, drop_last=False)
     data.scan()
     pairs = data.sources["train"].pairs

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import write_segmentation_folder
 from transferkit.data.masks import MaskError, write_index_png
 from transferkit.data.segmentation import SegmentationDataModule, scan_segmentation_folder
 from transferkit.tasks.segmentation import (
@@ -160,13 +161,7 @@ def test_denormalize_and_grid(tmp_path: Path) -> None:
 # -- folders ----------------------------------------------------------------------------
 @pytest.fixture
 def seg_folder(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for sub in ("images", "masks"):
-        (tmp_path / sub).mkdir()
-    for i in range(10):
-        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.jpg")
-        write_index_png(rng.integers(0, 3, (20, 24)), tmp_path / "masks" / f"{i}.png")
-    return tmp_path
+    return write_segmentation_folder(tmp_path, shape=(20, 24), suffix=".jpg")
 
 
 def test_folder_is_paired_by_stem_and_split_by_seed(seg_folder: Path) -> None:
