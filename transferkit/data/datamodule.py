@@ -33,6 +33,7 @@ from transferkit.data.image_cache import DecodedImageCache
 from transferkit.data.splits import kfold
 from transferkit.data.splits import draw_per_class
 from transferkit.data.balance import class_weights
+from transferkit.data.multilabel import positive_weights
 from transferkit.data.transforms import build_transforms
 from transferkit.data.loader_settings import drops_last, loader_settings
 from transferkit.data.balance import build_weighted_sampler
@@ -107,6 +108,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.seed, self.in_chans = seed, in_chans
         self.mean, self.std, self.augment, self.flips = list(mean), list(std), augment, flips
         self.class_names: list[str] = []
+        self.label_kind = "classification"  # multilabel (a multi-label manifest): labels are bitmasks
         self.sources: dict[str, Dataset] = {}
         self.split_record: dict = {}
         self.skipped: list[tuple[Path, str]] = []
@@ -130,8 +132,11 @@ class ClassificationDataModule(pl.LightningDataModule):
                                  max_bad_fraction=self.max_bad_fraction, manifest=self.manifest,
                                  fold=self.fold, num_folds=self.num_folds, exclude=self.exclude,
                                  relabel=self.relabel)
-        chosen = None
+        chosen, self.label_kind = None, getattr(scan, "kind", "classification")
         if self.train_per_class is not None:
+            if self.label_kind == "multilabel":
+                raise ValueError(f"data.train_per_class={self.train_per_class!r} draws images per class; a multi-"
+                                 "label image has several. Set data.train_per_class=null for a multi-label manifest.")
             scan, chosen = self._draw_folder_train(scan)
         log.info("\n%s", scan.summary_table())
         for warning in scan.warnings:
@@ -221,8 +226,14 @@ class ClassificationDataModule(pl.LightningDataModule):
         """The balance planning decided for `data.balance=auto` (or the one set by hand)."""
         self.balance = lookup({k: k for k in BALANCE if k != "auto"}, balance, "data.balance")
 
+    def positive_weights(self) -> list[float] | None:
+        """Multi-label: BCE's per-class positive weights from the train split (None for single-label)."""
+        if self.label_kind != "multilabel":
+            return None
+        return positive_weights(self.labels("train"), len(self.class_names))
+
     def class_weights(self) -> list[float] | None:
-        if self.balance != "weights":
+        if self.balance != "weights" or self.label_kind == "multilabel":
             return None
 
         return class_weights(self.labels("train"), len(self.class_names)).tolist()
@@ -245,7 +256,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         settings = loader_settings(self.num_workers, trainer)
         drop_last = train and drops_last(self.drop_last, len(source), self.batch_size, trainer)
         sampler = None
-        if train and self.balance == "sampler":
+        if train and self.balance == "sampler" and self.label_kind != "multilabel":
             sampler = build_weighted_sampler(self.labels("train"), len(self.class_names), self.seed)
         if not train:
             sampler = eval_sampler(source, split)  # DDP: each image once, no padding

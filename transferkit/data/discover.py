@@ -5,26 +5,18 @@ Scanning only reads: nothing is ever written into ``data.root``.
 
 from __future__ import annotations
 
-import csv
 import logging
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from transferkit.data.decode import IMAGE_EXTENSIONS
-from transferkit.data.manifest import ManifestRow, check_known_labels, check_rows
+from transferkit.data.manifest import SPLIT_ALIASES, class_name, read_rows
+from transferkit.data.multilabel import MAX_CLASSES, label_mask
 from transferkit.data.walk import SCANNED_LINK, Findings, is_ignored, is_image_file, overlaps, walk_images
 
 log = logging.getLogger(__name__)
 
-SPLIT_ALIASES: dict[str, str] = {
-    "train": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-}
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 EXPECTED_LAYOUT = (
     "Expected <root>/<class>/<image> or <root>/train/<class>/<image> "
@@ -49,11 +41,7 @@ class ImageListing:
     empty_folders: tuple[str, ...] = ()
     ignored: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
-
-
-def class_name(folder_name: str) -> str:
-    """The class name for a folder: exactly its name, Unicode-normalised (NFC)."""
-    return unicodedata.normalize("NFC", folder_name)
+    kind: Literal["classification", "multilabel"] = "classification"  # multilabel: each label is a bitmask
 
 
 def spelled(name: str) -> str:
@@ -261,35 +249,24 @@ def discover_images(root: Path | str, manifest: Path | str | None = None) -> Ima
 
 
 def scan_manifest(manifest: Path, root: Path) -> ImageListing:
-    """Read a CSV with columns ``path,label`` (+ optional ``split``); paths are relative to ``root``.
-    Its rows are checked first (`transferkit.data.manifest`): each problem names its CSV lines."""
-    if not manifest.is_file():
-        raise FileNotFoundError(f"data.manifest={str(manifest)!r} does not exist.")
-    rows = []
-    with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"path", "label"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(
-                f"data.manifest={str(manifest)!r} lacks columns {sorted(missing)}; its header "
-                f"must be path,label (optionally ,split), got {reader.fieldnames!r}."
-            )
-        for line, row in enumerate(reader, start=2):
-            split = SPLIT_ALIASES.get((row.get("split") or "train").strip().lower())
-            if split is None:
-                raise ValueError(
-                    f"data.manifest={str(manifest)!r} line {line}: split={row['split']!r} "
-                    f"is unknown; use one of {sorted(SPLIT_ALIASES)}."
-                )
-            name = class_name((row["label"] or "").strip())
-            rows.append(ManifestRow(line, split, root / (row["path"] or "").strip(), (name,) if name else ()))
-    rows = check_rows(rows, manifest, root)
-    check_known_labels(rows, manifest, root)
-    folders: dict[str, dict[str, list[Path]]] = {"train": {}}
-    for row in rows:
-        folders.setdefault(row.split, {}).setdefault(row.labels[0], []).append(row.path)
-    classes = tuple(sorted(folders["train"]))
-    if not classes:
+    """Read a CSV manifest (`transferkit.data.manifest`: `path,label`, `path,labels` or one-hot, + optional
+    `split`); paths are relative to ``root``. Its rows are checked first: each problem names its CSV lines.
+    A multi-label manifest gives ``kind="multilabel"`` items whose label is the set's bitmask."""
+    rows, form, columns = read_rows(manifest, root)
+    if not any(row.split == "train" for row in rows):
         raise ValueError(f"data.manifest={str(manifest)!r} has no train rows.")
-    ordered = {split: folders[split] for split in SPLITS if split in folders}
-    return ImageListing(root, "manifest", classes, label_items(ordered, classes))
+    if form == "label":
+        folders: dict[str, dict[str, list[Path]]] = {"train": {}}
+        for row in rows:
+            folders.setdefault(row.split, {}).setdefault(row.labels[0], []).append(row.path)
+        classes = tuple(sorted(folders["train"]))
+        ordered = {split: folders[split] for split in SPLITS if split in folders}
+        return ImageListing(root, "manifest", classes, label_items(ordered, classes))
+    classes = tuple(sorted(columns or {label for row in rows if row.split == "train" for label in row.labels}))
+    if len(classes) > MAX_CLASSES:
+        raise ValueError(f"data.manifest={str(manifest)!r} names {len(classes)} classes; multi-label runs take at "
+                         f"most {MAX_CLASSES}. Merge or drop the rarest labels.")
+    index = {name: c for c, name in enumerate(classes)}
+    splits = {split: [(row.path, label_mask(row.labels, index)) for row in rows if row.split == split]
+              for split in SPLITS if any(row.split == split for row in rows)}
+    return ImageListing(root, "manifest", classes, splits, kind="multilabel")

@@ -40,7 +40,7 @@ def cache_blockers(task_kind: str, strategy: str, unfreeze_at_epoch: int | None,
                    drop_path_rate: float = 0.0, spatial_dropout: float = 0.0, decode: str = "cpu") -> list[str]:
     """Why cached features would not match what the backbone computes during training ([] = valid)."""
     reasons = []
-    if task_kind != "classification":
+    if task_kind not in ("classification", "multilabel"):
         reasons.append(f"task.kind={task_kind!r} trains a decoder on spatial features; only "
                        "classification caches pooled features")
     if strategy != "freeze":

@@ -17,6 +17,7 @@ from transferkit.data.splits import make_splits, relative_path, splits_record
 from transferkit.data.validate import (
     BadFile,
     check_classes,
+    check_multilabel_classes,
     class_counts,
     drop_unreadable,
     summary_table,
@@ -38,6 +39,7 @@ class FolderScan:
     warnings: tuple[str, ...] = ()
     fingerprints: Fingerprints | None = field(default=None, repr=False)  # of every readable file (audit)
     curation: dict = field(default_factory=dict)  # what data.exclude / data.relabel changed
+    kind: str = "classification"  # multilabel: each label is the image's label set as a bitmask
 
     def summary_table(self) -> str:
         """Class → image count per split, as plain text."""
@@ -51,6 +53,8 @@ class FolderScan:
         }
         record["skipped"] = [{"path": str(path), "reason": reason} for path, reason in self.skipped]
         record["warnings"] = list(self.warnings)
+        if self.kind == "multilabel":
+            record["kind"] = self.kind
         record.update(self.curation)
         if self.fingerprints is not None:  # what `fit resume= data.root=<new place>` checks the files by
             used = [path for items in self.splits.values() for path, _ in items]
@@ -86,19 +90,23 @@ def scan_image_folder(
         FileNotFoundError, NotADirectoryError, ValueError: with the config key and what to do.
     """
     listing = discover_images(root, manifest=manifest)
-    classes = listing.classes
+    classes, multilabel = listing.classes, listing.kind == "multilabel"
+    if multilabel and relabel:
+        raise ValueError(f"data.relabel={relabel!r} sets one class per file; a multi-label manifest holds label "
+                         "sets: edit the manifest's rows instead, or drop data.relabel.")
     curation = read_curation(listing.root, exclude, relabel, classes)
     check_known(curation, listing.root, listing.splits)
     paths = [path for items in listing.splits.values() for path, _ in items
              if relative_path(path, listing.root) not in curation.excluded]
     bad, prints = inspect_files(paths, num_workers=num_workers)  # one decode: the check and the fingerprints
     readable = drop_unreadable(listing.splits, bad, max_bad_fraction)
-    splits = make_splits(readable, classes, val_fraction, test_fraction, seed, num_folds, fold)
+    splits = make_splits(readable, classes, val_fraction, test_fraction, seed, num_folds, fold, multilabel)
     splits, record = apply_curation(splits, listing.root, classes, curation)
-    counts = class_counts(splits, len(classes))
-    notes = list(listing.notes) + check_classes(classes, counts, listing.empty_folders)
+    counts = class_counts(splits, len(classes), multilabel)
+    notes = list(listing.notes) + (check_multilabel_classes(classes, counts) if multilabel
+                                   else check_classes(classes, counts, listing.empty_folders))
     notes += leak_notes(cross_split_duplicates(splits, prints), listing.root)
     scan = FolderScan(listing.root, listing.layout, classes, splits, counts, tuple(bad), tuple(notes), prints,
-                      record)
+                      record, listing.kind)
     log.debug("Data in %s (%s layout):\n%s", scan.root, scan.layout, scan.summary_table())
     return scan

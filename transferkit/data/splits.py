@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 
 from transferkit.data.discover import Item
 from transferkit.errors import ConfigError
@@ -60,14 +60,30 @@ def carve(
     return kept, carved
 
 
+def carve_unstratified(items: Sequence[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
+    """Multi-label items (bitmask labels) have no one class to stratify by: a seeded random share."""
+    if len(items) < 2:
+        return list(items), []
+    take = min(len(items) - 1, max(1, round(fraction * len(items))))
+    carved_ids = set(np.random.default_rng(seed).permutation(len(items))[:take].tolist())
+    return ([item for i, item in enumerate(items) if i not in carved_ids],
+            [item for i, item in enumerate(items) if i in carved_ids])
+
+
 def kfold(
-    items: Sequence[Item], num_folds: int, fold: int, seed: int, classes: Sequence[str]
+    items: Sequence[Item], num_folds: int, fold: int, seed: int, classes: Sequence[str], multilabel: bool = False
 ) -> tuple[list[Item], list[Item]]:
-    """Stratified k-fold: fold ``fold`` of ``num_folds`` is validation, the rest is training."""
+    """Stratified k-fold (multi-label: plain shuffled k-fold): fold ``fold`` of ``num_folds`` is validation."""
     if num_folds < 2:
         raise ValueError(f"data.num_folds={num_folds!r} is too small; use 2 or more.")
     if not 0 <= fold < num_folds:
         raise ValueError(f"data.fold={fold!r} is out of range; use 0..{num_folds - 1}.")
+    if multilabel:
+        if len(items) < num_folds:
+            raise ValueError(f"{len(items)} images, fewer than data.num_folds={num_folds}; lower data.num_folds.")
+        folds = KFold(n_splits=num_folds, shuffle=True, random_state=seed)
+        train_ids, val_ids = list(folds.split(np.zeros(len(items))))[fold]
+        return [items[i] for i in sorted(train_ids)], [items[i] for i in sorted(val_ids)]
     for label, members in group_by_label(items).items():
         if len(members) < num_folds:
             raise ValueError(
@@ -88,28 +104,29 @@ def make_splits(
     seed: int = 0,
     num_folds: int | None = None,
     fold: int | None = None,
+    multilabel: bool = False,
 ) -> dict[str, list[Item]]:
-    """Complete the folder's splits: carve missing ``test``/``val`` from ``train``, stratified.
+    """Complete the folder's splits: carve missing ``test``/``val`` from ``train``, stratified (multi-label:
+    a random share).
 
     Splits that exist as folders are kept as they are. With ``num_folds`` set,
     train and val are pooled and fold ``fold`` (default 0) becomes the validation split.
     """
+    def cut(items: list[Item], fraction: float, seed: int, key: str) -> tuple[list[Item], list[Item]]:
+        return carve_unstratified(items, fraction, seed) if multilabel else carve(items, fraction, seed, key, classes)
+
     if fold is not None and num_folds is None:
         raise ValueError(f"data.fold={fold!r} needs data.num_folds (e.g. data.num_folds=5).")
     check_fraction(val_fraction, "data.val_fraction")
     check_fraction(test_fraction, "data.test_fraction")
     result = {name: list(items) for name, items in splits.items()}
     if "test" not in result and test_fraction > 0:
-        result["train"], result["test"] = carve(
-            result["train"], test_fraction, seed, "data.test_fraction", classes
-        )
+        result["train"], result["test"] = cut(result["train"], test_fraction, seed, "data.test_fraction")
     if num_folds is not None:
         pool = result["train"] + result.pop("val", [])
-        result["train"], result["val"] = kfold(pool, num_folds, fold or 0, seed, classes)
+        result["train"], result["val"] = kfold(pool, num_folds, fold or 0, seed, classes, multilabel)
     elif "val" not in result and val_fraction > 0:
-        result["train"], result["val"] = carve(
-            result["train"], val_fraction, seed + 1, "data.val_fraction", classes
-        )
+        result["train"], result["val"] = cut(result["train"], val_fraction, seed + 1, "data.val_fraction")
     elif "val" in splits and val_fraction > 0:
         log.info("Using the val/ folder as it is; data.val_fraction=%s is not applied.", val_fraction)
     return {name: result[name] for name in ("train", "val", "test") if name in result}

@@ -10,6 +10,7 @@ from typing import NamedTuple, Sequence
 
 from transferkit.data.decode import UnreadableImageError, open_image
 from transferkit.data.discover import Item
+from transferkit.data.multilabel import positive_counts
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,28 @@ def drop_unreadable(
     return {name: [it for it in items if it[0] not in dropped] for name, items in splits.items()}
 
 
-def class_counts(splits: dict[str, list[Item]], num_classes: int) -> dict[str, list[int]]:
-    """``split -> [count of class 0, count of class 1, ...]``."""
+def class_counts(splits: dict[str, list[Item]], num_classes: int, multilabel: bool = False) -> dict[str, list[int]]:
+    """``split -> [count of class 0, count of class 1, ...]`` (multi-label: images carrying each class)."""
+    if multilabel:
+        return {name: positive_counts([label for _, label in items], num_classes).tolist()
+                for name, items in splits.items()}
     counts = {name: [0] * num_classes for name in splits}
     for name, items in splits.items():
         for _, label in items:
             counts[name][label] += 1
     return counts
+
+
+def check_multilabel_classes(classes: Sequence[str], counts: dict[str, list[int]]) -> list[str]:
+    """Raise for a class no train image carries once val/test are split off (named); warnings for val/test."""
+    absent = [c for c, n in zip(classes, counts["train"]) if n == 0]
+    if absent:
+        raise ValueError(f"Classes {absent} have no positive image in train (after val/test were split off), so "
+                         "the model cannot learn them; add train images carrying them, give the manifest a split "
+                         "column that keeps some in train, or drop those labels.")
+    return [f"{split} has no images carrying classes {missing}; their {split} AP is undefined."
+            for split in ("val", "test")
+            for missing in [[c for c, n in zip(classes, counts.get(split, [])) if n == 0]] if missing]
 
 
 def summary_table(classes: Sequence[str], counts: dict[str, list[int]]) -> str:

@@ -65,6 +65,10 @@ def output_record(kind: str, num_classes: int) -> dict:
         return {"name": "logits", "shape": ["batch", num_classes, "height", "width"],
                 "postprocess": "resize the logits bilinearly (align_corners=false) to the image's own size, "
                                "then argmax over classes"}
+    if kind == "multilabel":
+        return {"name": "logits", "shape": ["batch", num_classes],
+                "postprocess": "sigmoid per class; class c is predicted when its probability >= thresholds[c] "
+                               "(tuned on validation; null: 0.5)"}
     return {"name": "logits", "shape": ["batch", num_classes],
             "postprocess": "divide by `temperature` (calibration; null: leave as is), then softmax over classes"}
 
@@ -82,6 +86,7 @@ def build_meta(task, kind: str, spec: InputSpec, ckpt: Path, fmt: str, file_name
         "input": input_record(spec, kind, uint8_input, axes),
         "output": output_record(kind, len(task.class_names)),
         META_FIELD: getattr(task, "temperature", None),  # the checkpoint's calibration temperature (null: none)
+        **({"thresholds": getattr(task, "thresholds", None)} if kind == "multilabel" else {}),  # null: 0.5
         "export": {"format": fmt, "file": file_name, "opset": opset, "include_preprocessing": uint8_input,
                    "dynamic_axes": sorted(set(axes.values()), key=["batch", "height", "width"].index),
                    "exporter": EXPORTERS[fmt], "eval_mode": True, "quantize": quantize,

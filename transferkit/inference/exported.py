@@ -123,6 +123,7 @@ class ExportedModel:
         self.spec = InputSpec.from_dict(meta["input"])
         self.uint8_input = bool(meta["export"].get("include_preprocessing"))
         self.temperature = meta_temperature(meta, path)  # calibration (None: not calibrated)
+        self.thresholds = meta.get("thresholds")  # multilabel's tuned per-class thresholds (None: 0.5)
         if not self.path.is_file():
             raise ExportedModelError(f"{key}={str(self.path)!r} does not exist (an exported model: {MODEL_NAMES}).")
         if self.path.stat().st_size == 0:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from transferkit.data.decode import UnreadableImageError
 from transferkit.data.masks import Colour, overlay, write_index_png
+from transferkit.data.multilabel import LABEL_SEPARATOR
 
 log = logging.getLogger("transferkit")
 
@@ -66,13 +67,53 @@ def write_rows(path: Path, rows: list[dict]) -> dict:
     return {"output": str(path), "predicted": len(rows) - failed, "failed": failed}
 
 
-def as_table(rows: list[dict]):
+def multilabel_columns(class_names: list[str]) -> list[str]:
+    """predictions.csv's columns for a multi-label model: the predicted set, then one probability per class."""
+    return ["path", "labels", *(f"p_{name}" for name in class_names), "error"]
+
+
+def multilabel_rows(names: list, probs: dict[int, np.ndarray], failed: list[tuple[int, str]],
+                    class_names: list[str], thresholds: list[float] | None) -> list[dict]:
+    """One record per input: `labels`, the classes at or above their threshold (`;`-joined, empty = none),
+    and `p_<class>`, each class's sigmoid probability as a float (never rounded: ties would change AP)."""
+    reasons = dict(failed)
+    for index, reason in failed:
+        log.warning("skipped %s: %s", names[index], reason)
+    cut = np.asarray(thresholds if thresholds is not None else [0.5] * len(class_names), dtype=np.float64)
+    rows = []
+    for i, name in enumerate(names):
+        if i in reasons:
+            rows.append({"path": name, "labels": "", **{f"p_{c}": None for c in class_names}, "error": reasons[i]})
+            continue
+        p = np.asarray(probs[i], dtype=np.float64)
+        chosen = LABEL_SEPARATOR.join(c for c, value, t in zip(class_names, p, cut) if value >= t)
+        rows.append({"path": name, "labels": chosen, **{f"p_{c}": float(v) for c, v in zip(class_names, p)},
+                     "error": ""})
+    return rows
+
+
+def write_multilabel_rows(path: Path, rows: list[dict], class_names: list[str]) -> dict:
+    """predictions.csv of a multi-label model (`multilabel_columns`); probabilities written with `repr`
+    (full float precision); the summary for results.json."""
+    columns = multilabel_columns(class_names)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if row[c] is None else (repr(row[c]) if isinstance(row[c], float) else row[c])
+                             for c in columns])
+    failed = sum(1 for row in rows if row["error"])
+    log.info("Wrote %d predictions to %s", len(rows) - failed, path)
+    return {"output": str(path), "predicted": len(rows) - failed, "failed": failed}
+
+
+def as_table(rows: list[dict], columns: list[str] | None = None):
     """A pandas DataFrame of `rows` when pandas is installed, else the list itself."""
     try:
         import pandas  # lazy: an optional dependency
     except ImportError:
         return rows
-    return pandas.DataFrame(rows, columns=CSV_COLUMNS)
+    return pandas.DataFrame(rows, columns=columns or CSV_COLUMNS)
 
 
 def save_prediction_pngs(image: np.ndarray, mask: np.ndarray, directory: Path | str, stem: str,

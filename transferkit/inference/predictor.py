@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from transferkit.data.inputs import InputSpec, as_tensor, list_inputs
 from transferkit.inference.exported import load_exported
 from transferkit.inference.images import decode_input
-from transferkit.inference.outputs import as_table, masks_of, prediction_rows, unused_output, write_masks, write_rows
+from transferkit.inference.outputs import (as_table, masks_of, multilabel_columns, multilabel_rows, prediction_rows,
+                                           unused_output, write_masks, write_multilabel_rows, write_rows)
 from transferkit.inference.spec import CheckpointSpec
 from transferkit.tasks.calibration import apply_temperature
 from transferkit.tasks.loading import load_model
@@ -34,12 +35,19 @@ class Predictor:
     channels (a single model has one member); `scores(views, size)` gives N x C probabilities, or for
     segmentation N x C x H x W scores at `size` whose argmax is the mask."""
 
-    kind: str  # classification | segmentation
+    kind: str  # classification | multilabel | segmentation
     class_names: list[str]
     in_chans: list[int]
     transforms: list[Callable]
     scores: Scores
     input_formats: list[InputSpec] = field(default_factory=list)  # member i's preprocessing, as recorded
+    thresholds: list[float] | None = None  # multilabel: a class is predicted at p >= its threshold (None: 0.5)
+
+    def rows(self, names: list, probs: dict[int, np.ndarray], failed: list[tuple[int, str]], top_k: int) -> list[dict]:
+        """The records of predictions.csv (and `Run.predict`) for these probabilities."""
+        if self.kind == "multilabel":
+            return multilabel_rows(names, probs, failed, self.class_names, self.thresholds)
+        return prediction_rows(names, probs, failed, self.class_names, top_k)
 
 
 def device() -> torch.device:
@@ -53,6 +61,8 @@ def logit_scores(logits: Callable[[torch.Tensor], torch.Tensor], kind: str, temp
         out = logits(views[0]).float().cpu()
         if kind == "segmentation":
             return resize_scores(out, size)
+        if kind == "multilabel":  # one sigmoid per class; calibration is single-label's
+            return torch.sigmoid(out)
         return torch.softmax(apply_temperature(out, temperature), dim=-1)
 
     return scores
@@ -66,7 +76,8 @@ def task_predictor(task, calibration: str = "temperature") -> Predictor:
     temperature = task.temperature if calibration == "temperature" else None
     spec = InputSpec.from_data_config(task.hparams.data_config)
     return Predictor(task.kind, list(task.class_names), [spec.in_chans], [spec.eval_transform()],
-                     logit_scores(lambda batch: task(batch.to(target)), task.kind, temperature), [spec])
+                     logit_scores(lambda batch: task(batch.to(target)), task.kind, temperature), [spec],
+                     getattr(task, "thresholds", None))
 
 
 def member_formats(ensemble) -> list[InputSpec]:
@@ -86,7 +97,7 @@ def ensemble_predictor(ensemble, calibration: str = "temperature") -> Predictor:
     in_chans, transforms = member_inputs(ensemble)
     return Predictor(ensemble.kind, list(ensemble.class_names), in_chans, transforms,
                      partial(ensemble.probabilities, calibration=calibration),
-                     member_formats(ensemble))
+                     member_formats(ensemble), ensemble.thresholds)
 
 
 def exported_predictor(path: Path | str, key: str = "ckpt_path", calibration: str = "temperature") -> Predictor:
@@ -95,7 +106,8 @@ def exported_predictor(path: Path | str, key: str = "ckpt_path", calibration: st
     model = load_exported(path, key)
     temperature = model.temperature if calibration == "temperature" else None
     return Predictor(model.task, model.class_names, [model.spec.in_chans], [model.transform()],
-                     logit_scores(lambda batch: torch.from_numpy(model(batch)), model.task, temperature), [model.spec])
+                     logit_scores(lambda batch: torch.from_numpy(model(batch)), model.task, temperature), [model.spec],
+                     model.thresholds)
 
 
 def load_predictor(model: CheckpointSpec) -> Predictor:
@@ -164,7 +176,10 @@ def predict_files(predictor: Predictor, paths: list[Path], run_dir: Path, output
                            run_dir if output is None else Path(str(output)))
     csv_path = unused_output(output, run_dir / "predictions.csv")
     probs, failed = probabilities(predictor, paths, batch_size, num_workers)
-    return write_rows(csv_path, prediction_rows([str(p) for p in paths], probs, failed, predictor.class_names, top_k))
+    rows = predictor.rows([str(p) for p in paths], probs, failed, top_k)
+    if predictor.kind == "multilabel":
+        return write_multilabel_rows(csv_path, rows, predictor.class_names)
+    return write_rows(csv_path, rows)
 
 
 def predict_inputs(predictor: Predictor, items: list, names: list, top_k: int = 3, batch_size: int = 32):
@@ -173,7 +188,8 @@ def predict_inputs(predictor: Predictor, items: list, names: list, top_k: int = 
     if predictor.kind == "segmentation":
         return masks_of(lambda item: predict_mask(predictor, item), items, names)
     probs, failed = probabilities(predictor, items, batch_size, 0)
-    return as_table(prediction_rows(names, probs, failed, predictor.class_names, top_k))
+    rows = predictor.rows(names, probs, failed, top_k)
+    return as_table(rows, multilabel_columns(predictor.class_names) if predictor.kind == "multilabel" else None)
 
 
 def predict_exported(model_path: Path | str, source: Path | str, output: Path | str, top_k: int = 3,

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from transferkit.errors import ConfigError
+from transferkit.planning.multilabel import plan_label_kind
 from transferkit.planning.plan import plan_run, plan_training, search_lr
 from transferkit.planning.resume import config_of_resumed_fold
 from transferkit.planning.spec import RunSpec
@@ -22,7 +23,7 @@ from transferkit.training.builders import build_datamodule
 
 def check_cv(cfg: DictConfig) -> int:
     """The number of folds; the config must ask for a cross-validation this command can run."""
-    if cfg.task.kind != "classification":
+    if cfg.task.kind not in ("classification", "multilabel"):
         raise ConfigError(f"cv splits classification data into stratified folds; task.kind={cfg.task.kind!r} "
                           "has no folds. Use fit, and test/predict with ckpt_path=[...] for an ensemble.")
     folds = cfg.data.get("num_folds")
@@ -47,7 +48,7 @@ def plan_fold(cfg: DictConfig, spec: RunSpec, fold: int, fold_dir: Path, action:
     fold_spec = spec.for_fold(fold, str(fold_dir))
     datamodule = build_datamodule(fold_spec.data, fold_spec.model.input.in_chans)
     datamodule.scan()
-    fold_spec = plan_training(fold_spec, datamodule)
+    fold_spec = plan_training(plan_label_kind(fold_spec, datamodule), datamodule)
     if wants_search(fold_spec.optimizer):
         fold_spec = search_lr(fold_spec, datamodule)
     return fold_spec, datamodule

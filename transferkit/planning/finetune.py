@@ -95,7 +95,7 @@ def plan_head(spec: RunSpec, finetune: dict, notes: list[str]) -> tuple[dict, di
     Segmentation has no linear head to solve: it trains its decoder by SGD (lpft=true is an error).
     """
     head, kind = FinetunePlan(**finetune), spec.task.kind
-    if kind != "classification" and head.probes_first:
+    if kind not in ("classification", "multilabel") and head.probes_first:
         if head.lpft:
             raise ConfigError(f"finetune.lpft=True needs a linear classifier head; task.kind={kind!r} "
                               "trains a decoder. Set finetune.lpft=false.")

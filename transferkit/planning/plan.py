@@ -19,6 +19,7 @@ from transferkit.evaluation.reports.run_report import report_options
 from transferkit.planning.balance import plan_balance
 from transferkit.planning.finetune import check_device_decode, plan_cache, plan_finetune, plan_head
 from transferkit.planning.model import plan_model
+from transferkit.planning.multilabel import plan_label_kind
 from transferkit.planning.spec import (AugmentSpec, CallbacksSpec, DataSpec, FinetuneSpec, ModelSpec, OutputSpec,
                                        RunSpec, TaskSpec, TrainerSpec)
 from transferkit.runtime.rng_state import preserved_rng
@@ -56,6 +57,7 @@ class RunPlan:
         if scan:
             self.datamodule = build_datamodule(spec.data, spec.model.input.in_chans)
             self.datamodule.scan()
+            self.spec = spec = plan_label_kind(spec, self.datamodule)
         if train:
             self.spec = plan_training(spec, self.datamodule)
             if wants_search(self.spec.optimizer):

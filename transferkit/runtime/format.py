@@ -18,6 +18,10 @@ Optional fields of version 2:
   validation split after training (`calibration=temperature`; `transferkit.training.calibrate`). Absent:
   1.0, uncalibrated (older checkpoints, `calibration=none`, segmentation). Predictions divide the logits by it
   (`transferkit.tasks.calibration.apply_temperature`); the weights and every training metric are unchanged.
+- `transferkit_thresholds` (list of floats in [0, 1], one per class, `THRESHOLDS_KEY`): a multi-label
+  model's decision thresholds, tuned per class on the validation split after training (max F1;
+  `transferkit.training.thresholds`). Absent: 0.5 for every class (single-label and older checkpoints).
+  `predict`, ensembles (the members' mean), `export` (model.meta.json `thresholds`) and `serve` apply them.
 - Classification hyperparameters `monitor` (the selection metric), `logit_adjust` and `class_priors` (the train
   split's class frequencies) with the persistent buffer `log_priors` (only with `logit_adjust`):
   `transferkit.planning.balance`. Absent: `val/acc`, no adjustment (older checkpoints load as before).
@@ -31,6 +35,7 @@ FORMAT_VERSION = 2
 FORMAT_KEY = "transferkit_format_version"
 SPEC_KEY = "transferkit_spec"
 TEMPERATURE_KEY = "transferkit_temperature"
+THRESHOLDS_KEY = "transferkit_thresholds"
 
 
 def format_version(record: dict, key: str = FORMAT_KEY) -> int:
@@ -42,6 +47,12 @@ def checkpoint_temperature(checkpoint: dict) -> float | None:
     """The calibration temperature a checkpoint carries (None: not calibrated)."""
     value = checkpoint.get(TEMPERATURE_KEY)
     return None if value is None else float(value)
+
+
+def checkpoint_thresholds(checkpoint: dict) -> list[float] | None:
+    """A multi-label checkpoint's tuned per-class thresholds (None: 0.5 for every class)."""
+    value = checkpoint.get(THRESHOLDS_KEY)
+    return None if value is None else [float(t) for t in value]
 
 
 def check_readable(version: int, what: str) -> None:

@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 from torchmetrics import MeanMetric
 
-from transferkit.runtime.format import FORMAT_KEY, FORMAT_VERSION, checkpoint_temperature, migrate_checkpoint
+from transferkit.runtime.format import (FORMAT_KEY, FORMAT_VERSION, checkpoint_temperature, checkpoint_thresholds,
+                                        migrate_checkpoint)
 from transferkit.errors import ConfigError
 from transferkit.tasks.finetune import (
     FinetunePlan,
@@ -33,7 +34,7 @@ class BaseTask(pl.LightningModule):
     Subclasses build `self.encoder` and `self.head` and then call `self.setup_finetuning()`.
     """
 
-    kind: str = ""  # task.kind of a subclass: classification | segmentation
+    kind: str = ""  # task.kind of a subclass: classification | multilabel | segmentation
     monitor: str = "val/loss"
     monitor_mode: str = "min"
 
@@ -63,6 +64,7 @@ class BaseTask(pl.LightningModule):
     encoder: nn.Module
     head: nn.Module
     temperature: float | None = None  # calibration, read from the checkpoint (tasks/calibration.py)
+    thresholds: list[float] | None = None  # multi-label decision thresholds, read from the checkpoint
 
     channels_last: bool = False
     compile_mode: str | None = None
@@ -130,6 +132,7 @@ class BaseTask(pl.LightningModule):
         # The calibration temperature fitted after training (None: none); predict applies it, nothing
         # else reads it, and checkpoints saved by a later fit do not carry it over (it would be stale).
         self.temperature = checkpoint_temperature(checkpoint)
+        self.thresholds = checkpoint_thresholds(checkpoint)  # multi-label's tuned thresholds (None: 0.5)
 
     def num_params(self) -> dict[str, int]:
         params = list(self.parameters())

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 
 from transferkit.tasks.calibration import apply_temperature
 from transferkit.tasks.tta import check_tta, resize_scores, tta_probabilities
+from transferkit.data.multilabel import multi_hot
 from transferkit.tasks.classification import build_metrics
+from transferkit.tasks.multilabel import build_multilabel_metrics
 from transferkit.tasks.segmentation import metric_name, scores_from_confusion
 
 
@@ -56,9 +58,23 @@ class EnsembleTask(pl.LightningModule):
             from torchmetrics.classification import MulticlassConfusionMatrix
 
             self.test_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=self.ignore_index)
+        elif self.multilabel:
+            self.test_metrics = build_multilabel_metrics(num_classes).clone(prefix="test/")
         else:
             top_k = int(first.hparams.get("top_k", 5))
             self.test_metrics = build_metrics(num_classes, top_k).clone(prefix="test/")
+
+    @property
+    def multilabel(self) -> bool:
+        return self.kind == "multilabel"
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """Multi-label: the members' tuned thresholds averaged per class (a member without: 0.5)."""
+        if not self.multilabel or all(m.thresholds is None for m in self.members):
+            return None
+        rows = [m.thresholds or [0.5] * len(self.class_names) for m in self.members]
+        return torch.tensor(rows, dtype=torch.float64).mean(0).tolist()
 
     def probabilities(self, views: Sequence[torch.Tensor], size: tuple[int, int] | None = None,
                       calibration: str = "none") -> torch.Tensor:
@@ -69,7 +85,7 @@ class EnsembleTask(pl.LightningModule):
         for member, x, mode in zip(self.members, views, self.tta):
             temperature = member.temperature if calibration == "temperature" else None
             forward = member if temperature is None else (lambda v, m=member, t=temperature: apply_temperature(m(v), t))
-            probs = tta_probabilities(forward, x.to(self.device), mode, True, self.segmentation)
+            probs = tta_probabilities(forward, x.to(self.device), mode, True, self.segmentation, self.multilabel)
             if self.segmentation:
                 target = tuple(size or views[0].shape[-2:])
                 if probs.shape[-2:] != target:
@@ -80,6 +96,13 @@ class EnsembleTask(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         views, y = batch
         probs = self.probabilities(views)
+        if self.multilabel:
+            target = multi_hot(y, len(self.class_names))
+            loss = F.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), target)
+            self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=y.shape[0])
+            self.test_metrics.update(probs, target.long())
+            self.log_dict(self.test_metrics, on_epoch=True, batch_size=y.shape[0])
+            return
         loss = F.nll_loss(torch.log(probs.clamp_min(1e-12)), y, ignore_index=self.ignore_index)
         self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=y.shape[0])
         if self.segmentation:

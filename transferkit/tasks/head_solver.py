@@ -82,7 +82,11 @@ def fit_logistic(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         logits = features @ params[:-1] + params[-1]
-        loss = F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=label_smoothing)
+        if labels.ndim == 2:  # multi-label: one logistic regression per class (their losses add up)
+            loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=class_weights,
+                                                      reduction="none").sum(1).mean()
+        else:
+            loss = F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=label_smoothing)
         loss = loss + penalty * params[:-1].pow(2).sum()
         loss.backward()
         return loss
@@ -145,5 +149,42 @@ def solve_linear_head(features: np.ndarray, labels: np.ndarray, num_classes: int
         params = fit_logistic(scaled, torch.from_numpy(y), num_classes, c, **options).numpy()
     weight = (params[:-1] / std[:, None]).T          # W' = W / std
     bias = params[-1] - (mean / std) @ params[:-1]   # b' = b - (mean / std) W
+    return HeadSolution(weight.astype(np.float32), bias.astype(np.float32), float(c), k, cv_acc, cv_loss,
+                        time.perf_counter() - start)
+
+
+def solve_multilabel_head(features: np.ndarray, hot: np.ndarray, seed: int = 0, *, folds: int = FOLDS,
+                          grid: tuple[float, ...] = C_GRID, pos_weight: list[float] | None = None) -> HeadSolution:
+    """One-vs-rest logistic heads (one sigmoid per class) on `features` (N x D) and multi-hot `hot` (N x C),
+    one C for all classes chosen by shuffled k-fold CV on the held-out summed BCE. `cv_acc` holds the
+    held-out share of right label decisions at 0.5."""
+    from sklearn.model_selection import KFold  # lazy: as in cross_validate
+
+    start = time.perf_counter()
+    x, y = np.asarray(features, dtype=np.float32), np.asarray(hot, dtype=np.float32)
+    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y) or not len(y):
+        raise ValueError(f"solve_multilabel_head needs N x D features and N x C targets, got {x.shape}, {y.shape}.")
+    mean, std = x.mean(0), x.std(0)
+    std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
+    scaled, target = torch.from_numpy((x - mean) / std), torch.from_numpy(y)
+    weights = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight else None
+    k = min(folds, len(y)) if len(y) >= 2 else 0
+    acc: dict[float, list[float]] = {c: [] for c in grid}
+    loss: dict[float, list[float]] = {c: [] for c in grid}
+    with threads_for(x.size):
+        for train, held in (KFold(n_splits=k, shuffle=True, random_state=seed).split(y) if k else []):
+            params = None
+            for c in grid:
+                params = fit_logistic(scaled[train], target[train], y.shape[1], c, params, class_weights=weights)
+                logits = scaled[held] @ params[:-1] + params[-1]
+                acc[c].append(float(((logits > 0).float() == target[held]).float().mean()))
+                loss[c].append(float(F.binary_cross_entropy_with_logits(logits, target[held], reduction="none")
+                                     .sum(1).mean()))
+        cv_acc = {c: float(np.mean(v)) for c, v in acc.items() if v}
+        cv_loss = {c: float(np.mean(v)) for c, v in loss.items() if v}
+        c = min(cv_loss, key=lambda value: (round(cv_loss[value], 9), -value)) if k else DEFAULT_C
+        params = fit_logistic(scaled, target, y.shape[1], c, class_weights=weights).numpy()
+    weight = (params[:-1] / std[:, None]).T
+    bias = params[-1] - (mean / std) @ params[:-1]
     return HeadSolution(weight.astype(np.float32), bias.astype(np.float32), float(c), k, cv_acc, cv_loss,
                         time.perf_counter() - start)

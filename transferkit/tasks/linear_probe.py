@@ -25,7 +25,8 @@ from torch.utils.data import Dataset
 
 from transferkit.data.feature_store import FeatureDataset, extract_features
 from transferkit.data.sources import TransformedDataset
-from transferkit.tasks.head_solver import HeadSolution, solve_linear_head
+from transferkit.data.multilabel import multi_hot
+from transferkit.tasks.head_solver import HeadSolution, solve_linear_head, solve_multilabel_head
 from transferkit.models.heads import set_linear_head
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,11 @@ class LinearProbeCallback(pl.Callback):
         if reused:
             solution = self.given_solution[1]
             log.info("Linear probe: the head solved on the same %s, reused (C=%g)", origin, solution.c)
+        elif getattr(pl_module, "kind", "") == "multilabel":  # one-vs-rest logistic heads on the label sets
+            weights = getattr(pl_module, "pos_weight", None)
+            solution = solve_multilabel_head(features, multi_hot(labels, options["num_classes"]), self.seed,
+                                             pos_weight=weights.tolist() if weights is not None else None)
+            log_solution(solution, len(labels), origin)
         else:
             solution = solve_linear_head(features, labels, **options)
             log_solution(solution, len(labels), origin)

@@ -48,7 +48,9 @@ def task_classes() -> dict[str, type]:
     """`task.kind` -> its task class (segmentation only where its extras import)."""
     from transferkit.tasks.classification import ClassificationTask  # lazy: Lightning and timm, for a checkpoint only
 
-    table: dict[str, type] = {"classification": ClassificationTask}
+    from transferkit.tasks.multilabel import MultilabelTask  # lazy: as above
+
+    table: dict[str, type] = {"classification": ClassificationTask, "multilabel": MultilabelTask}
     try:
         from transferkit.tasks.segmentation import SegmentationTask  # lazy: as above
     except ImportError:  # segmentation extras not importable: classification still works
@@ -58,7 +60,7 @@ def task_classes() -> dict[str, type]:
 
 
 def load_task(path: str | Path):
-    """Load the task stored in a transferkit checkpoint (classification or segmentation).
+    """Load the task stored in a transferkit checkpoint (classification, multilabel or segmentation).
 
     The file is read weights-only twice: here to learn the task class, then by Lightning.
     """

@@ -42,14 +42,15 @@ def resize_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def tta_probabilities(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str,
-                      flips: bool, segmentation: bool) -> torch.Tensor:
-    """Softmax probabilities of `forward(x)` averaged over the views of `mode`.
+                      flips: bool, segmentation: bool, multilabel: bool = False) -> torch.Tensor:
+    """Softmax (multi-label: sigmoid) probabilities of `forward(x)` averaged over the views of `mode`.
 
     Classification gives N x C; segmentation N x C x H x W on the pixels of `x`. With `flips`
     False (the model never saw mirrored images) `flip` adds no view.
     """
     def probabilities(view: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(forward(view).float(), dim=1)
+        logits = forward(view).float()
+        probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
         if segmentation and probs.shape[-2:] != x.shape[-2:]:
             probs = resize_scores(probs, x.shape[-2:])
         return probs

@@ -80,6 +80,8 @@ def build_task(spec: RunSpec, datamodule, weights: WeightsSource | None = None,
         kwargs["schedule_epochs"] = int(schedule_epochs)
     if "class_weights" in params and hasattr(datamodule, "class_weights"):
         kwargs["class_weights"] = datamodule.class_weights()
+    if "pos_weight" in params and hasattr(datamodule, "positive_weights"):
+        kwargs["pos_weight"] = datamodule.positive_weights()
     task = construct(cls, kwargs, "task")
     if weights is not None:
         load_task_weights(task, spec, weights)
@@ -125,7 +127,7 @@ def build_callbacks(spec: RunSpec, run_dir: Path, monitor: str, mode: str,
     if stopping.get("patience"):
         callbacks.append(EarlyStopping(monitor=stopping.get("monitor") or monitor, mode=mode,
                                        patience=stopping["patience"], min_delta=stopping.get("min_delta", 0.0)))
-    if spec.task.kind == "classification" and FinetunePlan(**spec.finetune.options).probes_first:
+    if spec.task.kind in ("classification", "multilabel") and FinetunePlan(**spec.finetune.options).probes_first:
         callbacks.append(LinearProbeCallback(seed=spec.seed))  # finetune.head_solver=lbfgs or lpft
 
     # After the linear probe: an average starts from the solved head.

@@ -22,6 +22,7 @@ from transferkit.runtime.guards import EXIT_SIGNAL, RunDiverged, RunInterrupted,
 from transferkit.tasks.linear_probe import probe_report
 from transferkit.training.builders import build_feature_cache, build_task, build_trainer
 from transferkit.training.calibrate import fit_calibration, record_calibration
+from transferkit.training.thresholds import fit_thresholds, record_thresholds
 from transferkit.training.metrics_files import join_metrics, set_aside_metrics
 from transferkit.training.race.legs import adopt_winner, race_table, run_race
 from transferkit.training.race.progress import RaceProgress, read_progress
@@ -122,7 +123,9 @@ def fit_and_test(spec: RunSpec, datamodule, run_dir: Path, start: float,
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     tested = trainer.test(task, datamodule=fit_data, ckpt_path=best or None, verbose=False, weights_only=True)
     results = collect_results(spec, task, datamodule, trainer, val_metrics, tested, run_dir, start)
-    calibration = fit_calibration(spec.calibration, task, fit_data, trainer, datamodule.sizes().get("test", 0) > 0)
+    has_test = datamodule.sizes().get("test", 0) > 0
+    calibration = fit_calibration(spec.calibration, task, fit_data, trainer, has_test)
+    thresholds = fit_thresholds(task, fit_data, trainer, has_test)  # multi-label only
     # test(ckpt_path=best) reloads the callbacks' states saved in best.ckpt; the path is the one before.
     results.update({"best_checkpoint": best or None, "finetune": dict(task.hparams.finetune),
                     "plan": spec.record(), **extra})
@@ -136,6 +139,7 @@ def fit_and_test(spec: RunSpec, datamodule, run_dir: Path, start: float,
     if race is not None:
         results.update(finish_race(winner, run_dir))
     record_calibration(calibration, results)  # after the race adopted the winner's checkpoints
+    record_thresholds(thresholds, results)
     return results, trainer, task
 
 

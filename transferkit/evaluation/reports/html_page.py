@@ -143,6 +143,18 @@ def classification_sections(run_dir: Path, files: dict, tables: dict) -> str:
     ])
 
 
+def multilabel_sections(run_dir: Path, files: dict, tables: dict) -> str:
+    rows = [(r["class"], "n/a" if r["ap"] is None else r["ap"], r["support"], r["threshold"], r["precision"],
+             r["recall"], r["f1"]) for r in tables["per_class_ap"]]
+    return "".join([
+        "<h2>Per-class average precision (test), lowest first</h2>", '<div class="figs">',
+        figure(run_dir, files["pr_png"], "precision-recall curves"),
+        table(["class", "AP", "support", "threshold", "precision", "recall", "F1"], rows), "</div>",
+        f"<p>{link(run_dir, files['ap_csv'])} (precision, recall and F1 at each class's tuned threshold)<br>"
+        f"all test images: {link(run_dir, files['predictions_csv'])}</p>",
+    ])
+
+
 def recall_section(rows: list[dict]) -> str:
     """Per-class recall, lowest first; classes the model never predicts are flagged."""
     if not rows:
@@ -203,8 +215,8 @@ def render_page(run_dir: Path, results: dict, command: str, task: str, files: di
             '<div class="row">', overview(results, command), metrics_section(results), data_section(results), "</div>"]
     if "curves" in files:
         body += ["<h2>Training curves</h2>", figure(run_dir, files["curves"], "loss and metric per epoch")]
-    body.append(segmentation_sections(run_dir, files, tables) if task == "segmentation"
-                else classification_sections(run_dir, files, tables))
+    sections = {"segmentation": segmentation_sections, "multilabel": multilabel_sections}
+    body.append(sections.get(task, classification_sections)(run_dir, files, tables))
     body += [calibration_section(run_dir, files, results), plan_section(results), files_section(run_dir)]
     config = run_dir / "config.yaml"
     if config.is_file():

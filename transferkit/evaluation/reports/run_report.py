@@ -28,6 +28,7 @@ from transferkit.evaluation.calibration import reliability_bins
 from transferkit.evaluation.reports import figures, scores
 from transferkit.evaluation.reports.augment_grid import tensor_to_display
 from transferkit.evaluation.reports.html_page import render_page
+from transferkit.evaluation.reports.multilabel_report import write_multilabel
 from transferkit.evaluation.reports.test_outputs import TestOutputs, TestOutputsCallback
 
 log = logging.getLogger("transferkit")
@@ -141,6 +142,10 @@ def save_test_outputs(outputs: TestOutputs, datamodule, run_dir: Path, top_losse
     arrays = {"task": np.array(outputs.task), "class_names": names, "command_line": np.array(command)}
     if outputs.task == "segmentation":
         arrays["confusion"] = outputs.confusion
+    elif outputs.task == "multilabel":  # no single true class to rank losses by: no top-loss images
+        paths = source_paths(tested_dataset(datamodule)[1])
+        arrays.update(indices=outputs.indices, logits=outputs.logits, targets=outputs.targets,
+                      paths=np.array([paths[i] for i in outputs.indices] if paths else [], dtype=str))
     else:
         inner, dataset = tested_dataset(datamodule)
         paths = source_paths(dataset)
@@ -195,9 +200,12 @@ def write_report(run_dir: Path) -> Path:
     results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").is_file() else {}
     names = [str(n) for n in saved["class_names"]]
     task = str(saved["task"])
-    write = write_segmentation if task == "segmentation" else write_classification
-    files, tables = write(folder, saved, names)
-    if task != "segmentation" and (results.get("calibration") or {}).get("temperature"):
+    if task == "multilabel":
+        files, tables = write_multilabel(folder, saved, names, results)
+    else:
+        write = write_segmentation if task == "segmentation" else write_classification
+        files, tables = write(folder, saved, names)
+    if task == "classification" and (results.get("calibration") or {}).get("temperature"):
         files["reliability"] = reliability_png(folder, saved, results)
     curves = read_curves(run_dir / "metrics.csv")
     if curves:

@@ -95,6 +95,6 @@ class TestOutputsCallback(pl.Callback):
         logits, targets = gather_rows(pl_module, logits), gather_rows(pl_module, targets)
         indices = gather_rows(pl_module, indices).numpy()
         unique, first = np.unique(indices, return_index=True)  # sorted; drops DDP padding repeats
-        return TestOutputs("classification", indices=unique.astype(np.int64),
+        return TestOutputs(getattr(pl_module, "kind", "classification"), indices=unique.astype(np.int64),
                            logits=logits.numpy()[first].astype(np.float32),
                            targets=targets.numpy()[first].astype(np.int64))
