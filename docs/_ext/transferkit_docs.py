@@ -110,11 +110,11 @@ def config_page() -> str:
         for key, per_option in values.items():
             dotted = f"{group}.{key}"
             base = per_option.get(default, per_option[next(iter(per_option))])
-            others = sorted({show(v) for o, v in per_option.items() if v != base})
+            others = [f"{o}: {show(v)}" for o, v in per_option.items()
+                      if o != default and (v != base or default not in per_option)]
             default_text = show(base) if default in per_option else "—"
             if others:
-                default_text += " (" + ", ".join(
-                    f"{o}: {show(v)}" for o, v in per_option.items() if v != base and o != default) + ")"
+                default_text += " (" + ", ".join(others) + ")"
             lines.append(f"| `{dotted}` | {cell(default_text)} | {type_of(dotted, list(per_option.values()))} "
                          f"| {cell(KEYS.get(dotted, ''))} |")
     return "\n".join(lines) + "\n"
