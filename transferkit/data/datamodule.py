@@ -39,6 +39,9 @@ from transferkit.data.loader_settings import drops_last, loader_settings
 from transferkit.data.balance import build_weighted_sampler
 from transferkit.data.device_augment import DeviceAugment
 from transferkit.data.device_decode import DeviceDecodeLoader
+from transferkit.data.streaming.remote_scan import scan_remote_folder
+from transferkit.data.streaming.remote_source import RemoteFileSource
+from transferkit.data.streaming.store import ObjectStore, is_remote
 
 if TYPE_CHECKING:
     from transferkit.data.folders import FolderScan
@@ -79,8 +82,12 @@ class ClassificationDataModule(pl.LightningDataModule):
                  std: tuple[float, ...] = (0.5,), augment: str = "light",
                  cache_dir: str | None = None, flips: bool = True, interpolation: str = "bilinear",
                  decode: str = "cpu", synthetic_classes: int = 10, drop_last: bool | str = "auto",
-                 exclude: str | None = None, relabel: str | None = None) -> None:
+                 exclude: str | None = None, relabel: str | None = None, stream_cache: str | None = None,
+                 stream_cache_size: str = "10GB", storage_options: dict | None = None) -> None:
         super().__init__()
+        # data.root=s3://...: an object store (data/streaming), listed at scan, read lazily
+        self.object_store = ObjectStore(str(root), dict(storage_options or {})) if is_remote(root) else None
+        self.stream_cache, self.stream_cache_size = stream_cache, stream_cache_size
 
         check_num_workers(num_workers)
         self.drop_last = check_drop_last(drop_last)
@@ -127,11 +134,13 @@ class ClassificationDataModule(pl.LightningDataModule):
         log.info("Data: %s, %d classes, sizes %s", self.describe(), len(self.class_names), sizes)
 
     def _scan_folder(self) -> None:
-        scan = scan_image_folder(self.root, val_fraction=self.val_fraction,
-                                 test_fraction=self.test_fraction, seed=self.seed,
-                                 max_bad_fraction=self.max_bad_fraction, manifest=self.manifest,
-                                 fold=self.fold, num_folds=self.num_folds, exclude=self.exclude,
-                                 relabel=self.relabel)
+        settings = dict(val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.seed,
+                        manifest=self.manifest, fold=self.fold, num_folds=self.num_folds, exclude=self.exclude,
+                        relabel=self.relabel)
+        if self.object_store is not None:
+            scan = scan_remote_folder(self.object_store, **settings, decode=None if self.decode == "cpu" else "gpu")
+        else:
+            scan = scan_image_folder(self.root, max_bad_fraction=self.max_bad_fraction, **settings)
         chosen, self.label_kind = None, getattr(scan, "kind", "classification")
         if self.train_per_class is not None:
             if self.label_kind == "multilabel":
@@ -163,7 +172,9 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _file_source(self, items: list[tuple[Path, int]]) -> Dataset:
         if self.decode == "gpu":
             return EncodedImages(items, skips=self.skip_log)
-        source = FileSource(items, in_chans=self.in_chans, background=self.background, skips=self.skip_log)
+        source = (FileSource(items, in_chans=self.in_chans, background=self.background, skips=self.skip_log)
+                  if self.object_store is None else
+                  RemoteFileSource(items, self.object_store, self.in_chans, self.background, self.skip_log))
         if not self.cache or not items:
             return source
 

@@ -165,6 +165,10 @@ KEYS: dict[str, str] = {
                             "untouched); null: all.",
     "data.synthetic_classes": "data.embedded=synthetic: the number of classes of the random labels.",
     "data.draw_seed": "The seed of data.train_per_class's draw, independent of `seed`.",
+    "data.storage_options": "data.root=s3://, gs://, azure://: extra keyword arguments of the store's client (fsspec, "
+                            "e.g. {endpoint_url: ...}); credentials otherwise come from the standard environment.",
+    "data.stream_cache": "An optimized data.root (`optimize`): the local folder its chunks are cached in; null: a temp folder.",
+    "data.stream_cache_size": "The chunk cache's size bound (e.g. 10GB); least recently used chunks are evicted beyond it.",
     "data.exclude": "A CSV with a path column (relative to data.root): these files are left out of every split.",
     "data.relabel": "A CSV with path,label columns: these files get that class instead of their folder's.",
     "data.num_classes": "segmentation with data.root: the number of classes, background included (or give "

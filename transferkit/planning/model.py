@@ -8,6 +8,7 @@ from pathlib import Path
 import logging
 
 from transferkit.data.discover import check_root
+from transferkit.data.streaming.store import ObjectStore, check_store, is_remote
 from transferkit.data.embedded import embedded_spec
 from transferkit.errors import ConfigError
 from transferkit.models.backbones import check_backbone_name
@@ -106,8 +107,11 @@ def plan_model(model: dict, data: dict, kind: str, load_weights: bool = True) ->
     With `load_weights`, weights that cannot be had (not cached, hub unreachable) stop the run here.
     """
     # embedded data, or the user's folder: a mistyped data.root is told before any weights are looked for
-    found = (embedded_spec(str(data["embedded"]), kind) if data.get("root") is None
-             else check_root(Path(str(data["root"])).expanduser(), kind))
+    root = None if data.get("root") is None else str(data["root"])
+    if root is not None and is_remote(root):  # an object store: its extra, credentials and bucket, told here
+        check_store(ObjectStore(root, dict(data.get("storage_options") or {})))
+    found = (embedded_spec(str(data["embedded"]), kind) if root is None
+             else None if is_remote(root) else check_root(Path(root).expanduser(), kind))
     choice = choose_model(str(model["backbone"]), str(model["weights"]), embedded=found is not None)
     check_backbone_name(choice.backbone)
     source = resolve_weights_source(choice.weights, choice.backbone, cache_dir=model.get("cache_dir"),

@@ -1,0 +1,84 @@
+"""A real S3-compatible server on localhost (moto's server mode) for the streaming tests; no client mocks.
+
+`s3_server` starts one per test session on a free port and points the standard AWS variables at it
+(`AWS_ENDPOINT_URL`, test credentials); `upload_folder` copies a local folder into a bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """The endpoint URL of a moto server started for this session (skips without the stream extra)."""
+    pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server._port}"
+    finally:
+        server.stop()
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch) -> dict[str, str]:
+    """The AWS variables that reach the local server, set for this test (and returned for subprocesses)."""
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+def make_bucket(name: str) -> None:
+    import boto3
+
+    client = boto3.client("s3")
+    try:
+        client.create_bucket(Bucket=name)
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+
+
+def upload_folder(folder: Path, bucket: str, prefix: str) -> str:
+    """Copy every file under `folder` to `s3://bucket/prefix/...`; returns that URI."""
+    import boto3
+
+    make_bucket(bucket)
+    client = boto3.client("s3")
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+    return f"s3://{bucket}/{prefix}"
+
+
+def put_object(uri: str, data: bytes) -> None:
+    import boto3
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def delete_object(uri: str) -> None:
+    import boto3
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    boto3.client("s3").delete_object(Bucket=bucket, Key=key)
+
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
