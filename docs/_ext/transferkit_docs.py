@@ -86,7 +86,7 @@ def show(value) -> str:
 
 
 def cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return text.replace("|", "\\|").replace("<", "\\<").replace("\n", " ")  # <date> is not an HTML tag
 
 
 def config_page() -> str:
@@ -206,7 +206,8 @@ def write_notebook(out: Path) -> None:
     for cell_ in (c for c in notebook["cells"] if c["cell_type"] == "code"):  # a live widget needs a kernel:
         for output in cell_.get("outputs", []):                                # its text stands in on the site
             output.get("data", {}).pop(WIDGET, None)
-        cell_["outputs"] = [o for o in cell_.get("outputs", []) if o.get("output_type") == "stream" or o.get("data")]
+        cell_["outputs"] = [o for o in cell_.get("outputs", []) if o.get("output_type") == "stream" or (
+            o.get("data") and o["data"] != {"text/plain": "Output()"})]  # the widget's own placeholder text
     notebook.get("metadata", {}).pop("widgets", None)
     (out / "quickstart.ipynb").write_text(json.dumps(notebook, indent=1), encoding="utf-8")
 
