@@ -199,15 +199,21 @@ def write_benchmarks(out: Path) -> None:
 
 
 # -- the notebook -------------------------------------------------------------------------------------------
+def shown(output: dict) -> bool:
+    """An output the site can show: text, or data besides a widget's placeholder `Output()`."""
+    data = output.get("data") or {}
+    placeholder = set(data) == {"text/plain"} and "".join(data["text/plain"]) == "Output()"
+    return output.get("output_type") == "stream" or (bool(data) and not placeholder)
+
+
 def write_notebook(out: Path) -> None:
     executed = DOCS / "_executed" / "quickstart.ipynb"
     source = executed if executed.is_file() else DOCS / "quickstart.ipynb"
     notebook = json.loads(source.read_text(encoding="utf-8"))
-    for cell_ in (c for c in notebook["cells"] if c["cell_type"] == "code"):  # a live widget needs a kernel:
-        for output in cell_.get("outputs", []):                                # its text stands in on the site
+    for cell_ in (c for c in notebook["cells"] if c["cell_type"] == "code"):
+        for output in cell_.get("outputs", []):  # a live widget needs a kernel: the site shows the rest
             output.get("data", {}).pop(WIDGET, None)
-        cell_["outputs"] = [o for o in cell_.get("outputs", []) if o.get("output_type") == "stream" or (
-            o.get("data") and o["data"] != {"text/plain": "Output()"})]  # the widget's own placeholder text
+        cell_["outputs"] = [o for o in cell_.get("outputs", []) if shown(o)]
     notebook.get("metadata", {}).pop("widgets", None)
     (out / "quickstart.ipynb").write_text(json.dumps(notebook, indent=1), encoding="utf-8")
 
