@@ -30,7 +30,7 @@ USAGE = (
     "  python -m transferkit fit recipe=small_similar data.root=/path/to/images trainer.max_epochs=5\n"
     "  python -m transferkit predict ckpt_path=outputs/.../checkpoints/best.ckpt input=/path/to/images\n"
     "  python -m transferkit cv recipe=small_similar data.num_folds=5\n"
-    "See README.md for the config keys."
+    "Every command and config key: docs/ (Reference), built with sphinx-build; meanings in transferkit/planning/keys.py."
 )
 
 

@@ -63,7 +63,7 @@ def detect_launch(num_nodes: int = 1) -> Launch | None:
         if missing:
             raise ConfigError(f"trainer.num_nodes={num_nodes} without a launcher (SLURM, torchrun) needs "
                               f"{', '.join(missing)} set on every node: MASTER_ADDR/MASTER_PORT of the node "
-                              "with NODE_RANK=0 (see README 'GPUs and clusters').")
+                              "with NODE_RANK=0 (see docs/guides/clusters-gpus.md).")
         return Launch(int(env["NODE_RANK"]), num_nodes, env["MASTER_ADDR"], int(env["MASTER_PORT"]))
     return None
 
