@@ -152,7 +152,8 @@ class Run:
         Returns:
             Classification: one record per image with the CSV's columns `path`, `label`, `probability`,
             `top_k`, `error` (`path` is the input's index for an image in memory), as a pandas DataFrame
-            when pandas is installed, else a list of dicts. Segmentation: one class-index mask (an H x W
+            when pandas is installed, else a list of dicts. Multi-label: the columns `path`, `labels` (the
+            `;`-joined set at the tuned thresholds), `p_<class>` (float probabilities), `error`. Segmentation: one class-index mask (an H x W
             numpy array at the image's size) per image, None for an unreadable file.
 
         Example:

@@ -45,8 +45,9 @@ def model_metadata(predictor: Predictor, spec: ServeSpec) -> dict:
         "tta": spec.model.tta,
         "calibration": getattr(spec.model, "calibration", None),  # the checkpoint's temperature, or none
         "request": 'POST /predict: multipart/form-data field "file", or application/json {"image": "<base64>"}',
-        "response": "image/png class-index mask" if predictor.kind == "segmentation"
-                    else "application/json {label, probability, top_k}",
+        "response": {"segmentation": "image/png class-index mask",
+                     "multilabel": "application/json {labels, probabilities}"}.get(
+                         predictor.kind, "application/json {label, probability, top_k}"),
         "top_k": spec.top_k,
         "max_bytes": spec.limits.max_bytes,
         "max_pixels": spec.limits.max_pixels,
