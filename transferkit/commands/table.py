@@ -59,6 +59,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("serve", "serve",
             "Serve a model over HTTP with dynamic batching (LitServe): POST /predict, GET /health, GET /info.",
             'transferkit.serve(ckpt_path="outputs/<date>/<time>", serve={"port": 8000})  # blocks until Ctrl+C'),
+    Command("optimize", "optimize", "Write a folder (local or s3://...) in LitData's optimized format for streaming.",
+            'run = transferkit.optimize(data={"root": "my_images/"}, out="my_images_optimized/")'),
     Command("report", "report", "Rebuild a run's report.html from the files the run saved (no re-evaluation).",
             'run = transferkit.report(run="outputs/<date>/<time>")'),
 )}

@@ -39,6 +39,7 @@ from transferkit.data.loader_settings import drops_last, loader_settings
 from transferkit.data.balance import build_weighted_sampler
 from transferkit.data.device_augment import DeviceAugment
 from transferkit.data.device_decode import DeviceDecodeLoader
+from transferkit.data.streaming.optimized import OptimizedSplit, optimized_sources, read_manifest
 from transferkit.data.streaming.remote_scan import scan_remote_folder
 from transferkit.data.streaming.remote_source import RemoteFileSource
 from transferkit.data.streaming.store import ObjectStore, is_remote
@@ -87,6 +88,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         super().__init__()
         # data.root=s3://...: an object store (data/streaming), listed at scan, read lazily
         self.object_store = ObjectStore(str(root), dict(storage_options or {})) if is_remote(root) else None
+        self.storage_options = dict(storage_options or {})
         self.stream_cache, self.stream_cache_size = stream_cache, stream_cache_size
 
         check_num_workers(num_workers)
@@ -134,6 +136,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         log.info("Data: %s, %d classes, sizes %s", self.describe(), len(self.class_names), sizes)
 
     def _scan_folder(self) -> None:
+        manifest = read_manifest(str(self.root), self.storage_options)
+        if manifest is not None:  # written by `optimize`: its splits, streamed (data/streaming/optimized.py)
+            return self._scan_optimized(manifest)
         settings = dict(val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.seed,
                         manifest=self.manifest, fold=self.fold, num_folds=self.num_folds, exclude=self.exclude,
                         relabel=self.relabel)
@@ -158,6 +163,19 @@ class ClassificationDataModule(pl.LightningDataModule):
         scanned = sum(len(items) for items in scan.splits.values()) + len(scan.skipped)
         self.skip_log = SkipLog.create(self.max_bad_fraction, scanned, len(scan.skipped))
         self.sources = {split: self._file_source(scan.splits.get(split, [])) for split in SPLITS}
+
+    def _scan_optimized(self, manifest: dict) -> None:
+        fixed = {"train_per_class": self.train_per_class, "num_folds": self.num_folds, "fold": self.fold,
+                 "manifest": self.manifest, "exclude": self.exclude, "relabel": self.relabel, "cache": self.cache,
+                 "decode": self.decode != "cpu" and self.decode, "balance": self.balance == "sampler" and "sampler"}
+        for key, value in fixed.items():
+            if value:
+                raise ValueError(f"data.{key}={value!r} cannot change data.root={self.root!r}: `optimize` fixed its "
+                                 f"splits and images. Drop data.{key}, or optimize again with it set.")
+        self.class_names, self.skipped = list(manifest["classes"]), [tuple(row) for row in manifest["skipped"]]
+        self.split_record = {k: manifest[k] for k in ("root", "classes", "splits", "counts", "skipped")}
+        self.sources = optimized_sources(str(self.root), manifest, self.storage_options, self.stream_cache,
+                                         self.stream_cache_size)
 
     def _draw_folder_train(self, scan: FolderScan) -> tuple[FolderScan, np.ndarray]:
         """The scan with its train split cut to the draw (before any cache sizes itself), and the draw."""
@@ -271,6 +289,9 @@ class ClassificationDataModule(pl.LightningDataModule):
             sampler = build_weighted_sampler(self.labels("train"), len(self.class_names), self.seed)
         if not train:
             sampler = eval_sampler(source, split)  # DDP: each image once, no padding
+        if isinstance(source, OptimizedSplit):  # LitData's loader: its own shards per rank, a resumable state
+            dataset = source.dataset(self.transform(train), train, self.seed, self.in_chans, self.background)
+            return source.loader(dataset, self.batch_size, drop_last, **settings)
         if getattr(source, "yields_batches", False):  # data.embedded=synthetic: already on the device
             device = trainer.strategy.root_device if trainer is not None else "cpu"
             return DataLoader(source.to_device(device), batch_size=self.batch_size, shuffle=train and sampler is None,

@@ -26,6 +26,8 @@ GROUPS: dict[str, str] = {
 KEYS: dict[str, str] = {
     # -- conf/config.yaml: keys of the root config ------------------------------------------------------
     "seed": "One seed for everything: split, init, augmentation and batch order.",
+    "out": "`optimize`: where the optimized data set is written (a folder or s3://bucket/prefix); train on it "
+           "with data.root=<out>.",
     "run_dir": "Where the run writes config.yaml, checkpoints/, metrics.csv, results.json; null: "
                "outputs/<date>/<time> under the current directory (a new folder per run).",
     "ckpt_path": "fit: start a new run from this checkpoint's state; test/predict/export/serve: the checkpoint "

@@ -27,7 +27,10 @@ class TestOutputs:
 
 
 def sampler_order(dataloader) -> list[int] | None:
-    """The dataset indices a loader visits, in order (its sampler is deterministic at test time)."""
+    """The dataset indices a loader visits, in order (its sampler is deterministic at test time); None for a
+    streamed (iterable) dataset, which yields its items in order in one process."""
+    if isinstance(getattr(dataloader, "dataset", None), torch.utils.data.IterableDataset):
+        return None
     batch_sampler = getattr(dataloader, "batch_sampler", None)
     if batch_sampler is None:
         sampler = getattr(dataloader, "sampler", None)

@@ -1,0 +1,72 @@
+"""`python -m transferkit optimize` writes LitData's optimized format with the split stored; `fit data.root=<it>`
+streams it (StreamingDataset / StreamingDataLoader, chunk cache in data.stream_cache), on a real local S3 server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_class_folder
+from tests.s3_store import s3_endpoint, s3_env, upload_folder  # noqa: F401
+
+pytest.importorskip("litdata")
+
+
+def optimize(root: str, out: str, *extra: str) -> dict:
+    from transferkit.cli import app as cli
+
+    return cli.run(["optimize", f"data.root={root}", f"out={out}", "data.val_fraction=0.25",
+                    "data.test_fraction=0.25", "seed=3", *extra])
+
+
+def test_optimize_stores_the_fit_split_and_resumes(tmp_path):
+    from transferkit.data.folders import scan_image_folder
+    from transferkit.data.streaming.optimize import MANIFEST
+
+    folder = write_class_folder(tmp_path / "images", per_class=8)
+    (folder / "dog" / "7.png").write_bytes(b"broken")  # skipped at scan, like fit does
+    out = tmp_path / "optimized"
+    first = optimize(str(folder), str(out), "data.max_bad_fraction=0.1")
+    scan = scan_image_folder(folder, val_fraction=0.25, test_fraction=0.25, seed=3, max_bad_fraction=0.1)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["splits"] == scan.to_json()["splits"] and manifest["classes"] == ["cat", "dog"]
+    assert first["counts"] == {split: len(items) for split, items in scan.splits.items()}
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*.bin")}
+    (out / MANIFEST).unlink()
+    (out / "test" / "index.json").unlink()  # stopped while writing test/: the rerun writes only that
+    again = optimize(str(folder), str(out), "data.max_bad_fraction=0.1")
+    assert again["counts"] == first["counts"] and (out / MANIFEST).is_file()
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p.parent.name != "test")
+
+
+def test_optimize_into_other_data_is_refused(tmp_path):
+    out = tmp_path / "optimized"
+    optimize(str(write_class_folder(tmp_path / "a", per_class=4)), str(out))
+    with pytest.raises(FileExistsError, match="holds an optimize of other data"):
+        optimize(str(write_class_folder(tmp_path / "b", per_class=5)), str(out))
+
+
+@pytest.mark.slow
+def test_fit_streams_an_optimized_store_with_the_folders_split(tmp_path, s3_env, fast):
+    from transferkit.cli import app as cli
+
+    folder = write_class_folder(tmp_path / "images", per_class=8)
+    uri = upload_folder(folder, "optimized", "raw")
+    optimize(uri, "s3://optimized/ready")  # from the store into the store
+    cache = tmp_path / "cache"
+    common = [o for o in fast if not o.startswith("run_dir=")] + ["finetune=full", "trainer.max_epochs=2", "seed=3",
+                                                                  "data.val_fraction=0.25", "data.test_fraction=0.25"]
+    results = cli.run(["fit", "data.root=s3://optimized/ready", *common, f"data.stream_cache={cache}",
+                       "data.stream_cache_size=50MB", f"run_dir={tmp_path / 'streamed'}"])
+    local = cli.run(["fit", f"data.root={folder}", *common, f"run_dir={tmp_path / 'local'}"])
+    assert results["status"] == "completed" and results["epochs"] == 2
+    splits = [json.loads((tmp_path / run / "splits.json").read_text())["splits"] for run in ("streamed", "local")]
+    assert splits[0] == splits[1]
+    assert {k: results["data"][k] for k in ("train_size", "val_size", "test_size")} == \
+        {k: local["data"][k] for k in ("train_size", "val_size", "test_size")} == \
+        {"train_size": 8, "val_size": 4, "test_size": 4}
+    assert list(cache.rglob("*.bin")), "chunks are cached under data.stream_cache"
+    report = json.loads((tmp_path / "streamed" / "results.json").read_text())
+    assert report["metrics"]["test/acc"] in {i / 4 for i in range(5)}  # 4 test images, each counted once

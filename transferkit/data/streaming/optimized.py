@@ -1,0 +1,103 @@
+"""`fit data.root=<optimized>`: the splits `optimize` wrote, streamed by LitData's `StreamingDataset` /
+`StreamingDataLoader` (equal shards per rank, a resumable loader state) through a size-bounded chunk cache.
+
+Validation and test use `drop_last=False`: under DDP every image is evaluated once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from transferkit.data.decode import load_image
+from transferkit.data.streaming.optimize import MANIFEST
+from transferkit.data.streaming.store import ObjectStore, is_remote
+
+DEFAULT_CACHE = "transferkit-stream-cache"
+
+
+def read_manifest(root: str, storage_options: dict | None = None) -> dict | None:
+    """The manifest `optimize` wrote into `root`, or None when `root` is not an optimized data set."""
+    if not is_remote(root):
+        path = Path(root).expanduser() / MANIFEST
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    store = ObjectStore(root, dict(storage_options or {}))
+    key = f"{store.path}/{MANIFEST}"
+    return json.loads(store.fs.cat_file(key)) if store.fs.exists(key) else None
+
+
+def allow_plain_http(storage_options: dict | None) -> None:
+    """LitData reads chunks with obstore, which refuses `http://` endpoints unless told; told only for them
+    (a local S3-compatible store), never for https."""
+    endpoint = (storage_options or {}).get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL", "")
+    if str(endpoint).startswith("http://"):
+        from litdata.streaming import downloader  # lazy: the stream extra is optional
+
+        downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] = "true"
+
+
+class DecodeSample:
+    """LitData's per-item transform: encoded bytes -> the decoded, augmented `(C x H x W tensor, label)`."""
+
+    def __init__(self, transform: Callable, in_chans: int, background: tuple[int, int, int]) -> None:
+        self.transform, self.in_chans, self.background = transform, in_chans, tuple(background)
+
+    def __call__(self, item: dict):
+        image = load_image(io.BytesIO(item["image"]), in_chans=self.in_chans, background=self.background)
+        return self.transform(image=image)["image"], int(item["label"])
+
+
+@dataclass
+class OptimizedSplit:
+    """One split of an optimized data set: where it is, its labels (known from the manifest), how to stream it."""
+
+    uri: str
+    labels: np.ndarray
+    storage_options: dict = field(default_factory=dict)
+    cache_dir: str | None = None
+    cache_size: str = "10GB"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def cache_folder(self) -> str | None:
+        """A folder of its own per split under `data.stream_cache` (chunk names repeat across splits)."""
+        if not is_remote(self.uri):
+            return None
+        base = self.cache_dir or os.path.join(tempfile.gettempdir(), DEFAULT_CACHE)
+        return os.path.join(os.path.expanduser(base), hashlib.sha1(self.uri.encode()).hexdigest()[:16])
+
+    def dataset(self, transform: Callable, train: bool, seed: int, in_chans: int = 3,
+                background: tuple[int, int, int] = (255, 255, 255)):
+        from litdata import StreamingDataset  # lazy: the stream extra is optional
+
+        allow_plain_http(self.storage_options)
+        options = {"storage_options": dict(self.storage_options)} if is_remote(self.uri) else {}
+        return StreamingDataset(self.uri, cache_dir=self.cache_folder(), shuffle=train, seed=seed,
+                                drop_last=train, max_cache_size=self.cache_size,
+                                transform=DecodeSample(transform, in_chans, background), **options)
+
+    def loader(self, dataset, batch_size: int, drop_last: bool, num_workers: int, persistent_workers: bool = False,
+               **_):
+        from litdata import StreamingDataLoader  # lazy: the stream extra is optional
+
+        return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
+                                   persistent_workers=persistent_workers and num_workers > 0)
+
+
+def optimized_sources(root: str, manifest: dict, storage_options: dict | None, cache_dir: str | None,
+                      cache_size: str) -> dict[str, OptimizedSplit]:
+    """`split -> OptimizedSplit` for train, val and test (an empty one where `optimize` wrote none)."""
+    base = root.rstrip("/")
+    return {split: OptimizedSplit(f"{base}/{split}", np.asarray([label for _, label in manifest["splits"].get(split, [])],
+                                                                dtype=np.int64),
+                                  dict(storage_options or {}), cache_dir, cache_size)
+            for split in ("train", "val", "test")}
