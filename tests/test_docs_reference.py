@@ -45,3 +45,15 @@ def test_commands_page_has_every_command() -> None:
     page = transferkit_docs.cli_page()
     for command in COMMANDS.values():
         assert f"\n## {command.name}\n" in page and command.example in page
+
+
+def test_every_benchmark_table_gets_a_page_with_its_record(tmp_path: Path) -> None:
+    transferkit_docs.write_benchmarks(tmp_path)
+    tables = sorted(transferkit_docs.RESULTS.glob("*.md"))
+    assert tables
+    for table in tables:
+        page = (tmp_path / table.name).read_text(encoding="utf-8")
+        assert f"```{{include}} ../../../benchmarks/results/{table.name}" in page  # numbers read, not typed
+        if table.with_suffix(".json").is_file():
+            assert f"`benchmarks/results/{table.stem}.json`" in page and "**date**" in page
+        assert table.stem in (tmp_path / "index.md").read_text(encoding="utf-8")

@@ -154,18 +154,22 @@ def commit_of(path: Path) -> str:
 
 
 def find_value(record, names: tuple[str, ...]):
-    """The first of `names` in the record or one level down (a JSON's `environment`/`machine`)."""
+    """The first of `names` in the record or in its `environment`/`machine` part."""
     if not isinstance(record, dict):
         return None
-    for name in names:
-        if record.get(name):
-            return record[name]
-    for value in record.values():
-        if isinstance(value, dict):
-            for name in names:
-                if value.get(name):
-                    return value[name]
+    for part in (record, record.get("environment"), record.get("machine")):
+        for name in names:
+            if isinstance(part, dict) and part.get(name):
+                return part[name]
     return None
+
+
+def scripts_of(table: Path) -> list[str]:
+    """The benchmark scripts that write this table: named like it, or naming its file; else the script whose
+    name starts it (serve_load_64px_threads1.md: serve_load.py)."""
+    scripts = sorted((REPO / "benchmarks").glob("*.py"))
+    found = [p.name for p in scripts if p.stem == table.stem or table.name in p.read_text(encoding="utf-8")]
+    return found or [p.name for p in scripts if table.stem.startswith(p.stem)]
 
 
 def benchmark_page(table: Path) -> str:
@@ -176,6 +180,9 @@ def benchmark_page(table: Path) -> str:
     title = table.stem.replace("_", " ")
     facts = [f"* **JSON**: `benchmarks/results/{source.name}`" if source.is_file() else
              "* **JSON**: none beside this table"]
+    scripts = scripts_of(table)
+    if scripts:
+        facts.append("* **script**: " + ", ".join(f"`benchmarks/{name}`" for name in scripts))
     if command:
         facts.append(f"* **command**: `{command if isinstance(command, str) else ' '.join(map(str, command))}`")
     if date:
