@@ -143,6 +143,13 @@ def cli_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+def api_summary() -> str:
+    """The autosummary of every function of transferkit.api (reference/api.md includes it)."""
+    names = [c.api_name for c in COMMANDS.values()] + ["load", "run_command"]
+    return "\n".join([".. currentmodule:: transferkit.api", "", ".. autosummary::", "   :nosignatures:", "",
+                      *[f"   {name}" for name in names]]) + "\n"
+
+
 # -- benchmarks -----------------------------------------------------------------------------------------------
 def commit_of(path: Path) -> str:
     try:
@@ -238,6 +245,7 @@ def generate(out: Path = OUT) -> None:
     out.mkdir(parents=True)
     write_if_changed(out / "config.md", config_page())
     write_if_changed(out / "cli.md", cli_page())
+    write_if_changed(out / "api_summary.txt", api_summary())  # .txt: not a page of its own
     write_benchmarks(out / "benchmarks")
     write_notebook(out)
 
