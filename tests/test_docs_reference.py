@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 sys.path.insert(0, str(DOCS / "_ext"))
 
@@ -57,3 +59,13 @@ def test_every_benchmark_table_gets_a_page_with_its_record(tmp_path: Path) -> No
         if table.with_suffix(".json").is_file():
             assert f"`benchmarks/results/{table.stem}.json`" in page and "**date**" in page
         assert table.stem in (tmp_path / "index.md").read_text(encoding="utf-8")
+
+
+def test_bench_role_reads_the_results_json() -> None:
+    import json
+
+    record = json.loads((transferkit_docs.RESULTS / "main_job.json").read_text(encoding="utf-8"))
+    assert transferkit_docs.bench_value("main_job.json:test_acc.current.0:.4f") == f"{record['test_acc']['current'][0]:.4f}"
+    assert transferkit_docs.bench_value("main_job.json:date") == record["date"]
+    with pytest.raises(KeyError):
+        transferkit_docs.bench_value("main_job.json:no_such_field")

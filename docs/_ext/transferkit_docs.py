@@ -250,6 +250,29 @@ def generate(out: Path = OUT) -> None:
     write_notebook(out)
 
 
+def bench_value(spec: str) -> str:
+    """`gpu_fit.json:cases.0.ratio:.3f`: a value of a benchmarks/results JSON, formatted (the `bench` role)."""
+    name, _, rest = spec.partition(":")
+    path, _, form = rest.partition(":")
+    value = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+    for part in path.split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return format(value, form) if form else str(value)
+
+
+def bench_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+    """{bench}`file.json:path.to.value:format` in a page: the number as the JSON holds it now; a missing
+    file or field is a build error (-W), so a page cannot quote a number the results no longer have."""
+    from docutils import nodes  # lazy: docutils only inside a Sphinx build
+
+    try:
+        return [nodes.inline(rawtext, bench_value(text), classes=["benchmark-value"])], []
+    except (OSError, KeyError, IndexError, ValueError, TypeError) as err:
+        message = inliner.reporter.error(f"{{bench}}`{text}`: {type(err).__name__}: {err}", line=lineno)
+        return [inliner.problematic(rawtext, rawtext, message)], [message]
+
+
 def setup(app) -> dict:
     app.connect("config-inited", lambda app, config: generate())
+    app.add_role("bench", bench_role)
     return {"version": "1", "parallel_read_safe": True}
