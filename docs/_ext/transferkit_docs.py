@@ -184,8 +184,8 @@ def benchmark_page(table: Path) -> str:
     record = json.loads(source.read_text()) if source.is_file() else {}
     command, date = find_value(record, ("command",)), find_value(record, ("date",))
     commit = commit_of(source if source.is_file() else table)
-    if not date and commit:  # the JSON records no date: the day it was committed
-        date = f"{commit.split()[-1]} (committed; the JSON records no date)"
+    if not date:  # the JSON records no date: the day it was committed (outside a git checkout: unknown)
+        date = f"{commit.split()[-1]} (committed; the JSON records no date)" if commit else "not recorded"
     title = table.stem.replace("_", " ")
     facts = [f"* **JSON**: `benchmarks/results/{source.name}`" if source.is_file() else
              "* **JSON**: none beside this table"]
