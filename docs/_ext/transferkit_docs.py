@@ -89,6 +89,16 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|").replace("<", "\\<").replace("\n", " ")  # <date> is not an HTML tag
 
 
+def option_summary(group: str, option: str) -> str:
+    """The header comment of conf/<group>/<option>.yaml (what the option is), without the pointer line."""
+    lines = []
+    for line in (package_dir("conf") / group / f"{option}.yaml").read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").rstrip())
+    return " ".join(line for line in lines if line and not line.startswith(("Each key's meaning", "@package")))
+
+
 def config_page() -> str:
     root, chosen = root_config()
     lines = ["# Configuration keys", "",
@@ -106,6 +116,8 @@ def config_page() -> str:
                   f"Options (`{group}=...`): " + ", ".join(
                       f"**`{o}`**" if o == default else f"`{o}`" for o in options)
                   + (f" (default: `{default}`)." if default else " (none chosen by default)."), "",
+                  "| option | what it is |", "|---|---|",
+                  *[f"| `{o}` | {cell(option_summary(group, o))} |" for o in options], "",
                   "| key | default | type | meaning |", "|---|---|---|---|"]
         for key, per_option in values.items():
             dotted = f"{group}.{key}"
