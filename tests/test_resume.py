@@ -53,7 +53,7 @@ def assert_same_run(one: dict, other: dict) -> None:
 
 
 def test_run_stopped_after_two_epochs_and_extended_to_four_matches_a_four_epoch_run(image_folder, fast, tmp_path):
-    # A constant LR: extending max_epochs re-spans a decaying schedule (see README).
+    # A constant LR: extending max_epochs re-spans a decaying schedule (see docs/guides/faults-resume.md).
     base = [f"data.root={image_folder}", *fast[:-1], *EXACT, "scheduler=constant"]
     four = cli.run(["fit", *base, "trainer.max_epochs=4", f"run_dir={tmp_path / 'four'}"])
     two = cli.run(["fit", *base, "trainer.max_epochs=2", f"run_dir={tmp_path / 'two'}"])
