@@ -47,6 +47,8 @@ def test_commands_page_has_every_command() -> None:
     page = transferkit_docs.cli_page()
     for command in COMMANDS.values():
         assert f"\n## {command.name}\n" in page and command.example in page
+    serve = page[page.index("\n## serve\n"):]
+    assert "`serve.port`" in serve.split("\n## ")[1]  # a command lists its own keys
 
 
 def test_every_benchmark_table_gets_a_page_with_its_record(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ Also importable without Sphinx (tests/test_docs_reference.py reads `config_keys`
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -133,6 +134,16 @@ def config_page() -> str:
 
 
 # -- commands ---------------------------------------------------------------------------------------------
+def command_keys(command) -> list[str]:
+    """Keys a command has for itself: its own section (`audit.*`, `serve.*`), or a key whose meaning
+    starts by naming it (`input`: "predict (and show-features): ...")."""
+    names = (command.name, command.api_name)
+    own = [k for k in KEYS if k.split(".")[0] in names and "." in k]
+    named = [k for k, text in KEYS.items() if k not in own and re.match(
+        rf"^(?:[\w-]+(?:/| and | or |, ))*({'|'.join(map(re.escape, names))})\b", text)]
+    return own + named
+
+
 def cli_page() -> str:
     lines = ["# Commands", "",
              "Generated from the one command table, `transferkit/commands/table.py`. Each command runs as "
@@ -148,10 +159,14 @@ def cli_page() -> str:
                         "([faults and resume](../guides/faults-resume.md))."),
             (c.checkpoint_run, "With `ckpt_path=...` it starts from the config of the checkpoint's run."),
         ) if flag]
+        keys = command_keys(c)
         lines += ["", f"({c.name})=", f"## {c.name}", "", c.summary, "",
-                  "```bash", f"python -m transferkit {c.name} --help", "```", "",
+                  "```bash", f"python -m transferkit {c.name} [recipe=NAME] [key=value ...]", "```", "",
                   "```python", "import transferkit", "", c.example, "```"]
         lines += ["", *[f"* {n}" for n in notes]] if notes else []
+        if keys:
+            lines += ["", "Its own keys ([configuration reference](config.md)): "
+                      + ", ".join(f"`{k}`" for k in keys) + "."]
     return "\n".join(lines) + "\n"
 
 
