@@ -22,6 +22,7 @@ DOCS = REPO / "docs"
 SKIPPED = {"_build", "_generated", "_executed", "wip"}
 MARKER = re.compile(r"^<!-- runnable(?P<slow> slow)?(?::(?P<overrides>[^>]*))? -->\n```bash\n(?P<body>.*?)^```",
                     re.M | re.S)
+EXAMPLE = re.compile(r"^````.*?^````", re.M | re.S)
 MAX_COMMANDS = 8
 
 
@@ -31,7 +32,8 @@ def runnable_blocks(docs: Path = DOCS) -> list[tuple[str, bool, list[list[str]]]
     for page in sorted(docs.rglob("*.md")):
         if SKIPPED & set(page.relative_to(docs).parts):
             continue
-        text = page.read_text(encoding="utf-8")
+        # a ````-fenced example of the marker (docs/reference/docs-markers.md) is shown, not run
+        text = EXAMPLE.sub(lambda m: "\n" * m.group().count("\n"), page.read_text(encoding="utf-8"))
         for found in MARKER.finditer(text):
             where = f"{page.relative_to(REPO)}:{text[:found.start()].count(chr(10)) + 1}"
             overrides = shlex.split(found.group("overrides") or "")
