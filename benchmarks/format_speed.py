@@ -20,6 +20,7 @@ intra-op threads = ONNX Runtime intra-op threads = OpenVINO INFERENCE_NUM_THREAD
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from pathlib import Path
@@ -30,9 +31,12 @@ import torch
 from transferkit.cli import app as cli
 
 log = logging.getLogger("inference_speed")
-FORMATS = ("PyTorch (checkpoint)", "ONNX Runtime FP32", "ONNX Runtime INT8", "OpenVINO FP32", "OpenVINO INT8")
-EXPORTS = {"ONNX Runtime FP32": ("onnx", None), "ONNX Runtime INT8": ("onnx", "int8"),
-           "OpenVINO FP32": ("openvino", None), "OpenVINO INT8": ("openvino", "int8")}
+FORMATS = ("PyTorch (checkpoint)", "ONNX Runtime FP32", "ONNX Runtime INT8", "ONNX Runtime INT8 branches",
+           "OpenVINO FP32", "OpenVINO INT8", "OpenVINO INT8 all")
+# (format, quantize, export.int8_scope): the plain INT8 rows are export's default (auto: onnx all, openvino branches)
+EXPORTS = {"ONNX Runtime FP32": ("onnx", None, None), "ONNX Runtime INT8": ("onnx", "int8", "all"),
+           "ONNX Runtime INT8 branches": ("onnx", "int8", "branches"), "OpenVINO FP32": ("openvino", None, None),
+           "OpenVINO INT8": ("openvino", "int8", "branches"), "OpenVINO INT8 all": ("openvino", "int8", "all")}
 BASELINE = "ONNX Runtime FP32"
 
 
@@ -59,9 +63,9 @@ def house_models(set_root: Path, work: Path, smoke: bool) -> tuple[dict, object,
                    f"run_dir={work / 'fit'}"])
     ckpt = Path(fit["best_checkpoint"])
     models, checks = {}, {}
-    for name, (fmt, quantize) in EXPORTS.items():
+    for name, (fmt, quantize, scope) in EXPORTS.items():
         # max_drop=100: keep the file whatever its accuracy, so the table shows it (the default refuses > 1 point)
-        extra = [f"export.quantize={quantize}", "export.max_drop=100"] if quantize else []
+        extra = [f"export.quantize={quantize}", "export.max_drop=100", f"export.int8_scope={scope}"] if quantize else []
         out = cli.run(["export", f"ckpt_path={ckpt}", f"format={fmt}", *extra, f"run_dir={work / name.replace(' ', '_')}"])
         models[name] = load_exported(out["model"])
         checks[name] = out.get("accuracy") or out["parity"]
@@ -79,7 +83,7 @@ def big_models(backbone: str, size: int, calibration: np.ndarray, work: Path) ->
     from transferkit.data.inputs import InputSpec
     from transferkit.exporting.formats import convert_openvino, export_onnx, save_openvino
     from transferkit.exporting.graph import InferenceGraph
-    from transferkit.exporting.int8 import quantize_onnx, quantize_openvino
+    from transferkit.exporting.int8 import float_convs, quantize_onnx, quantize_openvino
     from transferkit.inference.exported import ExportedModel
 
     work.mkdir(parents=True, exist_ok=True)
@@ -88,13 +92,18 @@ def big_models(backbone: str, size: int, calibration: np.ndarray, work: Path) ->
     graph = InferenceGraph(network).eval()
     fp32 = work / f"{backbone}.onnx"
     export_onnx(graph, torch.randn(2, 3, size, size), fp32, {0: "batch"}, 18)
-    quantize_onnx(fp32, work / f"{backbone}.int8.onnx", list(calibration))
+    quantize_onnx(fp32, work / f"{backbone}.int8.onnx", list(calibration), "all")
+    quantize_onnx(fp32, work / f"{backbone}.branches.int8.onnx", list(calibration), "branches")
     save_openvino(convert_openvino(fp32), work / f"{backbone}.xml")
-    save_openvino(quantize_openvino(convert_openvino(fp32), list(calibration))[0], work / f"{backbone}.int8.xml")
+    kept = float_convs(fp32)
+    save_openvino(quantize_openvino(convert_openvino(fp32), list(calibration), kept)[0], work / f"{backbone}.int8.xml")
+    save_openvino(quantize_openvino(convert_openvino(fp32), list(calibration), None)[0], work / f"{backbone}.all.int8.xml")
     spec = InputSpec(size, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     meta = {"task": "classification", "class_names": [str(i) for i in range(10)], "input": spec.to_dict()}
     files = {"ONNX Runtime FP32": fp32, "ONNX Runtime INT8": work / f"{backbone}.int8.onnx",
-             "OpenVINO FP32": work / f"{backbone}.xml", "OpenVINO INT8": work / f"{backbone}.int8.xml"}
+             "ONNX Runtime INT8 branches": work / f"{backbone}.branches.int8.onnx",
+             "OpenVINO FP32": work / f"{backbone}.xml", "OpenVINO INT8": work / f"{backbone}.int8.xml",
+             "OpenVINO INT8 all": work / f"{backbone}.all.int8.xml"}
     models = {name: ExportedModel(path, {**meta, "export": {"format": EXPORTS[name][0]}}) for name, path in files.items()}
     models["PyTorch (checkpoint)"] = lambda batch: network(torch.as_tensor(batch)).numpy()
     return models
@@ -118,6 +127,7 @@ def accuracy_rows(models: dict, images: torch.Tensor, labels: np.ndarray) -> dic
 def speed_table(models: dict, images: torch.Tensor, batch_sizes: list[int], rounds: int, per_batch: dict) -> dict:
     """images/s per format and batch size: rounds of every format in turn, medians and per-round ratios."""
     rates = {name: {b: [] for b in batch_sizes} for name in FORMATS}
+    load = {b: [] for b in batch_sizes}  # the 1-minute load average at the start of each round
     for b in batch_sizes:
         count = per_batch[b]
         batches = [images[(i * b) % len(images):][:b].numpy() for i in range(max(1, count // b))]
@@ -126,6 +136,7 @@ def speed_table(models: dict, images: torch.Tensor, batch_sizes: list[int], roun
             for name in FORMATS:  # warm-up: thread pools, lazy inits, shape-specialised kernels
                 models[name](batches[0])
             for _ in range(rounds):
+                load[b].append(round(os.getloadavg()[0], 2))
                 for name in FORMATS:
                     start = time.perf_counter()
                     for x in batches:
@@ -135,7 +146,8 @@ def speed_table(models: dict, images: torch.Tensor, batch_sizes: list[int], roun
     median = {n: {b: statistics.median(r) for b, r in per.items()} for n, per in rates.items()}
     ratio = {n: {b: round(statistics.median(x / y for x, y in zip(rates[n][b], rates[BASELINE][b])), 2)
                  for b in batch_sizes} for n in FORMATS}
-    return {"images_per_s": rates, "median_images_per_s": median, "ratio_to_onnx_fp32": ratio}
+    return {"images_per_s": rates, "median_images_per_s": median, "ratio_to_onnx_fp32": ratio,
+            "load_average_per_round": load}
 
 
 def thread_settings(models: dict) -> dict:
@@ -146,10 +158,15 @@ def thread_settings(models: dict) -> dict:
     from transferkit.inference.exported import OPENVINO_CONFIG
 
     compiled = ov.Core().compile_model(str(models["OpenVINO FP32"].path), "CPU", OPENVINO_CONFIG)
+    options = onnxruntime.SessionOptions()
     return {"torch_intra_op_threads": torch.get_num_threads(),
-            "onnxruntime_intra_op_threads": "default (0 = one per physical core)",
+            "onnxruntime_intra_op_threads": "default (0 = one per physical core: 2)",
+            "onnxruntime_session": {"graph_optimization_level": str(options.graph_optimization_level),
+                                    "execution_mode": str(options.execution_mode), "intra_op_spinning": "default (on)"},
             "openvino_inference_num_threads": compiled.get_property("INFERENCE_NUM_THREADS"),
             "openvino_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
+            "openvino_runtime": {key: str(compiled.get_property(key)) for key in
+                                 ("PERFORMANCE_HINT", "NUM_STREAMS", "ENABLE_CPU_PINNING", "SCHEDULING_CORE_TYPE")},
             "onnxruntime": onnxruntime.__version__, "openvino": ov.__version__}
 
 
@@ -178,6 +195,11 @@ def measure_formats(args, work: Path) -> dict:
             "rounds": args.rounds, "batch_sizes": list(args.batch_sizes)}
 
 
+def load_range(result: dict) -> str:
+    loads = [x for key in ("house", "compute_bound") for per in result[key]["load_average_per_round"].values() for x in per]
+    return f"{min(loads):.1f}-{max(loads):.1f}"
+
+
 def formats_markdown(result: dict, machine: dict) -> str:
     batches = result["batch_sizes"]
     lines = []
@@ -200,5 +222,6 @@ def formats_markdown(result: dict, machine: dict) -> str:
     lines.append(f"Model alone on decoded tensors, median of {result['rounds']} interleaved rounds; ratios are medians of "
                  f"per-round ratios. Threads: torch {t['torch_intra_op_threads']}, ONNX Runtime default (one per "
                  f"core), OpenVINO {t['openvino_inference_num_threads']} (f32 precision hint). {machine['platform']}, "
-                 f"{machine['cpus']} CPUs, load average {machine['load_average'][0]:.1f}, {machine['date']}.")
+                 f"{machine['cpus']} CPUs, load average {machine['load_average'][0]:.1f} at the end "
+                 f"({load_range(result)} at the rounds' starts), {machine['date']}.")
     return "\n".join(lines) + "\n"

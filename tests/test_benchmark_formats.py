@@ -16,7 +16,8 @@ import pytest
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "inference_speed.py"
-FORMATS = ["PyTorch (checkpoint)", "ONNX Runtime FP32", "ONNX Runtime INT8", "OpenVINO FP32", "OpenVINO INT8"]
+FORMATS = ["PyTorch (checkpoint)", "ONNX Runtime FP32", "ONNX Runtime INT8", "ONNX Runtime INT8 branches",
+           "OpenVINO FP32", "OpenVINO INT8", "OpenVINO INT8 all"]
 
 
 def test_format_table_smoke(tmp_path):
@@ -31,3 +32,4 @@ def test_format_table_smoke(tmp_path):
     assert house["test_images"] == 600 and house["accuracy"]["ONNX Runtime FP32"]["agreement_with_checkpoint"] == 100
     assert house["export_checks"]["OpenVINO FP32"]["passed"] and "accuracy_change_points" in house["export_checks"]["ONNX Runtime INT8"]
     assert "| ONNX Runtime INT8 |" in (tmp_path / "f.md").read_text()
+    assert all(len(per) == 1 for per in big["load_average_per_round"].values())  # smoke: one round, its load recorded

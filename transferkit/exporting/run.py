@@ -15,7 +15,7 @@ import torch
 from transferkit.exporting.accuracy import check_accuracy, describe_accuracy
 from transferkit.exporting.formats import (convert_openvino, dynamic_axes, export_onnx, export_torchscript,
                                            save_openvino)
-from transferkit.exporting.int8 import quantize_onnx, quantize_openvino
+from transferkit.exporting.int8 import float_convs, quantize_onnx, quantize_openvino
 from transferkit.exporting.graph import build_graph, example_input, other_shape_input
 from transferkit.exporting.metadata import build_meta
 from transferkit.exporting.parity import check_parity, describe
@@ -44,11 +44,12 @@ def write_model(spec: ExportSpec, graph, example, path: Path, axes: dict[int, st
     opset = export_onnx(graph, example, onnx_path, axes, spec.opset)
     quantization = None
     if spec.format == "onnx" and spec.quantize:
-        quantization = quantize_onnx(onnx_path, path, calibration)
+        quantization = quantize_onnx(onnx_path, path, calibration, spec.int8_scope)
     elif spec.format == "openvino":
         model = convert_openvino(onnx_path)
         if spec.quantize:
-            model, quantization = quantize_openvino(model, calibration)
+            kept = float_convs(onnx_path) if spec.int8_scope == "branches" else None
+            model, quantization = quantize_openvino(model, calibration, kept)
         save_openvino(model, path)
     if onnx_path != path:
         onnx_path.unlink()

@@ -25,4 +25,5 @@ class ExportSpec:
     quantize: str | None = None
     calibration_images: int = 300
     max_drop: float = 1.0
+    int8_scope: str = "all"  # "branches": residual-branch convolutions only (transferkit.exporting.int8)
     config: dict = field(default_factory=dict, compare=False)  # the composed config (config.yaml); never read

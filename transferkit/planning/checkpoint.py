@@ -29,6 +29,10 @@ from transferkit.training.builders import build_datamodule
 INPUT_HINT = "an image file or a folder of images"
 EXPORTED_HINT = "a model.onnx / model.int8.onnx / model.torchscript.pt / model.xml written by export"
 QUANTIZE_CHOICES = ("int8",)
+# export.int8_scope=auto: ONNX Runtime is fast only when the whole network is int8 (a float island costs layout
+# transposes), OpenVINO also with float islands (benchmarks/results/inference_formats.md, int8_scope.md)
+INT8_SCOPES = {"auto": None, "branches": "branches", "all": "all"}
+AUTO_SCOPE = {"onnx": "all", "openvino": "branches"}
 CKPT_HINT = "a checkpoint written by fit, e.g. outputs/<date>/<time>/checkpoints/best.ckpt"
 
 
@@ -111,6 +115,12 @@ def choose_quantize(value, fmt: str, source) -> str | None:
     return quantize
 
 
+def choose_int8_scope(value, fmt: str) -> str:
+    """`export.int8_scope`: what INT8 quantizes (`branches`, `all`; `auto`: per format, AUTO_SCOPE)."""
+    scope = lookup(INT8_SCOPES, str(value or "auto"), "export.int8_scope")
+    return scope or AUTO_SCOPE.get(fmt, "all")
+
+
 def export_spec(cfg: DictConfig) -> ExportSpec:
     """`export`'s config as a spec; the checkpoint, the format, quantization and the exporter's packages checked."""
     check_fit_only(cfg.get("logit_adjust"), "export")
@@ -133,7 +143,8 @@ def export_spec(cfg: DictConfig) -> ExportSpec:
                       int(options.opset), options.get("parity_max_images"), int(cfg.data.batch_size),
                       None if cfg.input is None else str(cfg.input), cfg.run_dir,
                       config=OmegaConf.to_container(cfg, resolve=True), quantize=quantize,
-                      calibration_images=calibration_images, max_drop=max_drop)
+                      calibration_images=calibration_images, max_drop=max_drop,
+                      int8_scope=choose_int8_scope(options.get("int8_scope"), fmt))
 
 
 def parity_samples(cfg: DictConfig, spec: ExportSpec, task) -> tuple[Samples, Samples | None]:
