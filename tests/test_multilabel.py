@@ -121,16 +121,33 @@ def test_one_vs_rest_solved_head_separates_each_label() -> None:
     assert ((logits > 0) == hot.astype(bool)).mean() > 0.95
 
 
+def test_rows_and_answers_apply_each_class_threshold_at_full_precision(tmp_path: Path) -> None:
+    from transferkit.inference.outputs import multilabel_rows, write_multilabel_rows
+    from transferkit.serving.answers import labels_answer
+
+    probs = {0: np.array([0.3, 0.7, 0.123456789012]), 1: np.array([0.1, 0.9, 0.6])}
+    rows = multilabel_rows(["a.png", "b.png", "c.png"], probs, [(2, "unreadable")], ["x", "y", "z"], [0.2, 0.8, 0.5])
+    assert [r["labels"] for r in rows] == ["x", "y;z", ""] and rows[2]["error"] == "unreadable"
+    assert multilabel_rows(["a.png"], probs, [], ["x", "y", "z"], None)[0]["labels"] == "y"  # no thresholds: 0.5
+    write_multilabel_rows(tmp_path / "p.csv", rows, ["x", "y", "z"])
+    written = read_csv(tmp_path / "p.csv")
+    assert written[0]["p_z"] == "0.123456789012" and written[2]["p_x"] == ""
+    assert labels_answer(probs[0], ["x", "y", "z"], [0.2, 0.8, 0.5]) == {
+        "labels": ["x"], "probabilities": {"x": 0.3, "y": 0.7, "z": 0.123456789012}}
+
+
 # -- planning -----------------------------------------------------------------------------------------
 def test_planning_refuses_what_multilabel_cannot_do(tmp_path: Path, fast, image_folder) -> None:
     manifest = write_multilabel_set(tmp_path / "ml", sizes=(("train", 6), ("val", 3)))
     data = [f"data.root={manifest.parent}", f"data.manifest={manifest}"]
-    with pytest.raises(ConfigError, match="choose finetune=freeze|partial|full for task=multilabel"):
+    with pytest.raises(ConfigError, match=r"finetune=auto races .* choose finetune=freeze\|partial\|full for task=multilabel"):
         cli.run(["fit", *fast, *data, "finetune=auto"])
     with pytest.raises(ConfigError, match="data.balance='weights'"):
         cli.run(["fit", *fast, *data, "data.balance=weights"])
     with pytest.raises(ConfigError, match="checkpoint.monitor='val/acc'"):
         cli.run(["fit", *fast, *data, "checkpoint.monitor=val/acc"])
+    with pytest.raises(ConfigError, match="task.pos_weight='bogus' is unknown"):
+        cli.run(["fit", *fast, *data, "task=multilabel", "task.pos_weight=bogus"])
     with pytest.raises(ConfigError, match="task=multilabel reads label sets"):
         cli.run(["fit", *fast, f"data.root={image_folder}", "task=multilabel"])
 
