@@ -39,7 +39,7 @@ from transferkit.data.loader_settings import drops_last, loader_settings
 from transferkit.data.balance import build_weighted_sampler
 from transferkit.data.device_augment import DeviceAugment
 from transferkit.data.device_decode import DeviceDecodeLoader
-from transferkit.data.streaming.optimized import OptimizedSplit, optimized_sources, read_manifest
+from transferkit.data.streaming.optimized import OptimizedSplit, StreamPosition, optimized_sources, read_manifest
 from transferkit.data.streaming.remote_scan import scan_remote_folder
 from transferkit.data.streaming.remote_source import RemoteFileSource
 from transferkit.data.streaming.store import ObjectStore, is_remote
@@ -90,6 +90,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.object_store = ObjectStore(str(root), dict(storage_options or {})) if is_remote(root) else None
         self.storage_options = dict(storage_options or {})
         self.stream_cache, self.stream_cache_size = stream_cache, stream_cache_size
+        self.stream_state = StreamPosition()  # where a resumed fit continues a streamed epoch
 
         check_num_workers(num_workers)
         self.drop_last = check_drop_last(drop_last)
@@ -291,7 +292,10 @@ class ClassificationDataModule(pl.LightningDataModule):
             sampler = eval_sampler(source, split)  # DDP: each image once, no padding
         if isinstance(source, OptimizedSplit):  # LitData's loader: its own shards per rank, a resumable state
             dataset = source.dataset(self.transform(train), train, self.seed, self.in_chans, self.background)
-            return source.loader(dataset, self.batch_size, drop_last, **settings)
+            loader = source.loader(dataset, self.batch_size, drop_last, **settings)
+            if train:
+                self.stream_state.attach(loader)
+            return loader
         if getattr(source, "yields_batches", False):  # data.embedded=synthetic: already on the device
             device = trainer.strategy.root_device if trainer is not None else "cpu"
             return DataLoader(source.to_device(device), batch_size=self.batch_size, shuffle=train and sampler is None,
@@ -320,6 +324,13 @@ class ClassificationDataModule(pl.LightningDataModule):
                             persistent_workers=settings["persistent_workers"], drop_last=settings["drop_last"])
         rank = trainer.global_rank if trainer is not None else 0
         return DeviceDecodeLoader(loader, pipeline, device, seed=self.seed + 1000 * rank + (0 if train else 1))
+
+    def state_dict(self) -> dict:
+        """An optimized data.root: the training loader's position, saved with every checkpoint."""
+        return self.stream_state.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.stream_state.load_state_dict(state_dict)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -60,6 +60,8 @@ KEYS: dict[str, str] = {
     "checkpoint.monitor": "The validation metric best.ckpt (and finetune=auto's race) selects on: val/acc | "
                           "val/balanced_acc | val/f1 | val/loss; null: val/balanced_acc when the train split is "
                           "long-tailed (largest/smallest class > 10), else val/acc.",
+    "checkpoint.every_steps": "e.g. 500: also save checkpoints/mid-epoch.ckpt after every 500th optimizer step; "
+                              "a streamed, optimized data.root resumes its epoch exactly from it.",
     "checkpoint.every_minutes": "e.g. 30: also save checkpoints/mid-epoch.ckpt every 30 minutes of training, "
                                 "which `fit resume=...` continues from when it is newer than last.ckpt.",
     "early_stopping.patience": "e.g. 5: stop after 5 epochs without improvement of the monitored metric; null: off.",

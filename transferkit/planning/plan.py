@@ -81,6 +81,7 @@ def assemble_spec(config: dict, command: str, model: ModelSpec, data: dict, note
         callbacks=CallbacksSpec(
             early_stopping=dict(config.get("early_stopping") or {}),
             checkpoint_every_minutes=callbacks.get("every_minutes"),
+            checkpoint_every_steps=callbacks.get("every_steps"),
             regularization=config.get("regularization"), ema=dict(config.get("ema") or {}),
             swa=dict(config.get("swa") or {}), report=report_options(config.get("report")),
             monitor=callbacks.get("monitor")),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from transferkit.data.streaming.store import is_remote
 from transferkit.config.files import load_group_option
 from transferkit.models.weights import FILE_SUFFIXES
 from transferkit.errors import ConfigError
@@ -131,7 +132,8 @@ def check_data_root(saved: DictConfig, cfg: DictConfig, keys: list[str], run_dir
     if "data.root" in keys and recorded is None:
         raise ConfigError(f"data.root cannot be given when resuming {run_dir}: the run trained on the embedded "
                           f"data set {saved.data.get('embedded')!r}, not a folder. Resume without data.root=.")
-    if "data.root" not in keys and recorded is not None and not Path(str(recorded)).expanduser().exists():
+    if "data.root" not in keys and recorded is not None and not is_remote(str(recorded)) \
+            and not Path(str(recorded)).expanduser().exists():  # an object store is checked when the data is planned
         raise FileNotFoundError(f"resume={run_dir}: the run's data.root={str(recorded)!r} does not exist here (moved, "
                                 "or another machine); point it at the same images' new place: python -m "
                                 f"transferkit fit resume={run_dir} data.root=<new place> (the splits are checked to "

@@ -157,6 +157,7 @@ class CallbacksSpec:
 
     early_stopping: dict = field(default_factory=lambda: {"patience": None, "monitor": None, "min_delta": 0.0})
     checkpoint_every_minutes: float | None = None
+    checkpoint_every_steps: int | None = None  # a mid-epoch checkpoint after every K-th step (None: off)
     regularization: dict | None = None
     ema: dict = field(default_factory=dict)
     swa: dict = field(default_factory=dict)

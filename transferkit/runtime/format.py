@@ -25,6 +25,11 @@ Optional fields of version 2:
 - Classification hyperparameters `monitor` (the selection metric), `logit_adjust` and `class_priors` (the train
   split's class frequencies) with the persistent buffer `log_priors` (only with `logit_adjust`):
   `transferkit.planning.balance`. Absent: `val/acc`, no adjustment (older checkpoints load as before).
+- The datamodule's state (Lightning's `ClassificationDataModule` key) `{"stream_loader": ...}`: a streamed,
+  optimized data.root's training `StreamingDataLoader` position (`data/streaming/optimized.StreamPosition`), so
+  `fit resume=` continues a mid-epoch checkpoint's pass exactly. Absent or empty: the epoch's pass starts anew
+  (folders, embedded data, older checkpoints). The spec's `callbacks.checkpoint_every_steps` (int; absent:
+  None, no step-based mid-epoch checkpoint) is optional the same way.
 """
 
 from __future__ import annotations

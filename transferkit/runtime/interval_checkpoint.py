@@ -1,10 +1,12 @@
-"""`checkpoint.every_minutes=N`: a mid-epoch checkpoint for long epochs, besides the epoch-end `last.ckpt`.
+"""`checkpoint.every_minutes=N` / `checkpoint.every_steps=K`: a mid-epoch checkpoint for long epochs, besides
+the epoch-end `last.ckpt`.
 
-Every N minutes of training (counted from the last checkpoint of any kind) the fit saves
-`checkpoints/mid-epoch.ckpt` between two steps, through the same atomic `CheckpointIO` as every other
-checkpoint. `fit resume=...` continues from it when it is newer (a later step) than `last.ckpt`.
-Resuming mid-epoch is approximate: the loader cannot continue its pass, so the rest of that epoch is
-drawn from a fresh shuffle (an epoch-end `last.ckpt` resumes exactly).
+Every N minutes of training (counted from the last checkpoint of any kind), or after every K-th optimizer step,
+the fit saves `checkpoints/mid-epoch.ckpt` between two steps, through the same atomic `CheckpointIO` as every
+other checkpoint. `fit resume=...` continues from it when it is newer (a later step) than `last.ckpt`.
+Resuming mid-epoch from a folder is approximate: its loader cannot continue its pass, so the rest of that epoch
+is drawn from a fresh shuffle (an epoch-end `last.ckpt` resumes exactly). A streamed, optimized data set
+(`data/streaming/optimized.py`) saves its loader's state in the checkpoint and continues the pass exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +27,16 @@ log = logging.getLogger(__name__)
 MID_EPOCH = "mid-epoch.ckpt"
 
 
+def check_every_steps(value) -> int | None:
+    """`checkpoint.every_steps`: null or a whole number of optimizer steps >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"checkpoint.every_steps={value!r} is not a whole number of steps >= 1; use e.g. "
+                          "checkpoint.every_steps=500, or null.")
+    return value
+
+
 def check_every_minutes(value) -> float | None:
     """`checkpoint.every_minutes`: null (epoch ends only) or a positive number of minutes."""
     if value is None:
@@ -42,10 +54,12 @@ class IntervalCheckpoint(pl.Callback):
     Under DDP rank 0's clock decides and every rank saves together (`trainer.save_checkpoint` is
     collective). The last step of an epoch is skipped: the epoch-end `last.ckpt` follows it."""
 
-    def __init__(self, dirpath: str | Path, every_minutes: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, dirpath: str | Path, every_minutes: float | None,
+                 clock: Callable[[], float] = time.monotonic, every_steps: int | None = None) -> None:
         self.path = Path(dirpath) / MID_EPOCH
-        self.seconds = check_every_minutes(every_minutes) * 60.0
+        minutes = check_every_minutes(every_minutes)
+        self.seconds = float("inf") if minutes is None else minutes * 60.0
+        self.every_steps = check_every_steps(every_steps)
         self.clock = clock
         self.since: float | None = None
         self.host = HostGroup()  # DDP: where rank 0's clock decides for every rank
@@ -60,6 +74,7 @@ class IntervalCheckpoint(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         due = self.since is not None and self.clock() - self.since >= self.seconds
+        due = due or (self.every_steps is not None and trainer.global_step % self.every_steps == 0)
         if trainer.world_size > 1 and self.host.active:
             due = self.host.rank_zero_says(due)
         if not due or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:

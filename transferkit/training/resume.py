@@ -30,7 +30,8 @@ log = logging.getLogger("transferkit")
 # data.root, model.weights: the same files at another place (a moved run, another machine); the splits are
 # checked to be the same files, the weights file only builds the model before the checkpoint's weights load.
 RESUME_KEYS = ("resume", "trainer.max_epochs", "data.num_workers", "trainer.enable_progress_bar",
-               "trainer.log_every_n_steps", "trainer.enable_model_summary", "checkpoint.every_minutes", "debug",
+               "trainer.log_every_n_steps", "trainer.enable_model_summary", "checkpoint.every_minutes",
+               "checkpoint.every_steps", "debug",
                "data.root", "model.weights")
 
 

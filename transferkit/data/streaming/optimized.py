@@ -6,6 +6,7 @@ Validation and test use `drop_last=False`: under DDP every image is evaluated on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -79,6 +80,8 @@ class OptimizedSplit:
                 background: tuple[int, int, int] = (255, 255, 255)):
         from litdata import StreamingDataset  # lazy: the stream extra is optional
 
+        if not len(self):  # a split `optimize` did not write (e.g. data.val_fraction=0)
+            return []
         allow_plain_http(self.storage_options)
         options = {"storage_options": dict(self.storage_options)} if is_remote(self.uri) else {}
         return StreamingDataset(self.uri, cache_dir=self.cache_folder(), shuffle=train, seed=seed,
@@ -87,10 +90,60 @@ class OptimizedSplit:
 
     def loader(self, dataset, batch_size: int, drop_last: bool, num_workers: int, persistent_workers: bool = False,
                **_):
-        from litdata import StreamingDataLoader  # lazy: the stream extra is optional
+        from torch.utils.data import DataLoader  # lazy: beside the one above
 
-        return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
+        if not len(self):
+            return DataLoader([], batch_size=batch_size)
+        return resuming_loader_class()(dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
                                    persistent_workers=persistent_workers and num_workers > 0)
+
+
+@functools.cache
+def resuming_loader_class() -> type:
+    """LitData's `StreamingDataLoader`, its resume applied once. LitData clears its `restore` flag only when a
+    pass runs to its end, and Lightning stops a pass at its length: the epoch after a resumed one would resume
+    at that end again and yield nothing. Here the flag is cleared once the resumed pass has started."""
+    from litdata import StreamingDataLoader  # lazy: the stream extra is optional
+
+    class ResumingStreamLoader(StreamingDataLoader):
+        def __iter__(self):
+            started = False
+            for batch in super().__iter__():
+                if not started:
+                    self.restore, started = False, True
+                yield batch
+
+    return ResumingStreamLoader
+
+
+class StreamPosition:
+    """The training `StreamingDataLoader`'s state, through the datamodule's `state_dict` hooks.
+
+    Lightning saves the loader's state in its fit loop too, but restores it only into loaders made after the
+    restore; a schedule that counts steps (`trainer.estimated_stepping_batches`) makes the loader before it, and
+    the epoch would start over. The datamodule's own state is restored first and reaches the loader either way.
+    """
+
+    KEY = "stream_loader"  # in the checkpoint's datamodule state (runtime/format.py)
+
+    def __init__(self) -> None:
+        self.loader = None
+        self.pending: dict | None = None
+
+    def attach(self, loader) -> None:
+        self.loader = loader
+        if self.pending is not None and hasattr(loader, "load_state_dict"):
+            loader.load_state_dict(self.pending)
+            self.pending = None
+
+    def state_dict(self) -> dict:
+        state = getattr(self.loader, "state_dict", None)
+        return {self.KEY: state()} if state is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pending = state.get(self.KEY)
+        if self.loader is not None:
+            self.attach(self.loader)
 
 
 def optimized_sources(root: str, manifest: dict, storage_options: dict | None, cache_dir: str | None,
