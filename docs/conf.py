@@ -39,4 +39,4 @@ nb_merge_streams = True
 autosummary_generate = True
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-suppress_warnings = ["myst.header"]  # pages moved from the README keep their heading levels
+suppress_warnings = ["myst.header"]  # included results/*.md tables open with ### under a page title
