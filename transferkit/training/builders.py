@@ -120,9 +120,10 @@ def build_callbacks(spec: RunSpec, run_dir: Path, monitor: str, mode: str,
                           every_n_epochs=last_every_n_epochs)
     callbacks: list[pl.Callback] = [checkpoint, last, FormatRecord(portable(spec.to_dict(), run_dir))]
     callbacks += run_guard_callbacks(run_dir / "checkpoints")
-    every_minutes = spec.callbacks.checkpoint_every_minutes
-    if every_minutes is not None:
-        callbacks.append(IntervalCheckpoint(run_dir / "checkpoints", every_minutes))
+    every_minutes, every_steps = spec.callbacks.checkpoint_every_minutes, spec.callbacks.checkpoint_every_steps
+    if every_minutes is not None or every_steps is not None:
+        steps = {"every_steps": every_steps} if every_steps is not None else {}
+        callbacks.append(IntervalCheckpoint(run_dir / "checkpoints", every_minutes, **steps))
     stopping = spec.callbacks.early_stopping
     if stopping.get("patience"):
         callbacks.append(EarlyStopping(monitor=stopping.get("monitor") or monitor, mode=mode,
