@@ -66,7 +66,18 @@ SETS: dict[str, SetSpec] = {
     # Report round 2 (built after round 1's sources-large missed and became a design row):
     "areas-large": SetSpec("areas", (20, 20, 40), seed=2),
     "symbols-large": SetSpec("symbols", (30, 20, 60), seed=2),
+    # Report round 3 (built after round 2's areas and areas-large missed and every earlier row became a
+    # design row): fresh draws, small and large validation sets.
+    "sources-r3": SetSpec("sources", (40, 20, 80), seed=3),
+    "textures-r3": SetSpec("textures", (25, 5, 50), seed=3),
+    "areas-r3": SetSpec("areas", (20, 10, 40), seed=3),
+    "fonts-r3": SetSpec("fonts", (60, 40, 80), seed=3),
 }
+# Each set's place in its random generator's seed. Rounds 1-2 used sorted(SETS).index(name); new sets
+# are appended, so adding one never changes how an earlier set is built.
+SEED_ORDER: tuple[str, ...] = ("areas", "areas-large", "fonts", "sources", "sources-large", "symbols",
+                               "symbols-large", "textures", "textures-large",
+                               "sources-r3", "textures-r3", "areas-r3", "fonts-r3")
 
 
 def load_sources() -> dict[str, np.ndarray]:
@@ -256,13 +267,18 @@ BUILDERS: dict[str, Callable[[SetSpec, np.random.Generator], list[dict]]] = {
     "sources": sources_set, "textures": textures_set, "areas": areas_set, "fonts": fonts_set, "symbols": symbols_set}
 
 
+def seed_index(name: str) -> int:
+    """A set's place in its generator's seed: in SEED_ORDER, or after it (a set made up elsewhere)."""
+    return SEED_ORDER.index(name) if name in SEED_ORDER else len(SEED_ORDER)
+
+
 def build_set(name: str, out: Path) -> Path:
     """Write set `name` under `out/name` (once: an existing complete folder is kept) and return its root."""
     spec = SETS[name]
     root = out / name
     if (root / "crops.json").is_file():
         return root
-    rows = BUILDERS[spec.kind](spec, np.random.default_rng([spec.seed, sorted(SETS).index(name)]))
+    rows = BUILDERS[spec.kind](spec, np.random.default_rng([spec.seed, seed_index(name)]))
     counters: dict[tuple[str, str], int] = {}
     records = []
     for row in rows:

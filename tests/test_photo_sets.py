@@ -51,3 +51,11 @@ def test_a_set_is_written_once_as_a_folder_with_its_record(tmp_path, monkeypatch
     assert len(files) == 4 * len(photo_sets.SYMBOLS) and all(f in record for f in files)
     assert {p.parts[0] for p in map(Path, files)} == set(photo_sets.SPLITS)
     assert photo_sets.build_set("tiny", tmp_path) == root  # kept, not rebuilt
+
+
+def test_adding_a_set_never_changes_how_an_earlier_one_is_built():
+    """Each set's random seed uses its place in SEED_ORDER, which only grows at the end: the first nine
+    are rounds 1-2's sets in the sorted order their builds used."""
+    assert set(photo_sets.SEED_ORDER) == set(photo_sets.SETS)
+    assert list(photo_sets.SEED_ORDER[:9]) == sorted(["sources", "sources-large", "textures", "textures-large", "areas",
+                                                      "fonts", "symbols", "areas-large", "symbols-large"])

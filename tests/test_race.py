@@ -317,3 +317,36 @@ def test_each_candidate_trains_as_that_plan_would_alone(image_folder, fast, tmp_
     for name, overrides in alone.items():
         fixed = cli.run(["fit", *common, *overrides, f"run_dir={tmp_path / name}"])
         assert raced[name] == pytest.approx(fixed["metrics"]["val/loss"], rel=1e-6), name
+
+
+@pytest.mark.slow
+def test_the_runs_model_is_the_ensemble_of_the_finishers(image_folder, fast, tmp_path, monkeypatch):
+    """finetune.combine=ensemble (the default): every candidate that finished is a member, the run's test
+    metrics are the ensemble's (what `test ckpt_path=<run dir>` measures), the winner alone stays
+    checkpoints/best.ckpt with its metrics under auto.winner_metrics; combine=best keeps the winner only."""
+    monkeypatch.setattr(race_plan, "scratch_enters", lambda advice: (False, "test"))
+    common = [f"data.root={image_folder}", *fast[:-1], "finetune=auto", "trainer.max_epochs=2"]
+    run = tmp_path / "auto"
+    results = cli.run(["fit", *common, f"run_dir={run}"])
+    auto = results["auto"]
+    assert auto["combine"] == "ensemble" and auto["members"] == [c["name"] for c in auto["candidates"]]
+    record = json.loads((run / "checkpoints" / "ensemble.json").read_text())
+    assert [Path(p).name for p in record["members"]] == [f"{n}.ckpt" for n in auto["members"]]
+    assert not any((run / "race" / n / "checkpoints").exists() for n in auto["members"] if n != auto["winner"])
+    assert set(results["calibration"]["members"]) == set(auto["members"])
+    tested = cli.run(["test", f"ckpt_path={run}", f"data.root={image_folder}", *fast[:-1],
+                      f"run_dir={tmp_path / 'test'}"])["metrics"]
+    assert tested["test/acc"] == pytest.approx(results["metrics"]["test/acc"])
+    assert tested["test/loss"] == pytest.approx(results["metrics"]["test/loss"], rel=1e-5)
+    single = cli.run(["test", f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"data.root={image_folder}",
+                      *fast[:-1], f"run_dir={tmp_path / 'single'}"])["metrics"]
+    assert single["test/loss"] == pytest.approx(auto["winner_metrics"]["test/loss"], rel=1e-5)
+    assert single["test/loss"] != pytest.approx(tested["test/loss"], rel=1e-5)
+    best = cli.run(["fit", *common, "finetune.combine=best", f"run_dir={tmp_path / 'best'}"])
+    assert "members" not in best["auto"] and not (tmp_path / "best" / "checkpoints" / "ensemble.json").exists()
+    assert best["metrics"]["test/acc"] == pytest.approx(results["auto"]["winner_metrics"]["test/acc"])
+
+
+def test_combine_is_checked_before_anything_trains():
+    with pytest.raises(Exception, match=r"finetune.combine='vote' is not one of ensemble \| best"):
+        plan_race({"strategy": "auto", "combine": "vote"}, None, 3)

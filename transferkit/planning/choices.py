@@ -19,6 +19,7 @@ EPOCH_COST = {"freeze": 0.05, "lpft-partial": 0.7, "full-llrd": 1.0, "lpft-full"
 FREE_COST = 0.1             # a candidate this cheap is never cut: it waits for the finisher (see run_race)
 RACE_RULE = ("the highest validation score (the run's metric on the last two validations, ± bootstrap SE over "
              "validation images) survives; an exact tie goes to the cheaper plan")
+COMBINES: tuple[str, ...] = ("ensemble", "best")  # finetune.combine: the run's model after a race
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,11 @@ class FinetunePlan:
     # Defaults as before these keys existed (how older checkpoints read); conf/finetune sets lbfgs.
     head_solver: str = "sgd"   # strategy freeze: "lbfgs" solves the head once instead of SGD epochs
     lpft: bool = False         # partial/full: solve the head on frozen features first (LP-FT)
+    combine: str = "best"      # strategy auto: the run's model after the race (COMBINES; RacePlan.combine)
 
     def __post_init__(self) -> None:
         lookup(dict.fromkeys(PLAN_STRATEGIES), self.strategy, key="finetune.strategy")
+        lookup(dict.fromkeys(COMBINES), self.combine, key="finetune.combine")
         lookup(dict.fromkeys(HEAD_SOLVERS), self.head_solver, key="finetune.head_solver")
         if self.lpft not in (True, False):
             raise ConfigError(f"finetune.lpft={self.lpft!r} must be true or false.")
@@ -110,12 +113,15 @@ class RacePlan:
     scratch: dict          # {"entered": bool, "why": str}
     cost_bound: float      # worst-case epoch-equivalents / trainer.max_epochs
     left_out: tuple[str, ...] = ()  # candidates the cost bound left out of the field
+    # the run's model: `ensemble` averages every candidate that finished; `best` keeps the winner alone
+    # (a race recorded before the key existed: best)
+    combine: str = "best"
 
     def to_dict(self) -> dict:
         return {"candidates": [c.name for c in self.candidates],
                 "rungs": [{"end": r.end, "keep": r.keep} for r in self.rungs],
                 "scratch": dict(self.scratch), "cost_bound": round(self.cost_bound, 3),
-                "left_out": list(self.left_out), "rule": RACE_RULE}
+                "left_out": list(self.left_out), "rule": RACE_RULE, "combine": self.combine}
 
 
 

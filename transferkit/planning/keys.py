@@ -202,6 +202,8 @@ KEYS: dict[str, str] = {
     "finetune.head_solver": "freeze: lbfgs solves the head once (L2 chosen by cross-validation) instead of SGD "
                             "epochs; sgd: trainer.max_epochs epochs.",
     "finetune.lpft": "partial/full: true solves the head on the frozen features first (LP-FT).",
+    "finetune.combine": "auto: the run's model after the race: ensemble averages every candidate that finished "
+                        "(one forward pass per member at inference); best keeps the winner alone.",
     # -- optimizer -------------------------------------------------------------------------------------
     "optimizer.name": "adamw | adam | sgd | rmsprop (choose with optimizer=...).",
     "optimizer.lr": "The head's learning rate (backbone groups: times their scale); find: Lightning's LR range "

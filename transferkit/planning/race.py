@@ -15,6 +15,7 @@ import logging
 
 from transferkit.config.files import load_group_option
 from transferkit.errors import ConfigError
+from transferkit.planning.choices import COMBINES
 from transferkit.planning.spec import FREE_COST, Candidate, RacePlan, Rung
 
 log = logging.getLogger("transferkit")
@@ -97,7 +98,17 @@ def schedule_cost(rungs: list[Rung], costs: list[float]) -> float:
 
 def explicit_keys(given: dict, defaults: dict) -> dict:
     """Finetune keys the user set (they differ from conf/finetune/auto.yaml): they bind every candidate."""
-    return {k: v for k, v in given.items() if k not in ("strategy", "cache_features") and defaults.get(k) != v}
+    return {k: v for k, v in given.items()
+            if k not in ("strategy", "cache_features", "combine") and defaults.get(k) != v}
+
+
+def check_combine(given: dict) -> str:
+    """`finetune.combine`: what the run's model is after the race (see RacePlan.combine)."""
+    combine = str(given.get("combine", "ensemble"))
+    if combine not in COMBINES:
+        raise ConfigError(f"finetune.combine={combine!r} is not one of {' | '.join(COMBINES)}: ensemble averages "
+                          "every candidate that finished the race, best keeps the winner alone.")
+    return combine
 
 
 def plan_from_record(given: dict, record: dict) -> RacePlan:
@@ -110,7 +121,8 @@ def plan_from_record(given: dict, record: dict) -> RacePlan:
         raise ConfigError(f"the stopped race raced {record['candidates']}, which this version cannot rebuild "
                           f"(its candidates are {[c.name for c in built]}); start a new run.")
     rungs = [Rung(int(r["end"]), int(r["keep"])) for r in record["rungs"]]
-    return RacePlan(candidates, rungs, scratch, float(record["cost_bound"]), tuple(record.get("left_out", ())))
+    return RacePlan(candidates, rungs, scratch, float(record["cost_bound"]), tuple(record.get("left_out", ())),
+                    str(record.get("combine", "best")))
 
 
 def choose_field(candidates: list[Candidate], bound: float = COST_BOUND) -> tuple[list[Candidate], list[str]]:
@@ -129,12 +141,13 @@ def plan_race(given: dict, advice: dict | None, max_epochs: int) -> RacePlan:
     """The candidates (scratch only when negative transfer is not ruled out; as many as can all finish
     within the cost bound) and the cuts (none when they all finish)."""
     enters, why = scratch_enters(advice)
+    combine = check_combine(given)
     explicit = explicit_keys(given, load_group_option("finetune", "auto"))
     candidates, left_out = choose_field(build_candidates(explicit, use_weights=True, with_scratch=enters))
     rungs = budget_schedule(max_epochs, [c.cost for c in candidates])
     cost = schedule_cost(rungs, [c.cost for c in candidates]) / max_epochs
     return RacePlan(candidates, rungs, {"entered": enters, "why": why, "explicit_keys": sorted(explicit)}, cost,
-                    tuple(left_out))
+                    tuple(left_out), combine)
 
 
 def describe(race: RacePlan) -> str:
@@ -143,5 +156,7 @@ def describe(race: RacePlan) -> str:
     cuts = [r.end for r in race.rungs if r.keep < paid]
     left = f" (left out by the {COST_BOUND:g}x cost bound: {', '.join(race.left_out)})" if race.left_out else ""
     when = f"cuts after epochs {cuts}" if cuts else f"no cut: all finish at epoch {race.rungs[-1].end}"
+    model = ("the run's model: the ensemble of every finisher (finetune.combine=ensemble)"
+             if race.combine == "ensemble" and len(race.candidates) > 1 else "the run's model: the winner")
     return (f"racing {', '.join(c.name for c in race.candidates)}{left}; {when}; scratch "
-            f"{'enters' if race.scratch['entered'] else 'left out'} ({race.scratch['why']})")
+            f"{'enters' if race.scratch['entered'] else 'left out'} ({race.scratch['why']}); {model}")

@@ -6,6 +6,7 @@ the task classes are imported when a checkpoint is loaded.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from transferkit.tasks.tta import check_tta
 
 log = logging.getLogger("transferkit")
 
+# A finetune=auto run whose model is the ensemble of the race's finishers (training.race.ensemble) names them here.
+ENSEMBLE_FILE = "checkpoints/ensemble.json"
 CHECKPOINT_HINT = "pass a checkpoint written by fit (<run_dir>/checkpoints/best.ckpt or last.ckpt)"
 
 
@@ -84,7 +87,17 @@ def is_many(value) -> bool:
 
 
 def run_checkpoints(directory: Path, key: str = "ckpt_path") -> list[Path]:
-    """The checkpoints a run directory stands for: a cv run's fold bests (in fold order), or a fit run's best."""
+    """The checkpoints a run directory stands for: a cv run's fold bests (in fold order), a
+    `finetune=auto` run's ensemble (`checkpoints/ensemble.json`: its members), or a fit run's best."""
+    record = directory / ENSEMBLE_FILE
+    if record.is_file():
+        members = [directory / p for p in json.loads(record.read_text())["members"]]
+        missing = [str(p) for p in members if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{key}={str(directory)!r}: its ensemble ({ENSEMBLE_FILE}) names "
+                                    f"{', '.join(missing)}, which is gone; use the best single model: "
+                                    f"{key}={directory / 'checkpoints' / 'best.ckpt'}.")
+        return members
     folds = directory / "folds"
     if folds.is_dir():
         found = [p for p in folds.glob("*/checkpoints/best.ckpt") if p.parent.parent.name.isdigit()]

@@ -79,3 +79,32 @@ def record_calibration(calibration: dict, results: dict) -> None:
         paths = [results.get("best_checkpoint"), results.get("last_checkpoint")]
         calibration["checkpoints"] = store_temperature(paths, calibration["temperature"])
     results["calibration"] = calibration
+
+
+def calibrate_members(tasks: list, names: list[str], paths: list[Path], data, device: torch.device,
+                      has_test: bool) -> dict:
+    """An ensemble's calibration (`finetune.combine=ensemble`): each member's own temperature, fitted on
+    `data`'s validation split and stored in its checkpoint (predict divides each member's logits by its
+    own); the test split's ECE and NLL of the averaged probabilities, raw and calibrated."""
+    temperatures, raw, scaled = {}, [], []
+    labels = None
+    for task, name, path in zip(tasks, names, paths):
+        val_logits, val_labels = split_logits(task, data.val_dataloader(), device)
+        temperature = fit_temperature(val_logits, val_labels)
+        store_temperature([path], temperature)
+        temperatures[name] = round(temperature, 6)
+        test_logits, labels = split_logits(task, data.test_dataloader(), device)
+        raw.append(torch.softmax(test_logits.double(), 1))
+        scaled.append(torch.softmax(test_logits.double() / temperature, 1))
+    before, ci_before = calibration_scores(torch.stack(raw).mean(0).clamp_min(1e-12).log(), labels, 1.0)
+    after, ci_after = calibration_scores(torch.stack(scaled).mean(0).clamp_min(1e-12).log(), labels, 1.0)
+    metrics = {"test/ece_uncalibrated": before["test/ece_uncalibrated"], "test/ece": after["test/ece"],
+               "test/nll_uncalibrated": before["test/nll_uncalibrated"], "test/nll": after["test/nll"]}
+    ci = {key: (ci_before if key.endswith("_uncalibrated") else ci_after)[key] for key in metrics}
+    log.info("calibration=temperature, per ensemble member: %s; test ECE %.4f -> %.4f, NLL %.4f -> %.4f",
+             ", ".join(f"{n} T={t:.3f}" for n, t in temperatures.items()), metrics["test/ece_uncalibrated"],
+             metrics["test/ece"], metrics["test/nll_uncalibrated"], metrics["test/nll"])
+    return {"method": "temperature", "members": temperatures, "fitted_on": "val",
+            "tested_on": "test" if has_test else "val", "test_images": len(labels), "ece_bins": N_BINS,
+            "bootstrap_draws": DRAWS, "ci95": ci, "metrics": metrics,
+            "note": "per member; the scores are those of the averaged probabilities"}

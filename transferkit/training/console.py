@@ -175,3 +175,11 @@ class EpochLogLine(pl.Callback):
         metrics = epoch_metrics(trainer.callback_metrics, self.validated)
         log.info("%s", epoch_line(trainer.current_epoch + 1, trainer.max_epochs, metrics,
                                   time.monotonic() - self.started))
+
+
+def metrics_table(metrics: dict[str, float], first: list[str] | None = None) -> str:
+    width = max((len(k) for k in metrics), default=6)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    order = [k for k in first or [] if k in metrics] + sorted(k for k in metrics if k not in (first or []))
+    lines += [f"{k:<{width}}  {metrics[k]:.4f}" for k in order]
+    return "\n".join(lines)

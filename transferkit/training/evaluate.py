@@ -16,7 +16,7 @@ from transferkit.tasks.loading import load_ensemble
 from transferkit.tasks.tta import check_tta
 from transferkit.training.builders import build_datamodule, build_trainer
 from transferkit.training.rundir import create_run_dir, write_config, write_json
-from transferkit.training.session import metrics_table
+from transferkit.training.console import metrics_table
 
 log = logging.getLogger("transferkit")
 

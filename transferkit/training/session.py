@@ -22,8 +22,10 @@ from transferkit.runtime.guards import EXIT_SIGNAL, RunDiverged, RunInterrupted,
 from transferkit.tasks.linear_probe import probe_report
 from transferkit.training.builders import build_feature_cache, build_task, build_trainer
 from transferkit.training.calibrate import fit_calibration, record_calibration
+from transferkit.training.console import metrics_table
 from transferkit.training.thresholds import fit_thresholds, record_thresholds
 from transferkit.training.metrics_files import join_metrics, set_aside_metrics
+from transferkit.training.race.ensemble import finish_ensemble
 from transferkit.training.race.legs import adopt_winner, race_table, run_race
 from transferkit.training.race.progress import RaceProgress, read_progress
 from transferkit.training.race.rules import RACE_PROGRESS
@@ -140,6 +142,8 @@ def fit_and_test(spec: RunSpec, datamodule, run_dir: Path, start: float,
         results.update(finish_race(winner, run_dir))
     record_calibration(calibration, results)  # after the race adopted the winner's checkpoints
     record_thresholds(thresholds, results)
+    if race is not None and race.combine == "ensemble":  # the run's model: every finisher, averaged
+        results.update(finish_ensemble(spec, trainer, datamodule, run_dir, results, has_test))
     return results, trainer, task
 
 
@@ -203,7 +207,8 @@ def fit_race(spec: RunSpec, datamodule, run_dir: Path) -> tuple[pl.Trainer, obje
     race = spec.finetune.race
     previous = read_progress(run_dir) if spec.outputs.resume else None
     progress = RaceProgress(run_dir, race, spec.finetune.advice, previous)
-    winner, entries = run_race(spec, race.candidates, race.rungs, datamodule, run_dir, progress)
+    winner, entries = run_race(spec, race.candidates, race.rungs, datamodule, run_dir, progress,
+                               keep_finishers=race.combine == "ensemble")
     auto = {**race.to_dict(), "candidates": [e.to_dict() for e in entries], "winner": winner.candidate.name,
             "seconds": round(sum(e.seconds for e in entries), 2)}
     if winner.trainer.is_global_zero:
@@ -262,11 +267,3 @@ def headline_metrics(imbalance: dict | None) -> list[str] | None:
     if not imbalance or not imbalance.get("long_tailed"):
         return None
     return ["test/balanced_acc", "test/f1", "test/acc"]
-
-
-def metrics_table(metrics: dict[str, float], first: list[str] | None = None) -> str:
-    width = max((len(k) for k in metrics), default=6)
-    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
-    order = [k for k in first or [] if k in metrics] + sorted(k for k in metrics if k not in (first or []))
-    lines += [f"{k:<{width}}  {metrics[k]:.4f}" for k in order]
-    return "\n".join(lines)

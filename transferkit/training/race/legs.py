@@ -224,14 +224,15 @@ def reattach(leg: Leg, rung: Rung) -> None:
     leg.trainer, leg.legs_run = trainer, leg.legs_run + 1
 
 
-def release(leg: Leg) -> None:
+def release(leg: Leg, keep_checkpoints: bool = False) -> None:
     """Free what an eliminated candidate holds: its model, optimizer state, cached features and
-    checkpoints on disk (its logs stay in `race/<name>/logs`). `cut` collects the garbage once."""
+    checkpoints on disk (its logs stay in `race/<name>/logs`). `cut` collects the garbage once.
+    `keep_checkpoints`: a finisher the run's ensemble takes (finetune.combine=ensemble) keeps them."""
     store = getattr(leg.data, "store", None)
     if store is not None:
         store.release()
     leg.task = leg.trainer = leg.data = None  # type: ignore[assignment]
-    if rank_zero_only.rank == 0:
+    if rank_zero_only.rank == 0 and not keep_checkpoints:
         shutil.rmtree(leg.directory / "checkpoints", ignore_errors=True)
 
 
@@ -242,9 +243,10 @@ def agree(trainer: pl.Trainer | None, names: list[str]) -> list[str]:
 
 
 def cut(legs: dict[str, Leg], among: dict[str, Leg], rung: Rung, keep: int, val_size: int,
-        monitor: str = "val/acc") -> list[Verdict]:
-    """Keep the best `keep` of `among` (see rules.choose_survivors); release the others. Each
-    candidate's last rung record gets its verdict (kept or cut, and why)."""
+        monitor: str = "val/acc", keep_checkpoints: bool = False) -> list[Verdict]:
+    """Keep the best `keep` of `among` (see rules.choose_survivors); release the others (with
+    `keep_checkpoints`, all but their checkpoints). Each candidate's last rung record gets its
+    verdict (kept or cut, and why)."""
     scores = {name: entry_score(leg.entry.rungs[-1], monitor, val_size) for name, leg in among.items()}
     trainer = next((leg.trainer for leg in among.values() if leg.trainer is not None), None)
     verdicts = choose_survivors(scores, keep)
@@ -254,16 +256,18 @@ def cut(legs: dict[str, Leg], among: dict[str, Leg], rung: Rung, keep: int, val_
         log.info("race: epoch %d, %s %s %.3f ± %.3f: %s", rung.end, monitor, verdict.name, verdict.value,
                  verdict.se, verdict.why)
     for name in [n for n in among if n not in kept]:
-        release(legs.pop(name))
+        release(legs.pop(name), keep_checkpoints)
     gc.collect()  # once per cut, not per candidate: a full collection is not free
     return verdicts
 
 
-def run_race(spec: RunSpec, candidates: list[Candidate], rungs: list[Rung], datamodule, run_dir: Path, progress: RaceProgress | None = None) -> tuple[Leg, list[Entry]]:
+def run_race(spec: RunSpec, candidates: list[Candidate], rungs: list[Rung], datamodule, run_dir: Path,
+             progress: RaceProgress | None = None, keep_finishers: bool = False) -> tuple[Leg, list[Entry]]:
     """Successive halving: returns the winner's leg (trained to the end) and every candidate's record.
 
     With `progress` the race is recorded after every leg and cut; a resumed race (its `previous`
-    record) starts only the candidates still in, and skips the legs they already ran."""
+    record) starts only the candidates still in, and skips the legs they already ran. With
+    `keep_finishers` the candidates that finished keep their checkpoints (the run's ensemble)."""
     legs = start_legs(spec, [c for c in candidates if progress is None or progress.still_in(c.name)],
                       datamodule, run_dir)
     for leg in legs.values():
@@ -286,7 +290,7 @@ def run_race(spec: RunSpec, candidates: list[Candidate], rungs: list[Rung], data
             cut(legs, paying, rung, rung.keep, val_size, monitor)
             record()
     if len(legs) > 1:  # the finisher meets the candidates too cheap to cut (freeze)
-        cut(legs, legs, rungs[-1], 1, val_size, monitor)
+        cut(legs, legs, rungs[-1], 1, val_size, monitor, keep_checkpoints=keep_finishers)
         record()
     winner = next(iter(legs.values()))
     if winner.trainer is None:

@@ -1,0 +1,102 @@
+"""`finetune.combine=ensemble`: after the race, the run's model is the ensemble of every candidate that
+finished it (their probabilities averaged, `transferkit.tasks.ensemble.EnsembleTask`), not the winner alone.
+
+Why: on the benchmark's rows the validation split often cannot tell the finishers apart (a few hundred
+crops, correlated within a photo region), and picking one on it missed the best strategy by up to 6
+points where the average of the finishers did not (docs, "The race"). The finishers are trained anyway
+(no plan of this version cuts), so the ensemble costs no training; it costs one forward pass per member
+at inference.
+
+On disk: each member's best checkpoint in `checkpoints/members/<name>.ckpt` (the winner's is a copy of
+`checkpoints/best.ckpt`, which stays the best single model) and `checkpoints/ensemble.json` naming
+them; `ckpt_path=<run dir>` in `test`, `predict` and `serve` loads the ensemble
+(`transferkit.tasks.loading.run_checkpoints`). Each member keeps its own temperature
+(`calibration=temperature`), fitted on the validation split as for any run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from transferkit.planning.spec import RunSpec
+from transferkit.tasks.loading import ENSEMBLE_FILE, load_task
+from transferkit.training.calibrate import calibrate_members
+from transferkit.training.evaluate import test_ensemble
+from transferkit.training.rundir import write_json
+
+log = logging.getLogger("transferkit")
+
+MEMBERS_DIR = "checkpoints/members"
+
+
+def finisher_checkpoints(auto: dict, run_dir: Path) -> dict[str, Path]:
+    """Every candidate that trained to the race's last epoch and whose best checkpoint is on disk, in
+    the race's order: the winner's is the run's `checkpoints/best.ckpt` (adopted), the others' are still
+    in `race/<name>/checkpoints/`."""
+    end = auto["rungs"][-1]["end"] if auto.get("rungs") else None
+    found = {}
+    for entry in auto["candidates"]:
+        if not entry["rungs"] or entry["rungs"][-1]["epochs"] != end:
+            continue
+        name = entry["name"]
+        path = (run_dir / "checkpoints" / "best.ckpt" if name == auto["winner"]
+                else run_dir / "race" / name / "checkpoints" / "best.ckpt")
+        if path.is_file():
+            found[name] = path
+    return found
+
+
+def gather_members(found: dict[str, Path], run_dir: Path) -> list[Path]:
+    """Rank 0: the members' checkpoints into `checkpoints/members/`, and `checkpoints/ensemble.json`."""
+    target = run_dir / MEMBERS_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, source in found.items():
+        path = target / f"{name}.ckpt"
+        if source.parent == run_dir / "checkpoints":
+            shutil.copy2(source, path)  # the winner's best.ckpt stays the run's best single model
+        else:
+            shutil.move(source, path)
+            shutil.rmtree(source.parent, ignore_errors=True)  # its last.ckpt: nothing resumes a finished race
+        paths.append(path)
+    write_json({"members": [str(p.relative_to(run_dir)) for p in paths], "names": list(found),
+                "combine": "mean of the members' probabilities"}, run_dir / ENSEMBLE_FILE)
+    return paths
+
+
+def finish_ensemble(spec: RunSpec, trainer, datamodule, run_dir: Path, results: dict, has_test: bool) -> dict:
+    """The run's model becomes the ensemble of the race's finishers: members gathered, each calibrated
+    (`calibration=temperature`), and the ensemble tested. Returns what `results` gains: the ensemble's
+    test metrics replace the winner's (kept under `auto.winner_metrics`)."""
+    auto = results["auto"]
+    found = finisher_checkpoints(auto, run_dir) if trainer.is_global_zero else {}
+    names = list(trainer.strategy.broadcast(list(found), src=0))
+    if len(names) < 2:
+        log.info("finetune.combine=ensemble: %s finished the race alone; the run's model is the winner.",
+                 names[0] if names else auto["winner"])
+        return {"auto": {**auto, "combine": "ensemble", "members": names}}
+    paths = gather_members(found, run_dir) if trainer.is_global_zero else []
+    trainer.strategy.barrier()
+    paths = [run_dir / MEMBERS_DIR / f"{name}.ckpt" for name in names]
+    update: dict = {}
+    if spec.calibration == "temperature" and trainer.is_global_zero:
+        tasks = [load_task(p) for p in paths]
+        update["calibration"] = calibrate_members(tasks, names, paths, datamodule, trainer.strategy.root_device,
+                                                  has_test)
+        del tasks
+    trainer.strategy.barrier()
+    tested = test_ensemble(spec, paths, datamodule, run_dir)
+    metrics = {k: v for k, v in results["metrics"].items() if not k.startswith("test/")}
+    metrics.update(tested)
+    if "calibration" in update:
+        metrics.update(update["calibration"].pop("metrics"))
+    winner_metrics = {k: v for k, v in results["metrics"].items() if k.startswith("test/")}
+    log.info("finetune.combine=ensemble: the run's model averages %s; test/acc %.4f (the winner %s alone: %.4f)",
+             ", ".join(names), metrics.get("test/acc", float("nan")), auto["winner"],
+             winner_metrics.get("test/acc", float("nan")))
+    return {**update, "metrics": metrics,
+            "ensemble_checkpoints": [str(p) for p in paths],
+            "auto": {**auto, "combine": "ensemble", "members": names, "winner_metrics": winner_metrics}}
+
