@@ -179,7 +179,7 @@ def test_fit_detects_multilabel_and_stores_tuned_thresholds(fitted) -> None:
     from transferkit.tasks.loading import load_task
 
     results, _ = fitted
-    assert results["task"] == "multilabel" and results["linear_probe"]["solver"] == "lbfgs"
+    assert results["task"] == "multilabel" and results["linear_probe"]["positive_weighted"]
     metrics = results["metrics"]
     assert {"test/map", "test/f1_macro", "test/f1_micro", "test/f1_macro_at_0.5", "test/ap_red"} <= set(metrics)
     stored = read_torch_file(results["best_checkpoint"])[THRESHOLDS_KEY]
@@ -192,6 +192,12 @@ def test_fit_detects_multilabel_and_stores_tuned_thresholds(fitted) -> None:
     assert average_precision_score(hot, probs, average="macro") == pytest.approx(metrics["test/map"], abs=1e-4)
     html = (run_dir / "report.html").read_text()
     assert "Per-class average precision" in html and (run_dir / "report" / "pr_curves.png").is_file()
+    ap_rows = read_csv(run_dir / "report" / "per_class_ap.csv")
+    assert {r["class"]: float(r["ap"]) for r in ap_rows} == pytest.approx(
+        {c: metrics[f"test/ap_{c}"] for c in CLASSES}, abs=1e-4)
+    (run_dir / "report.html").unlink()
+    rebuilt = cli.run(["report", f"run={run_dir}"])  # the report command redraws it from the run's files
+    assert "report/per_class_ap.csv" in rebuilt["files"] and (run_dir / "report.html").read_text() == html
 
 
 @pytest.mark.slow
@@ -258,6 +264,7 @@ def test_cv_trains_multilabel_folds_and_their_ensemble(fitted, tmp_path: Path, t
                        "data.batch_size=4", "data.num_workers=0", "trainer.accelerator=cpu", "trainer.devices=1",
                        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "report.enabled=false",
                        f"run_dir={tmp_path / 'cv'}"])
+    assert results["task"] == "multilabel"
     assert "test/map" in results["cv"]["mean"] and "test/map" in results["metrics"]
     for fold in results["cv"]["folds"]:
         assert fold["test/f1_macro"] >= 0.0 and fold["epochs"] == 2  # SGD epochs, not one solving epoch

@@ -90,6 +90,8 @@ class LinearProbeCallback(pl.Callback):
         self.report = {**solution.to_dict(), "items": int(len(labels)), "features": origin,
                        "then": "validate only" if pl_module.plan.solves_head else pl_module.plan.strategy,
                        "class_weighted": options["class_weights"] is not None}
+        if getattr(pl_module, "kind", "") == "multilabel":  # one-vs-rest heads, BCE's positive weights
+            self.report["positive_weighted"] = getattr(pl_module, "pos_weight", None) is not None
         if reused:
             self.report.update({"seconds": 0.0, "reused": "the race's freeze candidate's solve"})
 

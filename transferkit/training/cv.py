@@ -86,7 +86,7 @@ def run_fold(k: int, num_folds: int, root: Path, action: str, plan_fold: FoldPla
 def fold_row(k: int, results: dict) -> dict:
     """One line of cv.csv: the fold's sizes, epochs and every metric (val, best, test)."""
     data = results.get("data") or {}
-    return {"fold": k, "status": results.get("status"), "epochs": results.get("epochs"),
+    return {"fold": k, "status": results.get("status"), "task": results.get("task"), "epochs": results.get("epochs"),
             "train_size": data.get("train_size"), "val_size": data.get("val_size"),
             **{key: float(value) for key, value in sorted((results.get("metrics") or {}).items())},
             "wall_seconds": results.get("wall_seconds"), "best_checkpoint": results.get("best_checkpoint")}
@@ -170,7 +170,7 @@ def run_cv(spec: RunSpec, config: dict, num_folds: int, tta: str | None, plan_fo
     metrics, members = ensemble_metrics(spec, root, rows, tta)
     wall = round(time.time() - start + session.get("wall_seconds", 0.0), 2)
     results = {**session, "command": "cv", "status": "completed", "recipe": spec.recipe,
-               "task": spec.task.kind, "num_folds": num_folds,
+               "task": rows[0].get("task") or spec.task.kind, "num_folds": num_folds,  # a fold's: multilabel is found by its scan
                "data": {"root": spec.data.root, "embedded": spec.data.embedded,
                         "train_per_class": spec.data.get("train_per_class")},
                "cv": {"folds": rows, "mean": mean, "std": std},
