@@ -157,12 +157,14 @@ def test_planning_refuses_what_multilabel_cannot_do(tmp_path: Path, fast, image_
 def fitted(tmp_path_factory, test_resnet_weights) -> tuple[dict, Path]:
     root = tmp_path_factory.mktemp("multilabel")
     manifest = write_multilabel_set(root / "data")
-    results = cli.run(["fit", f"data.root={manifest.parent}", f"data.manifest={manifest}",
-                       "model.backbone=test_resnet", f"model.weights={test_resnet_weights}", "data.image_size=32",
-                       "data.batch_size=4", "data.num_workers=0", "trainer.accelerator=cpu", "trainer.devices=1",
-                       "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-                       f"run_dir={root / 'run'}"])
-    return results, manifest
+    import transferkit  # the Python API: the same config as the command line, a Run back
+
+    run = transferkit.fit(overrides=["model.backbone=test_resnet", f"model.weights={test_resnet_weights}",
+                                     "data.image_size=32", "data.batch_size=4", "data.num_workers=0",
+                                     "trainer.accelerator=cpu", "trainer.devices=1",
+                                     "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"],
+                          data={"root": str(manifest.parent), "manifest": str(manifest)}, run_dir=str(root / "run"))
+    return run.results, manifest
 
 
 def read_csv(path: Path) -> list[dict]:
