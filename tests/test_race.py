@@ -18,6 +18,7 @@ from tests.conftest import fit_two_process_ddp
 from transferkit.cli import app as cli
 from transferkit.runtime.checkpoint_io import AtomicCheckpointIO
 from transferkit.planning import race as race_plan
+from transferkit.training.race import ensemble as race_ensemble
 from transferkit.training.race import legs as racing
 from transferkit.planning.plan import plan_spec
 from transferkit.planning.race import (COST_BOUND, budget_schedule, build_candidates, choose_field, plan_race,
@@ -325,11 +326,14 @@ def test_the_runs_model_is_the_ensemble_of_the_finishers(image_folder, fast, tmp
     metrics are the ensemble's (what `test ckpt_path=<run dir>` measures), the winner alone stays
     checkpoints/best.ckpt with its metrics under auto.winner_metrics; combine=best keeps the winner only."""
     monkeypatch.setattr(race_plan, "scratch_enters", lambda advice: (False, "test"))
+    monkeypatch.setattr(race_ensemble, "WITHIN_SE", math.inf)  # on 12 random images: every finisher joins
     common = [f"data.root={image_folder}", *fast[:-1], "finetune=auto", "trainer.max_epochs=2"]
     run = tmp_path / "auto"
     results = cli.run(["fit", *common, f"run_dir={run}"])
     auto = results["auto"]
     assert auto["combine"] == "ensemble" and auto["members"] == [c["name"] for c in auto["candidates"]]
+    assert not any((run / "race" / c["name"] / "checkpoints").exists() for c in auto["candidates"]
+                   if c["name"] not in auto["members"])
     record = json.loads((run / "checkpoints" / "ensemble.json").read_text())
     assert [Path(p).name for p in record["members"]] == [f"{n}.ckpt" for n in auto["members"]]
     assert not any((run / "race" / n / "checkpoints").exists() for n in auto["members"] if n != auto["winner"])
@@ -350,3 +354,11 @@ def test_the_runs_model_is_the_ensemble_of_the_finishers(image_folder, fast, tmp
 def test_combine_is_checked_before_anything_trains():
     with pytest.raises(Exception, match=r"finetune.combine='vote' is not one of ensemble \| best"):
         plan_race({"strategy": "auto", "combine": "vote"}, None, 3)
+
+
+@pytest.mark.parametrize("verdict, member", [
+    (None, False), ({"behind": 0.0, "se_behind": 0.0}, True), ({"behind": 0.05, "se_behind": 0.03}, True),
+    ({"behind": 0.07, "se_behind": 0.03}, False), ({"behind": 0.05, "se_behind": 0.0}, False)])
+def test_a_finisher_joins_the_ensemble_when_validation_cannot_tell_it_from_the_winner(verdict, member):
+    assert race_ensemble.is_member("b", "a", verdict) is member
+    assert race_ensemble.is_member("a", "a", verdict)

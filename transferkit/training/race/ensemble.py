@@ -1,11 +1,15 @@
-"""`finetune.combine=ensemble`: after the race, the run's model is the ensemble of every candidate that
-finished it (their probabilities averaged, `transferkit.tasks.ensemble.EnsembleTask`), not the winner alone.
+"""`finetune.combine=ensemble`: after the race, the run's model is the ensemble of the finishers the
+validation split cannot tell from the winner (their probabilities averaged,
+`transferkit.tasks.ensemble.EnsembleTask`), not the winner alone.
 
-Why: on the benchmark's rows the validation split often cannot tell the finishers apart (a few hundred
-crops, correlated within a photo region), and picking one on it missed the best strategy by up to 6
-points where the average of the finishers did not (docs, "The race"). The finishers are trained anyway
-(no plan of this version cuts), so the ensemble costs no training; it costs one forward pass per member
-at inference.
+A finisher is a member when its validation score is within `WITHIN_SE` paired standard errors of the
+winner's (the final verdict's `behind` and `se_behind`, a bootstrap over validation images). Why: on the
+benchmark's rows the validation split often cannot tell the finishers apart (a few hundred crops,
+correlated within a photo region), and picking one on it missed the best strategy by up to 6 points;
+averaging every finisher instead lost 4.6 points where one candidate was far behind (fonts). Twelve
+membership rules were replayed on the nine design rows (docs, "The race"); this one had the smallest
+worst case. The finishers are trained anyway (no plan of this version cuts), so the ensemble costs no
+training; it costs one forward pass per member at inference.
 
 On disk: each member's best checkpoint in `checkpoints/members/<name>.ckpt` (the winner's is a copy of
 `checkpoints/best.ckpt`, which stays the best single model) and `checkpoints/ensemble.json` naming
@@ -29,16 +33,30 @@ from transferkit.training.rundir import write_json
 log = logging.getLogger("transferkit")
 
 MEMBERS_DIR = "checkpoints/members"
+WITHIN_SE = 2.0  # a finisher joins when it is at most this many paired SEs behind the winner on validation
+
+
+def is_member(name: str, winner: str, verdict: dict | None) -> bool:
+    """The winner, and every finisher the validation images cannot tell from it: behind by at most
+    `WITHIN_SE` paired standard errors of the difference."""
+    if name == winner:
+        return True
+    if not verdict:
+        return False
+    behind, se = float(verdict.get("behind", 0.0)), float(verdict.get("se_behind", 0.0))
+    return behind <= 0.0 or (se > 0 and behind <= WITHIN_SE * se)
 
 
 def finisher_checkpoints(auto: dict, run_dir: Path) -> dict[str, Path]:
-    """Every candidate that trained to the race's last epoch and whose best checkpoint is on disk, in
-    the race's order: the winner's is the run's `checkpoints/best.ckpt` (adopted), the others' are still
-    in `race/<name>/checkpoints/`."""
+    """The members (`is_member`) among the candidates that trained to the race's last epoch and whose
+    best checkpoint is on disk, in the race's order: the winner's is the run's `checkpoints/best.ckpt`
+    (adopted), the others' are still in `race/<name>/checkpoints/`."""
     end = auto["rungs"][-1]["end"] if auto.get("rungs") else None
     found = {}
     for entry in auto["candidates"]:
         if not entry["rungs"] or entry["rungs"][-1]["epochs"] != end:
+            continue
+        if not is_member(entry["name"], auto["winner"], entry["rungs"][-1].get("verdict")):
             continue
         name = entry["name"]
         path = (run_dir / "checkpoints" / "best.ckpt" if name == auto["winner"]
@@ -73,10 +91,14 @@ def finish_ensemble(spec: RunSpec, trainer, datamodule, run_dir: Path, results: 
     auto = results["auto"]
     found = finisher_checkpoints(auto, run_dir) if trainer.is_global_zero else {}
     names = list(trainer.strategy.broadcast(list(found), src=0))
+    if trainer.is_global_zero:  # finishers left out keep nothing (their logs stay in race/<name>/logs)
+        for entry in auto["candidates"]:
+            if entry["name"] not in names and entry["name"] != auto["winner"]:
+                shutil.rmtree(run_dir / "race" / entry["name"] / "checkpoints", ignore_errors=True)
     if len(names) < 2:
-        log.info("finetune.combine=ensemble: %s finished the race alone; the run's model is the winner.",
-                 names[0] if names else auto["winner"])
-        return {"auto": {**auto, "combine": "ensemble", "members": names}}
+        log.info("finetune.combine=ensemble: no finisher is within %g paired SE of %s on validation; the "
+                 "run's model is the winner alone.", WITHIN_SE, auto["winner"])
+        return {"auto": {**auto, "combine": "ensemble", "members": names or [auto["winner"]]}}
     paths = gather_members(found, run_dir) if trainer.is_global_zero else []
     trainer.strategy.barrier()
     paths = [run_dir / MEMBERS_DIR / f"{name}.ckpt" for name in names]
