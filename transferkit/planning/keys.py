@@ -112,7 +112,10 @@ KEYS: dict[str, str] = {
     "run": "report: the run directory whose report.html to rebuild.",
     "debug": "Show full tracebacks and everything the libraries print.",
     # -- task ------------------------------------------------------------------------------------------
-    "task.kind": "classification | segmentation (choose with task=...; segmentation recipes: fcn8s, fcn16s, fcn32s).",
+    "task.kind": "classification | multilabel | segmentation (choose with task=...; a manifest of label sets makes "
+                 "multilabel by itself; segmentation recipes: fcn8s, fcn16s, fcn32s).",
+    "task.pos_weight": "multilabel: BCE's per-class positive weights; auto = negatives/positives of the train split "
+                       "(capped at 50), none = plain BCE.",
     "task.label_smoothing": "classification: label smoothing of the cross-entropy (0: off).",
     "task.top_k": "classification: also log top-k accuracy (acc_top<k>) when 1 < k < the number of classes.",
     "task.ignore_index": "segmentation: mask pixels with this id count in no loss or metric (data.ignore_index).",
