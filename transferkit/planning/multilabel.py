@@ -18,6 +18,7 @@ from transferkit.planning.spec import RunSpec, TaskSpec
 log = logging.getLogger("transferkit")
 
 MULTILABEL_MONITORS = ("val/map", "val/f1", "val/loss")
+POS_WEIGHTS = ("auto", "none")  # task.pos_weight
 SINGLE_LABEL_OPTIONS = ("label_smoothing",)  # task group keys a multi-label task does not take
 
 
@@ -63,6 +64,9 @@ def check_multilabel_options(spec: RunSpec) -> None:
     if monitor is not None and monitor not in MULTILABEL_MONITORS:
         raise ConfigError(f"checkpoint.monitor={monitor!r} is not a metric task=multilabel validates; use one of "
                           f"{list(MULTILABEL_MONITORS)} (null: val/map).")
+    if str(spec.task.options.get("pos_weight", "auto")) not in POS_WEIGHTS:
+        raise ConfigError(f"task.pos_weight={spec.task.options['pos_weight']!r} is unknown; use one of "
+                          f"{list(POS_WEIGHTS)} (auto: negatives/positives per class from the train split).")
     if spec.config.get("logit_adjust"):
         raise ConfigError("logit_adjust=true adjusts single-label class priors; task=multilabel has none. "
                           "Set logit_adjust=false.")

@@ -36,7 +36,7 @@ class MultilabelTask(ClassificationTask):
     def __init__(self, num_classes: int, class_names: list[str] | None = None,
                  model: dict | None = None, finetune: dict | None = None,
                  optimizer: dict | None = None, scheduler: dict | None = None, top_k: int = 5,
-                 pos_weight: list[float] | None = None, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                 pos_weight: list[float] | str | None = None, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
                  data_config: dict | None = None, regularization: dict | None = None,
                  schedule_epochs: int | None = None, monitor: str | None = None) -> None:
         if mixup_alpha or cutmix_alpha:
@@ -46,6 +46,7 @@ class MultilabelTask(ClassificationTask):
                          data_config=data_config, regularization=regularization,
                          schedule_epochs=schedule_epochs, monitor=monitor)
         self.save_hyperparameters()
+        pos_weight = None if isinstance(pos_weight, str) else pos_weight  # "auto"/"none" unresolved: unweighted
         if pos_weight is not None and len(pos_weight) != num_classes:
             raise ValueError(f"pos_weight has {len(pos_weight)} values for {num_classes} classes.")
         weights = torch.tensor(pos_weight, dtype=torch.float32) if pos_weight else None

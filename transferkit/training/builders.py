@@ -80,8 +80,8 @@ def build_task(spec: RunSpec, datamodule, weights: WeightsSource | None = None,
         kwargs["schedule_epochs"] = int(schedule_epochs)
     if "class_weights" in params and hasattr(datamodule, "class_weights"):
         kwargs["class_weights"] = datamodule.class_weights()
-    if "pos_weight" in params and hasattr(datamodule, "positive_weights"):
-        kwargs["pos_weight"] = datamodule.positive_weights()
+    if "pos_weight" in params and hasattr(datamodule, "positive_weights"):  # task.pos_weight: auto | none
+        kwargs["pos_weight"] = datamodule.positive_weights() if kwargs.get("pos_weight", "auto") == "auto" else None
     task = construct(cls, kwargs, "task")
     if weights is not None:
         load_task_weights(task, spec, weights)
