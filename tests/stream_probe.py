@@ -1,6 +1,7 @@
 """`python tests/stream_probe.py fit key=value ...`: `python -m transferkit` with a test-only per-sample log for
 a streamed, optimized data.root: after each training step, one JSON line in `$TRANSFERKIT_SAMPLE_LOG` with the
-rank, epoch, global step and the optimized items (their stored `index`) that step trained on. With
+rank, epoch, global step and the optimized items (their stored `index`) that step trained on; at the end of
+training, one line per rank with a checksum of its weights. With
 `$TRANSFERKIT_STEP_SLEEP` each step also waits that many seconds (time for a test to kill the run mid-epoch)."""
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ class SampleLog(pl.Callback):
             handle.flush()
             os.fsync(handle.fileno())
         time.sleep(float(os.environ.get("TRANSFERKIT_STEP_SLEEP", "0")))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        from ddp_probe import weights_checksum  # beside this script
+
+        line = {"rank": trainer.global_rank, "world_size": trainer.world_size, "weights": weights_checksum(pl_module)}
+        with open(os.environ["TRANSFERKIT_SAMPLE_LOG"], "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
 
 
 def main() -> None:

@@ -39,7 +39,8 @@ from transferkit.data.loader_settings import drops_last, loader_settings
 from transferkit.data.balance import build_weighted_sampler
 from transferkit.data.device_augment import DeviceAugment
 from transferkit.data.device_decode import DeviceDecodeLoader
-from transferkit.data.streaming.optimized import OptimizedSplit, StreamPosition, optimized_sources, read_manifest
+from transferkit.data.streaming.optimized import (IndexedStream, OptimizedSplit, StreamPosition, optimized_sources,
+                                                  read_manifest)
 from transferkit.data.streaming.remote_scan import scan_remote_folder
 from transferkit.data.streaming.remote_source import RemoteFileSource
 from transferkit.data.streaming.store import ObjectStore, is_remote
@@ -292,9 +293,11 @@ class ClassificationDataModule(pl.LightningDataModule):
             sampler = eval_sampler(source, split)  # DDP: each image once, no padding
         if isinstance(source, OptimizedSplit):  # LitData's loader: its own shards per rank, a resumable state
             dataset = source.dataset(self.transform(train), train, self.seed, self.in_chans, self.background)
+            if not train and len(source):  # read by index: each image once under DDP (data/eval_sampler.py)
+                return DataLoader(IndexedStream(dataset, len(source)), batch_size=self.batch_size, sampler=sampler,
+                                  **settings)
             loader = source.loader(dataset, self.batch_size, drop_last, **settings)
-            if train:
-                self.stream_state.attach(loader)
+            self.stream_state.attach(loader)
             return loader
         if getattr(source, "yields_batches", False):  # data.embedded=synthetic: already on the device
             device = trainer.strategy.root_device if trainer is not None else "cpu"

@@ -45,6 +45,21 @@ def allow_plain_http(storage_options: dict | None) -> None:
         downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] = "true"
 
 
+class IndexedStream:
+    """An evaluation split read by index (LitData's random access): a map-style dataset, so the usual per-rank
+    sampler (`data/eval_sampler.py`) gives every image to exactly one rank, however few there are. LitData's
+    own sharding hands whole chunks to ranks, which can leave a rank with nothing to evaluate."""
+
+    def __init__(self, dataset, length: int) -> None:
+        self.dataset, self.length = dataset, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        return self.dataset[int(index)]
+
+
 class DecodeSample:
     """LitData's per-item transform: encoded bytes -> the decoded, augmented `(C x H x W tensor, label)`."""
 
@@ -70,11 +85,14 @@ class OptimizedSplit:
         return len(self.labels)
 
     def cache_folder(self) -> str | None:
-        """A folder of its own per split under `data.stream_cache` (chunk names repeat across splits)."""
+        """A folder of its own per split (chunk names repeat across splits) and per process of a node under
+        `data.stream_cache`: LitData's index download waits on a shared folder's lock only a second, and a
+        busy node's second process then finds no index."""
         if not is_remote(self.uri):
             return None
         base = self.cache_dir or os.path.join(tempfile.gettempdir(), DEFAULT_CACHE)
-        return os.path.join(os.path.expanduser(base), hashlib.sha1(self.uri.encode()).hexdigest()[:16])
+        split = hashlib.sha1(self.uri.encode()).hexdigest()[:16]
+        return os.path.join(os.path.expanduser(base), split, f"rank{os.environ.get('LOCAL_RANK', '0')}")
 
     def dataset(self, transform: Callable, train: bool, seed: int, in_chans: int = 3,
                 background: tuple[int, int, int] = (255, 255, 255)):
