@@ -297,7 +297,8 @@ class ClassificationDataModule(pl.LightningDataModule):
                 return DataLoader(IndexedStream(dataset, len(source)), batch_size=self.batch_size, sampler=sampler,
                                   **settings)
             loader = source.loader(dataset, self.batch_size, drop_last, **settings)
-            self.stream_state.attach(loader)
+            if train:
+                self.stream_state.attach(loader)
             return loader
         if getattr(source, "yields_batches", False):  # data.embedded=synthetic: already on the device
             device = trainer.strategy.root_device if trainer is not None else "cpu"
