@@ -97,7 +97,8 @@ def quantize_onnx(fp32: Path, out: Path, batches: list[np.ndarray], scope: str =
         with quiet_exporter():
             quant_pre_process(str(fp32), str(prepared))
             kept = float_convs(prepared) if scope == "branches" else {}
-            limits = {"op_types_to_quantize": list(QUANTIZED_OPS), "nodes_to_exclude": kept["stem"] + kept["shortcut"]} if kept else {}
+            limits = ({"op_types_to_quantize": list(QUANTIZED_OPS), "nodes_to_exclude": kept["stem"] + kept["shortcut"]}
+                      if kept else {})
             quantize_static(str(prepared), str(out), CalibrationReader(batches), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, **limits)
