@@ -206,7 +206,7 @@ def formats_markdown(result: dict, machine: dict) -> str:
     for key, title in (("compute_bound", "{backbone} {image_size} px, random init: speed only"),
                        ("house", "house backbone {backbone} (grey 32 px) fitted on the real `symbols` folder")):
         part = result[key]
-        lines += [f"#### {title.format(**part)}", "",
+        lines += [f"**{title.format(**part)}**", "",
                   "| format | " + " | ".join(f"batch {b} images/s (x ONNX FP32)" for b in batches)
                   + (" | test accuracy % | agreement with checkpoint % |" if key == "house" else " |"),
                   "|---|" + "---|" * (len(batches) + (2 if key == "house" else 0))]
