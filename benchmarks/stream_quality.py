@@ -70,7 +70,7 @@ def main() -> None:
         for seed in args.seeds:  # optimize per seed: the split is drawn with the seed, as fit draws it
             out = Path(tmp) / f"optimized{seed}"
             cli.run(["optimize", f"data.root={folder}", f"out={out}", "data.val_fraction=0.2",
-                     "data.test_fraction=0.2", f"seed={seed}"])
+                     "data.test_fraction=0.2", f"seed={seed}", f"run_dir={Path(tmp) / f'optimize{seed}'}"])
             rows["local"].append(fit(str(folder), seed, Path(tmp) / f"local{seed}", args.epochs))
             rows["optimized"].append(fit(str(out), seed, Path(tmp) / f"opt{seed}", args.epochs))
     result = {"command": "python benchmarks/stream_quality.py " + " ".join(sys.argv[1:]), "seeds": args.seeds,

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     try:
         raw = upload(folder, "bench")
         cli.run(["optimize", f"data.root={raw}", "out=s3://bench/optimized", "data.val_fraction=0",
-                 "data.test_fraction=0", "data.max_bad_fraction=0"])
+                 "data.test_fraction=0", "data.max_bad_fraction=0", f"run_dir={tmp / 'optimize'}"])
         loaders = {"local": datamodule(str(folder), args, tmp / "cache").train_dataloader(),
                    "streamed": datamodule("s3://bench/optimized", args, tmp / "cache").train_dataloader()}
         warm = {name: round(epoch_rate(loader), 1) for name, loader in loaders.items()}  # fills the caches

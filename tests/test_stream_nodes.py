@@ -31,7 +31,7 @@ def test_two_nodes_of_two_processes_stream_disjoint_equal_shards_and_agree(tmp_p
 
     folder = write_class_folder(tmp_path / "images", per_class=12)
     cli.run(["optimize", f"data.root={upload_folder(folder, 'nodes', 'raw')}", "out=s3://nodes/optimized",
-             "data.val_fraction=0.2", "data.test_fraction=0.2"])
+             "data.val_fraction=0.2", "data.test_fraction=0.2", f"run_dir={tmp_path / 'optimize'}"])
     sample_log, cwd, port = tmp_path / "samples.jsonl", tmp_path / "cwd", free_port()
     cwd.mkdir()
     procs = []

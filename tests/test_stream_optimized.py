@@ -15,10 +15,13 @@ pytest.importorskip("litdata")
 
 
 def optimize(root: str, out: str, *extra: str) -> dict:
+    import tempfile
+
     from transferkit.cli import app as cli
 
+    run_dir = Path(tempfile.mkdtemp(prefix="optimize-run-")) / "run"  # results.json of the command
     return cli.run(["optimize", f"data.root={root}", f"out={out}", "data.val_fraction=0.25",
-                    "data.test_fraction=0.25", "seed=3", *extra])
+                    "data.test_fraction=0.25", "seed=3", f"run_dir={run_dir}", *extra])
 
 
 def test_optimize_stores_the_fit_split_and_resumes(tmp_path):
@@ -33,6 +36,7 @@ def test_optimize_stores_the_fit_split_and_resumes(tmp_path):
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["splits"] == scan.to_json()["splits"] and manifest["classes"] == ["cat", "dog"]
     assert first["counts"] == {split: len(items) for split, items in scan.splits.items()}
+    assert json.loads((Path(first["run_dir"]) / "results.json").read_text())["out"] == str(out)
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*.bin")}
     (out / MANIFEST).unlink()
     (out / "test" / "index.json").unlink()  # stopped while writing test/: the rerun writes only that

@@ -32,7 +32,7 @@ def test_kill_9_mid_epoch_then_resume_trains_each_sample_of_the_epoch_once(tmp_p
 
     folder = write_class_folder(tmp_path / "images", per_class=12)
     cli.run(["optimize", f"data.root={upload_folder(folder, 'resume', 'raw')}", "out=s3://resume/optimized",
-             "data.val_fraction=0.1", "data.test_fraction=0.1"])
+             "data.val_fraction=0.1", "data.test_fraction=0.1", f"run_dir={tmp_path / 'optimize'}"])
     run_dir, sample_log = tmp_path / "run", tmp_path / "samples.jsonl"
     env = {**os.environ, **s3_env, "TRANSFERKIT_SAMPLE_LOG": str(sample_log), "NO_ALBUMENTATIONS_UPDATE": "1",
            "OMP_NUM_THREADS": "1"}

@@ -17,6 +17,7 @@ from transferkit.data.streaming.optimize import write_optimized
 from transferkit.data.streaming.remote_scan import scan_remote_folder
 from transferkit.data.streaming.store import ObjectStore, is_remote
 from transferkit.errors import ConfigError
+from transferkit.training.rundir import create_run_dir, write_json
 
 log = logging.getLogger("transferkit")
 
@@ -40,5 +41,8 @@ def run(cfg: DictConfig) -> dict:
     manifest = write_optimized(scan, read, str(out), options)
     log.info("Optimized %s into %s: %s images per split; train with data.root=%s", root, out, manifest["counts"],
              out)
-    return {"command": "optimize", "root": str(root), "out": str(out), "classes": manifest["classes"],
-            "counts": manifest["counts"], "skipped": manifest["skipped"]}
+    run_dir = create_run_dir(cfg.get("run_dir"))  # results.json: what was written where (transferkit.optimize's Run)
+    results = {"command": "optimize", "root": str(root), "out": str(out), "classes": manifest["classes"],
+               "counts": manifest["counts"], "skipped": manifest["skipped"], "run_dir": str(run_dir)}
+    write_json(results, run_dir / "results.json")
+    return results
