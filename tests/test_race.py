@@ -331,13 +331,14 @@ def test_the_runs_model_is_the_ensemble_of_the_finishers(image_folder, fast, tmp
     run = tmp_path / "auto"
     results = cli.run(["fit", *common, f"run_dir={run}"])
     auto = results["auto"]
-    assert auto["combine"] == "ensemble" and auto["members"] == [c["name"] for c in auto["candidates"]]
+    assert auto["combine"] == "ensemble" and auto["ensemble"] == [c["name"] for c in auto["candidates"]]
     assert not any((run / "race" / c["name"] / "checkpoints").exists() for c in auto["candidates"]
-                   if c["name"] not in auto["members"])
+                   if c["name"] not in auto["ensemble"])
     record = json.loads((run / "checkpoints" / "ensemble.json").read_text())
-    assert [Path(p).name for p in record["members"]] == [f"{n}.ckpt" for n in auto["members"]]
-    assert not any((run / "race" / n / "checkpoints").exists() for n in auto["members"] if n != auto["winner"])
-    assert set(results["calibration"]["members"]) == set(auto["members"])
+    assert [Path(p).name for p in record["members"]] == [f"{n}.ckpt" for n in auto["ensemble"]]
+    assert not any((run / "race" / n / "checkpoints").exists() for n in auto["ensemble"] if n != auto["winner"])
+    assert set(results["calibration"]["temperatures"]) == set(auto["ensemble"])
+    assert [Path(p) for p in results["ensemble"]["members"]] == [run / p for p in record["members"]]
     tested = cli.run(["test", f"ckpt_path={run}", f"data.root={image_folder}", *fast[:-1],
                       f"run_dir={tmp_path / 'test'}"])["metrics"]
     assert tested["test/acc"] == pytest.approx(results["metrics"]["test/acc"])
@@ -347,7 +348,7 @@ def test_the_runs_model_is_the_ensemble_of_the_finishers(image_folder, fast, tmp
     assert single["test/loss"] == pytest.approx(auto["winner_metrics"]["test/loss"], rel=1e-5)
     assert single["test/loss"] != pytest.approx(tested["test/loss"], rel=1e-5)
     best = cli.run(["fit", *common, "finetune.combine=best", f"run_dir={tmp_path / 'best'}"])
-    assert "members" not in best["auto"] and not (tmp_path / "best" / "checkpoints" / "ensemble.json").exists()
+    assert "ensemble" not in best["auto"] and not (tmp_path / "best" / "checkpoints" / "ensemble.json").exists()
     assert best["metrics"]["test/acc"] == pytest.approx(results["auto"]["winner_metrics"]["test/acc"])
 
 

@@ -209,12 +209,46 @@ def test_a_race_stopped_mid_way_resumes_keeping_its_record_and_winner(image_fold
     assert len(steps) == len(set(steps))  # the leg's rows appended, none twice
 
 
-def test_a_finished_race_continues_its_winner(image_folder, fast, tmp_path):
+def test_a_race_resumed_after_its_winner_finished_completes(image_folder, fast, tmp_path, monkeypatch):
+    """The winner (freeze) finished before the stop: the resumed session reattaches it, joins its
+    metrics.csv and tests it on the same logger, which must learn the joined file's columns (it
+    rewrote the file with only its own and failed on the earlier rows)."""
+    from transferkit.training.race import legs as racing
+    from transferkit.planning import race as race_plan
+    from transferkit.training.race.rules import Verdict
+    monkeypatch.setattr(race_plan, "scratch_enters", lambda advice: (True, "test"))
+    monkeypatch.setattr(racing, "choose_survivors", lambda scores, keep: [
+        Verdict(n, i < keep, 0.0, 0.0, 0.0, 0.0, "test") for i, n in enumerate(sorted(scores, key="freeze".__ne__))])
+    guards = builders.run_guard_callbacks
+    monkeypatch.setattr(builders, "run_guard_callbacks", lambda d: [*guards(d), SigtermInTheFinishersSecondEpoch()])
+    run_dir = tmp_path / "auto"
+    with pytest.raises(RunInterrupted):
+        cli.run(["fit", f"data.root={image_folder}", *fast[:-1], "finetune=auto", "augment=none",
+                 "finetune.combine=best", "trainer.max_epochs=3", f"run_dir={run_dir}"])
+    monkeypatch.setattr(builders, "run_guard_callbacks", guards)
+    resumed = cli.run(["fit", f"resume={run_dir}"])
+    assert resumed["status"] == "completed" and resumed["auto"]["winner"] == "freeze"
+    assert "test/acc" in resumed["metrics"]
+    rows = metric_rows(str(run_dir / "race" / "freeze" / "logs" / "leg0"))
+    assert any(row.get("test/acc") for row in rows) and any(row.get("val/loss") for row in rows)
+
+
+def test_a_finished_race_continues_its_winner(image_folder, fast, tmp_path, monkeypatch):
+    from transferkit.training.race import ensemble as race_ensemble
+    monkeypatch.setattr(race_ensemble, "WITHIN_SE", float("inf"))  # every finisher is a member
     # head_solver=sgd: a freeze winner then trains epochs too (an L-BFGS head is final after one).
     raced = cli.run(["fit", f"data.root={image_folder}", *fast[:-1], "finetune=auto", "augment=none",
                      "finetune.head_solver=sgd", "trainer.max_epochs=3", f"run_dir={tmp_path / 'auto'}"])
     resumed = cli.run(["fit", f"resume={raced['run_dir']}", "trainer.max_epochs=4"])
-    assert resumed["auto"] == raced["auto"] and resumed["strategy"] == raced["strategy"]
+    trained_on = ("winner_metrics",)  # the ensemble's winner was trained on: its test metrics are new
+    assert ({k: v for k, v in resumed["auto"].items() if k not in trained_on}
+            == {k: v for k, v in raced["auto"].items() if k not in trained_on})
+    assert resumed["strategy"] == raced["strategy"]
+    # the run's ensemble takes the winner as it is now (its best.ckpt), the other members as they were
+    assert resumed["ensemble"]["names"] == raced["ensemble"]["names"]
+    winner_copy = Path(raced["run_dir"]) / "checkpoints" / "members" / f"{raced['auto']['winner']}.ckpt"
+    assert torch.load(winner_copy, map_location="cpu", weights_only=True)["epoch"] == torch.load(
+        resumed["best_checkpoint"], map_location="cpu", weights_only=True)["epoch"]
     assert resumed["epochs"] == 4 and Path(resumed["best_checkpoint"]).parent == Path(raced["run_dir"]) / "checkpoints"
     assert resumed["metrics"]["best/val/acc"] >= raced["metrics"]["best/val/acc"]  # best.ckpt only improves
     config = yaml.safe_load((Path(raced["run_dir"]) / "config.yaml").read_text())

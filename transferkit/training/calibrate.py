@@ -104,7 +104,7 @@ def calibrate_members(tasks: list, names: list[str], paths: list[Path], data, de
     log.info("calibration=temperature, per ensemble member: %s; test ECE %.4f -> %.4f, NLL %.4f -> %.4f",
              ", ".join(f"{n} T={t:.3f}" for n, t in temperatures.items()), metrics["test/ece_uncalibrated"],
              metrics["test/ece"], metrics["test/nll_uncalibrated"], metrics["test/nll"])
-    return {"method": "temperature", "members": temperatures, "fitted_on": "val",
+    return {"method": "temperature", "temperatures": temperatures, "fitted_on": "val",
             "tested_on": "test" if has_test else "val", "test_images": len(labels), "ece_bins": N_BINS,
             "bootstrap_draws": DRAWS, "ci95": ci, "metrics": metrics,
             "note": "per member; the scores are those of the averaged probabilities"}

@@ -25,6 +25,7 @@ from transferkit.training.calibrate import fit_calibration, record_calibration
 from transferkit.training.console import metrics_table
 from transferkit.training.thresholds import fit_thresholds, record_thresholds
 from transferkit.training.metrics_files import join_metrics, set_aside_metrics
+from transferkit.tasks.loading import ENSEMBLE_FILE
 from transferkit.training.race.ensemble import finish_ensemble
 from transferkit.training.race.legs import adopt_winner, race_table, run_race
 from transferkit.training.race.progress import RaceProgress, read_progress
@@ -142,8 +143,13 @@ def fit_and_test(spec: RunSpec, datamodule, run_dir: Path, start: float,
         results.update(finish_race(winner, run_dir))
     record_calibration(calibration, results)  # after the race adopted the winner's checkpoints
     record_thresholds(thresholds, results)
-    if race is not None and race.combine == "ensemble":  # the run's model: every finisher, averaged
+    if race is not None and race.combine == "ensemble":  # the run's model: the finishers, averaged
         results.update(finish_ensemble(spec, trainer, datamodule, run_dir, results, has_test))
+    elif race is None and spec.outputs.resume and (run_dir / ENSEMBLE_FILE).is_file():
+        # a finished race resumed to train its winner on: the ensemble takes the winner as it is now
+        earlier = read_results(run_dir).get("auto") or {}
+        if earlier.get("winner"):
+            results.update(finish_ensemble(spec, trainer, datamodule, run_dir, {**results, "auto": earlier}, has_test))
     return results, trainer, task
 
 

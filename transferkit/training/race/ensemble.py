@@ -61,6 +61,8 @@ def finisher_checkpoints(auto: dict, run_dir: Path) -> dict[str, Path]:
         name = entry["name"]
         path = (run_dir / "checkpoints" / "best.ckpt" if name == auto["winner"]
                 else run_dir / "race" / name / "checkpoints" / "best.ckpt")
+        if not path.is_file():  # a finished race resumed to train its winner on: gathered before
+            path = run_dir / MEMBERS_DIR / f"{name}.ckpt"
         if path.is_file():
             found[name] = path
     return found
@@ -73,7 +75,9 @@ def gather_members(found: dict[str, Path], run_dir: Path) -> list[Path]:
     paths = []
     for name, source in found.items():
         path = target / f"{name}.ckpt"
-        if source.parent == run_dir / "checkpoints":
+        if source == path:
+            pass  # gathered by an earlier session
+        elif source.parent == run_dir / "checkpoints":
             shutil.copy2(source, path)  # the winner's best.ckpt stays the run's best single model
         else:
             shutil.move(source, path)
@@ -98,7 +102,7 @@ def finish_ensemble(spec: RunSpec, trainer, datamodule, run_dir: Path, results: 
     if len(names) < 2:
         log.info("finetune.combine=ensemble: no finisher is within %g paired SE of %s on validation; the "
                  "run's model is the winner alone.", WITHIN_SE, auto["winner"])
-        return {"auto": {**auto, "combine": "ensemble", "members": names or [auto["winner"]]}}
+        return {"auto": {**auto, "combine": "ensemble", "ensemble": names or [auto["winner"]]}}
     paths = gather_members(found, run_dir) if trainer.is_global_zero else []
     trainer.strategy.barrier()
     paths = [run_dir / MEMBERS_DIR / f"{name}.ckpt" for name in names]
@@ -119,6 +123,6 @@ def finish_ensemble(spec: RunSpec, trainer, datamodule, run_dir: Path, results: 
              ", ".join(names), metrics.get("test/acc", float("nan")), auto["winner"],
              winner_metrics.get("test/acc", float("nan")))
     return {**update, "metrics": metrics,
-            "ensemble_checkpoints": [str(p) for p in paths],
-            "auto": {**auto, "combine": "ensemble", "members": names, "winner_metrics": winner_metrics}}
+            "ensemble": {"members": [str(p) for p in paths], "names": names},
+            "auto": {**auto, "combine": "ensemble", "ensemble": names, "winner_metrics": winner_metrics}}
 

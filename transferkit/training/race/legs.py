@@ -29,7 +29,7 @@ from transferkit.training.race.record import adopt_winner, race_table
 from transferkit.training.race.validation import ScoredEpochsOnly, ValidationRecorder, validated_epochs_callbacks
 from transferkit.runtime.interval_checkpoint import newer_mid_epoch
 from transferkit.runtime.rng_state import capture_global_rng, restore_global_rng
-from transferkit.training.metrics_files import join_metrics, set_aside_metrics
+from transferkit.training.metrics_files import join_metrics, read_rows, set_aside_metrics
 from transferkit.planning.spec import RunSpec
 from transferkit.training.race.rules import (SCORED_EVALUATIONS, Candidate, Entry, Rung, Score, Verdict,
                                              choose_survivors, score_accuracies, score_outputs)
@@ -163,7 +163,7 @@ def train_leg(leg: Leg, rung: Rung, shared: SharedProbe | None = None) -> None:
     if resume is None and leg.rng is not None:  # a later leg's random state comes from its checkpoint
         restore_global_rng(leg.rng)
     start = time.time()
-    with kept_leg_logs(leg, checkpoint_meta(resume)["global_step"] if resume else None):
+    with kept_leg_logs(leg, checkpoint_meta(resume)["global_step"] if resume else None, trainer):
         trainer.fit(leg.task, datamodule=leg.data, ckpt_path=resume, weights_only=True)
     leg.entry.seconds += time.time() - start
     leg.trainer, leg.legs_run = trainer, leg.legs_run + 1
@@ -187,9 +187,13 @@ def entry_score(record: dict, monitor: str, val_size: int) -> Score:
 
 
 @contextmanager
-def kept_leg_logs(leg: Leg, step: int | None) -> Iterator[None]:
+def kept_leg_logs(leg: Leg, step: int | None, trainer: pl.Trainer) -> Iterator[None]:
     """A leg cut short in an earlier session logs into the same folder, whose metrics.csv Lightning's
-    logger would delete: its rows before `step` wait aside and are joined with the new ones after."""
+    logger would delete: its rows before `step` wait aside and are joined with the new ones after.
+
+    The trainer goes on logging into the joined file (the winner's test): its CSV writer learns the
+    file's columns, or its next new column would rewrite the file with only its own and fail on the
+    earlier rows' (a race resumed after its winner had finished: issue 23)."""
     logs = leg.directory / "logs" / f"leg{leg.legs_run}"
     keep = step is not None and (logs / "metrics.csv").is_file() and rank_zero_only.rank == 0
     if keep:
@@ -199,6 +203,16 @@ def kept_leg_logs(leg: Leg, step: int | None) -> Iterator[None]:
     finally:
         if keep:
             join_metrics(logs)
+            learn_columns(trainer, logs / "metrics.csv")
+
+
+def learn_columns(trainer: pl.Trainer, path: Path) -> None:
+    """The trainer's CSV writer (Lightning's `_ExperimentWriter.metrics_keys`) takes the columns of the
+    metrics file it appends to."""
+    writer = getattr(getattr(trainer, "logger", None), "experiment", None)
+    keys = getattr(writer, "metrics_keys", None)
+    if isinstance(keys, list) and path.is_file():
+        keys[:] = sorted(set(keys) | set(read_rows(path)[0]))
 
 
 def leg_trainer(leg: Leg, rung: Rung) -> pl.Trainer:
@@ -219,7 +233,7 @@ def reattach(leg: Leg, rung: Rung) -> None:
     checkpoint (a fit with nothing left to train), for the test and the adoption that follow."""
     leg.legs_run -= 1  # the same leg, its logs in the same folder
     trainer = leg_trainer(leg, rung)
-    with kept_leg_logs(leg, sys.maxsize):
+    with kept_leg_logs(leg, sys.maxsize, trainer):
         trainer.fit(leg.task, datamodule=leg.data, ckpt_path=leg.resume_checkpoint(), weights_only=True)
     leg.trainer, leg.legs_run = trainer, leg.legs_run + 1
 
