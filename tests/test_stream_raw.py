@@ -63,6 +63,7 @@ def test_an_empty_prefix_is_named(tmp_path, s3_env):
         scan_remote_folder(ObjectStore("s3://emptyprefix/elsewhere"))
 
 
+@pytest.mark.slow  # a fresh interpreter: about 30 s
 def test_missing_credentials_are_named_before_training(tmp_path, s3_endpoint):
     env = {"PATH": "/usr/bin:/bin", "AWS_ENDPOINT_URL": s3_endpoint, "AWS_EC2_METADATA_DISABLED": "true",
            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
@@ -114,6 +115,7 @@ def test_fit_on_the_store_matches_the_same_images_on_local_disk(tmp_path, s3_env
     assert runs["remote"]["data"]["root"] == uri
 
 
+@pytest.mark.slow  # a fresh interpreter: about 30 s
 def test_without_the_stream_extra_an_s3_root_names_it_in_one_line(tmp_path):
     code = ("import runpy, sys; sys.modules['s3fs'] = None; sys.argv = ['transferkit', 'fit', 'data.root=s3://b/p', "
             "'model.backbone=test_resnet', 'model.weights=none']; runpy.run_module('transferkit', run_name='__main__')")
