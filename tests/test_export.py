@@ -229,3 +229,9 @@ def test_checkpoint_without_its_run_checks_parity_on_input(cls_ckpt, folder, wor
     results = export(moved, work / "moved_input", "format=torchscript", f"input={folder}")
     assert results["parity"]["passed"] and results["parity"]["images"] == 12
     assert results["parity"]["on"] == f"input={folder}"
+
+
+def test_a_fit_run_directory_exports_its_best_checkpoint(cls_ckpt, work):
+    """`export ckpt_path=<run dir>` as predict takes it: the run's checkpoints/best.ckpt."""
+    results = export(cls_ckpt.parent.parent, work / "from_run_dir", "format=torchscript")
+    assert Path(results["checkpoint"]) == cls_ckpt

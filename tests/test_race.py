@@ -347,6 +347,8 @@ def test_the_runs_model_is_the_ensemble_of_the_finishers(image_folder, fast, tmp
                       *fast[:-1], f"run_dir={tmp_path / 'single'}"])["metrics"]
     assert single["test/loss"] == pytest.approx(auto["winner_metrics"]["test/loss"], rel=1e-5)
     assert single["test/loss"] != pytest.approx(tested["test/loss"], rel=1e-5)
+    with pytest.raises(Exception, match="is an ensemble .*export writes one network"):
+        cli.run(["export", f"ckpt_path={run}"])
     best = cli.run(["fit", *common, "finetune.combine=best", f"run_dir={tmp_path / 'best'}"])
     assert "ensemble" not in best["auto"] and not (tmp_path / "best" / "checkpoints" / "ensemble.json").exists()
     assert best["metrics"]["test/acc"] == pytest.approx(results["auto"]["winner_metrics"]["test/acc"])

@@ -4,6 +4,8 @@ from the checkpoint, the data, trainer and outputs from the config)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +24,7 @@ from transferkit.planning.plan import assemble_spec
 from transferkit.planning.rebuild import checkpoint_run_config
 from transferkit.planning.spec import ModelSpec, RunSpec
 from transferkit.tasks.calibration import check_calibration
-from transferkit.tasks.loading import checkpoint_paths, is_many, load_model, require
+from transferkit.tasks.loading import ENSEMBLE_FILE, checkpoint_paths, is_many, load_model, require
 from transferkit.tasks.tta import check_tta
 from transferkit.training.builders import build_datamodule
 
@@ -121,10 +123,28 @@ def choose_int8_scope(value, fmt: str) -> str:
     return scope or AUTO_SCOPE.get(fmt, "all")
 
 
+def export_checkpoint(value):
+    """The one checkpoint export writes: a file, or a fit run directory's `checkpoints/best.ckpt`. A run
+    whose model is an ensemble (a cv run's folds, a finetune=auto run's finishers) is refused: export
+    writes one network; the message names the checkpoints to export instead."""
+    folder = Path(str(value)) if value is not None else None
+    if folder is not None and folder.is_dir():
+        members = (folder / ENSEMBLE_FILE).is_file() or (folder / "folds").is_dir()
+        if members:
+            names = ", ".join(str(p) for p in checkpoint_paths(folder))
+            raise ConfigError(f"ckpt_path={str(folder)!r} is an ensemble ({names}); export writes one network. "
+                              "Export one of them, e.g. the run's best single model: "
+                              f"ckpt_path={folder / 'checkpoints' / 'best.ckpt'} (finetune=auto; a cv run: "
+                              "a fold's), and predict/serve ckpt_path=<run dir> for the whole ensemble.")
+        if (folder / "checkpoints" / "best.ckpt").is_file():
+            value = folder / "checkpoints" / "best.ckpt"
+    return require(value, "ckpt_path", CKPT_HINT)
+
+
 def export_spec(cfg: DictConfig) -> ExportSpec:
     """`export`'s config as a spec; the checkpoint, the format, quantization and the exporter's packages checked."""
     check_fit_only(cfg.get("logit_adjust"), "export")
-    checkpoint = require(cfg.ckpt_path, "ckpt_path", CKPT_HINT)
+    checkpoint = export_checkpoint(cfg.ckpt_path)
     fmt = str(cfg.format)
     lookup(MODEL_FILES, fmt, "format")
     options = cfg.export
