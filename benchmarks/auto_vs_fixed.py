@@ -172,6 +172,19 @@ def run_one(row: str, strategy: str, seed: int, sets_dir: Path, root: Path, curv
     return record, curve
 
 
+def ensemble_members(run: dict) -> list[str] | None:
+    """The finishers an auto run averaged (finetune.combine=ensemble, from its race record's final
+    verdicts as transferkit.training.race.ensemble decides them); None for a run of an earlier round."""
+    from transferkit.training.race.ensemble import is_member
+
+    race = run.get("race") or {}
+    if "round" not in ROWS[run["row"]] or ROWS[run["row"]]["round"] < 3 or not race.get("candidates"):
+        return None
+    end = race["rungs"][-1]["end"]
+    return [c["name"] for c in race["candidates"] if c["rungs"] and c["rungs"][-1]["epochs"] == end
+            and is_member(c["name"], run["winner"], c["rungs"][-1].get("verdict"))]
+
+
 def epoch_equivalents(auto: dict) -> float:
     """What the race trained, in epochs of the slowest fixed strategy: each candidate's epochs x its cost."""
     from transferkit.planning.spec import EPOCH_COST
@@ -247,10 +260,12 @@ def summarise(runs: list[dict], curves: dict | None = None) -> dict:
         cell["epochs"].append(run.get("epochs", ROWS[run["row"]]["epochs"]))
         if run.get("winner"):
             cell["winners"].append(run["winner"])
+            cell.setdefault("members", []).append(ensemble_members(run))
     summary = {}
     for row, by in cells.items():
         out = {s: {**stats(list(c["acc"].values())), "wall": statistics.fmean(c["wall"]),
-                   "epochs": statistics.fmean(c["epochs"]), "winners": c["winners"], "by_seed": c["acc"]}
+                   "epochs": statistics.fmean(c["epochs"]), "winners": c["winners"], "by_seed": c["acc"],
+                   "members": c.get("members", [])}
                for s, c in by.items()}
         fixed = {s: out[s] for s in FIXED if s in out}
         if "auto" in out and fixed:
@@ -298,6 +313,9 @@ def markdown(summary: dict, rules_tried: int | None) -> str:
             parts.append(f"**{text}**" if best is not None and cells[s]["mean"] >= best and s != "auto" else text)
         v = cells.get("verdict")
         picks = ", ".join(sorted(set(cells.get("auto", {}).get("winners", [])))) or "–"
+        members = [m for m in cells.get("auto", {}).get("members", []) if m]
+        if any(len(m) > 1 for m in members):  # finetune.combine=ensemble: each seed's members
+            picks += " (ensembles: " + "; ".join("+".join(m) for m in members) + ")"
         if v:
             gaps.setdefault(ROWS[row]["role"], []).append(v["gap"])
             se = v["paired"][v["best_fixed"]].get("se", 0.0)
