@@ -120,7 +120,7 @@ def test_free_candidates_wait_for_the_finisher(monkeypatch, tmp_path):
                                entry=SimpleNamespace(rungs=[{"outputs": [predictions(v)]}]),
                                trainer=SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda o, src=0: o)))
             for n, v in {"freeze": 99, "lpft-full": 90, "scratch": 50}.items()}
-    monkeypatch.setattr(racing, "release", lambda leg: None)
+    monkeypatch.setattr(racing, "release", lambda leg, keep_checkpoints=False: None)
     racing.cut(legs, {n: l for n, l in legs.items() if not l.candidate.free}, Rung(1, 1), 1, val_size=100)
     assert set(legs) == {"freeze", "lpft-full"}  # the cut left freeze alone
     assert legs["lpft-full"].entry.rungs[-1]["verdict"]["kept"] and "verdict" not in legs["freeze"].entry.rungs[-1]
@@ -163,9 +163,9 @@ def test_race_keeps_the_best_and_releases_the_eliminated(monkeypatch, image_fold
     watched: dict[str, weakref.ref] = {}
     real_release = racing.release
 
-    def release(leg):
+    def release(leg, keep_checkpoints=False):
         watched[leg.candidate.name] = weakref.ref(leg.task)
-        real_release(leg)
+        real_release(leg, keep_checkpoints)
     monkeypatch.setattr(racing, "release", release)
     rungs = budget_schedule(9, [c.cost for c in candidates])
     assert rungs == [Rung(4, 1), Rung(9, 1)]
