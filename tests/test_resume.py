@@ -172,17 +172,23 @@ class SigtermInTheFinishersSecondEpoch(builders.pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_a_race_stopped_mid_way_resumes_keeping_its_record_and_winner(image_folder, fast, tmp_path, monkeypatch):
+def race_stopped_in_the_finishers_second_epoch(monkeypatch, winner: str):
+    """The field freeze, full-llrd, scratch (one leg each, in that order, so the signal stops full-llrd
+    in its second epoch), `winner` made to win; returns the real guard callbacks, to restore for the resume."""
     from transferkit.training.race import legs as racing
     from transferkit.planning import race as race_plan
     from transferkit.training.race.rules import Verdict
-    # The field freeze, full-llrd, scratch: one leg each, in that order, so the signal stops full-llrd
-    # in its second epoch. On 12 random images any plan may win; make full-llrd win.
     monkeypatch.setattr(race_plan, "scratch_enters", lambda advice: (True, "test"))
     monkeypatch.setattr(racing, "choose_survivors", lambda scores, keep: [
-        Verdict(n, i < keep, 0.0, 0.0, 0.0, 0.0, "test") for i, n in enumerate(sorted(scores, key="full-llrd".__ne__))])
+        Verdict(n, i < keep, 0.0, 0.0, 0.0, 0.0, "test") for i, n in enumerate(sorted(scores, key=winner.__ne__))])
     guards = builders.run_guard_callbacks
     monkeypatch.setattr(builders, "run_guard_callbacks", lambda d: [*guards(d), SigtermInTheFinishersSecondEpoch()])
+    return guards
+
+
+def test_a_race_stopped_mid_way_resumes_keeping_its_record_and_winner(image_folder, fast, tmp_path, monkeypatch):
+    # On 12 random images any plan may win; make full-llrd win.
+    guards = race_stopped_in_the_finishers_second_epoch(monkeypatch, "full-llrd")
     run_dir = tmp_path / "auto"
     with pytest.raises(RunInterrupted, match=f"resume it with: python -m transferkit fit resume={run_dir}"):
         cli.run(["fit", f"data.root={image_folder}", *fast[:-1], "finetune=auto", "augment=none",
@@ -213,14 +219,7 @@ def test_a_race_resumed_after_its_winner_finished_completes(image_folder, fast, 
     """The winner (freeze) finished before the stop: the resumed session reattaches it, joins its
     metrics.csv and tests it on the same logger, which must learn the joined file's columns (it
     rewrote the file with only its own and failed on the earlier rows)."""
-    from transferkit.training.race import legs as racing
-    from transferkit.planning import race as race_plan
-    from transferkit.training.race.rules import Verdict
-    monkeypatch.setattr(race_plan, "scratch_enters", lambda advice: (True, "test"))
-    monkeypatch.setattr(racing, "choose_survivors", lambda scores, keep: [
-        Verdict(n, i < keep, 0.0, 0.0, 0.0, 0.0, "test") for i, n in enumerate(sorted(scores, key="freeze".__ne__))])
-    guards = builders.run_guard_callbacks
-    monkeypatch.setattr(builders, "run_guard_callbacks", lambda d: [*guards(d), SigtermInTheFinishersSecondEpoch()])
+    guards = race_stopped_in_the_finishers_second_epoch(monkeypatch, "freeze")
     run_dir = tmp_path / "auto"
     with pytest.raises(RunInterrupted):
         cli.run(["fit", f"data.root={image_folder}", *fast[:-1], "finetune=auto", "augment=none",
