@@ -156,7 +156,8 @@ def describe(race: RacePlan) -> str:
     cuts = [r.end for r in race.rungs if r.keep < paid]
     left = f" (left out by the {COST_BOUND:g}x cost bound: {', '.join(race.left_out)})" if race.left_out else ""
     when = f"cuts after epochs {cuts}" if cuts else f"no cut: all finish at epoch {race.rungs[-1].end}"
-    model = ("the run's model: the ensemble of every finisher (finetune.combine=ensemble)"
+    model = ("the run's model: the ensemble of the finishers within 2 paired SE of the winner "
+             "(finetune.combine=ensemble)"
              if race.combine == "ensemble" and len(race.candidates) > 1 else "the run's model: the winner")
     return (f"racing {', '.join(c.name for c in race.candidates)}{left}; {when}; scratch "
             f"{'enters' if race.scratch['entered'] else 'left out'} ({race.scratch['why']}); {model}")
