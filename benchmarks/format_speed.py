@@ -31,11 +31,11 @@ import torch
 from transferkit.cli import app as cli
 
 log = logging.getLogger("inference_speed")
-FORMATS = ("PyTorch (checkpoint)", "ONNX Runtime FP32", "ONNX Runtime INT8", "ONNX Runtime INT8 branches",
+FORMATS = ("PyTorch (checkpoint)", "ONNX Runtime FP32", "ONNX Runtime INT8", "ONNX Runtime INT8 all",
            "OpenVINO FP32", "OpenVINO INT8", "OpenVINO INT8 all")
-# (format, quantize, export.int8_scope): the plain INT8 rows are export's default (auto: onnx all, openvino branches)
-EXPORTS = {"ONNX Runtime FP32": ("onnx", None, None), "ONNX Runtime INT8": ("onnx", "int8", "all"),
-           "ONNX Runtime INT8 branches": ("onnx", "int8", "branches"), "OpenVINO FP32": ("openvino", None, None),
+# (format, quantize, export.int8_scope): the plain INT8 rows are export's default (auto: branches for both)
+EXPORTS = {"ONNX Runtime FP32": ("onnx", None, None), "ONNX Runtime INT8": ("onnx", "int8", "branches"),
+           "ONNX Runtime INT8 all": ("onnx", "int8", "all"), "OpenVINO FP32": ("openvino", None, None),
            "OpenVINO INT8": ("openvino", "int8", "branches"), "OpenVINO INT8 all": ("openvino", "int8", "all")}
 BASELINE = "ONNX Runtime FP32"
 
@@ -92,8 +92,8 @@ def big_models(backbone: str, size: int, calibration: np.ndarray, work: Path) ->
     graph = InferenceGraph(network).eval()
     fp32 = work / f"{backbone}.onnx"
     export_onnx(graph, torch.randn(2, 3, size, size), fp32, {0: "batch"}, 18)
-    quantize_onnx(fp32, work / f"{backbone}.int8.onnx", list(calibration), "all")
-    quantize_onnx(fp32, work / f"{backbone}.branches.int8.onnx", list(calibration), "branches")
+    quantize_onnx(fp32, work / f"{backbone}.int8.onnx", list(calibration), "branches")
+    quantize_onnx(fp32, work / f"{backbone}.all.int8.onnx", list(calibration), "all")
     save_openvino(convert_openvino(fp32), work / f"{backbone}.xml")
     kept = float_convs(fp32)
     save_openvino(quantize_openvino(convert_openvino(fp32), list(calibration), kept)[0], work / f"{backbone}.int8.xml")
@@ -101,7 +101,7 @@ def big_models(backbone: str, size: int, calibration: np.ndarray, work: Path) ->
     spec = InputSpec(size, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     meta = {"task": "classification", "class_names": [str(i) for i in range(10)], "input": spec.to_dict()}
     files = {"ONNX Runtime FP32": fp32, "ONNX Runtime INT8": work / f"{backbone}.int8.onnx",
-             "ONNX Runtime INT8 branches": work / f"{backbone}.branches.int8.onnx",
+             "ONNX Runtime INT8 all": work / f"{backbone}.all.int8.onnx",
              "OpenVINO FP32": work / f"{backbone}.xml", "OpenVINO INT8": work / f"{backbone}.int8.xml",
              "OpenVINO INT8 all": work / f"{backbone}.all.int8.xml"}
     models = {name: ExportedModel(path, {**meta, "export": {"format": EXPORTS[name][0]}}) for name, path in files.items()}

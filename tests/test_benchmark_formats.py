@@ -16,7 +16,7 @@ import pytest
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "inference_speed.py"
-FORMATS = ["PyTorch (checkpoint)", "ONNX Runtime FP32", "ONNX Runtime INT8", "ONNX Runtime INT8 branches",
+FORMATS = ["PyTorch (checkpoint)", "ONNX Runtime FP32", "ONNX Runtime INT8", "ONNX Runtime INT8 all",
            "OpenVINO FP32", "OpenVINO INT8", "OpenVINO INT8 all"]
 
 

@@ -106,7 +106,7 @@ def test_nncf_branches_leaves_the_stem_shortcut_and_head_without_fake_quantize(n
 
 
 def test_int8_scope_auto_is_per_format_and_a_bad_scope_names_the_key():
-    assert choose_int8_scope("auto", "onnx") == "all" and choose_int8_scope(None, "openvino") == "branches"
+    assert choose_int8_scope("auto", "onnx") == "branches" and choose_int8_scope(None, "openvino") == "branches"
     assert choose_int8_scope("branches", "onnx") == "branches" and choose_int8_scope("all", "openvino") == "all"
     with pytest.raises(ConfigError, match=r"export.int8_scope='layers' is unknown"):
         choose_int8_scope("layers", "onnx")

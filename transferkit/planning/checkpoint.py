@@ -34,7 +34,7 @@ QUANTIZE_CHOICES = ("int8",)
 # export.int8_scope=auto: ONNX Runtime is fast only when the whole network is int8 (a float island costs layout
 # transposes), OpenVINO also with float islands (benchmarks/results/inference_formats.md, int8_scope.md)
 INT8_SCOPES = {"auto": None, "branches": "branches", "all": "all"}
-AUTO_SCOPE = {"onnx": "all", "openvino": "branches"}
+AUTO_SCOPE = {"onnx": "branches", "openvino": "branches"}  # measured: benchmarks/results/inference_formats.md
 CKPT_HINT = "a checkpoint written by fit, e.g. outputs/<date>/<time>/checkpoints/best.ckpt"
 
 

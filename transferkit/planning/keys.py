@@ -55,8 +55,8 @@ KEYS: dict[str, str] = {
     "export.max_drop": "INT8: refuse the export when test accuracy drops more than this many points.",
     "export.int8_scope": "INT8: what is quantized. branches: the residual-branch convolutions only (stem, shortcut "
                          "convolutions, additions, pooling and head stay float32: agrees with the checkpoint more "
-                         "often); all: everything the quantizer supports (fastest under ONNX Runtime); auto: all "
-                         "for format=onnx, branches for format=openvino.",
+                         "often); all: everything the quantizer supports (fastest, but flips more near-ties); auto: "
+                         "branches for both formats.",
     "checkpoint.monitor": "The validation metric best.ckpt (and finetune=auto's race) selects on: val/acc | "
                           "val/balanced_acc | val/f1 | val/loss; null: val/balanced_acc when the train split is "
                           "long-tailed (largest/smallest class > 10), else val/acc.",
