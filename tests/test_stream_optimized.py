@@ -74,3 +74,24 @@ def test_fit_streams_an_optimized_store_with_the_folders_split(tmp_path, s3_env,
     assert list(cache.rglob("*.bin")), "chunks are cached under data.stream_cache"
     report = json.loads((tmp_path / "streamed" / "results.json").read_text())
     assert report["metrics"]["test/acc"] in {i / 4 for i in range(5)}  # 4 test images, each counted once
+
+
+@pytest.mark.parametrize(("cache_size", "mapped"), [("1GB", True), ("2KB", False)])
+def test_a_worker_maps_the_chunk_it_shares_only_when_the_cache_keeps_every_chunk(tmp_path, s3_env, cache_size,
+                                                                                 mapped):
+    """LitData reads a chunk that two loader workers share without its memory map, re-reading the whole chunk
+    file for nearly every item (0.3x the local folder with 2 workers); mapped where nothing is ever deleted."""
+    from litdata.utilities.env import _WorkerEnv
+
+    from transferkit.data.streaming.optimized import optimized_sources, read_manifest
+    from transferkit.data.transforms import build_transforms
+
+    optimize(upload_folder(write_class_folder(tmp_path / "images", per_class=8), "mapped", "raw"), "s3://mapped/ready")
+    split = optimized_sources("s3://mapped/ready", read_manifest("s3://mapped/ready"), {}, str(tmp_path / "cache"),
+                              cache_size)["train"]
+    dataset = split.dataset(build_transforms("none", False, 32, (0.5,), (0.5,)), train=True, seed=0)
+    dataset._forced_worker_env = _WorkerEnv(world_size=2, rank=0)  # worker 0 of 2: the one chunk is shared
+    image, label = next(iter(dataset))
+    assert image.shape == (3, 32, 32) and label in (0, 1)
+    assert dataset.worker_chunks == [0]
+    assert (0 in dataset.cache._reader._item_loader._mmap_allowed_chunks) is mapped

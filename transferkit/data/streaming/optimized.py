@@ -102,9 +102,9 @@ class OptimizedSplit:
             return []
         allow_plain_http(self.storage_options)
         options = {"storage_options": dict(self.storage_options)} if is_remote(self.uri) else {}
-        return StreamingDataset(self.uri, cache_dir=self.cache_folder(), shuffle=train, seed=seed,
-                                drop_last=train, max_cache_size=self.cache_size,
-                                transform=DecodeSample(transform, in_chans, background), **options)
+        return mapping_dataset_class()(self.uri, cache_dir=self.cache_folder(), shuffle=train, seed=seed,
+                                       drop_last=train, max_cache_size=self.cache_size,
+                                       transform=DecodeSample(transform, in_chans, background), **options)
 
     def loader(self, dataset, batch_size: int, drop_last: bool, num_workers: int, persistent_workers: bool = False,
                **_):
@@ -114,6 +114,37 @@ class OptimizedSplit:
             return DataLoader([], batch_size=batch_size)
         return resuming_loader_class()(dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
                                    persistent_workers=persistent_workers and num_workers > 0)
+
+
+def keeps_every_chunk(reader) -> bool:
+    """Whether LitData's reader never deletes a chunk of this split: no cache bound, or the whole split fits in
+    it (so neither delete-when-processed nor eviction runs) and the node keeps its shard."""
+    limit, config = getattr(reader, "_max_cache_size", None), getattr(reader, "_config", None)
+    if config is None or getattr(reader, "_keep_node_shard", None) is False:
+        return False
+    return not limit or int(getattr(config, "num_bytes", limit + 1)) <= limit
+
+
+@functools.cache
+def mapping_dataset_class() -> type:
+    """LitData's `StreamingDataset`, reading every chunk of a worker memory-mapped when the cache keeps them all.
+
+    LitData maps only the chunks no other loader worker reads (a co-worker could delete a shared one while it is
+    mapped). A shared chunk is read without the map, and there each item outside the decode window reads the
+    whole chunk file again (64 MB per item, `PyTreeLoader._fill_decode_window_path`): with 2 workers on a warm
+    cache that made streaming 0.3x the local folder (benchmarks/results/stream_speed_workers2.json). Where the
+    split fits the cache nothing is ever deleted, so the shared chunks are mapped too."""
+    from litdata import StreamingDataset  # lazy: the stream extra is optional
+
+    class MappingStreamingDataset(StreamingDataset):
+        def __iter__(self):
+            iterator = super().__iter__()
+            reader = self.cache._reader if self.cache is not None else None
+            if reader is not None and keeps_every_chunk(reader):
+                reader.enable_mmap_for_chunks({int(chunk) for chunk in self.worker_chunks})
+            return iterator
+
+    return MappingStreamingDataset
 
 
 @functools.cache
