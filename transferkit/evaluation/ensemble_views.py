@@ -15,10 +15,10 @@ def eval_workers(requested) -> int:
     return choose_num_workers(requested, on_gpu=torch.cuda.is_available(), cpus=usable_cpus())
 
 
-def views_loader(ensemble, datamodule, batch_size: int, num_workers) -> DataLoader:
-    """The test split (val when there is none, as `test_dataloader`) in each member's preprocessing;
-    `num_workers` as `data.num_workers` spells it."""
-    split = "test" if len(datamodule.sources.get("test", ())) else "val"
+def views_loader(ensemble, datamodule, batch_size: int, num_workers, split: str | None = None) -> DataLoader:
+    """The test split (val when there is none, as `test_dataloader`; or `split`) in each member's
+    preprocessing; `num_workers` as `data.num_workers` spells it."""
+    split = split or ("test" if len(datamodule.sources.get("test", ())) else "val")
     channels, transforms = member_inputs(ensemble)
     dataset = ViewsDataset(datamodule.sources[split], transforms, channels, with_mask=ensemble.segmentation)
     return DataLoader(dataset, batch_size=int(batch_size), shuffle=False, num_workers=eval_workers(num_workers))

@@ -25,7 +25,7 @@ def plan_finetune(spec: RunSpec, datamodule, notes: list[str]) -> tuple[dict, di
     """The `finetune` group to train with, the advice record when `auto` measured the data, and the race."""
     finetune, kind = dict(spec.finetune.options), spec.task.kind
     strategy = finetune.get("strategy")
-    if strategy == AUTO and kind != "classification":
+    if strategy == AUTO and kind not in ("classification", "multilabel"):
         raise ConfigError(f"finetune=auto measures classification data; with task.kind={kind!r} "
                           "choose finetune=freeze|partial|full.")
     if spec.model.weights.kind == "none":
@@ -51,6 +51,12 @@ def plan_finetune(spec: RunSpec, datamodule, notes: list[str]) -> tuple[dict, di
     recorded = recorded_race(spec.outputs.resume)
     if recorded is not None:  # `fit resume=` of a race stopped mid-way: the race it planned, as it was
         advice, race = recorded.get("advice"), plan_from_record(finetune, recorded["plan"])
+    elif kind == "multilabel":  # k-NN similarity and LogME score one label per image: no measurement
+        advice, race = None, plan_race(finetune, None, spec.trainer.max_epochs)
+        note = ("finetune=auto on task=multilabel: the candidates race on val/map; the data is not measured "
+                "(k-NN similarity and LogME score single labels), so scratch is not ruled out")
+        log.info("%s", note)
+        notes.append(note)
     else:
         with preserved_rng():  # measuring must not change training's random stream
             advice = measure_datamodule(spec, datamodule, quick=True).to_dict()

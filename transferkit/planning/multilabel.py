@@ -2,8 +2,9 @@
 
 A manifest with label sets (`path,labels` or one-hot columns) makes the run `task=multilabel`, said in
 the log; `task=multilabel` on data with one label per image is refused. Single-label options are
-refused or switched off in one line each: `finetune=auto` (its race scores single-label accuracy),
-`data.balance=weights|sampler` (BCE's per-class positive weights balance rare labels),
+refused or switched off in one line each: `finetune=auto` with a `checkpoint.monitor` other than val/map
+(its race scores multi-label candidates on val/map), `data.balance=weights|sampler` (BCE's per-class
+positive weights balance rare labels),
 `calibration=temperature` (a softmax temperature; skipped with a log line).
 """
 
@@ -53,14 +54,16 @@ def plan_label_kind(spec: RunSpec, datamodule) -> RunSpec:
 
 def check_multilabel_options(spec: RunSpec) -> None:
     """One-line refusals for single-label options on a multi-label run."""
-    if spec.finetune.strategy == "auto":
-        raise ConfigError("finetune=auto races candidates on single-label accuracy and cannot score a multi-label "
-                          "run yet; choose finetune=freeze|partial|full for task=multilabel.")
+    monitor = spec.callbacks.monitor
+    if spec.finetune.strategy == "auto" and monitor not in (None, "val/map"):
+        raise ConfigError(f"checkpoint.monitor={monitor!r} with finetune=auto: the race scores multi-label "
+                          "candidates on val/map (macro AP over validation images, with a bootstrap SE) and "
+                          "cannot score them on another metric; set checkpoint.monitor=val/map (or null), or "
+                          "choose finetune=freeze|partial|full.")
     balance = str(spec.data.get("balance", "none"))
     if balance in ("weights", "sampler"):
         raise ConfigError(f"data.balance={balance!r} weights single-label classes; task=multilabel already weights "
                           "each class's positives by negatives/positives in BCE. Use data.balance=auto or none.")
-    monitor = spec.callbacks.monitor
     if monitor is not None and monitor not in MULTILABEL_MONITORS:
         raise ConfigError(f"checkpoint.monitor={monitor!r} is not a metric task=multilabel validates; use one of "
                           f"{list(MULTILABEL_MONITORS)} (null: val/map).")

@@ -37,10 +37,14 @@ class EnsembleTask(pl.LightningModule):
         members: loaded tasks (`transferkit.tasks.loading.load_ensemble` checks their class lists).
         tta: `none`, `flip` or `multiscale`, for every member or one per member (`load_ensemble`
             gives `none` to a member a view does not suit: `flip` for one trained without flips).
+        thresholds: multi-label decision thresholds tuned for this ensemble (a `finetune=auto` run's,
+            from `checkpoints/ensemble.json`); None: the members' own, averaged.
     """
 
-    def __init__(self, members: Sequence[nn.Module], tta: str | Sequence[str] = "none") -> None:
+    def __init__(self, members: Sequence[nn.Module], tta: str | Sequence[str] = "none",
+                 thresholds: Sequence[float] | None = None) -> None:
         super().__init__()
+        self.tuned_thresholds = [float(t) for t in thresholds] if thresholds is not None else None
         if not members:
             raise ValueError("an ensemble needs at least one member.")
         self.members = nn.ModuleList(members)
@@ -70,7 +74,10 @@ class EnsembleTask(pl.LightningModule):
 
     @property
     def thresholds(self) -> list[float] | None:
-        """Multi-label: the members' tuned thresholds averaged per class (a member without: 0.5)."""
+        """Multi-label: the ensemble's own tuned thresholds, else the members' averaged per class (a member
+        without: 0.5)."""
+        if self.multilabel and self.tuned_thresholds is not None:
+            return list(self.tuned_thresholds)
         if not self.multilabel or all(m.thresholds is None for m in self.members):
             return None
         rows = [m.thresholds or [0.5] * len(self.class_names) for m in self.members]

@@ -192,7 +192,24 @@ def load_ensemble(value, tta: str = "none", key: str = "ckpt_path"):
     modes = member_tta(check_tta(tta), tasks, paths)
     if len(paths) > 1:
         log.info("Ensemble of %d checkpoints: %s", len(paths), ", ".join(str(p) for p in paths))
-    return EnsembleTask(tasks, modes).eval(), paths
+    return EnsembleTask(tasks, modes, ensemble_thresholds(paths)).eval(), paths
+
+
+def ensemble_thresholds(paths: list[Path]) -> list[float] | None:
+    """A `finetune=auto` multi-label run's ensemble thresholds (tuned on the ensemble's validation
+    probabilities, `ENSEMBLE_FILE`'s `thresholds`), when `paths` are exactly the members it names, in its
+    order; otherwise None (the members' own thresholds, averaged)."""
+    if not paths:
+        return None
+    run_dir = Path(paths[0]).resolve().parent.parent.parent  # <run>/checkpoints/members/<name>.ckpt
+    record = run_dir / ENSEMBLE_FILE
+    if not record.is_file():
+        return None
+    saved = json.loads(record.read_text())
+    members = [(run_dir / p).resolve() for p in saved.get("members", [])]
+    if saved.get("thresholds") is None or members != [Path(p).resolve() for p in paths]:
+        return None
+    return [float(t) for t in saved["thresholds"]]
 
 
 def load_model(paths: list, tta: str = "none"):

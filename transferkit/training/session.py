@@ -215,10 +215,10 @@ def fit_race(spec: RunSpec, datamodule, run_dir: Path) -> tuple[pl.Trainer, obje
     progress = RaceProgress(run_dir, race, spec.finetune.advice, previous)
     winner, entries = run_race(spec, race.candidates, race.rungs, datamodule, run_dir, progress,
                                keep_finishers=race.combine == "ensemble")
-    auto = {**race.to_dict(), "candidates": [e.to_dict() for e in entries], "winner": winner.candidate.name,
-            "seconds": round(sum(e.seconds for e in entries), 2)}
-    if winner.trainer.is_global_zero:
-        log.info("%s", race_table(entries, race.rungs, winner.candidate.name))
+    auto = {**race.to_dict(), "metric": winner.task.monitor, "candidates": [e.to_dict() for e in entries],
+            "winner": winner.candidate.name, "seconds": round(sum(e.seconds for e in entries), 2)}
+    if winner.trainer.is_global_zero:  # the table names the metric the legs were scored on (val/acc, val/map)
+        log.info("%s", race_table(entries, race.rungs, winner.candidate.name, winner.task.monitor))
     cache = {"used": winner.candidate.finetune.get("strategy") == "freeze" and hasattr(winner.data, "store"),
              "requested": None, "reasons": [f"race winner {winner.candidate.name}"]}
     return winner.trainer, winner.task, winner.data, {"auto": auto, "feature_cache": cache,

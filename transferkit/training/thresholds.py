@@ -4,7 +4,10 @@ For each class the threshold with the highest validation F1 (`choose_thresholds`
 distinct probabilities, placed halfway between them; ties go to the higher cut; a class without
 validation positives keeps 0.5). They are stored in best.ckpt and last.ckpt (`runtime.format.THRESHOLDS_KEY`); the weights, AP and
 checkpoint selection never see them. results.json gets `thresholds` and the test split's micro and macro
-F1 at the tuned thresholds (`test/f1_macro`, `test/f1_micro`) beside the same at 0.5 (`..._at_0.5`).
+F1 at the tuned thresholds (`test/f1_macro`, `test/f1_micro`) beside the same at 0.5 (`..._at_0.5`; the
+task's own `test/f1`, the same macro F1 at 0.5, is left out of a fit's metrics so it is reported once).
+An ensemble (`finetune=auto`'s finishers) gets thresholds of its own, tuned on its averaged validation
+probabilities (`tune_ensemble_thresholds`; stored in `checkpoints/ensemble.json`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from transferkit.data.multilabel import multi_hot
+from transferkit.evaluation.ensemble_views import views_loader
 from transferkit.runtime.checkpoint_io import AtomicCheckpointIO
 from transferkit.runtime.format import THRESHOLDS_KEY
 from transferkit.runtime.torch_files import read_torch_file
@@ -68,9 +72,35 @@ def split_probabilities(task, loader, device: torch.device) -> tuple[np.ndarray,
 
 def tune_thresholds(task, data, device: torch.device, has_test: bool) -> dict:
     """Tune on validation, score the test split at the tuned thresholds and at 0.5: results.json's record."""
-    val_probs, val_hot = split_probabilities(task, data.val_dataloader(), device)
+    val = split_probabilities(task, data.val_dataloader(), device)
+    test = split_probabilities(task, data.test_dataloader(), device)
+    return threshold_record(val, test, list(task.class_names), has_test)
+
+
+@torch.inference_mode()
+def ensemble_probabilities(ensemble, datamodule, split: str, batch_size: int, num_workers) -> tuple[np.ndarray, np.ndarray]:
+    """An `EnsembleTask`'s averaged sigmoid probabilities on `split` (each member in its own
+    preprocessing) and the multi-hot targets."""
+    probs, masks = [], []
+    for views, y in views_loader(ensemble.eval(), datamodule, batch_size, num_workers, split=split):
+        probs.append(ensemble.probabilities(views).double().cpu())
+        masks.append(y.cpu())
+    return torch.cat(probs).numpy(), multi_hot(torch.cat(masks).numpy(), len(ensemble.class_names))
+
+
+def tune_ensemble_thresholds(ensemble, datamodule, batch_size: int, num_workers, has_test: bool) -> dict:
+    """`tune_thresholds` for an ensemble (finetune=auto's finishers): the thresholds tuned on the
+    ensemble's own validation probabilities (the members' sigmoids averaged), not the members' own."""
+    val = ensemble_probabilities(ensemble, datamodule, "val", batch_size, num_workers)
+    test = ensemble_probabilities(ensemble, datamodule, "test" if has_test else "val", batch_size, num_workers)
+    return threshold_record(val, test, list(ensemble.class_names), has_test)
+
+
+def threshold_record(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                     class_names: list[str], has_test: bool) -> dict:
+    """The thresholds tuned on (`val` probabilities, multi-hot), and the `test` split's F1 at them and at 0.5."""
+    (val_probs, val_hot), (test_probs, test_hot) = val, test
     thresholds = choose_thresholds(val_probs, val_hot)
-    test_probs, test_hot = split_probabilities(task, data.test_dataloader(), device)
     macro, micro = f1_scores(test_probs, test_hot, thresholds)
     macro_half, micro_half = f1_scores(test_probs, test_hot, [DEFAULT_THRESHOLD] * len(thresholds))
     split = "test" if has_test else "val"
@@ -79,7 +109,7 @@ def tune_thresholds(task, data, device: torch.device, has_test: bool) -> dict:
     metrics = {"test/f1_macro": macro, "test/f1_micro": micro,
                "test/f1_macro_at_0.5": macro_half, "test/f1_micro_at_0.5": micro_half}
     return {"tuned_on": "val", "val_images": len(val_probs), "tested_on": split,
-            "thresholds": dict(zip(task.class_names, [round(t, 6) for t in thresholds])),
+            "thresholds": dict(zip(class_names, [round(t, 6) for t in thresholds])),
             "values": thresholds, "metrics": metrics}
 
 
@@ -108,6 +138,7 @@ def record_thresholds(record: dict | None, results: dict) -> None:
     if record is None:
         return
     results["metrics"].update(record.pop("metrics"))
+    results["metrics"].pop("test/f1", None)  # the task's macro F1 at 0.5: test/f1_macro_at_0.5 says which
     values = record.pop("values")
     record["checkpoints"] = store_thresholds([results.get("best_checkpoint"), results.get("last_checkpoint")], values)
     results["thresholds"] = record

@@ -25,7 +25,8 @@ def race_section(auto: dict) -> str:
     verdicts = "".join(f"<p>{'The choice at the end' if end == ends[-1] else 'Cut'} (epoch {end}):</p><ul>"
                        + "".join(f"<li>{escape(w)}</li>" for w in whys) + "</ul>" for end, whys in sorted(cuts.items()))
     rule = escape(str(auto.get("rule") or "the highest validation score survives; an exact tie goes to the cheaper plan"))
-    return (f"<h3>The race</h3><p>Score: the run's validation metric ± bootstrap SE over validation images. "
+    metric = escape(str(auto.get("metric") or "the run's validation metric"))  # val/acc, val/map, ...
+    return (f"<h3>The race</h3><p>Score: {metric} ± bootstrap SE over validation images. "
             f"Rule: {rule}. Worst-case cost bound: {auto.get('cost_bound')}× trainer.max_epochs.</p>"
             f"<table><tr>{head}</tr>{''.join(rows)}</table>{verdicts}")
 

@@ -20,15 +20,17 @@ them; `ckpt_path=<run dir>` in `test`, `predict` and `serve` loads the ensemble
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
 
 from transferkit.planning.spec import RunSpec
-from transferkit.tasks.loading import ENSEMBLE_FILE, load_task
+from transferkit.tasks.loading import ENSEMBLE_FILE, load_ensemble, load_task
 from transferkit.training.calibrate import calibrate_members
 from transferkit.training.evaluate import test_ensemble
 from transferkit.training.rundir import write_json
+from transferkit.training.thresholds import tune_ensemble_thresholds
 
 log = logging.getLogger("transferkit")
 
@@ -112,17 +114,39 @@ def finish_ensemble(spec: RunSpec, trainer, datamodule, run_dir: Path, results: 
         update["calibration"] = calibrate_members(tasks, names, paths, datamodule, trainer.strategy.root_device,
                                                   has_test)
         del tasks
+    if spec.task.kind == "multilabel" and trainer.is_global_zero:  # no temperature: its own thresholds
+        update["thresholds"] = ensemble_thresholds(spec, paths, datamodule, run_dir, has_test,
+                                                   trainer.strategy.root_device)
     trainer.strategy.barrier()
     tested = test_ensemble(spec, paths, datamodule, run_dir)
     metrics = {k: v for k, v in results["metrics"].items() if not k.startswith("test/")}
     metrics.update(tested)
-    if "calibration" in update:
-        metrics.update(update["calibration"].pop("metrics"))
+    for record in ("calibration", "thresholds"):
+        if record in update:
+            metrics.update(update[record].pop("metrics"))
+    if "thresholds" in update:
+        metrics.pop("test/f1", None)  # the same macro F1 at 0.5 as test/f1_macro_at_0.5
     winner_metrics = {k: v for k, v in results["metrics"].items() if k.startswith("test/")}
-    log.info("finetune.combine=ensemble: the run's model averages %s; test/acc %.4f (the winner %s alone: %.4f)",
-             ", ".join(names), metrics.get("test/acc", float("nan")), auto["winner"],
-             winner_metrics.get("test/acc", float("nan")))
+    headline = "test/map" if spec.task.kind == "multilabel" else "test/acc"
+    log.info("finetune.combine=ensemble: the run's model averages %s; %s %.4f (the winner %s alone: %.4f)",
+             ", ".join(names), headline, metrics.get(headline, float("nan")), auto["winner"],
+             winner_metrics.get(headline, float("nan")))
+    winner_thresholds = {"winner_thresholds": results["thresholds"]} if results.get("thresholds") else {}
     return {**update, "metrics": metrics,
             "ensemble": {"members": [str(p) for p in paths], "names": names},
-            "auto": {**auto, "combine": "ensemble", "ensemble": names, "winner_metrics": winner_metrics}}
+            "auto": {**auto, "combine": "ensemble", "ensemble": names, "winner_metrics": winner_metrics,
+                     **winner_thresholds}}
+
+
+def ensemble_thresholds(spec: RunSpec, paths: list[Path], datamodule, run_dir: Path, has_test: bool,
+                        device) -> dict:
+    """Rank 0, multi-label: the ensemble's per-class thresholds, tuned (max F1) on its own averaged
+    validation probabilities as a single run's are on its own, written into `checkpoints/ensemble.json`
+    (`thresholds`, read by `load_ensemble` for `ckpt_path=<run dir>`). Returns results.json's record."""
+    ensemble, _ = load_ensemble(paths)
+    record = tune_ensemble_thresholds(ensemble.to(device), datamodule, spec.data.batch_size,
+                                      spec.data.get("num_workers", 0), has_test)
+    saved = json.loads((run_dir / ENSEMBLE_FILE).read_text())
+    write_json({**saved, "thresholds": [float(t) for t in record.pop("values")]}, run_dir / ENSEMBLE_FILE)
+    return {**record, "tuned_for": "ensemble", "checkpoints": [str(run_dir / ENSEMBLE_FILE)]}
 

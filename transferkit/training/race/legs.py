@@ -32,7 +32,7 @@ from transferkit.runtime.rng_state import capture_global_rng, restore_global_rng
 from transferkit.training.metrics_files import join_metrics, read_rows, set_aside_metrics
 from transferkit.planning.spec import RunSpec
 from transferkit.training.race.rules import (SCORED_EVALUATIONS, Candidate, Entry, Rung, Score, Verdict,
-                                             choose_survivors, score_accuracies, score_outputs)
+                                             choose_survivors, output_size, score_accuracies, score_outputs)
 from transferkit.tasks.linear_probe import LinearProbeCallback, probe_report
 from transferkit.data.feature_store import FeatureDataset
 from transferkit.data.transforms import PER_IMAGE_STANDARDISED
@@ -95,7 +95,7 @@ def start_leg(spec: RunSpec, candidate: Candidate, datamodule, run_dir: Path,
     if candidate.augment is not None and getattr(datamodule, "augment", None) != candidate.augment:
         data = copy.copy(datamodule)  # same sources and splits, the candidate's augmentation
         data.augment = candidate.augment
-    if leg_spec.finetune.strategy == "freeze" and leg_spec.task.kind == "classification":
+    if leg_spec.finetune.strategy == "freeze" and leg_spec.task.kind in ("classification", "multilabel"):
         data = build_feature_cache(leg_spec, data, task, directory)
     entry = Entry(candidate.name, leg_spec.finetune.strategy)
     return Leg(candidate, leg_spec, task, data, directory, entry, ValidationRecorder(), weights_report=report)
@@ -173,7 +173,10 @@ def train_leg(leg: Leg, rung: Rung, shared: SharedProbe | None = None) -> None:
         raise ValueError("a race leg produced no validation loss (is the val split empty?)")
     record = {"epochs": rung.end, "val_loss": recorder.losses[-1], "val_acc": recorder.accs[-1],
               "outputs": recorder.outputs[-SCORED_EVALUATIONS:], "accs": recorder.accs[-SCORED_EVALUATIONS:]}
-    score = entry_score(record, leg.task.monitor, len(record["outputs"][-1]["label"]) if record["outputs"] else 0)
+    if recorder.maps:  # multi-label: val/map names what it is scored on (val/acc does not exist)
+        record = {k: v for k, v in record.items() if k not in ("val_acc", "accs")} | {
+            "val_map": recorder.maps[-1], "maps": recorder.maps[-SCORED_EVALUATIONS:]}
+    score = entry_score(record, leg.task.monitor, output_size(record["outputs"][-1]) if record["outputs"] else 0)
     leg.entry.rungs.append({**record, "score": round(score.value, 4), "se": round(score.se, 4)})
 
 

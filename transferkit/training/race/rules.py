@@ -44,6 +44,7 @@ def balanced_accuracy(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "val/acc": accuracy, "val/balanced_acc": balanced_accuracy}
+MULTILABEL_METRICS = ("val/map",)  # scored from per-class probabilities (`score_multilabel`)
 
 
 def metric_of(monitor: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -51,6 +52,59 @@ def metric_of(monitor: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         raise ValueError(f"finetune=auto ranks on the run's monitor {monitor!r}, which the race cannot score "
                          f"from predictions; it knows {sorted(METRICS)}.")
     return METRICS[monitor]
+
+
+def average_precision(scores: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """One class's average precision for each row of `weights` ([draws, n]: how many times each image is
+    in the sample; a bootstrap resample repeats some and leaves others out).
+
+    The definition of torchmetrics' and scikit-learn's (`val/map`): precision and recall at every
+    distinct score, AP = sum over thresholds, highest first, of (R_k - R_{k-1}) * P_k. Tied scores are one
+    threshold, so an image drawn twice counts twice at its own score, exactly as a duplicated row would.
+    A sample without positives scores 0, as torchmetrics' `val/map` scores such a class."""
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], truth[order].astype(np.float64)
+    last = np.r_[ranked[1:] != ranked[:-1], True]  # the last image of each tie group: one threshold
+    w = weights[:, order]
+    tp, fp = np.cumsum(w * hits, axis=1)[:, last], np.cumsum(w * (1.0 - hits), axis=1)[:, last]
+    positives = tp[:, -1:]
+    recall = tp / np.maximum(positives, 1e-300)
+    precision = tp / np.maximum(tp + fp, 1e-300)  # where nothing is predicted yet, recall does not move
+    gain = np.diff(np.concatenate([np.zeros_like(recall[:, :1]), recall], axis=1), axis=1)
+    return np.where(positives[:, 0] > 0, (gain * precision).sum(axis=1), 0.0)
+
+
+def mean_average_precision(probs: np.ndarray, hot: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Macro AP (`val/map`) of `probs` [n, C] against the multi-hot `hot` [n, C], per row of `weights`."""
+    return np.mean([average_precision(probs[:, c], hot[:, c], weights) for c in range(probs.shape[1])], axis=0)
+
+
+def resample_counts(n_images: int, draws: int = BOOTSTRAP_DRAWS, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """`bootstrap_indices` as multiplicities: [draws, n_images], how often each image is drawn."""
+    index = bootstrap_indices(n_images, draws, seed)
+    offsets = index + n_images * np.arange(draws)[:, None]
+    return np.bincount(offsets.ravel(), minlength=draws * n_images).reshape(draws, n_images).astype(np.float64)
+
+
+def score_multilabel(used: list[dict], monitor: str = "val/map", draws: int = BOOTSTRAP_DRAWS) -> Score:
+    """A multi-label leg's score: the macro AP of each scored validation's per-class sigmoid scores
+    (`{"prob": [[...]], "target": [[0/1]]}`), averaged over them, with the same bootstrap resamples of the
+    validation images as every candidate (so the difference of two candidates has a paired SE)."""
+    if monitor not in MULTILABEL_METRICS:
+        raise ValueError(f"finetune=auto ranks a multi-label run on {list(MULTILABEL_METRICS)}, not {monitor!r}.")
+    hot = np.asarray(used[-1]["target"], dtype=np.float64)
+    counts = resample_counts(len(hot), draws)
+    value, replicates = 0.0, np.zeros(draws)
+    for output in used:
+        probs = np.asarray(output["prob"], dtype=np.float64)
+        value += float(mean_average_precision(probs, hot, np.ones((1, len(hot))))[0]) / len(used)
+        replicates += mean_average_precision(probs, hot, counts) / len(used)
+    return Score(value, replicates)
+
+
+def output_size(output: dict) -> int:
+    """How many validation images one recorded validation holds (single- or multi-label)."""
+    return len(output["target"] if "target" in output else output["label"])
 
 
 @dataclass(frozen=True)
@@ -79,10 +133,13 @@ def bootstrap_indices(n_images: int, draws: int = BOOTSTRAP_DRAWS, seed: int = B
 
 def score_outputs(outputs: list[dict], monitor: str = "val/acc", draws: int = BOOTSTRAP_DRAWS) -> Score:
     """The score of a leg from its last `SCORED_EVALUATIONS` validations' predictions
-    (`ValidationRecorder.outputs`: {"pred": [...], "label": [...]} each, the same images in order)."""
+    (`ValidationRecorder.outputs`: {"pred": [...], "label": [...]} each, the same images in order; a
+    multi-label leg's {"prob": [[...]], "target": [[...]]}: `score_multilabel`)."""
     if not outputs:
         raise ValueError("a race leg produced no validation predictions (is the val split empty?)")
     used = outputs[-SCORED_EVALUATIONS:]
+    if "prob" in used[-1]:  # a multi-label leg: per-class probabilities and multi-hot targets
+        return score_multilabel(used, monitor, draws)
     label = np.asarray(used[-1]["label"])
     preds = np.stack([np.asarray(o["pred"]) for o in used])  # [evaluations, n_images]
     metric = metric_of(monitor)

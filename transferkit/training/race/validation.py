@@ -14,27 +14,35 @@ class ValidationRecorder(pl.Callback):
     validation image in its last `keep_outputs` validations (the race scores legs on them).
 
     The predictions are the head's raw argmax, read by a forward hook on `pl_module.head` while it
-    validates: nothing is computed twice and nothing is calibrated. Under DDP each rank's images are
-    gathered, so every rank scores the same images. A task without a `head` records no outputs (the
-    race then falls back to the accuracies)."""
+    validates: nothing is computed twice and nothing is calibrated. A multi-label task (`kind`
+    multilabel) keeps instead each image's per-class sigmoid scores at full float precision and its
+    multi-hot target (`{"prob": [[...]], "target": [[0/1]]}`), and its `val/map` per validation
+    (`maps`). Under DDP each rank's images are gathered, so every rank scores the same images. A task
+    without a `head` records no outputs (the race then falls back to the accuracies)."""
 
     def __init__(self, keep_outputs: int | None = 2) -> None:
         self.losses: list[float] = []
         self.accs: list[float] = []
-        self.outputs: list[dict[str, list[int]]] = []  # per validation: {"pred": [...], "label": [...]}
+        self.maps: list[float] = []  # multi-label: val/map per validation
+        self.outputs: list[dict[str, list]] = []  # per validation: {"pred": [...], "label": [...]}
         self.keep_outputs = keep_outputs
         self._batch: list[torch.Tensor] = []
         self._epoch: dict[str, list[torch.Tensor]] = {"pred": [], "label": []}
         self._hook = None
+        self._multilabel = False
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch = {"pred": [], "label": []}
+        self._multilabel = getattr(pl_module, "kind", "") == "multilabel"
+        self._epoch = {"prob": [], "target": []} if self._multilabel else {"pred": [], "label": []}
         head = getattr(pl_module, "head", None)
         if not trainer.sanity_checking and isinstance(head, torch.nn.Module):
             self._hook = head.register_forward_hook(lambda _m, _i, out: self._batch.append(out.detach()))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self._hook is not None and self._batch:
+        if self._hook is not None and self._batch and self._multilabel:
+            self._epoch["prob"].append(torch.sigmoid(self._batch[-1].float()).cpu())
+            self._epoch["target"].append(pl_module.targets(batch[1].detach()).to(torch.int64).cpu())
+        elif self._hook is not None and self._batch:
             self._epoch["pred"].append(self._batch[-1].argmax(dim=-1).cpu())
             self._epoch["label"].append(batch[1].detach().cpu())
         self._batch = []
@@ -48,7 +56,9 @@ class ValidationRecorder(pl.Callback):
         metrics = trainer.callback_metrics
         self.losses.append(float(metrics["val/loss"]))
         self.accs.append(float(metrics.get("val/acc", float("nan"))))
-        if hooked is not None and self._epoch["pred"]:
+        if self._multilabel:
+            self.maps.append(float(metrics.get("val/map", float("nan"))))
+        if hooked is not None and next(iter(self._epoch.values())):
             record = {k: torch.cat(v).tolist() for k, v in self._epoch.items()}
             self.outputs.append(gathered(trainer, record))
             if self.keep_outputs is not None:
@@ -56,14 +66,16 @@ class ValidationRecorder(pl.Callback):
 
     # Saved in the candidate's checkpoints, so a leg resumed in a later session scores the same.
     def state_dict(self) -> dict:
-        return {"losses": list(self.losses), "accs": list(self.accs), "outputs": list(self.outputs)}
+        state = {"losses": list(self.losses), "accs": list(self.accs), "outputs": list(self.outputs)}
+        return {**state, "maps": list(self.maps)} if self.maps else state  # single-label: as before
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.losses, self.accs = list(state_dict["losses"]), list(state_dict["accs"])
         self.outputs = list(state_dict.get("outputs", []))
+        self.maps = list(state_dict.get("maps", []))
 
 
-def gathered(trainer: pl.Trainer, record: dict[str, list[int]]) -> dict[str, list[int]]:
+def gathered(trainer: pl.Trainer, record: dict[str, list]) -> dict[str, list]:
     """Every rank's validation predictions, in rank order (one process: as they are)."""
     if trainer.world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return record
