@@ -78,7 +78,7 @@ def test_missing_credentials_are_named_before_training(tmp_path, s3_endpoint):
 
 
 def test_an_image_gone_or_damaged_after_the_listing_is_skipped_and_recorded(tmp_path, s3_env):
-    from transferkit.data.streaming.remote_source import RemoteFileSource
+    from transferkit.data.sources import FileSource
     from transferkit.data.vanished import SkipLog, SkippedImage
 
     _, uri = local_and_remote(tmp_path, "vanish", per_class=3)
@@ -86,7 +86,7 @@ def test_an_image_gone_or_damaged_after_the_listing_is_skipped_and_recorded(tmp_
     scan = scan_remote_folder(store, val_fraction=0.0, test_fraction=0.0)
     items = scan.splits["train"]
     skips = SkipLog.create(max_bad_fraction=0.5, total=len(items), skipped_at_scan=0)
-    source = RemoteFileSource(items, store, skips=skips)
+    source = FileSource(items, skips=skips, store=store)
     gone, damaged = store.uri_of(items[0][0]), store.uri_of(items[2][0])
     delete_object(gone)
     put_object(damaged, b"\x89PNG half a file")

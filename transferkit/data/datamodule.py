@@ -42,7 +42,6 @@ from transferkit.data.device_decode import DeviceDecodeLoader
 from transferkit.data.streaming.optimized import (IndexedStream, OptimizedSplit, StreamPosition, optimized_sources,
                                                   read_manifest)
 from transferkit.data.streaming.remote_scan import scan_remote_folder
-from transferkit.data.streaming.remote_source import RemoteFileSource
 from transferkit.data.streaming.store import ObjectStore, is_remote
 
 if TYPE_CHECKING:
@@ -192,9 +191,8 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _file_source(self, items: list[tuple[Path, int]]) -> Dataset:
         if self.decode == "gpu":
             return EncodedImages(items, skips=self.skip_log)
-        source = (FileSource(items, in_chans=self.in_chans, background=self.background, skips=self.skip_log)
-                  if self.object_store is None else
-                  RemoteFileSource(items, self.object_store, self.in_chans, self.background, self.skip_log))
+        source = FileSource(items, in_chans=self.in_chans, background=self.background, skips=self.skip_log,
+                            store=self.object_store)  # data.root=s3://...: objects, fetched lazily
         if not self.cache or not items:
             return source
 

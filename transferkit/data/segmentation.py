@@ -1,6 +1,6 @@
 """Segmentation data: image/mask folders matched by file stem, or the embedded scenes; joint transforms.
 
-Layouts under ``data.root``:
+Layouts under ``data.root`` (a local folder, or ``s3://...`` streamed raw): see `segmentation_scan.py`:
 
 * ``<root>/images/*`` + ``<root>/masks/*`` (split with ``data.val_fraction`` / ``data.test_fraction``
   from ``seed``), or
@@ -14,149 +14,64 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import albumentations as A
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from transferkit.data.decode import IMAGE_EXTENSIONS, UnreadableImageError, displayed_size, load_image
+from transferkit.data.decode import UnreadableImageError, load_image
 from transferkit.data.embedded import embedded_spec
 from transferkit.data.eval_sampler import eval_sampler
 from transferkit.data.masks import load_mask
-from transferkit.data.sources import match_image_channels
+from transferkit.data.segmentation_scan import Pair, scan_segmentation_folder
+from transferkit.data.sources import match_image_channels, open_item
 from transferkit.data.vanished import SkipLog, SkippedImage, SkipsUnreadable, collate_readable
 from transferkit.data.transforms import TRAIN_PIPELINES, build_transforms
 from transferkit.errors import lookup
 from transferkit.data.loader_settings import check_drop_last
 from transferkit.data.embedded.scenes import SCENE_CLASSES
 from transferkit.data.loader_settings import drops_last, loader_settings
+from transferkit.data.streaming.optimized import read_manifest
+from transferkit.data.streaming.remote_segmentation import scan_remote_segmentation
+from transferkit.data.streaming.store import ObjectStore, is_remote
 
 log = logging.getLogger(__name__)
 
-Pair = tuple[Path, Path]
 SPLITS = ("train", "val", "test")
 
 
-def list_images(folder: Path) -> dict[str, Path]:
-    """``stem -> path`` for the image files directly in ``folder``; two files per stem raise."""
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
-            if path.stem in found:
-                raise ValueError(
-                    f"{str(found[path.stem])!r} and {str(path)!r} share the stem {path.stem!r}; "
-                    "images and masks are matched by stem, so rename or remove one."
-                )
-            found[path.stem] = path
-    return found
-
-
-def pair_folder(folder: Path) -> list[Pair]:
-    """Match ``folder/images/*`` with ``folder/masks/*`` by stem; a missing mask raises naming it."""
-    images, masks = list_images(folder / "images"), list_images(folder / "masks")
-    missing = [images[s] for s in images if s not in masks]
-    if missing:
-        raise FileNotFoundError(
-            f"no mask for image {str(missing[0])!r} ({len(missing)} image(s) without one); expected "
-            f"{str(folder / 'masks' / (missing[0].stem + '.png'))!r}. Add the mask or remove the image."
-        )
-    orphans = sorted(set(masks) - set(images))
-    if orphans:
-        log.warning("%d mask(s) in %s have no image and are ignored, e.g. %s",
-                    len(orphans), folder / "masks", masks[orphans[0]].name)
-    if not images:
-        raise FileNotFoundError(f"{str(folder / 'images')!r} holds no images.")
-    return [(images[s], masks[s]) for s in sorted(images)]
-
-
-def check_pair_sizes(pairs: Sequence[Pair]) -> None:
-    """Raise naming both files when a mask's size differs from its image's.
-
-    Sizes are as decoded (``decode.displayed_size``): EXIF orientation applied, so a phone photo
-    stored 64x48 but displayed 48x64 pairs with a mask drawn on the displayed image.
-    """
-    for image_path, mask_path in pairs:
-        with Image.open(image_path) as image, Image.open(mask_path) as mask:
-            image_size, mask_size = displayed_size(image), displayed_size(mask)
-            turned = " once its EXIF orientation is applied" if image_size != image.size else ""
-            if image_size != mask_size:
-                raise ValueError(
-                    f"mask {str(mask_path)!r} is {mask_size[0]}x{mask_size[1]} but its image "
-                    f"{str(image_path)!r} is {image_size[0]}x{image_size[1]}{turned} (width x height); "
-                    "masks must have their image's size as displayed."
-                )
-
-
-def split_pairs(pairs: Sequence[Pair], val_fraction: float, test_fraction: float,
-                seed: int) -> dict[str, list[Pair]]:
-    """Seeded random train/val/test split; val and test get at least one pair when asked for."""
-    for key, value in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{key}={value!r} is out of range; use a fraction in [0, 1).")
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    n_val = max(1, round(val_fraction * len(pairs))) if val_fraction else 0
-    n_test = max(1, round(test_fraction * len(pairs))) if test_fraction else 0
-    if n_val + n_test >= len(pairs):
-        raise ValueError(
-            f"{len(pairs)} images cannot give data.val_fraction={val_fraction!r} and "
-            f"data.test_fraction={test_fraction!r} and still leave training images; add images."
-        )
-    chosen = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
-    return {split: [pairs[i] for i in sorted(idx)] for split, idx in chosen.items()}
-
-
-def scan_segmentation_folder(root: Path | str, val_fraction: float = 0.15,
-                             test_fraction: float = 0.15, seed: int = 0) -> dict[str, list[Pair]]:
-    """Find image/mask pairs under ``root`` and split them (see the module docstring)."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"data.root={str(root)!r} is not a folder.")
-    if (root / "images").is_dir():
-        pairs = pair_folder(root)
-        check_pair_sizes(pairs)
-        return split_pairs(pairs, val_fraction, test_fraction, seed)
-    if (root / "train" / "images").is_dir():
-        splits = {s: pair_folder(root / s) for s in SPLITS if (root / s / "images").is_dir()}
-        if "val" not in splits:
-            rest = split_pairs(splits["train"], val_fraction or 0.15, 0.0, seed)
-            splits["train"], splits["val"] = rest["train"], rest["val"]
-        for pairs in splits.values():
-            check_pair_sizes(pairs)
-        return {s: splits.get(s, []) for s in SPLITS}
-    raise FileNotFoundError(
-        f"data.root={str(root)!r} has neither images/ and masks/ nor train/images/ and train/masks/. "
-        "Put images in <root>/images and masks with the same file stems in <root>/masks."
-    )
-
-
 class MaskFileSource(Dataset):
-    """``(uint8 H x W x C image, int64 H x W mask)`` pairs read from disk. With `skips`, a pair whose image or
-    mask became unreadable since the scan is recorded there and raised as `SkippedImage` (data.vanished)."""
+    """``(uint8 H x W x C image, int64 H x W mask)`` pairs read from disk, or with `store` from an object store
+    (`data.root=s3://...`, fetched lazily). With `skips`, a pair whose image or mask became unreadable since the
+    scan is recorded there (an object by its URI) and raised as `SkippedImage` (data.vanished)."""
 
     def __init__(self, pairs: Sequence[Pair], num_classes: int, ignore_index: int = 255,
-                 mask_palette: Mapping | None = None, in_chans: int = 3, skips: SkipLog | None = None) -> None:
+                 mask_palette: Mapping | None = None, in_chans: int = 3, skips: SkipLog | None = None,
+                 store: ObjectStore | None = None) -> None:
         self.pairs = list(pairs)
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.mask_palette, self.in_chans = mask_palette, in_chans
-        self.skips = skips
+        self.skips, self.store = skips, store
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.pairs[index]
+        reading = image_path
         try:
-            image = load_image(image_path, in_chans=self.in_chans)
-            mask = load_mask(mask_path, self.num_classes, self.ignore_index, self.mask_palette)
+            image = load_image(open_item(image_path, self.store), in_chans=self.in_chans)
+            reading = mask_path
+            mask = load_mask(open_item(mask_path, self.store), self.num_classes, self.ignore_index,
+                             self.mask_palette)
         except UnreadableImageError as err:
             if self.skips is None:
                 raise
-            self.skips.record(err.path, err.reason)
-            raise SkippedImage(err.path, err.reason) from err
+            where = err.path if self.store is None else self.store.uri_of(reading)
+            self.skips.record(where, err.reason)
+            raise SkippedImage(where, err.reason) from err
         if image.shape[:2] != mask.shape:
             raise ValueError(f"mask {str(mask_path)!r} has shape {mask.shape} but its image "
                              f"{str(image_path)!r} is {image.shape[:2]}; masks must match their image.")
@@ -195,8 +110,10 @@ class SegmentationDataModule(pl.LightningDataModule):
                  seed: int = 0, in_chans: int = 3, mean: Sequence[float] = (0.5, 0.5, 0.5),
                  std: Sequence[float] = (0.5, 0.5, 0.5), augment: str = "light",
                  interpolation: str = "bilinear", drop_last: bool | str = "auto",
-                 max_bad_fraction: float = 0.05) -> None:
+                 max_bad_fraction: float = 0.05, storage_options: dict | None = None) -> None:
         super().__init__()
+        # data.root=s3://...: an object store, listed at scan and read lazily (raw; data/streaming)
+        self.object_store = ObjectStore(str(root), dict(storage_options or {})) if is_remote(root) else None
         self.max_bad_fraction = max_bad_fraction
         self.skip_log: SkipLog | None = None  # pairs that become unreadable during the run (data.vanished)
 
@@ -246,12 +163,22 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.root is None:
             self._load_embedded()
         else:
-            splits = scan_segmentation_folder(self.root, self.val_fraction, self.test_fraction, self.seed)
+            splits = self._scan_folder()
             self.skip_log = SkipLog.create(self.max_bad_fraction, sum(len(p) for p in splits.values()), 0)
             self.sources = {s: MaskFileSource(p, self.num_classes, self.ignore_index, self.mask_palette,
-                                              self.in_chans, self.skip_log) for s, p in splits.items()}
+                                              self.in_chans, self.skip_log, self.object_store)
+                            for s, p in splits.items()}
             self.split_record = {s: [[str(i), str(m)] for i, m in p] for s, p in splits.items()}
         log.info("Data: %s, %d classes, sizes %s", self.describe(), self.num_classes, self.sizes())
+
+    def _scan_folder(self) -> dict[str, list]:
+        options = self.object_store.options if self.object_store is not None else None
+        if read_manifest(str(self.root), options) is not None:
+            raise ValueError(f"data.root={self.root!r} is an optimized classification data set (`optimize`); "
+                             "segmentation streams raw only: point data.root at the folder of images/ and masks/.")
+        if self.object_store is not None:
+            return scan_remote_segmentation(self.object_store, self.val_fraction, self.test_fraction, self.seed)
+        return scan_segmentation_folder(self.root, self.val_fraction, self.test_fraction, self.seed)
 
     def _load_embedded(self) -> None:
         data = embedded_spec(self.embedded, "segmentation").load(

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from transferkit.data.decode import UnreadableImageError, load_image
+from transferkit.data.streaming.store import NamedBytes, ObjectStore
 from transferkit.data.vanished import SkipLog, SkippedImage, SkipsUnreadable
 
 
@@ -28,15 +29,19 @@ def match_image_channels(image: np.ndarray, in_chans: int) -> np.ndarray:
 
 
 class FileSource(Dataset):
-    """Images read from disk through the one decode path (`data.decode.load_image`). With `skips`, a file
-    that became unreadable since the scan is recorded there and raised as `SkippedImage` (data.vanished)."""
+    """Images read through the one decode path (`data.decode.load_image`): files on disk, or with `store` the
+    objects of an object store (`data.root=s3://...`; `items` are then `bucket/prefix/...` paths, fetched lazily).
+    With `skips`, a file or object that became unreadable since the scan is recorded there (an object by its URI)
+    and raised as `SkippedImage` (data.vanished); a store that stays unreachable stops the run, naming it."""
 
     def __init__(self, items: Sequence[tuple[Path, int]], in_chans: int = 3,
-                 background: tuple[int, int, int] = (255, 255, 255), skips: SkipLog | None = None) -> None:
+                 background: tuple[int, int, int] = (255, 255, 255), skips: SkipLog | None = None,
+                 store: ObjectStore | None = None) -> None:
         self.items = list(items)
         self.in_chans = in_chans
         self.background = tuple(background)
         self.skips = skips
+        self.store = store
 
     def __len__(self) -> int:
         return len(self.items)
@@ -44,12 +49,18 @@ class FileSource(Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         path, label = self.items[index]
         try:
-            return load_image(path, in_chans=self.in_chans, background=self.background), label
+            return load_image(open_item(path, self.store), in_chans=self.in_chans, background=self.background), label
         except UnreadableImageError as err:
             if self.skips is None:
                 raise
-            self.skips.record(path, err.reason)
-            raise SkippedImage(path, err.reason) from err
+            where = path if self.store is None else self.store.uri_of(path)
+            self.skips.record(where, err.reason)
+            raise SkippedImage(where, err.reason) from err
+
+
+def open_item(path: Path, store: ObjectStore | None) -> Path | NamedBytes:
+    """What the decode path opens for `path`: the file itself, or the object's bytes named by its URI."""
+    return path if store is None else store.open_file(path)
 
 
 class ArraySource(Dataset):
@@ -168,7 +179,8 @@ def subset_source(source: Dataset, indices: Sequence[int], labels: np.ndarray) -
     if isinstance(source, ArraySource):
         return ArraySource(source.images[indices], source.labels[indices], in_chans=source.in_chans)
     if isinstance(source, FileSource):
-        return FileSource([source.items[i] for i in indices], source.in_chans, source.background, source.skips)
+        return FileSource([source.items[i] for i in indices], source.in_chans, source.background, source.skips,
+                          source.store)
     return SubsetSource(source, indices, labels[indices])
 
 

@@ -7,6 +7,7 @@ store is checked once, before training: missing extra, credentials or bucket eac
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import time
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from transferkit.data.decode import UnreadableImageError
 from transferkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,17 @@ BACKOFF_S = 0.5
 
 class StoreUnreachableError(ConnectionError):
     """Reading the object store kept failing after the retries; the message names the URI."""
+
+
+class NamedBytes(io.BytesIO):
+    """An object's bytes as an open file named by its URI (what decode errors and skip records show)."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
 
 
 def is_remote(root: str | os.PathLike | None) -> bool:
@@ -105,6 +118,19 @@ class ObjectStore:
                 log.warning("Reading %s failed (%s); retrying.", self.uri_of(path), err)
                 time.sleep(BACKOFF_S * 2 ** attempt)
         raise AssertionError("unreachable")
+
+    def open_file(self, path: str | PurePosixPath) -> NamedBytes:
+        """An object as the file the one decode path opens (`load_image`, `load_mask`).
+
+        Raises:
+            UnreadableImageError: the object is gone ("object not found").
+            StoreUnreachableError: the store kept failing.
+        """
+        uri = self.uri_of(path)
+        try:
+            return NamedBytes(self.read_bytes(path), uri)
+        except FileNotFoundError as err:
+            raise UnreadableImageError(uri, "object not found") from err
 
 
 def open_filesystem(scheme: str, options: dict, key: str, uri: str):
