@@ -15,15 +15,19 @@ Per seed, through the public CLI on CPU:
     python -m transferkit predict ckpt_path=<run>/checkpoints/best.ckpt input=<set>/test
 
 Rows: `lbfgs` (the recipe as shipped: frozen backbone, one-vs-rest heads solved by L-BFGS), `sgd`
-(`finetune.head_solver=sgd`: 15 epochs of BCE with per-class positive weights on cached features) and
-`lbfgs-unweighted` (`task=multilabel task.pos_weight=none`: plain BCE, no positive weights).
+(`finetune.head_solver=sgd`: 15 epochs of BCE with per-class positive weights on cached features),
+`lbfgs-unweighted` (`task=multilabel task.pos_weight=none`: plain BCE, no positive weights) and `auto`
+(`finetune=auto`: the race of freeze, full-llrd and scratch scored on val/map; the run's model is the
+ensemble of the finishers within 2 paired SE of the winner, with its own thresholds; predicted with
+`ckpt_path=<run dir>`, which loads that ensemble).
 Checked per run, from the files a user gets: results.json's `test/map` equals scikit-learn's
 `average_precision_score(average="macro")` on predictions.csv's `p_<class>` columns (4 decimals), and
 test macro F1 at the thresholds tuned on val (predictions.csv's `labels`) against F1 at 0.5.
 
-    python benchmarks/multilabel.py [--seeds 0 1 2] [--rows lbfgs sgd]
+    python benchmarks/multilabel.py [--seeds 0 1 2] [--rows lbfgs sgd] [--merge]
 
-Writes `benchmarks/results/multilabel.json` (every run) and `multilabel.md` (the docs' table).
+Writes `benchmarks/results/multilabel.json` (every run, each with the commit it ran at) and `multilabel.md`
+(the docs' table). `--merge` keeps the runs already in multilabel.json of the rows not run now.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,7 +63,8 @@ COMMON = ["recipe=small_similar", "model.weights=charnet", "data.image_size=64",
           "trainer.devices=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
           "data.num_workers=0"]
 ROWS = {"lbfgs": [], "sgd": ["finetune.head_solver=sgd"],
-        "lbfgs-unweighted": ["task=multilabel", "task.pos_weight=none"]}
+        "lbfgs-unweighted": ["task=multilabel", "task.pos_weight=none"], "auto": ["finetune=auto"]}
+FIRST_COMMIT = "379f77f"  # the commit the first three rows ran at (records without a `commit`)
 
 
 def draw_labels(rng: np.random.Generator) -> list[str]:
@@ -138,7 +144,8 @@ def run_one(root: Path, row: str, seed: int, workdir: Path) -> dict:
     results = cli.run(["fit", *COMMON, *ROWS[row], f"data.root={root}", f"data.manifest={root / 'labels.csv'}",
                        f"seed={seed}", f"run_dir={run_dir}"])
     fit_seconds = time.perf_counter() - start
-    predicted = cli.run(["predict", f"ckpt_path={results['best_checkpoint']}", f"input={root / 'test'}",
+    model = results["run_dir"] if row == "auto" else results["best_checkpoint"]  # auto: the run's ensemble
+    predicted = cli.run(["predict", f"ckpt_path={model}", f"input={root / 'test'}",
                          f"run_dir={workdir / f'{row}-{seed}-predict'}"])
     classes = results["data"]["class_names"]
     scores = score_predictions(Path(predicted["output"]), root, classes)
@@ -149,10 +156,28 @@ def run_one(root: Path, row: str, seed: int, workdir: Path) -> dict:
               "results_f1_macro": metrics["test/f1_macro"], "results_f1_macro_at_0.5": metrics["test/f1_macro_at_0.5"],
               "thresholds": results["thresholds"]["thresholds"],
               "per_class_ap": {c: metrics.get(f"test/ap_{c}") for c in classes},
-              "monitor": results["monitor"]["metric"], "epochs": results["epochs"]}
+              "monitor": results["monitor"]["metric"], "epochs": results["epochs"], "commit": commit()}
+    if "auto" in results:
+        auto = results["auto"]
+        record["auto"] = {"winner": auto["winner"], "ensemble": auto.get("ensemble", [auto["winner"]]),
+                          "winner_test_map": auto.get("winner_metrics", metrics)["test/map"],
+                          "val_map": {c["name"]: c["rungs"][-1]["score"] for c in auto["candidates"]},
+                          "behind": {c["name"]: c["rungs"][-1].get("verdict", {}).get("behind")
+                                     for c in auto["candidates"]},
+                          "se_behind": {c["name"]: c["rungs"][-1].get("verdict", {}).get("se_behind")
+                                        for c in auto["candidates"]}}
     log.info("%s seed %d: test mAP %.4f (sklearn %.4f), macro F1 tuned %.4f vs 0.5 %.4f (%.0f s)", row, seed,
              record["test_map"], record["map_sklearn"], record["f1_macro_tuned"], record["f1_macro_0.5"], fit_seconds)
     return record
+
+
+def commit() -> str:
+    """The commit this run measured (`+dirty` with uncommitted changes under transferkit/)."""
+    here = Path(__file__).resolve().parent.parent
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "transferkit", "benchmarks/multilabel.py"],
+                           cwd=here, capture_output=True, text=True).stdout.strip()
+    return head.strip() + ("+dirty" if dirty else "")
 
 
 def stats(values: list[float]) -> str:
@@ -172,6 +197,29 @@ def markdown(records: list[dict], rows: list[str], seeds: list[int]) -> str:
                      f"{equal}/{len(runs)} | {stats([r['f1_macro_tuned'] for r in runs])} | "
                      f"{stats([r['f1_macro_0.5'] for r in runs])} | {stats([r['f1_micro_tuned'] for r in runs])} | "
                      f"{stats([r['f1_micro_0.5'] for r in runs])} |")
+    commits = {row: sorted({r.get("commit", FIRST_COMMIT) for r in records if r["row"] == row}) for row in rows}
+    lines += ["", "Commits: " + "; ".join(f"{row} {', '.join(c)}" for row, c in commits.items()) + "."]
+    return "\n".join(lines) + "\n" + auto_markdown(records, rows)
+
+
+def auto_markdown(records: list[dict], rows: list[str]) -> str:
+    """finetune=auto against each fixed row: test mAP difference per seed (same set), and its picks."""
+    autos = {r["seed"]: r for r in records if r["row"] == "auto"}
+    if not autos:
+        return ""
+    lines = ["", "finetune=auto minus each fixed row, test mAP in points (paired by seed: the same tiles), "
+             "mean ± std over seeds:", "", "| fixed row | auto − row |", "|---|---|"]
+    for row in [r for r in rows if r != "auto"]:
+        pairs = [autos[r["seed"]]["test_map"] - r["test_map"] for r in records if r["row"] == row and r["seed"] in autos]
+        if pairs:
+            lines.append(f"| {row} | {stats(pairs)} |")
+    lines += ["", "| seed | winner | ensemble | val mAP per candidate | test mAP: ensemble / winner alone |",
+              "|---|---|---|---|---|"]
+    for seed, r in sorted(autos.items()):
+        auto = r["auto"]
+        val = ", ".join(f"{n} {v:.3f}" for n, v in auto["val_map"].items())
+        lines.append(f"| {seed} | {auto['winner']} | {', '.join(auto['ensemble'])} | {val} | "
+                     f"{100 * r['test_map']:.1f} / {100 * auto['winner_test_map']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -185,24 +233,50 @@ def environment() -> dict:
             "lightning": pytorch_lightning.__version__, "sklearn": sklearn.__version__}
 
 
+def auto_summary(records: list[dict]) -> dict:
+    """The docs' numbers: auto's test mAP and its paired difference to each fixed row (points, over seeds)."""
+    autos = {r["seed"]: r for r in records if r["row"] == "auto"}
+    if not autos:
+        return {}
+    summary = {"map_mean_pt": round(100 * statistics.fmean(r["test_map"] for r in autos.values()), 1),
+               "map_std_pt": round(100 * statistics.stdev([r["test_map"] for r in autos.values()]), 1)
+               if len(autos) > 1 else 0.0, "minus": {}}
+    for row in sorted({r["row"] for r in records} - {"auto"}):
+        pairs = [100 * (autos[r["seed"]]["test_map"] - r["test_map"]) for r in records
+                 if r["row"] == row and r["seed"] in autos]
+        if pairs:
+            summary["minus"][row] = {"mean_pt": round(statistics.fmean(pairs), 1),
+                                     "std_pt": round(statistics.stdev(pairs), 1) if len(pairs) > 1 else 0.0}
+    return summary
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--merge", action="store_true", help="keep multilabel.json's runs of the rows not run now")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="multilabel-"))
     start = time.perf_counter()
     records = [run_one(build_set(workdir / f"set-{seed}", seed), row, seed, workdir)
                for seed in args.seeds for row in args.rows]
-    table = markdown(records, args.rows, args.seeds)
+    rows, earlier = list(args.rows), {}
+    if args.merge and (args.out / "multilabel.json").is_file():
+        before = json.loads((args.out / "multilabel.json").read_text())
+        earlier = {k: before.get(k) for k in ("command", "environment", "wall_seconds", "earlier")}
+        kept = [r for r in before["runs"] if r["row"] not in rows]
+        records = [{**r, "commit": r.get("commit", FIRST_COMMIT)} for r in kept] + records
+        rows = [r for r in ROWS if r in {k["row"] for k in records}]
+    table = markdown(records, rows, args.seeds)
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": "multilabel", "command": "python benchmarks/multilabel.py " + " ".join(argv or sys.argv[1:]),
-               "seeds": args.seeds, "rows": {r: ROWS[r] for r in args.rows}, "common": COMMON, "tiles": TILES,
+               "seeds": args.seeds, "rows": {r: ROWS[r] for r in rows}, "common": COMMON, "tiles": TILES,
                "include_probability": INCLUDE, "environment": environment(),
-               "wall_seconds": round(time.perf_counter() - start, 1), "runs": records, "table": table}
+               "wall_seconds": round(time.perf_counter() - start, 1), "runs": records, "table": table,
+               "auto_summary": auto_summary(records), **({"earlier": earlier} if earlier else {})}
     (args.out / "multilabel.json").write_text(json.dumps(payload, indent=1) + "\n")
     (args.out / "multilabel.md").write_text(table)
     print(table)
