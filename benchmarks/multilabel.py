@@ -19,7 +19,9 @@ Rows: `lbfgs` (the recipe as shipped: frozen backbone, one-vs-rest heads solved 
 `lbfgs-unweighted` (`task=multilabel task.pos_weight=none`: plain BCE, no positive weights) and `auto`
 (`finetune=auto`: the race of freeze, full-llrd and scratch scored on val/map; the run's model is the
 ensemble of the finishers within 2 paired SE of the winner, with its own thresholds; predicted with
-`ckpt_path=<run dir>`, which loads that ensemble).
+`ckpt_path=<run dir>`, which loads that ensemble), and the race's two paid candidates trained alone as
+fixed strategies: `full-llrd` (`finetune=full finetune.backbone_lr_scale=1 finetune.layer_decay=0.75`) and
+`scratch` (`finetune=full finetune.backbone_lr_scale=1 model.weights=none`).
 Checked per run, from the files a user gets: results.json's `test/map` equals scikit-learn's
 `average_precision_score(average="macro")` on predictions.csv's `p_<class>` columns (4 decimals), and
 test macro F1 at the thresholds tuned on val (predictions.csv's `labels`) against F1 at 0.5.
@@ -63,7 +65,10 @@ COMMON = ["recipe=small_similar", "model.weights=charnet", "data.image_size=64",
           "trainer.devices=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
           "data.num_workers=0"]
 ROWS = {"lbfgs": [], "sgd": ["finetune.head_solver=sgd"],
-        "lbfgs-unweighted": ["task=multilabel", "task.pos_weight=none"], "auto": ["finetune=auto"]}
+        "lbfgs-unweighted": ["task=multilabel", "task.pos_weight=none"], "auto": ["finetune=auto"],
+        # the race's paid candidates trained alone, as fixed strategies (the same plans, the same seed)
+        "full-llrd": ["finetune=full", "finetune.backbone_lr_scale=1", "finetune.layer_decay=0.75"],
+        "scratch": ["finetune=full", "finetune.backbone_lr_scale=1", "model.weights=none"]}
 FIRST_COMMIT = "379f77f"  # the commit the first three rows ran at (records without a `commit`)
 
 
@@ -141,7 +146,8 @@ def run_one(root: Path, row: str, seed: int, workdir: Path) -> dict:
 
     run_dir = workdir / f"{row}-{seed}"
     start = time.perf_counter()
-    results = cli.run(["fit", *COMMON, *ROWS[row], f"data.root={root}", f"data.manifest={root / 'labels.csv'}",
+    common = [c for c in COMMON if c.split("=")[0] not in {o.split("=")[0] for o in ROWS[row]}]
+    results = cli.run(["fit", *common, *ROWS[row], f"data.root={root}", f"data.manifest={root / 'labels.csv'}",
                        f"seed={seed}", f"run_dir={run_dir}"])
     fit_seconds = time.perf_counter() - start
     model = results["run_dir"] if row == "auto" else results["best_checkpoint"]  # auto: the run's ensemble
@@ -172,12 +178,13 @@ def run_one(root: Path, row: str, seed: int, workdir: Path) -> dict:
 
 
 def commit() -> str:
-    """The commit this run measured (`+dirty` with uncommitted changes under transferkit/)."""
+    """The commit this run measured (`+dirty:<paths>` with uncommitted changes under transferkit/)."""
     here = Path(__file__).resolve().parent.parent
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True).stdout
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "transferkit", "benchmarks/multilabel.py"],
                            cwd=here, capture_output=True, text=True).stdout.strip()
-    return head.strip() + ("+dirty" if dirty else "")
+    paths = sorted(line[3:] for line in dirty.splitlines())
+    return head.strip() + (f"+dirty:{','.join(paths)}" if paths else "")
 
 
 def stats(values: list[float]) -> str:
@@ -197,8 +204,11 @@ def markdown(records: list[dict], rows: list[str], seeds: list[int]) -> str:
                      f"{equal}/{len(runs)} | {stats([r['f1_macro_tuned'] for r in runs])} | "
                      f"{stats([r['f1_macro_0.5'] for r in runs])} | {stats([r['f1_micro_tuned'] for r in runs])} | "
                      f"{stats([r['f1_micro_0.5'] for r in runs])} |")
-    commits = {row: sorted({r.get("commit", FIRST_COMMIT) for r in records if r["row"] == row}) for row in rows}
-    lines += ["", "Commits: " + "; ".join(f"{row} {', '.join(c)}" for row, c in commits.items()) + "."]
+    commits = {row: sorted({r.get("commit", FIRST_COMMIT).split("+")[0] for r in records if r["row"] == row})
+               for row in rows}
+    dirty = sorted({p for r in records for p in r.get("commit", "").partition("+dirty:")[2].split(",") if p})
+    lines += ["", "Commits: " + "; ".join(f"{row} {', '.join(c)}" for row, c in commits.items()) + "."
+              + (f" Uncommitted in the working tree then (another engineer's work): {', '.join(dirty)}." if dirty else "")]
     return "\n".join(lines) + "\n" + auto_markdown(records, rows)
 
 
