@@ -195,7 +195,7 @@ def stats(values: list[float]) -> str:
 def markdown(records: list[dict], rows: list[str], seeds: list[int]) -> str:
     lines = [f"Test metrics in % (mean ± std over seeds {seeds}); 5 labels (sources), {TILES['train']} train / "
              f"{TILES['val']} val / {TILES['test']} test tiles of 64 px, `recipe=small_similar model.weights=charnet`.",
-             "", "| head | mAP (results.json) | mAP (sklearn, predictions.csv) | equal to 4 dp | macro F1 tuned | "
+             "", "| row | mAP (results.json) | mAP (sklearn, predictions.csv) | equal to 4 dp | macro F1 tuned | "
              "macro F1 at 0.5 | micro F1 tuned | micro F1 at 0.5 |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         runs = [r for r in records if r["row"] == row]
