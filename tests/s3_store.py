@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,59 @@ def delete_object(uri: str) -> None:
 
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     boto3.client("s3").delete_object(Bucket=bucket, Key=key)
+
+
+class CuttingProxy:
+    """A TCP proxy in front of the S3 server that, once armed, cuts the network at the first request for a chunk
+    (`chunk-` in a request): that connection, every open one and every later one fail, as when a link goes down
+    mid-run. Real sockets between a real client and a real server; the client is not mocked."""
+
+    def __init__(self, target: str) -> None:
+        self.target = ("127.0.0.1", int(target.rsplit(":", 1)[1]))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.armed, self.cut = threading.Event(), threading.Event()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.cut.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, from_client: bool) -> None:
+        tail = b""
+        try:
+            while not self.cut.is_set():
+                data = source.recv(65536)
+                if not data:
+                    break
+                if from_client and self.armed.is_set() and b"chunk-" in tail + data:
+                    self.close()
+                    break
+                tail = data[-16:]
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.close()
+
+    def close(self) -> None:
+        """Cut now: the listener and every connection through it are closed."""
+        self.cut.set()
+        for sock in [self.listener, *self.sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
 
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise

@@ -176,7 +176,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.class_names, self.skipped = list(manifest["classes"]), [tuple(row) for row in manifest["skipped"]]
         self.split_record = {k: manifest[k] for k in ("root", "classes", "splits", "counts", "skipped")}
         self.sources = optimized_sources(str(self.root), manifest, self.storage_options, self.stream_cache,
-                                         self.stream_cache_size)
+                                         self.stream_cache_size, self.in_chans, self.background)
 
     def _draw_folder_train(self, scan: FolderScan) -> tuple[FolderScan, np.ndarray]:
         """The scan with its train split cut to the draw (before any cache sizes itself), and the draw."""
@@ -292,8 +292,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         if isinstance(source, OptimizedSplit):  # LitData's loader: its own shards per rank, a resumable state
             dataset = source.dataset(self.transform(train), train, self.seed, self.in_chans, self.background)
             if not train and len(source):  # read by index: each image once under DDP (data/eval_sampler.py)
-                return DataLoader(IndexedStream(dataset, len(source)), batch_size=self.batch_size, sampler=sampler,
-                                  **settings)
+                return DataLoader(IndexedStream(dataset, len(source), source.uri), batch_size=self.batch_size,
+                                  sampler=sampler, **settings)
             loader = source.loader(dataset, self.batch_size, drop_last, **settings)
             if train:
                 self.stream_state.attach(loader)

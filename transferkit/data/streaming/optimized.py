@@ -10,6 +10,7 @@ import functools
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -20,7 +21,10 @@ import numpy as np
 
 from transferkit.data.decode import load_image
 from transferkit.data.streaming.optimize import MANIFEST
-from transferkit.data.streaming.store import ObjectStore, is_remote
+from transferkit.data.streaming.store import (READ_TRIES, ObjectStore, is_network_failure, is_remote, split_uri,
+                                             stream_failure)
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CACHE = "transferkit-stream-cache"
 
@@ -45,29 +49,54 @@ def allow_plain_http(storage_options: dict | None) -> None:
         downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] = "true"
 
 
+def litdata_options(storage_options: dict, uri: str) -> dict:
+    """The options LitData's S3 client gets: the user's, with its retries bounded. LitData's own default is 1000
+    adaptive attempts, so a store that went away mid-run stalled the run for hours instead of stopping it."""
+    options = dict(storage_options)
+    if split_uri(uri)[0] == "s3" and "config" not in options:
+        import botocore.config  # lazy: the stream extra is optional
+
+        options["config"] = botocore.config.Config(retries={"max_attempts": READ_TRIES, "mode": "standard"},
+                                                   connect_timeout=10, read_timeout=60)
+    return options
+
+
+def read_or_name(read: Callable, index, uri: str):
+    """`read(index)`; a network failure (after the client's retries) becomes one line naming `uri`."""
+    try:
+        return read(index)
+    except Exception as err:  # noqa: BLE001 - LitData, botocore and obstore errors have no common base
+        if is_network_failure(err):
+            raise stream_failure(err, uri) from err
+        raise
+
+
 class IndexedStream:
     """An evaluation split read by index (LitData's random access): a map-style dataset, so the usual per-rank
     sampler (`data/eval_sampler.py`) gives every image to exactly one rank, however few there are. LitData's
     own sharding hands whole chunks to ranks, which can leave a rank with nothing to evaluate."""
 
-    def __init__(self, dataset, length: int) -> None:
-        self.dataset, self.length = dataset, length
+    def __init__(self, dataset, length: int, uri: str = "") -> None:
+        self.dataset, self.length, self.uri = dataset, length, uri
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int):
-        return self.dataset[int(index)]
+        return read_or_name(self.dataset.__getitem__, int(index), self.uri)
 
 
 class DecodeSample:
-    """LitData's per-item transform: encoded bytes -> the decoded, augmented `(C x H x W tensor, label)`."""
+    """LitData's per-item transform: encoded bytes -> the decoded, augmented `(C x H x W tensor, label)` (without
+    a transform: the decoded `(uint8 H x W x C image, label)`, as a folder's `FileSource` gives it)."""
 
-    def __init__(self, transform: Callable, in_chans: int, background: tuple[int, int, int]) -> None:
+    def __init__(self, transform: Callable | None, in_chans: int, background: tuple[int, int, int]) -> None:
         self.transform, self.in_chans, self.background = transform, in_chans, tuple(background)
 
     def __call__(self, item: dict):
         image = load_image(io.BytesIO(item["image"]), in_chans=self.in_chans, background=self.background)
+        if self.transform is None:
+            return image, int(item["label"])
         return self.transform(image=image)["image"], int(item["label"])
 
 
@@ -80,9 +109,22 @@ class OptimizedSplit:
     storage_options: dict = field(default_factory=dict)
     cache_dir: str | None = None
     cache_size: str = "10GB"
+    in_chans: int = 3
+    background: tuple[int, int, int] = (255, 255, 255)
+    _by_index: object = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        """One image by index, decoded and not transformed (a source for `sources.TransformedDataset`: the linear
+        probe's pass over the training split). LitData reads it by index, fetching just its bytes."""
+        if not 0 <= int(index) < len(self):
+            raise IndexError(f"index {index} is out of range for {self.uri} ({len(self)} images)")
+        if self._by_index is None:
+            self._by_index = self.dataset(None, train=False, seed=0, in_chans=self.in_chans,
+                                          background=self.background)
+        return read_or_name(self._by_index.__getitem__, int(index), self.uri)
 
     def cache_folder(self) -> str | None:
         """A folder of its own per split (chunk names repeat across splits) and per process of a node under
@@ -94,14 +136,14 @@ class OptimizedSplit:
         split = hashlib.sha1(self.uri.encode()).hexdigest()[:16]
         return os.path.join(os.path.expanduser(base), split, f"rank{os.environ.get('LOCAL_RANK', '0')}")
 
-    def dataset(self, transform: Callable, train: bool, seed: int, in_chans: int = 3,
+    def dataset(self, transform: Callable | None, train: bool, seed: int, in_chans: int = 3,
                 background: tuple[int, int, int] = (255, 255, 255)):
         from litdata import StreamingDataset  # lazy: the stream extra is optional
 
         if not len(self):  # a split `optimize` did not write (e.g. data.val_fraction=0)
             return []
         allow_plain_http(self.storage_options)
-        options = {"storage_options": dict(self.storage_options)} if is_remote(self.uri) else {}
+        options = {"storage_options": litdata_options(self.storage_options, self.uri)} if is_remote(self.uri) else {}
         return mapping_dataset_class()(self.uri, cache_dir=self.cache_folder(), shuffle=train, seed=seed,
                                        drop_last=train, max_cache_size=self.cache_size,
                                        transform=DecodeSample(transform, in_chans, background), **options)
@@ -125,6 +167,26 @@ def keeps_every_chunk(reader) -> bool:
     return not limit or int(getattr(config, "num_bytes", limit + 1)) <= limit
 
 
+def quiet_prefetch_crash_report(reader) -> None:
+    """LitData prints its chunk-prefetch thread's crash to stderr with a full traceback (and gives no setting for
+    it); the reader then raises the same error where the item is read, which `read_or_name` turns into one line
+    naming the URI. The thread's report goes to the debug log instead."""
+    if hasattr(reader, "setup_thread_and_download_chunk"):
+        reader.setup_thread_and_download_chunk = functools.partial(setup_thread_quietly, reader,
+                                                                   reader.setup_thread_and_download_chunk)
+
+
+def setup_thread_quietly(reader, setup: Callable, index) -> None:
+    setup(index)
+    thread = getattr(reader, "_prepare_thread", None)
+    if thread is not None and "_report_crash" not in vars(thread):
+        thread._report_crash = log_prefetch_crash
+
+
+def log_prefetch_crash(exc: BaseException) -> None:
+    log.debug("LitData's chunk prefetch stopped: %s: %s", type(exc).__name__, exc)
+
+
 @functools.cache
 def mapping_dataset_class() -> type:
     """LitData's `StreamingDataset`, reading every chunk of a worker memory-mapped when the cache keeps them all.
@@ -143,6 +205,14 @@ def mapping_dataset_class() -> type:
             if reader is not None and keeps_every_chunk(reader):
                 reader.enable_mmap_for_chunks({int(chunk) for chunk in self.worker_chunks})
             return iterator
+
+        def _create_cache(self, worker_env):
+            cache = super()._create_cache(worker_env)
+            quiet_prefetch_crash_report(cache._reader)
+            return cache
+
+        def __next__(self):
+            return read_or_name(lambda _: super(MappingStreamingDataset, self).__next__(), None, self.input_dir.url)
 
     return MappingStreamingDataset
 
@@ -196,10 +266,11 @@ class StreamPosition:
 
 
 def optimized_sources(root: str, manifest: dict, storage_options: dict | None, cache_dir: str | None,
-                      cache_size: str) -> dict[str, OptimizedSplit]:
+                      cache_size: str, in_chans: int = 3,
+                      background: tuple[int, int, int] = (255, 255, 255)) -> dict[str, OptimizedSplit]:
     """`split -> OptimizedSplit` for train, val and test (an empty one where `optimize` wrote none)."""
     base = root.rstrip("/")
     return {split: OptimizedSplit(f"{base}/{split}", np.asarray([label for _, label in manifest["splits"].get(split, [])],
                                                                 dtype=np.int64),
-                                  dict(storage_options or {}), cache_dir, cache_size)
+                                  dict(storage_options or {}), cache_dir, cache_size, in_chans, tuple(background))
             for split in ("train", "val", "test")}

@@ -28,10 +28,46 @@ SCHEMES: dict[str, tuple[str, str]] = {
 }
 READ_TRIES = 4  # a network error is retried with backoff (0.5 s, 1 s, 2 s), then the run stops
 BACKOFF_S = 0.5
+NETWORK_MODULES = frozenset({"botocore", "urllib3", "aiohttp", "obstore", "requests", "s3transfer"})
+NETWORK_NAMES = ("EndpointConnectionError", "ConnectionError", "ConnectTimeout", "ReadTimeout", "Connection refused",
+                 "Connection reset")
 
 
 class StoreUnreachableError(ConnectionError):
-    """Reading the object store kept failing after the retries; the message names the URI."""
+    """Reading the object store kept failing after the retries; the message (one line) names the URI.
+
+    Raised in a DataLoader worker, torch re-raises it in the main process with the worker's traceback as its
+    message; the line this error was raised with is kept, so the user still reads one line.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        marker = f"{type(self).__name__}: "
+        if "\nOriginal Traceback" in message and marker in message:  # torch's ExceptionWrapper.reraise
+            message = message.rsplit(marker, 1)[1].strip().splitlines()[0]
+        super().__init__(message)
+
+
+def is_network_failure(err: BaseException) -> bool:
+    """Whether `err` (or what caused it) is the network or the store failing, not the data or the code:
+    connection and timeout errors, and the store clients' own (botocore, urllib3, aiohttp, obstore)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        module = type(err).__module__.split(".")[0]
+        if isinstance(err, (ConnectionError, TimeoutError)) or module in NETWORK_MODULES:
+            return True
+        if type(err).__name__ == "ChunkWaitTimeoutError" or any(name in str(err) for name in NETWORK_NAMES):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def stream_failure(err: BaseException, uri: str) -> StoreUnreachableError:
+    """One line for a stream that kept failing: the URI, the last cause, what to do."""
+    cause = " ".join(str(err).split())[:200] or type(err).__name__
+    return StoreUnreachableError(f"streaming {uri!r} failed after retries with backoff "
+                                 f"({type(err).__name__}: {cause}); check the network and the store's endpoint, "
+                                 "then resume the run (fit resume=<run dir>).")
 
 
 class NamedBytes(io.BytesIO):
