@@ -4,6 +4,8 @@ The same generated JPEG folder is uploaded to a local S3-compatible server (moto
 LitData's format by `python -m transferkit optimize`, and read through `fit`'s own train loaders
 (`ClassificationDataModule`: decode, augment `light`, collate). One warm-up epoch each (the stream fills its
 chunk cache, the folder fills the page cache), then epochs alternate A B A B; the ratio is streamed / local.
+The S3 server runs in this process; the requests that reach it during the timed epochs are counted (none when
+the cache is warm, so it takes no time from the loader).
 
     python benchmarks/stream_speed.py --images 2000 --rounds 3 --workers 0 --output benchmarks/results/stream_speed.json
 """
@@ -65,6 +67,26 @@ def datamodule(root: str, args: argparse.Namespace, cache: Path):
     return data
 
 
+class RequestCount(logging.Handler):
+    """Requests the S3 server answers (werkzeug logs one line per request)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+def count_requests() -> RequestCount:
+    counter = RequestCount()
+    server_log = logging.getLogger("werkzeug")
+    server_log.setLevel(logging.INFO)
+    server_log.addHandler(counter)
+    server_log.propagate = False
+    return counter
+
+
 def epoch_rate(loader) -> float:
     start, seen = time.perf_counter(), 0
     for images, _ in loader:
@@ -93,6 +115,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
         loaders = {"local": datamodule(str(folder), args, tmp / "cache").train_dataloader(),
                    "streamed": datamodule("s3://bench/optimized", args, tmp / "cache").train_dataloader()}
         warm = {name: round(epoch_rate(loader), 1) for name, loader in loaders.items()}  # fills the caches
+        requests = count_requests()
         rates: dict[str, list[float]] = {"local": [], "streamed": []}
         for _ in range(args.rounds):  # A B A B
             for name in ("local", "streamed"):
@@ -109,6 +132,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
         "batch_size": args.batch_size, "workers": args.workers, "rounds": args.rounds, "endpoint": endpoint,
         "warm_up_images_per_s": warm, "local_images_per_s": rates["local"],
         "streamed_images_per_s": rates["streamed"], "streamed_over_local": round(ratio, 3),
+        "local_mean_images_per_s": round(float(np.mean(rates["local"])), 1),
+        "streamed_mean_images_per_s": round(float(np.mean(rates["streamed"])), 1),
+        "store_requests_during_timed_epochs": requests.count, "load_average_after": list(os.getloadavg()),
         "chunk_cache_bytes": cached, "versions": versions(),
     }
 

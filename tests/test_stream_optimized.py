@@ -95,3 +95,21 @@ def test_a_worker_maps_the_chunk_it_shares_only_when_the_cache_keeps_every_chunk
     assert image.shape == (3, 32, 32) and label in (0, 1)
     assert dataset.worker_chunks == [0]
     assert (0 in dataset.cache._reader._item_loader._mmap_allowed_chunks) is mapped
+
+
+def test_an_optimized_split_reads_an_image_by_index_as_the_folder_decodes_it(tmp_path):
+    """The linear probe of finetune=freeze reads the train split as a source of decoded images."""
+    from transferkit.data.decode import load_image
+    from transferkit.data.folders import scan_image_folder
+    from transferkit.data.streaming.optimized import optimized_sources, read_manifest
+
+    folder = write_class_folder(tmp_path / "images", per_class=8)
+    out = str(tmp_path / "optimized")
+    optimize(str(folder), out)
+    split = optimized_sources(out, read_manifest(out), {}, None, "1GB")["train"]
+    items = scan_image_folder(folder, val_fraction=0.25, test_fraction=0.25, seed=3).splits["train"]
+    for index in (0, len(items) - 1):
+        image, label = split[index]
+        assert label == items[index][1] and (image == load_image(items[index][0])).all()
+    with pytest.raises(IndexError):
+        split[len(items)]
