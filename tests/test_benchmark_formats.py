@@ -32,4 +32,6 @@ def test_format_table_smoke(tmp_path):
     assert house["test_images"] == 600 and house["accuracy"]["ONNX Runtime FP32"]["agreement_with_checkpoint"] == 100
     assert house["export_checks"]["OpenVINO FP32"]["passed"] and "accuracy_change_points" in house["export_checks"]["ONNX Runtime INT8"]
     assert "| ONNX Runtime INT8 |" in (tmp_path / "f.md").read_text()
+    assert {c["chosen"] for c in house["auto_scope"].values()} <= {"all", "branches"}
+    assert sorted(house["auto_scope"]) == ["ONNX Runtime INT8", "OpenVINO INT8"] and "kept `" in (tmp_path / "f.md").read_text()
     assert all(len(per) == 1 for per in big["load_average_per_round"].values())  # smoke: one round, its load recorded

@@ -77,6 +77,10 @@ def test_onnx_int8_is_quantized_per_channel_checked_on_the_test_split_and_predic
     assert accuracy["other_shape"]["passed"] and results["accuracy"] == accuracy
     assert meta["export"]["quantize"] == "int8" and meta["export"]["file"] == "model.int8.onnx"
     assert meta["quantization"]["calibration"]["images"] == 3 * 6 and "train split" in meta["quantization"]["calibration"]["on"]
+    auto = meta["quantization"]["auto"]  # export.int8_scope=auto (the default): chosen on the val split, not the test split
+    assert "val split" in auto["chosen_on"] and auto["images"] == 3 * 6 and auto["min_agreement"] == 99.0
+    assert auto["chosen"] == ("all" if auto["agreement"]["all"] >= 99.0 else "branches")
+    assert results["quantization"]["auto"] == auto and results["quantization"]["scope"].startswith(auto["chosen"])
     model = onnx.load(str(out / "model.int8.onnx"))
     ops = {node.op_type for node in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -140,11 +144,42 @@ def test_int8_that_drops_accuracy_is_refused_with_the_numbers(ckpt, work, monkey
     assert results["status"] == "failed" and not results["accuracy"]["passed"]
 
 
+@pytest.mark.slow
+def test_int8_scope_auto_keeps_all_when_it_agrees_and_quantizes_the_branches_when_it_does_not(ckpt, work, monkeypatch):
+    from transferkit.commands import export as export_command
+    from transferkit.inference.exported import ExportedModel
+
+    kept = export(ckpt, work / "auto_all", "format=onnx", "export.quantize=int8", "export.min_agreement=0")
+    assert kept["quantization"]["auto"]["chosen"] == "all" and kept["quantization"]["scope"] == "all"
+    loaded = []
+
+    class FirstShifted(ExportedModel):  # the first model written (scope all) flips every prediction
+        def __init__(self, path, meta):
+            super().__init__(path, meta)
+            self.shifted = not loaded
+            loaded.append(meta["quantization"]["scope"])
+
+        def __call__(self, batch):
+            logits = super().__call__(batch)
+            return np.roll(logits, 1, axis=1) if self.shifted else logits
+
+    monkeypatch.setattr(export_command, "ExportedModel", FirstShifted)
+    out = work / "auto_branches"
+    results = export(ckpt, out, "format=onnx", "export.quantize=int8")
+    auto = results["quantization"]["auto"]
+    assert loaded[0] == "all" and loaded[1].startswith("branches") and len(loaded) == 2
+    assert auto["chosen"] == "branches" and auto["agreement"]["all"] < 99.0 and results["accuracy"]["passed"]
+    meta = json.loads((out / "model.meta.json").read_text())
+    assert meta["quantization"]["scope"].startswith("branches") and meta["quantization"]["float_convs"]["stem"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.int8.onnx", "model.meta.json", "results.json"]
+
+
 @pytest.mark.parametrize("overrides,match", [
     (["format=torchscript", "export.quantize=int8"], "needs format=onnx or format=openvino"),
     (["format=onnx", "export.quantize=int4"], r"export.quantize='int4' is unknown"),
     (["format=onnx", "export.quantize=int8", "input=somewhere"], "drop input="),
     (["format=onnx", "export.quantize=int8", "export.max_drop=-1"], "export.max_drop"),
+    (["format=onnx", "export.quantize=int8", "export.min_agreement=101"], "export.min_agreement=101.0 must be between"),
 ])
 def test_bad_quantize_settings_fail_before_anything_is_loaded(tmp_path, overrides, match):
     (tmp_path / "unread.ckpt").write_bytes(b"")  # the settings are checked before the checkpoint is read

@@ -105,8 +105,8 @@ def test_nncf_branches_leaves_the_stem_shortcut_and_head_without_fake_quantize(n
         sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
 
 
-def test_int8_scope_auto_is_per_format_and_a_bad_scope_names_the_key():
-    assert choose_int8_scope("auto", "onnx") == "branches" and choose_int8_scope(None, "openvino") == "branches"
-    assert choose_int8_scope("branches", "onnx") == "branches" and choose_int8_scope("all", "openvino") == "all"
+def test_int8_scope_auto_is_chosen_at_export_and_a_bad_scope_names_the_key():
+    assert choose_int8_scope("auto") == "auto" and choose_int8_scope(None) == "auto"
+    assert choose_int8_scope("branches") == "branches" and choose_int8_scope("all") == "all"
     with pytest.raises(ConfigError, match=r"export.int8_scope='layers' is unknown"):
-        choose_int8_scope("layers", "onnx")
+        choose_int8_scope("layers")

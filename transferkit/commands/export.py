@@ -24,12 +24,12 @@ def run(cfg: DictConfig) -> dict:
     start = time.time()
     spec = export_spec(cfg)
     task = load_task(spec.checkpoint)
-    samples, calibration = parity_samples(cfg, spec, task)
+    samples, calibration, choice = parity_samples(cfg, spec, task)
     run_dir = create_run_dir(spec.run_dir)
     write_config(spec.config, run_dir)
     log.info("Run directory: %s", run_dir)
     results, meta = export_model(spec, task, samples, run_dir, lambda path, meta: ExportedModel(path, meta),
-                                 calibration)
+                                 calibration, choice)
     if meta is None:
         write_json({**results, "wall_seconds": round(time.time() - start, 2)}, run_dir / "results.json")
         raise ParityError(failure_message(spec.format, results, run_dir))

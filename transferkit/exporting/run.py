@@ -34,9 +34,9 @@ class ParityError(RuntimeError):
 
 
 def write_model(spec: ExportSpec, graph, example, path: Path, axes: dict[int, str],
-                calibration: list[np.ndarray]) -> tuple[int | None, dict | None]:
-    """Write `path`; returns the ONNX opset (None for TorchScript) and, for INT8, how it was quantized.
-    OpenVINO and INT8 go through the FP32 ONNX file, which is then removed."""
+                calibration: list[np.ndarray], scope: str = "all") -> tuple[int | None, dict | None]:
+    """Write `path`; returns the ONNX opset (None for TorchScript) and, for INT8 (`scope`: `all` or
+    `branches`), how it was quantized. OpenVINO and INT8 go through the FP32 ONNX file, which is then removed."""
     if spec.format == "torchscript":
         export_torchscript(graph, example, path)
         return None, None
@@ -44,11 +44,11 @@ def write_model(spec: ExportSpec, graph, example, path: Path, axes: dict[int, st
     opset = export_onnx(graph, example, onnx_path, axes, spec.opset)
     quantization = None
     if spec.format == "onnx" and spec.quantize:
-        quantization = quantize_onnx(onnx_path, path, calibration, spec.int8_scope)
+        quantization = quantize_onnx(onnx_path, path, calibration, scope)
     elif spec.format == "openvino":
         model = convert_openvino(onnx_path)
         if spec.quantize:
-            kept = float_convs(onnx_path) if spec.int8_scope == "branches" else None
+            kept = float_convs(onnx_path) if scope == "branches" else None
             model, quantization = quantize_openvino(model, calibration, kept)
         save_openvino(model, path)
     if onnx_path != path:
@@ -85,13 +85,38 @@ def check_fp32(kind: str, graph, exported, batches, other) -> dict:
                                       "max_abs_logit_diff": shape_report["max_abs_logit_diff"]}}
 
 
+def choose_scope(spec: ExportSpec, write: Callable[[str], Callable], graph, choice: Samples, inputs: InputSpec,
+                 uint8_input: bool) -> tuple[Callable, dict]:
+    """`export.int8_scope=auto`: quantize everything (`all`, the fastest), and keep it when it keeps the
+    checkpoint's top-1 class on at least `export.min_agreement` % of the `choice` images (the validation
+    split: the test split stays for the check); else quantize the residual branches only (`branches`,
+    which flips fewer near-ties; benchmarks/results/int8_scope.md). `write(scope)` writes the model and
+    returns it loaded. Returns the model kept and how it was chosen (model.meta.json)."""
+    exported = write("all")
+    where, count, items = choice
+    report = check_accuracy(graph.network, exported, parity_batches(items, inputs, uint8_input, spec.batch_size),
+                            spec.max_drop)
+    agreement = round(100 * report["top1_agreement"], 2)
+    record = {"chosen_on": where, "images": report["images"], "min_agreement": spec.min_agreement,
+              "agreement": {"all": agreement}}
+    if agreement >= spec.min_agreement:
+        log.info("export.int8_scope=auto: scope all keeps the checkpoint's top-1 class on %.2f %% of %s (>= "
+                 "export.min_agreement=%g): keeping it.", agreement, where, spec.min_agreement)
+        return exported, {**record, "chosen": "all"}
+    log.info("export.int8_scope=auto: scope all keeps the checkpoint's top-1 class on only %.2f %% of %s (< "
+             "export.min_agreement=%g): quantizing the residual branches only (export.int8_scope=branches) ...",
+             agreement, where, spec.min_agreement)
+    del exported
+    return write("branches"), {**record, "chosen": "branches"}
+
+
 def export_model(spec: ExportSpec, task, samples: Samples, run_dir: Path,
                  load_exported: Callable[[Path, dict], Callable],
-                 calibration: Samples | None = None) -> tuple[dict, dict | None]:
+                 calibration: Samples | None = None, choice: Samples | None = None) -> tuple[dict, dict | None]:
     """Export `task` into `run_dir` and check it on `samples` (FP32: parity; INT8, calibrated on
-    `calibration`: accuracy); `load_exported(path, meta)` runs the written file. Returns results.json (no
-    `wall_seconds` yet; `status` completed or failed) and the metadata to write beside the kept model (None
-    when the check failed and nothing was kept)."""
+    `calibration`: accuracy; `export.int8_scope=auto` chooses the scope on `choice`); `load_exported(path,
+    meta)` runs the written file. Returns results.json (no `wall_seconds` yet; `status` completed or
+    failed) and the metadata to write beside the kept model (None when the check failed and nothing was kept)."""
     kind, fmt, uint8_input = task.kind, spec.format, spec.include_preprocessing
     inputs = InputSpec.from_data_config(task.hparams.data_config)
     graph, axes = build_graph(task, inputs, uint8_input), dynamic_axes(kind, uint8_input)
@@ -99,13 +124,23 @@ def export_model(spec: ExportSpec, task, samples: Samples, run_dir: Path,
     partial.mkdir(exist_ok=True)
     log.info("Exporting %s (%s%s, %s input) to %s ...", kind, fmt, f" {spec.quantize}" if spec.quantize else "",
              "uint8 NHWC" if uint8_input else "float32 NCHW", spec.file_name)
-    opset, quantization = write_model(spec, graph, example_input(inputs, uint8_input, kind), partial / spec.file_name,
-                                      axes, calibration_batches(calibration, inputs, uint8_input))
-    meta = build_meta(task, kind, inputs, Path(spec.checkpoint), fmt, spec.file_name, opset, uint8_input, axes,
-                      spec.quantize)
-    if quantization is not None:
-        meta["quantization"] = {**quantization, "calibration": {"on": calibration[0], "images": calibration[1]}}
-    exported = load_exported(partial / spec.file_name, meta)
+    example, batches_in = example_input(inputs, uint8_input, kind), calibration_batches(calibration, inputs, uint8_input)
+    meta = {}
+
+    def write(scope: str) -> Callable:
+        opset, quantization = write_model(spec, graph, example, partial / spec.file_name, axes, batches_in, scope)
+        meta.clear()
+        meta.update(build_meta(task, kind, inputs, Path(spec.checkpoint), fmt, spec.file_name, opset, uint8_input,
+                               axes, spec.quantize))
+        if quantization is not None:
+            meta["quantization"] = {**quantization, "calibration": {"on": calibration[0], "images": calibration[1]}}
+        return load_exported(partial / spec.file_name, dict(meta))
+
+    if spec.quantize and spec.int8_scope == "auto" and choice is not None:
+        exported, chosen = choose_scope(spec, write, graph, choice, inputs, uint8_input)
+        meta["quantization"]["auto"] = chosen
+    else:
+        exported = write("branches" if spec.int8_scope == "auto" else spec.int8_scope)  # auto, unmeasured: the faithful one
     where, count, items = samples
     log.info("Checking %s on %s (%d images) ...", "INT8 accuracy" if spec.quantize else "parity", where, count)
     batches = parity_batches(items, inputs, uint8_input, spec.batch_size, spec.parity_max_images)
@@ -116,6 +151,8 @@ def export_model(spec: ExportSpec, task, samples: Samples, run_dir: Path,
     meta[key] = {"on": where, **report}
     results = {"command": "export", "status": "completed", "task": kind, "format": fmt, "quantize": spec.quantize,
                "checkpoint": spec.checkpoint, key: meta[key], "run_dir": str(run_dir)}
+    if spec.quantize:
+        results["quantization"] = {k: v for k, v in meta["quantization"].items() if k in ("scope", "auto")}
     if not (meta[key]["passed"] and meta[key]["other_shape"]["passed"]):
         shutil.rmtree(partial)
         return {**results, "status": "failed"}, None
@@ -129,7 +166,7 @@ def failure_message(fmt: str, results: dict, run_dir: Path) -> str:
     """Why the exported model was not kept: the parity (or INT8 accuracy) numbers and the first
     disagreeing images."""
     if "accuracy" in results:
-        return int8_refusal(fmt, results["accuracy"], run_dir)
+        return int8_refusal(fmt, results["accuracy"], run_dir, results.get("quantization", {}).get("scope"))
     parity = results["parity"]
     firsts = "; ".join(", ".join(f"{k} {v}" for k, v in item.items()) for item in parity["first_failures"])
     text = f"format={fmt}: the exported model disagrees with the PyTorch model on {parity['on']}: {describe(parity)}"
@@ -142,9 +179,11 @@ def failure_message(fmt: str, results: dict, run_dir: Path) -> str:
     return text + f". Nothing was kept (numbers in {run_dir / 'results.json'})."
 
 
-def int8_refusal(fmt: str, accuracy: dict, run_dir: Path) -> str:
+def int8_refusal(fmt: str, accuracy: dict, run_dir: Path, scope: str | None = None) -> str:
     text = f"format={fmt} export.quantize=int8 was refused on {accuracy['on']}: {describe_accuracy(accuracy)}"
     if not accuracy["other_shape"]["passed"]:
         text += f"; on input of another shape {tuple(accuracy['other_shape']['shape'])} the output shape was wrong"
-    return (text + ". Raise export.max_drop to accept it, calibrate on more images (export.calibration_images), "
-            f"or ship the FP32 model. Nothing was kept (numbers in {run_dir / 'results.json'}).")
+    branches = "quantize less (export.int8_scope=branches), " if scope == "all" else ""
+    return (text + f". Raise export.max_drop to accept it, {branches}calibrate on more images "
+            "(export.calibration_images), or ship the FP32 model. Nothing was kept (numbers in "
+            f"{run_dir / 'results.json'}).")

@@ -49,14 +49,14 @@ def class_index(label) -> int | None:
     return int(label) if np.ndim(label) == 0 else None
 
 
-def split_items(datamodule, task, in_chans: int, root: str | None) -> Samples:
-    """The scanned datamodule's test split (its val split when it has none), checked against the task's
-    classes (`root`: data.root, for the error)."""
+def split_items(datamodule, task, in_chans: int, root: str | None, split: str | None = None) -> Samples:
+    """The scanned datamodule's `split` (default: its test split, its val split when it has none), checked
+    against the task's classes (`root`: data.root, for the error)."""
     if list(datamodule.class_names) != list(task.class_names):
         raise ConfigError(f"data.root={root!r} has classes {list(datamodule.class_names)} but the "
                           f"checkpoint was trained on {list(task.class_names)}; pass input=<images> for the "
                           "parity check, or point data.root at the run's data.")
-    split = "test" if len(datamodule.sources.get("test", ())) else "val"
+    split = split or ("test" if len(datamodule.sources.get("test", ())) else "val")
     source = datamodule.sources[split]
     where = f"{datamodule.describe()} {split} split"
 

@@ -25,5 +25,6 @@ class ExportSpec:
     quantize: str | None = None
     calibration_images: int = 300
     max_drop: float = 1.0
-    int8_scope: str = "all"  # "branches": residual-branch convolutions only (transferkit.exporting.int8)
+    int8_scope: str = "auto"  # "all" | "branches" (transferkit.exporting.int8) | "auto" (chosen: exporting.run)
+    min_agreement: float = 99.0  # int8_scope=auto keeps "all" when it keeps this % of top-1 classes on val
     config: dict = field(default_factory=dict, compare=False)  # the composed config (config.yaml); never read

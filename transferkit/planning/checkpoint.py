@@ -31,10 +31,9 @@ from transferkit.training.builders import build_datamodule
 INPUT_HINT = "an image file or a folder of images"
 EXPORTED_HINT = "a model.onnx / model.int8.onnx / model.torchscript.pt / model.xml written by export"
 QUANTIZE_CHOICES = ("int8",)
-# export.int8_scope=auto: ONNX Runtime is fast only when the whole network is int8 (a float island costs layout
-# transposes), OpenVINO also with float islands (benchmarks/results/inference_formats.md, int8_scope.md)
-INT8_SCOPES = {"auto": None, "branches": "branches", "all": "all"}
-AUTO_SCOPE = {"onnx": "branches", "openvino": "branches"}  # measured: benchmarks/results/inference_formats.md
+# export.int8_scope=auto: `all` (the fastest) where it agrees with the checkpoint on the validation split, else
+# `branches` (transferkit.exporting.run; benchmarks/results/inference_formats.md, int8_scope.md)
+INT8_SCOPES = {"auto": "auto", "branches": "branches", "all": "all"}
 CKPT_HINT = "a checkpoint written by fit, e.g. outputs/<date>/<time>/checkpoints/best.ckpt"
 
 
@@ -117,10 +116,9 @@ def choose_quantize(value, fmt: str, source) -> str | None:
     return quantize
 
 
-def choose_int8_scope(value, fmt: str) -> str:
-    """`export.int8_scope`: what INT8 quantizes (`branches`, `all`; `auto`: per format, AUTO_SCOPE)."""
-    scope = lookup(INT8_SCOPES, str(value or "auto"), "export.int8_scope")
-    return scope or AUTO_SCOPE.get(fmt, "all")
+def choose_int8_scope(value) -> str:
+    """`export.int8_scope`: what INT8 quantizes (`branches`, `all`; `auto`: chosen by measurement at export)."""
+    return lookup(INT8_SCOPES, str(value or "auto"), "export.int8_scope")
 
 
 def export_checkpoint(value):
@@ -159,24 +157,29 @@ def export_spec(cfg: DictConfig) -> ExportSpec:
     if calibration_images < 1 or not 0 <= max_drop <= 100:
         raise ConfigError(f"export.calibration_images={calibration_images!r} must be >= 1 and export.max_drop="
                           f"{max_drop!r} between 0 and 100 (accuracy points).")
+    min_agreement = float(options.get("min_agreement", 99.0))
+    if not 0 <= min_agreement <= 100:
+        raise ConfigError(f"export.min_agreement={min_agreement!r} must be between 0 and 100 (percent of images whose "
+                          "top-1 class the INT8 model keeps).")
     return ExportSpec(str(checkpoint), fmt, model_file(fmt, quantize), bool(options.include_preprocessing),
                       int(options.opset), options.get("parity_max_images"), int(cfg.data.batch_size),
                       None if cfg.input is None else str(cfg.input), cfg.run_dir,
                       config=OmegaConf.to_container(cfg, resolve=True), quantize=quantize,
                       calibration_images=calibration_images, max_drop=max_drop,
-                      int8_scope=choose_int8_scope(options.get("int8_scope"), fmt))
+                      int8_scope=choose_int8_scope(options.get("int8_scope")), min_agreement=min_agreement)
 
 
-def parity_samples(cfg: DictConfig, spec: ExportSpec, task) -> tuple[Samples, Samples | None]:
+def parity_samples(cfg: DictConfig, spec: ExportSpec, task) -> tuple[Samples, Samples | None, Samples | None]:
     """The images export checks parity on: `input=`, else the checkpoint run's test split (its data from
     the run's config.yaml, read from the files themselves, not a cache; the format from the checkpoint);
-    and for INT8 the training images it is calibrated on (else None)."""
+    for INT8 the training images it is calibrated on, and for `export.int8_scope=auto` the images the scope
+    is chosen on (the validation split; the calibration images when it has none); else None."""
     in_chans = int(task.hparams.data_config["in_chans"])
     if spec.quantize and task.kind != "classification":
         raise ConfigError(f"export.quantize={spec.quantize!r} is for classification models; ckpt_path="
                           f"{spec.checkpoint!r} is a {task.kind} model: export it without export.quantize.")
     if spec.input is not None:
-        return input_items(require(spec.input, "input", INPUT_HINT), in_chans), None
+        return input_items(require(spec.input, "input", INPUT_HINT), in_chans), None, None
     if not checkpoint_run_config(spec.checkpoint).is_file():
         raise ConfigError(f"ckpt_path={spec.checkpoint!r} has no run config.yaml two folders up, so its test split is "
                           "unknown; pass input=<image file or folder> to check parity on.")
@@ -187,4 +190,10 @@ def parity_samples(cfg: DictConfig, spec: ExportSpec, task) -> tuple[Samples, Sa
     datamodule = build_datamodule(run_spec.data, run_spec.model.input.in_chans)
     datamodule.scan()
     samples = split_items(datamodule, task, in_chans, run_spec.data.root)
-    return samples, calibration_items(datamodule, in_chans, spec.calibration_images) if spec.quantize else None
+    if not spec.quantize:
+        return samples, None, None
+    choice = None
+    if spec.int8_scope == "auto":
+        choice = (split_items(datamodule, task, in_chans, run_spec.data.root, "val")
+                  if len(datamodule.sources.get("val", ())) else calibration_items(datamodule, in_chans, spec.calibration_images))
+    return samples, calibration_items(datamodule, in_chans, spec.calibration_images), choice

@@ -53,10 +53,12 @@ KEYS: dict[str, str] = {
     "export.quantize": "int8 (format=onnx | openvino): static INT8, calibrated on training images; null: none.",
     "export.calibration_images": "INT8: training images (drawn at random) the activation ranges are calibrated on.",
     "export.max_drop": "INT8: refuse the export when test accuracy drops more than this many points.",
-    "export.int8_scope": "INT8: what is quantized. branches: the residual-branch convolutions only (stem, shortcut "
-                         "convolutions, additions, pooling and head stay float32: agrees with the checkpoint more "
-                         "often); all: everything the quantizer supports (fastest, but flips more near-ties); auto: "
-                         "branches for both formats.",
+    "export.int8_scope": "INT8: what is quantized. all: everything the quantizer supports (the fastest); branches: the "
+                         "residual-branch convolutions only (stem, shortcut convolutions, additions, pooling and head "
+                         "stay float32: flips fewer near-ties); auto: all when it keeps the checkpoint's top-1 class on "
+                         "export.min_agreement % of the validation images, else branches.",
+    "export.min_agreement": "INT8 with export.int8_scope=auto: the top-1 agreement with the checkpoint (percent, on the "
+                            "validation split) that scope all must reach to be kept.",
     "checkpoint.monitor": "The validation metric best.ckpt (and finetune=auto's race) selects on: val/acc | "
                           "val/balanced_acc | val/f1 | val/loss; null: val/balanced_acc when the train split is "
                           "long-tailed (largest/smallest class > 10), else val/acc.",
