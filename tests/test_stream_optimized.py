@@ -113,3 +113,33 @@ def test_an_optimized_split_reads_an_image_by_index_as_the_folder_decodes_it(tmp
         assert label == items[index][1] and (image == load_image(items[index][0])).all()
     with pytest.raises(IndexError):
         split[len(items)]
+
+
+def test_evaluation_reads_each_chunk_once_then_from_the_cache(tmp_path, s3_env):
+    """Read by index, LitData fetched every item's bytes from the store on every pass; cached once it fits."""
+    import logging
+
+    from transferkit.data.datamodule import ClassificationDataModule
+
+    optimize(upload_folder(write_class_folder(tmp_path / "images", per_class=8), "evalcache", "raw"),
+             "s3://evalcache/ready")
+    data = ClassificationDataModule(root="s3://evalcache/ready", image_size=32, batch_size=2, num_workers=0,
+                                    val_fraction=0.25, test_fraction=0.25, stream_cache=str(tmp_path / "cache"))
+    data.scan()
+    requests: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: requests.append(record.getMessage())
+    server_log = logging.getLogger("werkzeug")
+    level = server_log.level
+    server_log.setLevel(logging.INFO)
+    server_log.addHandler(handler)
+    try:
+        loader, passes = data.val_dataloader(), []
+        for _ in range(2):
+            requests.clear()
+            assert sum(len(images) for images, _ in loader) == 4
+            passes.append([line for line in requests if "chunk-" in line])
+    finally:
+        server_log.removeHandler(handler)
+        server_log.setLevel(level)
+    assert len(passes[0]) == 1 and passes[1] == []  # one chunk GET, then nothing

@@ -189,7 +189,10 @@ def log_prefetch_crash(exc: BaseException) -> None:
 
 @functools.cache
 def mapping_dataset_class() -> type:
-    """LitData's `StreamingDataset`, reading every chunk of a worker memory-mapped when the cache keeps them all.
+    """LitData's `StreamingDataset`, reading every chunk memory-mapped and cached when the cache keeps them all.
+
+    Read by index (validation, test, the linear probe), LitData fetches each item's bytes from the store on every
+    pass (two requests per image, every epoch); where the split fits the cache its chunks are cached instead.
 
     LitData maps only the chunks no other loader worker reads (a co-worker could delete a shared one while it is
     mapped). A shared chunk is read without the map, and there each item outside the decode window reads the
@@ -209,6 +212,9 @@ def mapping_dataset_class() -> type:
         def _create_cache(self, worker_env):
             cache = super()._create_cache(worker_env)
             quiet_prefetch_crash_report(cache._reader)
+            if keeps_every_chunk(cache._reader):  # read by index (evaluation): chunks cached, not refetched
+                self._on_demand_bytes = cache._reader.on_demand_bytes = False
+                cache._reader.enable_mmap_for_chunks(set(range(len(cache._reader.config._chunks or []))))
             return cache
 
         def __next__(self):
