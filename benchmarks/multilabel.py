@@ -21,7 +21,8 @@ Rows: `lbfgs` (the recipe as shipped: frozen backbone, one-vs-rest heads solved 
 ensemble of the finishers within 2 paired SE of the winner, with its own thresholds; predicted with
 `ckpt_path=<run dir>`, which loads that ensemble), and the race's two paid candidates trained alone as
 fixed strategies: `full-llrd` (`finetune=full finetune.backbone_lr_scale=1 finetune.layer_decay=0.75`) and
-`scratch` (`finetune=full finetune.backbone_lr_scale=1 model.weights=none`).
+`scratch` (`finetune=full finetune.backbone_lr_scale=1 model.weights=none` with charnet's architecture and
+input format: `model.backbone=resnet10t model.in_chans=1 data.mean=[0.449] data.std=[0.226]`).
 Checked per run, from the files a user gets: results.json's `test/map` equals scikit-learn's
 `average_precision_score(average="macro")` on predictions.csv's `p_<class>` columns (4 decimals), and
 test macro F1 at the thresholds tuned on val (predictions.csv's `labels`) against F1 at 0.5.
@@ -29,7 +30,7 @@ test macro F1 at the thresholds tuned on val (predictions.csv's `labels`) agains
     python benchmarks/multilabel.py [--seeds 0 1 2] [--rows lbfgs sgd] [--merge]
 
 Writes `benchmarks/results/multilabel.json` (every run, each with the commit it ran at) and `multilabel.md`
-(the docs' table). `--merge` keeps the runs already in multilabel.json of the rows not run now.
+(the docs' table). `--merge` keeps the runs already in multilabel.json that are not run now (row and seed).
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ ROWS = {"lbfgs": [], "sgd": ["finetune.head_solver=sgd"],
         "lbfgs-unweighted": ["task=multilabel", "task.pos_weight=none"], "auto": ["finetune=auto"],
         # the race's paid candidates trained alone, as fixed strategies (the same plans, the same seed)
         "full-llrd": ["finetune=full", "finetune.backbone_lr_scale=1", "finetune.layer_decay=0.75"],
-        "scratch": ["finetune=full", "finetune.backbone_lr_scale=1", "model.weights=none"]}
+        # model.weights=none alone would let the model follow the data (resnet50, 3 channels): the race's
+        # scratch is charnet's architecture and input format from random init
+        "scratch": ["finetune=full", "finetune.backbone_lr_scale=1", "model.weights=none", "model.backbone=resnet10t",
+                    "model.in_chans=1", "data.mean=[0.449]", "data.std=[0.226]", "data.interpolation=bilinear"]}
 FIRST_COMMIT = "379f77f"  # the commit the first three rows ran at (records without a `commit`)
 
 
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.merge and (args.out / "multilabel.json").is_file():
         before = json.loads((args.out / "multilabel.json").read_text())
         earlier = {k: before.get(k) for k in ("command", "environment", "wall_seconds", "earlier")}
-        kept = [r for r in before["runs"] if r["row"] not in rows]
+        kept = [r for r in before["runs"] if r["row"] not in rows or r["seed"] not in args.seeds]
         records = [{**r, "commit": r.get("commit", FIRST_COMMIT)} for r in kept] + records
         rows = [r for r in ROWS if r in {k["row"] for k in records}]
     table = markdown(records, rows, args.seeds)

@@ -128,6 +128,12 @@ def test_an_auto_multilabel_fit_races_on_val_map_and_its_ensemble_has_its_own_th
     assert results["thresholds"]["tuned_for"] == "ensemble"
     assert results["thresholds"]["thresholds"] == pytest.approx(thresholds, abs=1e-6)
     assert auto["winner_thresholds"]["thresholds"] != results["thresholds"]["thresholds"]
+    from transferkit.tasks.loading import load_ensemble
+
+    ensemble, _ = load_ensemble(str(run))  # what predict, serve and Run.predict load for ckpt_path=<run dir>
+    assert ensemble.thresholds == pytest.approx(record["thresholds"])
+    members = np.mean([m.thresholds or [0.5] * len(CLASSES) for m in ensemble.members], axis=0)
+    assert not np.allclose(members, record["thresholds"])  # not the members' own, averaged
     out = cli.run(["predict", f"ckpt_path={run}", f"input={manifest.parent / 'img'}",
                    f"run_dir={tmp_path / 'predict'}"])
     rows = {Path(r["path"]).name: r for r in read_csv(Path(out["output"]))}
