@@ -19,7 +19,7 @@ from transferkit.tasks.calibration import apply_temperature
 from transferkit.tasks.tta import check_tta, resize_scores, tta_probabilities
 from transferkit.data.multilabel import multi_hot
 from transferkit.tasks.classification import build_metrics
-from transferkit.tasks.multilabel import build_multilabel_metrics
+from transferkit.tasks.multilabel import build_class_ap, build_multilabel_metrics
 from transferkit.tasks.segmentation import metric_name, scores_from_confusion
 
 
@@ -64,6 +64,7 @@ class EnsembleTask(pl.LightningModule):
             self.test_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=self.ignore_index)
         elif self.multilabel:
             self.test_metrics = build_multilabel_metrics(num_classes).clone(prefix="test/")
+            self.test_class_ap = build_class_ap(num_classes)  # test/ap_<class>, as a single model reports
         else:
             top_k = int(first.hparams.get("top_k", 5))
             self.test_metrics = build_metrics(num_classes, top_k).clone(prefix="test/")
@@ -108,6 +109,7 @@ class EnsembleTask(pl.LightningModule):
             loss = F.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), target)
             self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=y.shape[0])
             self.test_metrics.update(probs, target.long())
+            self.test_class_ap.update(probs, target.long())
             self.log_dict(self.test_metrics, on_epoch=True, batch_size=y.shape[0])
             return
         loss = F.nll_loss(torch.log(probs.clamp_min(1e-12)), y, ignore_index=self.ignore_index)
@@ -119,6 +121,11 @@ class EnsembleTask(pl.LightningModule):
         self.log_dict(self.test_metrics, on_epoch=True, batch_size=y.shape[0])
 
     def on_test_epoch_end(self) -> None:
+        if self.multilabel:
+            values = self.test_class_ap.compute()
+            self.log_dict({f"test/ap_{metric_name(name)}": value
+                           for name, value in zip(self.class_names, values) if not value.isnan()})
+            self.test_class_ap.reset()
         if not self.segmentation:
             return
 

@@ -26,6 +26,11 @@ def build_multilabel_metrics(num_classes: int) -> MetricCollection:
                              "f1": MultilabelF1Score(num_classes, average="macro")}, compute_groups=False)
 
 
+def build_class_ap(num_classes: int) -> MultilabelAveragePrecision:
+    """Each class's AP (`test/ap_<class>`)."""
+    return MultilabelAveragePrecision(num_classes, average=None, thresholds=None)
+
+
 class MultilabelTask(ClassificationTask):
     """Several labels per image; reloads with `MultilabelTask.load_from_checkpoint`."""
 
@@ -54,7 +59,7 @@ class MultilabelTask(ClassificationTask):
         metrics = build_multilabel_metrics(num_classes)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        self.test_class_ap = MultilabelAveragePrecision(num_classes, average=None, thresholds=None)
+        self.test_class_ap = build_class_ap(num_classes)
 
     def targets(self, y: torch.Tensor) -> torch.Tensor:
         """Bitmasks -> N x C float multi-hot rows (already multi-hot rows pass through)."""
