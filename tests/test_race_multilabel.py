@@ -93,6 +93,15 @@ def test_the_recorders_state_keeps_multilabel_scores_and_leaves_single_label_as_
     assert restored.maps == [0.75] and restored.outputs == recorder.outputs
 
 
+def test_a_manifest_without_data_root_is_read_from_its_folder(tmp_path: Path) -> None:
+    from transferkit.planning.plan import manifest_root
+
+    manifest = tmp_path / "set" / "labels.csv"
+    assert manifest_root({"manifest": str(manifest), "root": None})["root"] == str(manifest.parent)
+    assert manifest_root({"manifest": str(manifest), "root": "/elsewhere"})["root"] == "/elsewhere"
+    assert manifest_root({"manifest": None, "root": None})["root"] is None  # the embedded data set
+
+
 # -- a race on a tiny manifest, end to end --------------------------------------------------------------
 def read_csv(path: Path) -> list[dict]:
     with path.open(newline="") as handle:
@@ -107,8 +116,7 @@ def test_an_auto_multilabel_fit_races_on_val_map_and_its_ensemble_has_its_own_th
     caplog.set_level("INFO", logger="transferkit")
     monkeypatch.setattr(race_ensemble, "WITHIN_SE", math.inf)  # on 12 val images: every finisher joins
     manifest = write_multilabel_set(tmp_path / "ml")
-    common = [*fast[:-1], f"data.root={manifest.parent}", f"data.manifest={manifest}", "finetune=auto",
-              "trainer.max_epochs=2"]
+    common = [*fast[:-1], f"data.manifest={manifest}", "finetune=auto", "trainer.max_epochs=2"]  # root: its folder
     run = tmp_path / "auto"
     results = cli.run(["fit", *common, f"run_dir={run}"])
     auto = results["auto"]

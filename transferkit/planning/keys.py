@@ -163,7 +163,8 @@ KEYS: dict[str, str] = {
     "data.test_fraction": "The test share when the folder has no test/ split.",
     "data.max_bad_fraction": "Unreadable files above this fraction stop the run before training (below it they "
                              "are skipped and listed).",
-    "data.manifest": "A CSV with path,label[,split] columns instead of class folders.",
+    "data.manifest": "A CSV with path,label[,split] columns instead of class folders; its paths are relative "
+                     "to data.root (null: the manifest's folder).",
     "data.balance": "Class imbalance: auto (weights when train's largest/smallest class > 10, else none) | none | "
                     "weights (class-weighted loss) | sampler.",
     "data.fold": "k-fold: which fold validates (0..num_folds-1).",

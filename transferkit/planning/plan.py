@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
@@ -50,6 +51,7 @@ class RunPlan:
                 read_checkpoint(require(cfg.ckpt_path, "ckpt_path", "a checkpoint to resume from"))
             pl.seed_everything(cfg.seed, workers=True, verbose=False)
         config = OmegaConf.to_container(cfg, resolve=True)
+        config["data"] = manifest_root(config["data"])
         model = plan_model(config["model"], config["data"], str(config["task"]["kind"]), load_weights)
         spec = assemble_spec(config, command, ModelSpec(model.choice.backbone, model.source, model.input,
                                                         model.options), model.data, model.notes)
@@ -62,6 +64,18 @@ class RunPlan:
             self.spec = plan_training(spec, self.datamodule)
             if wants_search(self.spec.optimizer):
                 self.spec = search_lr(self.spec, self.datamodule)
+
+
+def manifest_root(data: dict) -> dict:
+    """`data.manifest=<csv>` without `data.root`: the manifest's folder is the root its paths are relative
+    to (said in the log), not the embedded data set it would otherwise silently train on."""
+    manifest = data.get("manifest")
+    if manifest in (None, "") or data.get("root") is not None or "://" in str(manifest):
+        return data
+    root = str(Path(str(manifest)).expanduser().resolve().parent)
+    log.info("data.manifest=%r without data.root: data.root=%r (the manifest's folder; its paths are relative "
+             "to data.root)", str(manifest), root)
+    return {**data, "root": root}
 
 
 def assemble_spec(config: dict, command: str, model: ModelSpec, data: dict, notes: tuple[str, ...] = ()) -> RunSpec:
