@@ -81,6 +81,9 @@ def test_onnx_int8_is_quantized_per_channel_checked_on_the_test_split_and_predic
     assert "val split" in auto["chosen_on"] and auto["images"] == 3 * 6 and auto["min_agreement"] == 99.0
     assert auto["chosen"] == ("all" if auto["agreement"]["all"] >= 99.0 else "branches")
     assert results["quantization"]["auto"] == auto and results["quantization"]["scope"].startswith(auto["chosen"])
+    speed = meta["quantization"]["speed"]  # measured at export: INT8 against FP32 under ONNX Runtime, this CPU
+    assert speed["images"] == 3 * 6 and speed["fp32_images_per_s"] > 0 and speed["int8_images_per_s"] > 0
+    assert speed["int8_over_fp32"] == pytest.approx(speed["int8_images_per_s"] / speed["fp32_images_per_s"], rel=0.05)
     model = onnx.load(str(out / "model.int8.onnx"))
     ops = {node.op_type for node in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -172,6 +175,19 @@ def test_int8_scope_auto_keeps_all_when_it_agrees_and_quantizes_the_branches_whe
     meta = json.loads((out / "model.meta.json").read_text())
     assert meta["quantization"]["scope"].startswith("branches") and meta["quantization"]["float_convs"]["stem"]
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.int8.onnx", "model.meta.json", "results.json"]
+
+
+@pytest.mark.slow
+def test_an_int8_model_slower_than_fp32_is_named_in_the_log(ckpt, work, monkeypatch, caplog):
+    from transferkit.exporting import run as export_run
+
+    monkeypatch.setattr(export_run, "onnx_speed", lambda fp32, int8, batches: {
+        "runtime": "onnxruntime", "images": 8, "batch": 8, "fp32_images_per_s": 100.0, "int8_images_per_s": 71.0,
+        "int8_over_fp32": 0.71})
+    results = export(ckpt, work / "slower", "format=onnx", "export.quantize=int8", "export.int8_scope=branches")
+    assert results["status"] == "completed"
+    assert "at 0.71x the FP32 model's images/s on this CPU (batch 8): slower, not faster" in caplog.text
+    assert "format=openvino export.quantize=int8" in caplog.text
 
 
 @pytest.mark.parametrize("overrides,match", [

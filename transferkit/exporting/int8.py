@@ -16,6 +16,7 @@ What is quantized (`export.int8_scope`, measured in benchmarks/results/int8_scop
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +168,31 @@ def quantize_openvino(model, batches: list[np.ndarray], kept: dict | None = None
     return quantized, {"tool": "nncf.quantize", "target_device": "CPU", "preset": "performance (symmetric)",
                        "activation_ranges": "min/max over all images", "bias_correction": False,
                        "subset_size": len(images), **scope_record(scope, kept or {})}
+
+
+def onnx_speed(fp32: Path, int8: Path, batches: list[np.ndarray], repeats: int = 3) -> dict:
+    """How fast ONNX Runtime runs the INT8 model against the FP32 one on this machine: the best of `repeats`
+    passes over (at most 4 of) the calibration batches each, after a warm-up; model.meta.json's `speed`.
+    ONNX Runtime's int8 kernels run channels-last, so float islands (`branches`) can make INT8 slower than
+    FP32 (benchmarks/results/inference_formats.md): export says so when it measures it."""
+    import onnxruntime  # lazy: optional extra
+
+    batches = batches[:4]
+    if not batches:
+        return {}
+    sessions = {name: onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                for name, path in (("fp32", fp32), ("int8", int8))}
+    best = {}
+    for name, session in sessions.items():
+        session.run(None, {INPUT_NAME: batches[0]})
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for batch in batches:
+                session.run(None, {INPUT_NAME: batch})
+            times.append(time.perf_counter() - start)
+        best[name] = min(times)
+    images = sum(len(batch) for batch in batches)
+    return {"runtime": "onnxruntime", "images": images, "batch": len(batches[0]),
+            "fp32_images_per_s": round(images / best["fp32"], 1), "int8_images_per_s": round(images / best["int8"], 1),
+            "int8_over_fp32": round(best["fp32"] / best["int8"], 2)}
