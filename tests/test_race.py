@@ -16,6 +16,7 @@ import torch
 
 from tests.conftest import fit_two_process_ddp
 from transferkit.cli import app as cli
+from transferkit.evaluation.reports.run_report import load_test_outputs
 from transferkit.runtime.checkpoint_io import AtomicCheckpointIO
 from transferkit.planning import race as race_plan
 from transferkit.training.race import ensemble as race_ensemble
@@ -347,6 +348,11 @@ def test_the_runs_model_is_the_ensemble_of_the_finishers(image_folder, fast, tmp
                       *fast[:-1], f"run_dir={tmp_path / 'single'}"])["metrics"]
     assert single["test/loss"] == pytest.approx(auto["winner_metrics"]["test/loss"], rel=1e-5)
     assert single["test/loss"] != pytest.approx(tested["test/loss"], rel=1e-5)
+    # report.html shows the run's model: its saved test outputs are the ensemble's, as `test` of the run dir saves them
+    saved, again = load_test_outputs(run), load_test_outputs(tmp_path / "test")
+    assert torch.allclose(torch.as_tensor(saved["logits"]), torch.as_tensor(again["logits"]), atol=1e-5)
+    nll = torch.nn.functional.cross_entropy(torch.as_tensor(saved["logits"]), torch.as_tensor(saved["targets"]))
+    assert float(nll) == pytest.approx(results["metrics"]["test/loss"], rel=1e-4)
     with pytest.raises(Exception, match="is an ensemble .*export writes one network"):
         cli.run(["export", f"ckpt_path={run}"])
     best = cli.run(["fit", *common, "finetune.combine=best", f"run_dir={tmp_path / 'best'}"])

@@ -101,7 +101,10 @@ class EnsembleTask(pl.LightningModule):
             outputs.append(probs)
         return average_probabilities(outputs)
 
-    def test_step(self, batch, batch_idx: int) -> None:
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """The ensemble's test metrics; returns what the run report collects, as a single task's test_step
+        does (`evaluation.reports.test_outputs`): scores whose softmax (sigmoid, multi-label) is the averaged
+        probability, or the predicted class ids (segmentation)."""
         views, y = batch
         probs = self.probabilities(views)
         if self.multilabel:
@@ -111,14 +114,17 @@ class EnsembleTask(pl.LightningModule):
             self.test_metrics.update(probs, target.long())
             self.test_class_ap.update(probs, target.long())
             self.log_dict(self.test_metrics, on_epoch=True, batch_size=y.shape[0])
-            return
-        loss = F.nll_loss(torch.log(probs.clamp_min(1e-12)), y, ignore_index=self.ignore_index)
+            return torch.logit(probs.double().clamp(1e-12, 1 - 1e-12)).float()
+        log_probs = torch.log(probs.clamp_min(1e-12))
+        loss = F.nll_loss(log_probs, y, ignore_index=self.ignore_index)
         self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=y.shape[0])
         if self.segmentation:
-            self.test_confusion.update(probs.argmax(dim=1), y)
-            return
+            predicted = probs.argmax(dim=1)
+            self.test_confusion.update(predicted, y)
+            return predicted
         self.test_metrics.update(probs, y)
         self.log_dict(self.test_metrics, on_epoch=True, batch_size=y.shape[0])
+        return log_probs
 
     def on_test_epoch_end(self) -> None:
         if self.multilabel:

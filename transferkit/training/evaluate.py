@@ -10,6 +10,7 @@ from pathlib import Path
 
 from transferkit.evaluation.ensemble_views import views_loader
 from transferkit.evaluation.reports.run_report import finish_run_report
+from transferkit.evaluation.reports.test_outputs import TestOutputsCallback
 from transferkit.inference.spec import CheckpointSpec
 from transferkit.planning.spec import RunSpec
 from transferkit.tasks.loading import load_ensemble
@@ -59,10 +60,16 @@ def test_checkpoints(spec: RunSpec, checkpoints: CheckpointSpec, model, start: f
     return results
 
 
-def test_ensemble(spec: RunSpec, paths: list[Path], datamodule, run_dir: Path, tta: str | None = "none") -> dict:
+def test_ensemble(spec: RunSpec, paths: list[Path], datamodule, run_dir: Path, tta: str | None = "none",
+                  report_outputs: TestOutputsCallback | None = None) -> dict:
     """Metrics of the ensemble of `paths` on `datamodule`'s test split (cv: the folds on the held-out test),
-    logged under `<run_dir>/ensemble`."""
+    logged under `<run_dir>/ensemble`. `report_outputs`: a fit's collector, which takes the ensemble's test
+    outputs, so the run report shows the run's model (finetune=auto's ensemble), not the model tested first."""
     ensemble, _ = load_ensemble(paths, check_tta(tta))
     first = ensemble.members[0]
     trainer = build_trainer(spec, run_dir, first.monitor, first.monitor_mode, log_version="ensemble")
-    return run_test(trainer, ensemble, datamodule, False, spec)
+    tested = run_test(trainer, ensemble, datamodule, False, spec)
+    collected = next((c.outputs for c in trainer.callbacks if isinstance(c, TestOutputsCallback)), None)
+    if report_outputs is not None and collected is not None:
+        report_outputs.outputs = collected
+    return tested

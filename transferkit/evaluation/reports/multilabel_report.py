@@ -53,8 +53,8 @@ def pr_figure(probs: np.ndarray, hot: np.ndarray, names: Sequence[str], path: Pa
 
 def write_multilabel(folder: Path, saved: dict, names: list[str], results: dict) -> tuple[dict, dict]:
     """report/per_class_ap.csv, pr_curves.png and predictions.csv; the per-class table for the page."""
-    # the test outputs are the fit's own model's: a finetune=auto ensemble run's are its winner's
-    own = (results.get("auto") or {}).get("winner_thresholds") or results.get("thresholds") or {}
+    # the test outputs are the run's model's (a finetune=auto ensemble's too), and so are results' thresholds
+    own = results.get("thresholds") or {}
     tuned = own.get("thresholds") or {}
     thresholds = [float(tuned.get(name, 0.5)) for name in names]
     probs, hot = sigmoid(saved["logits"]), multi_hot(saved["targets"], len(names))

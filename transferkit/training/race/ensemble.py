@@ -25,6 +25,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from transferkit.evaluation.reports.test_outputs import TestOutputsCallback
 from transferkit.planning.spec import RunSpec
 from transferkit.tasks.loading import ENSEMBLE_FILE, load_ensemble, load_task
 from transferkit.training.calibrate import calibrate_members
@@ -118,7 +119,8 @@ def finish_ensemble(spec: RunSpec, trainer, datamodule, run_dir: Path, results: 
         update["thresholds"] = ensemble_thresholds(spec, paths, datamodule, run_dir, has_test,
                                                    trainer.strategy.root_device)
     trainer.strategy.barrier()
-    tested = test_ensemble(spec, paths, datamodule, run_dir)
+    collector = next((c for c in trainer.callbacks if isinstance(c, TestOutputsCallback)), None)
+    tested = test_ensemble(spec, paths, datamodule, run_dir, report_outputs=collector)  # report.html: the ensemble
     metrics = {k: v for k, v in results["metrics"].items() if not k.startswith("test/")}
     metrics.update(tested)
     for record in ("calibration", "thresholds"):
