@@ -137,3 +137,18 @@ class CuttingProxy:
 
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+
+
+def fit_local_and_remote(folder: Path, uri: str, overrides: list[str], tmp_path: Path) -> tuple[dict, dict]:
+    """`fit` on the local folder and on the same images in the store (runs in `tmp_path/local`, `/remote`):
+    each run's results.json and splits.json, by name."""
+    import json
+
+    from transferkit.cli import app as cli
+
+    runs = {}
+    for name, root in (("local", str(folder)), ("remote", uri)):
+        results = cli.run(["fit", f"data.root={root}", *overrides, f"run_dir={tmp_path / name}"])
+        assert results["status"] == "completed"
+        runs[name] = results
+    return runs, {name: json.loads((tmp_path / name / "splits.json").read_text()) for name in runs}

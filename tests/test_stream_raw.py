@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import write_class_folder
-from tests.s3_store import delete_object, put_object, s3_endpoint, s3_env, upload_folder  # noqa: F401
+from tests.s3_store import delete_object, fit_local_and_remote, put_object, s3_endpoint, s3_env, upload_folder  # noqa: F401
 from transferkit.data.streaming.remote_scan import scan_remote_folder
 from transferkit.data.streaming.store import ObjectStore
 
@@ -100,16 +99,9 @@ def test_an_image_gone_or_damaged_after_the_listing_is_skipped_and_recorded(tmp_
 
 @pytest.mark.slow
 def test_fit_on_the_store_matches_the_same_images_on_local_disk(tmp_path, s3_env, fast):
-    from transferkit.cli import app as cli
-
     folder, uri = local_and_remote(tmp_path, "fit", per_class=6)
     common = [o for o in fast if not o.startswith("run_dir=")] + ["finetune=full", "trainer.max_epochs=2", "seed=5"]
-    runs = {}
-    for name, root in (("local", str(folder)), ("remote", uri)):
-        results = cli.run(["fit", f"data.root={root}", *common, f"run_dir={tmp_path / name}"])
-        assert results["status"] == "completed"
-        runs[name] = results
-    splits = {name: json.loads((tmp_path / name / "splits.json").read_text()) for name in runs}
+    runs, splits = fit_local_and_remote(folder, uri, common, tmp_path)
     assert splits["remote"]["splits"] == splits["local"]["splits"] and splits["remote"]["root"] == uri
     assert runs["remote"]["metrics"] == runs["local"]["metrics"]  # bit-identical: same bytes, same order
     assert runs["remote"]["data"]["root"] == uri

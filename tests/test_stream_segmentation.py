@@ -3,14 +3,13 @@ localhost), paired, split and read as the same folder on local disk is."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from tests.conftest import write_segmentation_folder
-from tests.s3_store import delete_object, s3_endpoint, s3_env, upload_folder  # noqa: F401
+from tests.s3_store import delete_object, fit_local_and_remote, s3_endpoint, s3_env, upload_folder  # noqa: F401
 from transferkit.data.segmentation_scan import scan_segmentation_folder
 from transferkit.data.streaming.remote_segmentation import scan_remote_segmentation
 from transferkit.data.streaming.store import ObjectStore
@@ -89,19 +88,12 @@ def test_an_optimized_root_is_refused_for_segmentation_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_fit_on_the_store_matches_the_same_folder_on_local_disk(tmp_path, s3_env, fast):
-    from transferkit.cli import app as cli
-
     folder = write_segmentation_folder(tmp_path / "seg", shape=(32, 32), count=12)
     uri = upload_folder(folder, "seg-fit", "data/set")
     common = [o for o in fast if not o.startswith("run_dir=")] + ["recipe=fcn8s", "data.num_classes=3", "seed=5",
                                                                   "trainer.max_epochs=2", "data.val_fraction=0.25",
                                                                   "data.test_fraction=0.25"]
-    runs = {}
-    for name, root in (("local", str(folder)), ("remote", uri)):
-        results = cli.run(["fit", f"data.root={root}", *common, f"run_dir={tmp_path / name}"])
-        assert results["status"] == "completed"
-        runs[name] = results
-    splits = {name: json.loads((tmp_path / name / "splits.json").read_text()) for name in runs}
+    runs, splits = fit_local_and_remote(folder, uri, common, tmp_path)
     for record in splits.values():
         assert record["train"] and record["val"] and record["test"]
     assert relative(splits["remote"], uri) == relative(splits["local"], str(folder))
